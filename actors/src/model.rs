@@ -1,0 +1,345 @@
+//! Model actors: a pool of workers that each own an ONNX Runtime session of the active model
+//! version and score requests on the blocking pool, never on the async threads. A worker that
+//! panics takes only its in-flight request down (the caller gets `unavailable`); its supervisor
+//! restarts it with backoff and the new worker loads the active version again.
+//!
+//! Serving a request: fold the user's live interactions into a user vector, build the filter
+//! mask (seen, deleted, unavailable, other category), run the graph, explain each result by its
+//! nearest interacted item, and fill from live popularity where the model has too few
+//! candidates (new items, new users).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+use common::{ApiError, Recommendation};
+use models::linalg::dot;
+use models::{ModelArtifact, Scorer};
+use parking_lot::{Mutex, RwLock};
+use prometheus::{Histogram, IntCounterVec, register_histogram, register_int_counter_vec};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use storage::CatalogView;
+
+use crate::obs::{Obs, ObsRegistry};
+use crate::popularity::Popularity;
+use crate::registry::ModelRegistry;
+use crate::{CALL_TIMEOUT, call};
+
+static INFERENCE: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "streamrec_model_inference_seconds",
+        "Time a model actor spends on one request (fold-in, mask, ONNX, reasons).",
+        vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25]
+    )
+    .expect("metric registers once")
+});
+
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("streamrec_model_requests_total", "Model requests by result.", &["result"])
+        .expect("metric registers once")
+});
+
+/// Reason given for items chosen by popularity.
+pub const REASON_POPULAR: &str = "popular";
+/// Reason given for items chosen by the collaborative-filtering model.
+pub const REASON_CF: &str = "collaborative_filtering";
+
+/// What a session asks the model.
+#[derive(Clone, Debug)]
+pub struct ModelRequest {
+    /// (item id, summed weight) of the user's interactions.
+    pub interactions: Vec<(String, f32)>,
+    /// Items never to return (everything the user interacted with).
+    pub exclude: HashSet<String>,
+    pub k: usize,
+    pub category: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelResponse {
+    pub model_version: String,
+    pub items: Vec<Recommendation>,
+}
+
+pub enum ModelMsg {
+    Recommend(ModelRequest, RpcReplyPort<Result<ModelResponse, ApiError>>),
+    /// Load the registry's active version if it differs from the one loaded.
+    Reload(RpcReplyPort<Result<(), ApiError>>),
+    /// Fault injection for supervision tests and drills: the worker panics.
+    InjectPanic,
+}
+
+pub struct ModelActor;
+
+pub struct ModelArgs {
+    pub registry: Arc<ModelRegistry>,
+    pub catalog: Arc<CatalogView>,
+    pub popularity: Arc<Popularity>,
+    pub intra_threads: usize,
+    pub obs: Arc<ObsRegistry>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ModelObs {
+    pub version: Option<String>,
+    pub num_items: usize,
+    pub num_requests: u64,
+    pub num_errors: u64,
+    pub last_latency_us: u64,
+}
+
+struct Loaded {
+    artifact: Arc<ModelArtifact>,
+    scorer: Option<Arc<Mutex<Scorer>>>,
+}
+
+pub struct ModelState {
+    args: ModelArgs,
+    loaded: Option<Loaded>,
+    masks: MaskCache,
+    obs_state: ModelObs,
+    obs: Arc<Obs<ModelObs>>,
+}
+
+async fn load(artifact: Arc<ModelArtifact>, intra_threads: usize) -> Result<Loaded, ApiError> {
+    if artifact.num_items() == 0 {
+        return Ok(Loaded { artifact, scorer: None });
+    }
+    let a = artifact.clone();
+    let scorer = tokio::task::spawn_blocking(move || Scorer::new(&a.onnx, a.num_items(), a.meta.dim, intra_threads))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Loaded { artifact, scorer: Some(Arc::new(Mutex::new(scorer))) })
+}
+
+impl ModelState {
+    async fn reload(&mut self) -> Result<(), ApiError> {
+        let Some(active) = self.args.registry.active() else { return Ok(()) };
+        if self.loaded.as_ref().is_some_and(|l| l.artifact.meta.version == active.meta.version) {
+            return Ok(());
+        }
+        let loaded = load(active, self.args.intra_threads).await?;
+        self.obs_state.version = Some(loaded.artifact.meta.version.clone());
+        self.obs_state.num_items = loaded.artifact.num_items();
+        self.loaded = Some(loaded);
+        self.obs.publish(&self.obs_state);
+        Ok(())
+    }
+}
+
+impl Actor for ModelActor {
+    type Msg = ModelMsg;
+    type State = ModelState;
+    type Arguments = ModelArgs;
+
+    async fn pre_start(&self, myself: ActorRef<ModelMsg>, args: ModelArgs) -> Result<ModelState, ActorProcessingErr> {
+        let obs = args.obs.register(&myself.get_cell(), "model", &ModelObs::default());
+        let mut state = ModelState { args, loaded: None, masks: MaskCache::default(), obs_state: ModelObs::default(), obs };
+        state.reload().await?;
+        Ok(state)
+    }
+
+    async fn post_stop(&self, myself: ActorRef<ModelMsg>, state: &mut ModelState) -> Result<(), ActorProcessingErr> {
+        state.args.obs.deregister(&myself.get_cell());
+        Ok(())
+    }
+
+    async fn handle(&self, _: ActorRef<ModelMsg>, msg: ModelMsg, state: &mut ModelState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ModelMsg::Recommend(req, reply) => {
+                let started = Instant::now();
+                let result = recommend(state, req).await;
+                let elapsed = started.elapsed();
+                INFERENCE.observe(elapsed.as_secs_f64());
+                REQUESTS.with_label_values(&[if result.is_ok() { "ok" } else { "error" }]).inc();
+                state.obs_state.num_requests += 1;
+                state.obs_state.num_errors += u64::from(result.is_err());
+                state.obs_state.last_latency_us = elapsed.as_micros() as u64;
+                state.obs.publish(&state.obs_state);
+                let _ = reply.send(result);
+            }
+            ModelMsg::Reload(reply) => {
+                let _ = reply.send(state.reload().await);
+            }
+            ModelMsg::InjectPanic => panic!("injected fault in model actor"),
+        }
+        Ok(())
+    }
+}
+
+async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelResponse, ApiError> {
+    let catalog = state.args.catalog.clone();
+    let popularity = state.args.popularity.clone();
+    let Some(loaded) = &state.loaded else {
+        let items = fill_popular(Vec::new(), &req, &catalog, &popularity);
+        return Ok(ModelResponse { model_version: "none".into(), items });
+    };
+    let artifact = loaded.artifact.clone();
+    let scorer = loaded.scorer.clone();
+    let mask = state.masks.get(&artifact, &catalog, req.category.as_deref());
+    tokio::task::spawn_blocking(move || {
+        let items = score(&artifact, scorer.as_deref(), &mask, &req, &catalog, &popularity)?;
+        Ok(ModelResponse { model_version: artifact.meta.version.clone(), items })
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// Ranks for one request with a loaded model. Pure apart from the ONNX run.
+pub fn score(
+    artifact: &ModelArtifact,
+    scorer: Option<&Mutex<Scorer>>,
+    base_mask: &[f32],
+    req: &ModelRequest,
+    catalog: &CatalogView,
+    popularity: &Popularity,
+) -> Result<Vec<Recommendation>, ApiError> {
+    let user = artifact.fold_in(req.interactions.iter().map(|(id, w)| (id.as_str(), *w)));
+    let known = user.iter().any(|v| *v != 0.0);
+    let mut items = Vec::with_capacity(req.k);
+    if let (true, Some(scorer)) = (known, scorer) {
+        let mut mask = base_mask.to_vec();
+        for id in &req.exclude {
+            if let Some(&row) = artifact.item_index.get(id) {
+                mask[row as usize] = f32::NEG_INFINITY;
+            }
+        }
+        let top = scorer.lock().top_k(&user, &mask, req.k).map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let liked: Vec<(u32, &str)> = req
+            .interactions
+            .iter()
+            .filter(|(_, w)| *w > 0.0)
+            .filter_map(|(id, _)| artifact.item_index.get(id).map(|&row| (row, id.as_str())))
+            .collect();
+        for (row, score) in top {
+            let v = artifact.item_vector(row);
+            let nearest = liked
+                .iter()
+                .map(|(r, id)| (dot(v, artifact.item_vector(*r)), *id))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            let mut reasons = vec![REASON_CF.to_owned()];
+            if let Some((_, id)) = nearest {
+                reasons.push(format!("similar_to:{id}"));
+            }
+            items.push(Recommendation { item_id: artifact.item_ids[row as usize].clone(), score, reasons });
+        }
+    }
+    Ok(fill_popular(items, req, catalog, popularity))
+}
+
+/// Tops `items` up to `k` with the most popular eligible items, scored below every model score.
+pub fn fill_popular(
+    mut items: Vec<Recommendation>,
+    req: &ModelRequest,
+    catalog: &CatalogView,
+    popularity: &Popularity,
+) -> Vec<Recommendation> {
+    if items.len() >= req.k {
+        return items;
+    }
+    let ranked = popularity.ranked();
+    let max = ranked.first().map_or(1.0, |(_, c)| c.max(f64::MIN_POSITIVE));
+    let floor = items.last().map(|r| r.score.min(0.0) - 1.0);
+    let chosen: HashSet<String> = items.iter().map(|r| r.item_id.clone()).collect();
+    let view = catalog.read();
+    {
+        for (id, count) in ranked.iter() {
+            if items.len() >= req.k {
+                break;
+            }
+            if req.exclude.contains(id) || chosen.contains(id) {
+                continue;
+            }
+            let s = view.status(id);
+            if !s.recommendable() || req.category.as_deref().is_some_and(|c| !s.in_category(c)) {
+                continue;
+            }
+            let norm = (*count / max) as f32;
+            let score = floor.map_or(norm, |f| f + norm);
+            items.push(Recommendation { item_id: id.clone(), score, reasons: vec![REASON_POPULAR.to_owned()] });
+        }
+    }
+    items
+}
+
+/// Availability and category masks of the loaded version, rebuilt when the catalog changes.
+#[derive(Default)]
+struct MaskCache {
+    key: Option<(String, u64)>,
+    by_category: HashMap<Option<String>, Arc<Vec<f32>>>,
+}
+
+impl MaskCache {
+    fn get(&mut self, artifact: &ModelArtifact, catalog: &CatalogView, category: Option<&str>) -> Arc<Vec<f32>> {
+        let key = (artifact.meta.version.clone(), catalog.version());
+        if self.key.as_ref() != Some(&key) {
+            self.key = Some(key);
+            self.by_category.clear();
+        }
+        let category = category.map(str::to_owned);
+        self.by_category
+            .entry(category.clone())
+            .or_insert_with(|| {
+                let view = catalog.read();
+                Arc::new(
+                    artifact
+                        .item_ids
+                        .iter()
+                        .map(|id| {
+                            let s = view.status(id);
+                            let ok = s.recommendable() && category.as_deref().is_none_or(|c| s.in_category(c));
+                            if ok { 0.0 } else { f32::NEG_INFINITY }
+                        })
+                        .collect(),
+                )
+            })
+            .clone()
+    }
+}
+
+/// The serving side of the model actors: picks a live worker round-robin. Supervisors fill the
+/// slots as workers (re)start.
+#[derive(Clone, Default)]
+pub struct ModelPool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Default)]
+struct PoolInner {
+    workers: RwLock<Vec<Option<ActorRef<ModelMsg>>>>,
+    next: AtomicUsize,
+}
+
+impl ModelPool {
+    pub fn set(&self, slot: usize, worker: Option<ActorRef<ModelMsg>>) {
+        let mut workers = self.inner.workers.write();
+        if workers.len() <= slot {
+            workers.resize(slot + 1, None);
+        }
+        workers[slot] = worker;
+    }
+
+    pub fn workers(&self) -> Vec<ActorRef<ModelMsg>> {
+        self.inner.workers.read().iter().flatten().cloned().collect()
+    }
+
+    pub async fn recommend(&self, req: ModelRequest) -> Result<ModelResponse, ApiError> {
+        let workers = self.workers();
+        if workers.is_empty() {
+            return Err(ApiError::unavailable("no model worker is running"));
+        }
+        let worker = &workers[self.inner.next.fetch_add(1, Ordering::Relaxed) % workers.len()];
+        call(worker, "model worker", |r| ModelMsg::Recommend(req, r), CALL_TIMEOUT).await
+    }
+
+    /// Makes every worker load the active version; returns once all have.
+    pub async fn reload_all(&self) -> Result<(), ApiError> {
+        for worker in self.workers() {
+            call(&worker, "model worker", ModelMsg::Reload, CALL_TIMEOUT * 6).await?;
+        }
+        Ok(())
+    }
+}

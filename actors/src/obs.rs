@@ -1,0 +1,86 @@
+//! Observable state: every actor registers a watch channel carrying a small JSON snapshot of
+//! itself. The console and `GET /v1/admin/actors` read these snapshots and walk ractor's own
+//! supervision links, so inspecting the tree never sends a message to (or waits on) an actor.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use ractor::{ActorCell, ActorId};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+#[derive(Clone)]
+struct Entry {
+    kind: &'static str,
+    started_at: i64,
+    state: watch::Receiver<Value>,
+}
+
+#[derive(Default)]
+pub struct ObsRegistry {
+    entries: RwLock<HashMap<ActorId, Entry>>,
+}
+
+/// The publishing side of one actor's observable state.
+pub struct Obs<T> {
+    tx: watch::Sender<Value>,
+    _kind: PhantomData<fn(T)>,
+}
+
+impl<T: Serialize> Obs<T> {
+    pub fn publish(&self, state: &T) {
+        self.tx.send_replace(serde_json::to_value(state).unwrap_or(Value::Null));
+    }
+}
+
+impl ObsRegistry {
+    pub fn register<T: Serialize>(&self, actor: &ActorCell, kind: &'static str, initial: &T) -> Arc<Obs<T>> {
+        let (tx, rx) = watch::channel(serde_json::to_value(initial).unwrap_or(Value::Null));
+        let entry = Entry { kind, started_at: common::now_millis(), state: rx };
+        self.entries.write().insert(actor.get_id(), entry);
+        Arc::new(Obs { tx, _kind: PhantomData })
+    }
+
+    pub fn deregister(&self, actor: &ActorCell) {
+        self.entries.write().remove(&actor.get_id());
+    }
+
+    /// One actor's snapshot: kind, status, uptime and observable state.
+    pub fn describe(&self, cell: &ActorCell) -> Value {
+        let entry = self.entries.read().get(&cell.get_id()).cloned();
+        let (kind, started_at, state) = match entry {
+            Some(e) => (e.kind, Some(e.started_at), e.state.borrow().clone()),
+            None => ("unknown", None, Value::Null),
+        };
+        json!({
+            "id": cell.get_id().to_string(),
+            "name": cell.get_name(),
+            "kind": kind,
+            "status": format!("{:?}", cell.get_status()).to_lowercase(),
+            "uptime_ms": started_at.map(|t| common::now_millis() - t),
+            "state": state,
+        })
+    }
+
+    /// The supervision tree under `root`, listing at most `max_children` children per actor.
+    pub fn tree(&self, root: &ActorCell, max_children: usize) -> Value {
+        let mut node = self.describe(root);
+        let mut children = root.get_children();
+        children.sort_by_key(|c| c.get_name().unwrap_or_default());
+        node["num_children"] = json!(children.len());
+        node["children"] =
+            Value::Array(children.iter().take(max_children).map(|c| self.tree(c, max_children)).collect());
+        node
+    }
+
+    /// Finds a live actor by id (`0.12`) or name anywhere under `root`.
+    pub fn find(&self, root: &ActorCell, key: &str) -> Option<ActorCell> {
+        if root.get_id().to_string() == key || root.get_name().as_deref() == Some(key) {
+            return Some(root.clone());
+        }
+        root.get_children().iter().find_map(|c| self.find(c, key))
+    }
+}

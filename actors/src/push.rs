@@ -1,0 +1,161 @@
+//! The push hub: live subscribers register (user, query) and get a watch channel of that
+//! user's recommendations. When a session applies events it tells the hub; the hub recomputes
+//! the recommendations once per distinct query (off its own mailbox) and publishes them to
+//! every matching subscriber if they changed.
+//!
+//! A watch channel holds only the latest value, so a slow subscriber skips straight to the
+//! newest recommendations and never slows the hub or anyone else.
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock};
+
+use common::{ApiError, RecQuery, Recommendations};
+use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::obs::Obs;
+use crate::session_manager::SessionManagerMsg;
+use crate::{CALL_TIMEOUT, Services, call, slot_get};
+
+static SUBSCRIBERS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("streamrec_push_subscribers", "Live recommendation subscriptions.").expect("metric registers once")
+});
+
+static PUSHES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("streamrec_push_updates_total", "Recommendation updates published to subscribers.")
+        .expect("metric registers once")
+});
+
+pub type RecsWatch = watch::Receiver<Option<Arc<Recommendations>>>;
+
+pub enum PushMsg {
+    Subscribe { user_id: String, query: RecQuery, reply: RpcReplyPort<(u64, RecsWatch)> },
+    Unsubscribe(u64),
+    /// The user's session changed.
+    Changed(String),
+    /// Every user's recommendations may have changed (a new model version).
+    ChangedAll,
+    Computed { user_id: String, query: RecQuery, recs: Arc<Recommendations> },
+}
+
+pub struct PushHub;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PushObs {
+    pub num_subscribers: usize,
+    pub num_users: usize,
+    pub num_updates: u64,
+    pub num_recomputes: u64,
+}
+
+struct Subscriber {
+    id: u64,
+    query: RecQuery,
+    tx: watch::Sender<Option<Arc<Recommendations>>>,
+}
+
+pub struct PushState {
+    services: Arc<Services>,
+    subs: HashMap<String, Vec<Subscriber>>,
+    next_id: u64,
+    obs_state: PushObs,
+    obs: Arc<Obs<PushObs>>,
+}
+
+impl Actor for PushHub {
+    type Msg = PushMsg;
+    type State = PushState;
+    type Arguments = Arc<Services>;
+
+    async fn pre_start(&self, myself: ActorRef<PushMsg>, services: Arc<Services>) -> Result<PushState, ActorProcessingErr> {
+        let obs = services.obs.register(&myself.get_cell(), "push_hub", &PushObs::default());
+        Ok(PushState { services, subs: HashMap::new(), next_id: 0, obs_state: PushObs::default(), obs })
+    }
+
+    async fn post_stop(&self, myself: ActorRef<PushMsg>, state: &mut PushState) -> Result<(), ActorProcessingErr> {
+        state.services.obs.deregister(&myself.get_cell());
+        SUBSCRIBERS.sub(state.obs_state.num_subscribers as i64);
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<PushMsg>, msg: PushMsg, state: &mut PushState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PushMsg::Subscribe { user_id, query, reply } => {
+                state.next_id += 1;
+                let (tx, rx) = watch::channel(None);
+                state.subs.entry(user_id).or_default().push(Subscriber { id: state.next_id, query, tx });
+                let _ = reply.send((state.next_id, rx));
+            }
+            PushMsg::Unsubscribe(id) => {
+                state.subs.retain(|_, subs| {
+                    subs.retain(|s| s.id != id);
+                    !subs.is_empty()
+                });
+            }
+            PushMsg::Changed(user_id) => state.recompute(&myself, &user_id),
+            PushMsg::ChangedAll => {
+                let users: Vec<String> = state.subs.keys().cloned().collect();
+                for user_id in users {
+                    state.recompute(&myself, &user_id);
+                }
+            }
+            PushMsg::Computed { user_id, query, recs } => {
+                for sub in state.subs.get(&user_id).into_iter().flatten().filter(|s| s.query == query) {
+                    let changed = sub.tx.send_if_modified(|current| {
+                        let same = current.as_ref().is_some_and(|c| c.items == recs.items && c.model_version == recs.model_version);
+                        if !same {
+                            *current = Some(recs.clone());
+                        }
+                        !same
+                    });
+                    if changed {
+                        state.obs_state.num_updates += 1;
+                        PUSHES.inc();
+                    }
+                }
+            }
+        }
+        // Subscribers whose receiver is gone (connection closed) are dropped here.
+        state.subs.retain(|_, subs| {
+            subs.retain(|s| !s.tx.is_closed());
+            !subs.is_empty()
+        });
+        let before = state.obs_state.num_subscribers;
+        state.obs_state.num_subscribers = state.subs.values().map(Vec::len).sum();
+        state.obs_state.num_users = state.subs.len();
+        SUBSCRIBERS.add(state.obs_state.num_subscribers as i64 - before as i64);
+        state.obs.publish(&state.obs_state);
+        Ok(())
+    }
+}
+
+impl PushState {
+    /// Recomputes a subscribed user's recommendations once per distinct query, off the mailbox.
+    fn recompute(&mut self, myself: &ActorRef<PushMsg>, user_id: &str) {
+        let Some(subs) = self.subs.get(user_id) else { return };
+        let queries: std::collections::HashSet<RecQuery> = subs.iter().map(|s| s.query.clone()).collect();
+        for query in queries {
+            self.obs_state.num_recomputes += 1;
+            let (services, hub, user_id) = (self.services.clone(), myself.clone(), user_id.to_owned());
+            tokio::spawn(async move {
+                match recommend(&services, &user_id, &query).await {
+                    Ok(recs) => drop(hub.cast(PushMsg::Computed { user_id, query, recs })),
+                    Err(error) => tracing::debug!(error = %error.message, "push recompute failed"),
+                }
+            });
+        }
+    }
+}
+
+/// The recommendation path shared by the API and the hub: the user's session (or popularity for
+/// a user never seen), through the cache.
+pub async fn recommend(services: &Services, user_id: &str, query: &RecQuery) -> Result<Arc<Recommendations>, ApiError> {
+    if let Some(hit) = services.cache.get(user_id, query) {
+        return Ok(hit);
+    }
+    let sessions = slot_get(&services.sessions, "session manager")?;
+    let (user_id, query) = (user_id.to_owned(), query.clone());
+    call(&sessions, "session", |reply| SessionManagerMsg::Recommend { user_id, query, reply }, CALL_TIMEOUT).await
+}

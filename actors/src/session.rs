@@ -1,0 +1,277 @@
+//! One user's live session: applies the user's events exactly once, keeps the real-time profile
+//! (recent interactions, per-item weights, counters) and asks the model pool for fresh
+//! recommendations. Supervised by [`SessionManager`](crate::session_manager::SessionManager),
+//! which spawns it on the first event or request; rehydrated from the session store, so stopping
+//! it (passivation after idle time, eviction, a crash) loses nothing.
+//!
+//! Every apply is one atomic store write of the new state, the applied event ids and the item
+//! counters they moved; an event id already in the store is a duplicate and changes nothing.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::partition::partition_for;
+use common::{ApiError, EventKind, RecQuery, Recommendations};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use storage::Record;
+use storage::sessions::SessionCommit;
+
+use crate::Services;
+use crate::model::ModelRequest;
+use crate::obs::Obs;
+use crate::push::PushMsg;
+use crate::session_manager::SessionManagerMsg;
+
+/// One interaction in the user's recent history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Interaction {
+    pub item_id: String,
+    pub kind: EventKind,
+    pub ts: i64,
+}
+
+/// The durable part of a session.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SessionData {
+    /// Distinct events applied.
+    pub num_events: u64,
+    /// Most recent first, at most `sessions.max_recent`.
+    pub recent: VecDeque<Interaction>,
+    /// Summed interaction weight per item: the input of fold-in and the seen-items filter.
+    pub items: HashMap<String, f32>,
+}
+
+impl SessionData {
+    pub fn decode(bytes: &[u8]) -> Result<Self, ApiError> {
+        serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("corrupt session state: {e}")))
+    }
+}
+
+/// `GET /v1/users/{id}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct UserView {
+    pub user_id: String,
+    pub num_events: u64,
+    pub recent: Vec<Interaction>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyOutcome {
+    pub applied: usize,
+    pub duplicates: usize,
+}
+
+pub enum SessionMsg {
+    Apply(Vec<Record>, RpcReplyPort<Result<ApplyOutcome, ApiError>>),
+    Recommend(RecQuery, RpcReplyPort<Result<Arc<Recommendations>, ApiError>>),
+    Get(RpcReplyPort<Result<Option<UserView>, ApiError>>),
+    Erase(RpcReplyPort<Result<(), ApiError>>),
+    /// Stop now; the state is already durable.
+    Passivate,
+    IdleCheck,
+}
+
+pub struct SessionActor;
+
+pub struct SessionArgs {
+    pub user_id: String,
+    pub services: Arc<Services>,
+    pub manager: ActorRef<SessionManagerMsg>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SessionObs {
+    pub user_id: String,
+    pub num_events: u64,
+    pub num_items: usize,
+    pub num_duplicates: u64,
+    pub num_recommendations: u64,
+    pub last_event_ts: Option<i64>,
+    pub model_version: Option<String>,
+}
+
+pub struct SessionState {
+    args: SessionArgs,
+    data: SessionData,
+    /// Events of this user at log offsets below this were erased.
+    erased_at: Option<u64>,
+    last_active: Instant,
+    obs_state: SessionObs,
+    obs: Arc<Obs<SessionObs>>,
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(&self, myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
+        let store = &args.services.store;
+        let data = match store.load(&args.user_id)? {
+            Some(bytes) => SessionData::decode(&bytes)?,
+            None => SessionData::default(),
+        };
+        let erased_at = store.erased_at(&args.user_id)?;
+        let obs_state = SessionObs {
+            user_id: args.user_id.clone(),
+            num_events: data.num_events,
+            num_items: data.items.len(),
+            last_event_ts: data.recent.front().map(|i| i.ts),
+            ..Default::default()
+        };
+        let obs = args.services.obs.register(&myself.get_cell(), "session", &obs_state);
+        let period = (args.services.config.sessions.idle_timeout / 2).max(std::time::Duration::from_millis(20));
+        myself.send_interval(period, || SessionMsg::IdleCheck);
+        Ok(SessionState { args, data, erased_at, last_active: Instant::now(), obs_state, obs })
+    }
+
+    async fn post_stop(&self, myself: ActorRef<SessionMsg>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+        state.args.services.obs.deregister(&myself.get_cell());
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<SessionMsg>, msg: SessionMsg, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Apply(records, reply) => {
+                state.last_active = Instant::now();
+                let _ = reply.send(state.apply(records));
+            }
+            SessionMsg::Recommend(query, reply) => {
+                state.last_active = Instant::now();
+                let _ = reply.send(state.recommend(query).await);
+            }
+            SessionMsg::Get(reply) => {
+                state.last_active = Instant::now();
+                let _ = reply.send(Ok(state.view()));
+            }
+            SessionMsg::Erase(reply) => {
+                let result = erase(&state.args.services, &state.args.user_id, &state.data);
+                let _ = reply.send(result);
+                myself.stop(Some("erased".into()));
+            }
+            SessionMsg::Passivate => myself.stop(Some("passivated".into())),
+            SessionMsg::IdleCheck => {
+                if state.last_active.elapsed() >= state.args.services.config.sessions.idle_timeout {
+                    let _ = state.args.manager.cast(SessionManagerMsg::Idle {
+                        user_id: state.args.user_id.clone(),
+                        actor: myself.get_id(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SessionState {
+    fn apply(&mut self, records: Vec<Record>) -> Result<ApplyOutcome, ApiError> {
+        let services = &self.args.services;
+        let user = self.args.user_id.as_str();
+        let max_recent = services.config.sessions.max_recent;
+        let mut next = self.data.clone();
+        let mut outcome = ApplyOutcome::default();
+        let mut applied_ids: Vec<&str> = Vec::new();
+        let mut in_batch = HashSet::new();
+        let mut deltas: HashMap<&str, f64> = HashMap::new();
+        for record in &records {
+            let e = &record.event;
+            let erased = self.erased_at.is_some_and(|at| record.offset < at);
+            if erased
+                || !in_batch.insert(e.event_id.as_str())
+                || services.store.is_applied(user, &e.event_id).map_err(ApiError::internal)?
+            {
+                outcome.duplicates += 1;
+                continue;
+            }
+            let w = e.weight();
+            next.num_events += 1;
+            *next.items.entry(e.item_id.clone()).or_default() += w;
+            next.recent.push_front(Interaction { item_id: e.item_id.clone(), kind: e.kind, ts: e.ts });
+            next.recent.truncate(max_recent);
+            if w > 0.0 {
+                *deltas.entry(e.item_id.as_str()).or_default() += f64::from(w);
+            }
+            applied_ids.push(&e.event_id);
+            outcome.applied += 1;
+        }
+        self.obs_state.num_duplicates += outcome.duplicates as u64;
+        if outcome.applied > 0 {
+            let state = serde_json::to_vec(&next).map_err(ApiError::internal)?;
+            let deltas: Vec<(&str, f64)> = deltas.into_iter().collect();
+            services
+                .store
+                .commit(SessionCommit { user_id: user, state: &state, applied_event_ids: &applied_ids, item_deltas: &deltas })
+                .map_err(ApiError::internal)?;
+            for (item, delta) in &deltas {
+                services.popularity.add(item, *delta);
+            }
+            self.data = next;
+            services.cache.invalidate(user);
+            if let Some(push) = services.push.load_full() {
+                let _ = push.cast(PushMsg::Changed(user.to_owned()));
+            }
+        }
+        self.obs_state.num_events = self.data.num_events;
+        self.obs_state.num_items = self.data.items.len();
+        self.obs_state.last_event_ts = self.data.recent.front().map(|i| i.ts);
+        self.obs.publish(&self.obs_state);
+        Ok(outcome)
+    }
+
+    async fn recommend(&mut self, query: RecQuery) -> Result<Arc<Recommendations>, ApiError> {
+        let services = &self.args.services;
+        let user = &self.args.user_id;
+        if let Some(hit) = services.cache.get(user, &query) {
+            return Ok(hit);
+        }
+        let recs = recommend_for(services, user, &self.data, &query).await?;
+        services.cache.put(user, query, recs.clone());
+        self.obs_state.num_recommendations += 1;
+        self.obs_state.model_version = Some(recs.model_version.clone());
+        self.obs.publish(&self.obs_state);
+        Ok(recs)
+    }
+
+    fn view(&self) -> Option<UserView> {
+        (self.data.num_events > 0).then(|| UserView {
+            user_id: self.args.user_id.clone(),
+            num_events: self.data.num_events,
+            recent: self.data.recent.iter().cloned().collect(),
+        })
+    }
+}
+
+/// Recommendations for a user with the given session data (empty for a user never seen).
+pub async fn recommend_for(
+    services: &Services,
+    user_id: &str,
+    data: &SessionData,
+    query: &RecQuery,
+) -> Result<Arc<Recommendations>, ApiError> {
+    let req = ModelRequest {
+        interactions: data.items.iter().map(|(id, w)| (id.clone(), *w)).collect(),
+        exclude: data.items.keys().cloned().collect(),
+        k: query.k,
+        category: query.category.clone(),
+    };
+    let resp = services.models.recommend(req).await?;
+    Ok(Arc::new(Recommendations { user_id: user_id.to_owned(), model_version: resp.model_version, items: resp.items }))
+}
+
+/// Erases a user everywhere: session state, applied and accepted event ids, its share of item
+/// popularity and the cache; a tombstone at the current end of the user's log partition keeps
+/// replays from bringing the user back.
+pub fn erase(services: &Services, user_id: &str, data: &SessionData) -> Result<(), ApiError> {
+    let partition = partition_for(user_id, services.log.num_partitions());
+    let erased_at = *services.log.high_watermark(partition).borrow();
+    let deltas: Vec<(String, f64)> =
+        data.items.iter().filter(|(_, w)| **w > 0.0).map(|(id, w)| (id.clone(), f64::from(*w))).collect();
+    let borrowed: Vec<(&str, f64)> = deltas.iter().map(|(id, w)| (id.as_str(), *w)).collect();
+    services.store.erase(user_id, erased_at, &borrowed).map_err(ApiError::internal)?;
+    services.log.forget_user(user_id).map_err(ApiError::internal)?;
+    services.popularity.remove(&deltas);
+    services.cache.invalidate(user_id);
+    Ok(())
+}

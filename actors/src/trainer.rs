@@ -1,0 +1,195 @@
+//! The trainer: retrains the model on a schedule (`model.retrain_interval`) and on demand, off
+//! the serving path. It reads the whole event log (skipping erased users), trains on the blocking
+//! pool, measures the new version on a temporal hold-out, publishes it to the model registry and
+//! has every model actor load it; then it clears the cache and tells live subscribers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{ApiError, ErrorCode};
+use models::{Interactions, ModelArtifact, ModelMeta, TrainParams};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+
+use crate::Services;
+use crate::obs::Obs;
+use crate::push::PushMsg;
+
+pub enum TrainerMsg {
+    /// Start a run. With `wait`, the reply comes when the run ends; otherwise when it starts.
+    Train { wait: bool, reply: Option<RpcReplyPort<Result<String, ApiError>>> },
+    Progress { iteration: usize, iterations: usize },
+    Done(Result<String, String>),
+}
+
+pub struct TrainerActor;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TrainerObs {
+    pub running: bool,
+    pub progress: Option<String>,
+    pub num_runs: u64,
+    pub num_failures: u64,
+    pub last_version: Option<String>,
+    pub last_error: Option<String>,
+    pub last_duration_ms: Option<u64>,
+}
+
+pub struct TrainerState {
+    services: Arc<Services>,
+    started: Option<Instant>,
+    waiting: Vec<RpcReplyPort<Result<String, ApiError>>>,
+    obs_state: TrainerObs,
+    obs: Arc<Obs<TrainerObs>>,
+}
+
+impl Actor for TrainerActor {
+    type Msg = TrainerMsg;
+    type State = TrainerState;
+    type Arguments = Arc<Services>;
+
+    async fn pre_start(&self, myself: ActorRef<TrainerMsg>, services: Arc<Services>) -> Result<TrainerState, ActorProcessingErr> {
+        let obs = services.obs.register(&myself.get_cell(), "trainer", &TrainerObs::default());
+        let interval = services.config.model.retrain_interval;
+        if !interval.is_zero() {
+            myself.send_interval(interval, || TrainerMsg::Train { wait: false, reply: None });
+        }
+        Ok(TrainerState { services, started: None, waiting: Vec::new(), obs_state: TrainerObs::default(), obs })
+    }
+
+    async fn post_stop(&self, myself: ActorRef<TrainerMsg>, state: &mut TrainerState) -> Result<(), ActorProcessingErr> {
+        state.services.obs.deregister(&myself.get_cell());
+        Ok(())
+    }
+
+    async fn handle(&self, myself: ActorRef<TrainerMsg>, msg: TrainerMsg, state: &mut TrainerState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TrainerMsg::Train { wait, reply } => {
+                if state.obs_state.running {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(ApiError::new(ErrorCode::Conflict, "a training run is already in progress")));
+                    }
+                    return Ok(());
+                }
+                state.obs_state.running = true;
+                state.obs_state.progress = Some("reading events".into());
+                state.started = Some(Instant::now());
+                match (wait, reply) {
+                    (true, Some(reply)) => state.waiting.push(reply),
+                    (false, Some(reply)) => drop(reply.send(Ok("started".into()))),
+                    _ => {}
+                }
+                let services = state.services.clone();
+                tokio::spawn(async move {
+                    let result = run(&services, &myself).await.map_err(|e| e.message);
+                    let _ = myself.cast(TrainerMsg::Done(result));
+                });
+            }
+            TrainerMsg::Progress { iteration, iterations } => {
+                state.obs_state.progress = Some(format!("iteration {iteration}/{iterations}"));
+            }
+            TrainerMsg::Done(result) => {
+                state.obs_state.running = false;
+                state.obs_state.progress = None;
+                state.obs_state.num_runs += 1;
+                state.obs_state.last_duration_ms = state.started.take().map(|s| s.elapsed().as_millis() as u64);
+                match &result {
+                    Ok(version) => {
+                        tracing::info!(%version, duration_ms = state.obs_state.last_duration_ms, "model trained and activated");
+                        state.obs_state.last_version = Some(version.clone());
+                        state.obs_state.last_error = None;
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "training failed");
+                        state.obs_state.num_failures += 1;
+                        state.obs_state.last_error = Some(error.clone());
+                    }
+                }
+                for reply in state.waiting.drain(..) {
+                    let _ = reply.send(result.clone().map_err(ApiError::unavailable));
+                }
+            }
+        }
+        state.obs.publish(&state.obs_state);
+        Ok(())
+    }
+}
+
+async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<String, ApiError> {
+    let (data, range) = collect(services).await?;
+    let m = &services.config.model;
+    let params = TrainParams { dim: m.dim, iterations: m.iterations, regularization: m.regularization, alpha: m.alpha, seed: m.seed };
+    let progress = trainer.clone();
+    let artifact = tokio::task::spawn_blocking(move || {
+        train(data, range, params, |iteration, iterations| {
+            let _ = progress.cast(TrainerMsg::Progress { iteration, iterations });
+        })
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let version = artifact.meta.version.clone();
+    services.registry.publish(artifact).await?;
+    services.models.reload_all().await?;
+    services.cache.clear();
+    if let Some(push) = services.push.load_full() {
+        let _ = push.cast(PushMsg::ChangedAll);
+    }
+    Ok(version)
+}
+
+/// Reads every event in the log into training data, skipping events of erased users.
+pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, i64)>), ApiError> {
+    let log = &services.log;
+    let mut data = Interactions::default();
+    let mut range: Option<(i64, i64)> = None;
+    let mut erased: HashMap<String, Option<u64>> = HashMap::new();
+    for partition in 0..log.num_partitions() {
+        let end = *log.high_watermark(partition).borrow();
+        let mut offset = 0;
+        while offset < end {
+            let records = log.read(partition, offset, 10_000).await.map_err(ApiError::internal)?;
+            let Some(last) = records.last() else { break };
+            offset = last.offset + 1;
+            for r in records {
+                let e = &r.event;
+                let erased_at = match erased.get(&e.user_id) {
+                    Some(at) => *at,
+                    None => {
+                        let at = services.store.erased_at(&e.user_id).map_err(ApiError::internal)?;
+                        erased.insert(e.user_id.clone(), at);
+                        at
+                    }
+                };
+                if erased_at.is_some_and(|at| r.offset < at) {
+                    continue;
+                }
+                data.add(&e.user_id, &e.item_id, e.weight(), e.ts);
+                range = Some(range.map_or((e.ts, e.ts), |(lo, hi)| (lo.min(e.ts), hi.max(e.ts))));
+            }
+        }
+    }
+    Ok((data, range))
+}
+
+/// Trains a version on `data`: hold-out metrics first, then the model on everything.
+pub fn train(data: Interactions, range: Option<(i64, i64)>, params: TrainParams, progress: impl FnMut(usize, usize)) -> ModelArtifact {
+    let metrics = models::eval::holdout_metrics(&data, &params).map(|m| m.to_map()).unwrap_or_default();
+    let factors = models::als::train(&data, &params, progress);
+    let mut popularity = vec![0.0f32; data.items.len()];
+    for cell in data.cells() {
+        popularity[cell.item as usize] += cell.weight.max(0.0);
+    }
+    let meta = ModelMeta {
+        version: format!("v{}", common::now_millis()),
+        created_at: common::now_millis(),
+        dim: params.dim,
+        num_items: data.items.len(),
+        num_users: data.users.len(),
+        num_interactions: data.num_cells(),
+        data_range: range,
+        params,
+        metrics,
+    };
+    ModelArtifact::build(meta, data.items, factors.items, popularity)
+}

@@ -1,0 +1,300 @@
+//! Node configuration: typed, documented, with a named default for every key.
+//!
+//! Layers, later wins: built-in defaults → a TOML file (`--config`) → environment variables
+//! `STREAMREC__<SECTION>__<KEY>` (e.g. `STREAMREC__SESSIONS__IDLE_TIMEOUT=30s`) → command-line
+//! flags. The result is validated once at start-up and passed down; there is no global.
+//! Durations are written the human way: `"250ms"`, `"30s"`, `"6h"`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where RocksDB, the embedded event log and local artifacts live. Default `./data`.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub events: EventsConfig,
+    pub catalog: CatalogConfig,
+    pub cache: CacheConfig,
+    pub objects: ObjectsConfig,
+    pub sessions: SessionsConfig,
+    pub model: ModelConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// The HTTP server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Most events in one `POST /v1/events`. Default 1000.
+    pub max_batch_events: usize,
+    /// Longest a request may take before it fails with 503. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests before closing. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// The event log that feeds sessions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Which log: `embedded` (files under `data_dir/events`). Default `embedded`.
+    pub url: String,
+    /// Partitions of the log; a user always maps to one. Fixed once data exists. Default 12.
+    pub num_partitions: u32,
+    /// fsync every append before acknowledging it (group-committed). Default true.
+    pub fsync: bool,
+    /// Most records an ingest actor applies per batch. Default 512.
+    pub consume_batch: usize,
+}
+
+/// The item catalog and user profiles.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// Which store: `embedded` (RocksDB in `data_dir`). Default `embedded`.
+    pub url: String,
+}
+
+/// The recommendation cache.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Which cache: `memory` (in-process). Default `memory`.
+    pub url: String,
+    /// Most users with cached recommendations. Default 100000.
+    pub max_users: u64,
+    /// How long a cached entry lives if nothing invalidates it. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+/// Where model artifacts are kept.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectsConfig {
+    /// Which store: `embedded` (files under `data_dir/objects`). Default `embedded`.
+    pub url: String,
+}
+
+/// Per-user session actors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// A session with no message for this long is written out and stopped. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most live sessions; past it the least recently used is passivated. Default 100000.
+    pub max_live: usize,
+    /// Recent interactions kept per user. Default 50.
+    pub max_recent: usize,
+}
+
+/// The recommendation model: training and serving.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Model actors serving inference in parallel. Default 2.
+    pub num_workers: usize,
+    /// ONNX Runtime intra-op threads per model actor. Default 1.
+    pub intra_threads: usize,
+    /// Latent factors per user and item. Default 32.
+    pub dim: usize,
+    /// ALS sweeps per training run. Default 12.
+    pub iterations: usize,
+    /// L2 regularisation of the factors. Default 0.1.
+    pub regularization: f32,
+    /// Confidence scale of implicit feedback (c = 1 + alpha * weight). Default 4.0.
+    pub alpha: f32,
+    /// Seed of the factor initialisation; the same data and seed give the same model. Default 42.
+    pub seed: u64,
+    /// Time between scheduled retrainings; `0s` turns the schedule off. Default 6h.
+    #[serde(with = "humantime_serde")]
+    pub retrain_interval: Duration,
+    /// Path of `libonnxruntime.so`; found automatically when unset (see README). Default unset.
+    pub onnxruntime_path: Option<PathBuf>,
+}
+
+/// Logs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `text` or `json`. Default `text`.
+    pub log_format: String,
+    /// A `tracing` filter such as `info` or `streamrec=debug,info`; `RUST_LOG` wins. Default `info`.
+    pub log_level: String,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            max_body_bytes: 1 << 20,
+            max_batch_events: 1000,
+            request_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { url: EMBEDDED.into(), num_partitions: 12, fsync: true, consume_batch: 512 }
+    }
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        Self { url: EMBEDDED.into() }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { url: "memory".into(), max_users: 100_000, ttl: Duration::from_secs(300) }
+    }
+}
+
+impl Default for ObjectsConfig {
+    fn default() -> Self {
+        Self { url: EMBEDDED.into() }
+    }
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self { idle_timeout: Duration::from_secs(300), max_live: 100_000, max_recent: 50 }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            num_workers: 2,
+            intra_threads: 1,
+            dim: 32,
+            iterations: 12,
+            regularization: 0.1,
+            alpha: 4.0,
+            seed: 42,
+            retrain_interval: Duration::from_secs(6 * 3600),
+            onnxruntime_path: None,
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_format: "text".into(), log_level: "info".into() }
+    }
+}
+
+/// The backend name of the built-in stores.
+pub const EMBEDDED: &str = "embedded";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("failed to load configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then `STREAMREC__*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config =
+            figment.merge(Env::prefixed("STREAMREC__").split("__")).extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !(1..=1024).contains(&self.events.num_partitions) {
+            return invalid("events.num_partitions must be between 1 and 1024");
+        }
+        if self.model.num_workers == 0 || self.model.intra_threads == 0 {
+            return invalid("model.num_workers and model.intra_threads must be at least 1");
+        }
+        if !(2..=512).contains(&self.model.dim) {
+            return invalid("model.dim must be between 2 and 512");
+        }
+        if self.sessions.max_live == 0 || self.sessions.max_recent == 0 {
+            return invalid("sessions.max_live and sessions.max_recent must be at least 1");
+        }
+        if self.server.max_batch_events == 0 || self.events.consume_batch == 0 {
+            return invalid("server.max_batch_events and events.consume_batch must be at least 1");
+        }
+        for (key, url, allowed) in [
+            ("events.url", &self.events.url, EMBEDDED),
+            ("catalog.url", &self.catalog.url, EMBEDDED),
+            ("cache.url", &self.cache.url, "memory"),
+            ("objects.url", &self.objects.url, EMBEDDED),
+        ] {
+            if url != allowed {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} = {url:?} is not supported by this build; use {allowed:?}"
+                )));
+            }
+        }
+        if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
+            return invalid("telemetry.log_format must be `text` or `json`");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("streamrec.toml");
+        std::fs::write(&file, "[sessions]\nidle_timeout = \"90s\"\nmax_recent = 7\n").expect("write");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STREAMREC__SESSIONS__MAX_RECENT", "9");
+            let config = Config::load(Some(&file)).expect("loads");
+            assert_eq!(config.sessions.idle_timeout, Duration::from_secs(90));
+            assert_eq!(config.sessions.max_recent, 9);
+            assert_eq!(config.events.num_partitions, 12);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[sessions]\nidle_timout = \"90s\"\n").expect("write");
+        assert!(Config::load(Some(&file)).is_err());
+        let mut config = Config::default();
+        config.events.num_partitions = 0;
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! One table of stable error codes. Every failure a client can see is one of these codes with a
+//! message; the code decides the HTTP status (and the gRPC status once the gRPC gateway lands),
+//! so the mapping lives here and nowhere else.
+
+use serde::Serialize;
+
+/// A stable, machine-readable error code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or fails validation.
+    InvalidArgument,
+    /// The request body exceeds the configured limit.
+    PayloadTooLarge,
+    /// The addressed user, item or model does not exist.
+    NotFound,
+    /// The node cannot serve this now (store, model or actor not available); retry later.
+    Unavailable,
+    /// A training run is already in progress.
+    Conflict,
+    /// A bug or an unexpected failure; details are logged, never sent.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument => 400,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Conflict => 409,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// An error meant for a client: a code and a message that is safe to show.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidArgument, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+    /// An internal failure: the caller sees a generic message; the cause goes to the log.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+}

@@ -1,0 +1,48 @@
+//! Inference latency of the ONNX scoring graph at production scale: 100K items, d = 64, top-20,
+//! with a realistic mask (a few hundred seen items filtered). Prints criterion's figures.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use models::Scorer;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const ITEMS: usize = 100_000;
+const DIM: usize = 64;
+
+fn bench(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(1);
+    let factors: Vec<f32> = (0..ITEMS * DIM).map(|_| rng.random::<f32>() - 0.5).collect();
+    let bias: Vec<f32> = (0..ITEMS).map(|_| rng.random::<f32>() * 1e-3).collect();
+    let onnx = models::onnx::scoring_graph(&factors, &bias, DIM, "bench");
+    let user: Vec<f32> = (0..DIM).map(|_| rng.random::<f32>() - 0.5).collect();
+    let mut mask = vec![0.0f32; ITEMS];
+    for _ in 0..300 {
+        mask[rng.random_range(0..ITEMS)] = f32::NEG_INFINITY;
+    }
+    for threads in [1, 2] {
+        let mut scorer = Scorer::new(&onnx, ITEMS, DIM, threads).expect("ONNX Runtime (run `make setup`)");
+        c.bench_function(&format!("onnx_top20_100k_items_d64_{threads}thread"), |b| {
+            b.iter(|| scorer.top_k(&user, &mask, 20).expect("run"))
+        });
+    }
+    let artifact_items: Vec<String> = (0..ITEMS).map(|i| format!("item-{i}")).collect();
+    let meta = models::ModelMeta {
+        version: "bench".into(),
+        created_at: 0,
+        dim: DIM,
+        num_items: ITEMS,
+        num_users: 0,
+        num_interactions: 0,
+        data_range: None,
+        params: models::TrainParams { dim: DIM, iterations: 0, regularization: 0.1, alpha: 4.0, seed: 1 },
+        metrics: Default::default(),
+    };
+    let artifact = models::ModelArtifact::build(meta, artifact_items, factors, vec![1.0; ITEMS]);
+    let history: Vec<(String, f32)> = (0..50).map(|i| (format!("item-{}", i * 97), 1.0 + (i % 3) as f32)).collect();
+    c.bench_function("fold_in_50_interactions_d64", |b| {
+        b.iter(|| artifact.fold_in(history.iter().map(|(id, w)| (id.as_str(), *w))))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

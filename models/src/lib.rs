@@ -1,0 +1,32 @@
+//! The recommendation model, synchronous and free of actors: implicit-feedback matrix
+//! factorisation (ALS) trained in Rust, exported as an ONNX graph (user vector × item matrix +
+//! item bias + filter mask → TopK), served through ONNX Runtime, with a real-time fold-in of a
+//! user's live interactions.
+
+pub mod als;
+pub mod artifact;
+pub mod eval;
+pub mod linalg;
+pub mod onnx;
+pub mod runtime;
+pub mod scorer;
+
+pub use als::{Interactions, TrainParams};
+pub use artifact::{ModelArtifact, ModelMeta};
+pub use scorer::Scorer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}")]
+    RuntimeMissing(String),
+    #[error("onnx runtime: {0}")]
+    Ort(String),
+    #[error("artifact: {0}")]
+    Artifact(String),
+}
+
+impl From<ort::Error> for ModelError {
+    fn from(e: ort::Error) -> Self {
+        ModelError::Ort(e.to_string())
+    }
+}

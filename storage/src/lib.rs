@@ -1,0 +1,22 @@
+//! Storage behind traits: the event log, session state, the catalog, the recommendation cache
+//! and the object store. Each concern is one trait with an embedded implementation here, so that
+//! Kafka, PostgreSQL, Redis and S3 implementations can be chosen by configuration alone.
+//!
+//! This is the only crate that links RocksDB: everything above it builds without waiting on the
+//! RocksDB C++ build, and no crate above it sees a RocksDB type.
+
+pub mod cache;
+pub mod catalog;
+pub mod db;
+pub mod error;
+pub mod log;
+pub mod objects;
+pub mod sessions;
+
+pub use cache::{MemoryCache, RecCache};
+pub use catalog::{Catalog, CatalogView, RocksCatalog};
+pub use db::Db;
+pub use error::StorageError;
+pub use log::{AppendOutcome, EventLog, FileEventLog, Record};
+pub use objects::{LocalObjectStore, ObjectStore};
+pub use sessions::{RocksSessionStore, SessionStore};
