@@ -22,13 +22,20 @@ use crate::session_manager::SessionManagerMsg;
 use crate::{Services, call, slot_get};
 
 static EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("streamrec_ingest_events_total", "Events routed to sessions by ingest actors.")
-        .expect("metric registers once")
+    register_int_counter!(
+        "streamrec_ingest_events_total",
+        "Events routed to sessions by ingest actors."
+    )
+    .expect("metric registers once")
 });
 
 static LAG: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("streamrec_ingest_lag_records", "Records in the log not yet applied, per partition.", &["partition"])
-        .expect("metric registers once")
+    register_int_gauge_vec!(
+        "streamrec_ingest_lag_records",
+        "Records in the log not yet applied, per partition.",
+        &["partition"]
+    )
+    .expect("metric registers once")
 });
 
 /// How long one batch may take to apply before the actor fails and retries.
@@ -68,24 +75,53 @@ impl Actor for IngestActor {
     type State = IngestState;
     type Arguments = IngestArgs;
 
-    async fn pre_start(&self, myself: ActorRef<IngestMsg>, args: IngestArgs) -> Result<IngestState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<IngestMsg>,
+        args: IngestArgs,
+    ) -> Result<IngestState, ActorProcessingErr> {
         let committed = args.services.log.committed(args.partition)?;
-        let obs_state = IngestObs { partition: args.partition, committed, ..Default::default() };
-        let obs = args.services.obs.register(&myself.get_cell(), "ingest", &obs_state);
-        Ok(IngestState { args, committed, obs_state, obs })
+        let obs_state = IngestObs {
+            partition: args.partition,
+            committed,
+            ..Default::default()
+        };
+        let obs = args
+            .services
+            .obs
+            .register(&myself.get_cell(), "ingest", &obs_state);
+        Ok(IngestState {
+            args,
+            committed,
+            obs_state,
+            obs,
+        })
     }
 
-    async fn post_start(&self, myself: ActorRef<IngestMsg>, _: &mut IngestState) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        myself: ActorRef<IngestMsg>,
+        _: &mut IngestState,
+    ) -> Result<(), ActorProcessingErr> {
         myself.cast(IngestMsg::Poll)?;
         Ok(())
     }
 
-    async fn post_stop(&self, myself: ActorRef<IngestMsg>, state: &mut IngestState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<IngestMsg>,
+        state: &mut IngestState,
+    ) -> Result<(), ActorProcessingErr> {
         state.args.services.obs.deregister(&myself.get_cell());
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<IngestMsg>, IngestMsg::Poll: IngestMsg, state: &mut IngestState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<IngestMsg>,
+        IngestMsg::Poll: IngestMsg,
+        state: &mut IngestState,
+    ) -> Result<(), ActorProcessingErr> {
         let services = &state.args.services;
         let partition = state.args.partition;
         let mut hw = services.log.high_watermark(partition);
@@ -104,12 +140,29 @@ impl Actor for IngestActor {
         }
         let next = records.last().map_or(state.committed, |r| r.offset + 1);
         let n = records.len();
-        let outcomes = try_join_all(group_by_user(records).into_iter().map(|(user_id, records)| async move {
-            let sessions = slot_get(&services.sessions, "session manager")?;
-            call(&sessions, "session", |reply| SessionManagerMsg::Apply { user_id, records, reply }, APPLY_TIMEOUT).await
-        }))
+        let outcomes = try_join_all(group_by_user(records).into_iter().map(
+            |(user_id, records)| async move {
+                let sessions = slot_get(&services.sessions, "session manager")?;
+                call(
+                    &sessions,
+                    "session",
+                    |reply| SessionManagerMsg::Apply {
+                        user_id,
+                        records,
+                        reply,
+                    },
+                    APPLY_TIMEOUT,
+                )
+                .await
+            },
+        ))
         .await
-        .map_err(|e: ApiError| format!("partition {partition}: applying a batch failed: {}", e.message))?;
+        .map_err(|e: ApiError| {
+            format!(
+                "partition {partition}: applying a batch failed: {}",
+                e.message
+            )
+        })?;
         services.log.commit(partition, next)?;
         state.committed = next;
         state.obs_state.num_events += n as u64;
@@ -126,7 +179,8 @@ impl IngestState {
     fn publish(&mut self) {
         self.obs_state.committed = self.committed;
         self.obs_state.lag = self.obs_state.high_watermark.saturating_sub(self.committed);
-        LAG.with_label_values(&[&self.args.partition.to_string()]).set(self.obs_state.lag as i64);
+        LAG.with_label_values(&[&self.args.partition.to_string()])
+            .set(self.obs_state.lag as i64);
         self.obs.publish(&self.obs_state);
     }
 }

@@ -37,7 +37,9 @@ pub type Slot<M> = Arc<ArcSwapOption<ActorRef<M>>>;
 
 /// Reads a slot, failing with `unavailable` while the actor is (re)starting.
 pub fn slot_get<M: ractor::Message>(slot: &Slot<M>, what: &str) -> Result<ActorRef<M>, ApiError> {
-    slot.load_full().map(|r| (*r).clone()).ok_or_else(|| ApiError::unavailable(format!("{what} is restarting")))
+    slot.load_full()
+        .map(|r| (*r).clone())
+        .ok_or_else(|| ApiError::unavailable(format!("{what} is restarting")))
 }
 
 /// Everything actors share: configuration, stores and the handles between actors.
@@ -71,8 +73,12 @@ where
 {
     match actor.call(build, Some(timeout)).await {
         Ok(ractor::rpc::CallResult::Success(result)) => result,
-        Ok(ractor::rpc::CallResult::Timeout) => Err(ApiError::unavailable(format!("{what} timed out"))),
-        Ok(ractor::rpc::CallResult::SenderError) => Err(ApiError::unavailable(format!("{what} failed while handling the request"))),
+        Ok(ractor::rpc::CallResult::Timeout) => {
+            Err(ApiError::unavailable(format!("{what} timed out")))
+        }
+        Ok(ractor::rpc::CallResult::SenderError) => Err(ApiError::unavailable(format!(
+            "{what} failed while handling the request"
+        ))),
         Err(_) => Err(ApiError::unavailable(format!("{what} is not running"))),
     }
 }

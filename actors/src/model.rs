@@ -31,14 +31,20 @@ static INFERENCE: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "streamrec_model_inference_seconds",
         "Time a model actor spends on one request (fold-in, mask, ONNX, reasons).",
-        vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25]
+        vec![
+            0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25
+        ]
     )
     .expect("metric registers once")
 });
 
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("streamrec_model_requests_total", "Model requests by result.", &["result"])
-        .expect("metric registers once")
+    register_int_counter_vec!(
+        "streamrec_model_requests_total",
+        "Model requests by result.",
+        &["result"]
+    )
+    .expect("metric registers once")
 });
 
 /// Reason given for items chosen by popularity.
@@ -105,20 +111,34 @@ pub struct ModelState {
 
 async fn load(artifact: Arc<ModelArtifact>, intra_threads: usize) -> Result<Loaded, ApiError> {
     if artifact.num_items() == 0 {
-        return Ok(Loaded { artifact, scorer: None });
+        return Ok(Loaded {
+            artifact,
+            scorer: None,
+        });
     }
     let a = artifact.clone();
-    let scorer = tokio::task::spawn_blocking(move || Scorer::new(&a.onnx, a.num_items(), a.meta.dim, intra_threads))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok(Loaded { artifact, scorer: Some(Arc::new(Mutex::new(scorer))) })
+    let scorer = tokio::task::spawn_blocking(move || {
+        Scorer::new(&a.onnx, a.num_items(), a.meta.dim, intra_threads)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Loaded {
+        artifact,
+        scorer: Some(Arc::new(Mutex::new(scorer))),
+    })
 }
 
 impl ModelState {
     async fn reload(&mut self) -> Result<(), ApiError> {
-        let Some(active) = self.args.registry.active() else { return Ok(()) };
-        if self.loaded.as_ref().is_some_and(|l| l.artifact.meta.version == active.meta.version) {
+        let Some(active) = self.args.registry.active() else {
+            return Ok(());
+        };
+        if self
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.artifact.meta.version == active.meta.version)
+        {
             return Ok(());
         }
         let loaded = load(active, self.args.intra_threads).await?;
@@ -135,26 +155,49 @@ impl Actor for ModelActor {
     type State = ModelState;
     type Arguments = ModelArgs;
 
-    async fn pre_start(&self, myself: ActorRef<ModelMsg>, args: ModelArgs) -> Result<ModelState, ActorProcessingErr> {
-        let obs = args.obs.register(&myself.get_cell(), "model", &ModelObs::default());
-        let mut state = ModelState { args, loaded: None, masks: MaskCache::default(), obs_state: ModelObs::default(), obs };
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ModelMsg>,
+        args: ModelArgs,
+    ) -> Result<ModelState, ActorProcessingErr> {
+        let obs = args
+            .obs
+            .register(&myself.get_cell(), "model", &ModelObs::default());
+        let mut state = ModelState {
+            args,
+            loaded: None,
+            masks: MaskCache::default(),
+            obs_state: ModelObs::default(),
+            obs,
+        };
         state.reload().await?;
         Ok(state)
     }
 
-    async fn post_stop(&self, myself: ActorRef<ModelMsg>, state: &mut ModelState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<ModelMsg>,
+        state: &mut ModelState,
+    ) -> Result<(), ActorProcessingErr> {
         state.args.obs.deregister(&myself.get_cell());
         Ok(())
     }
 
-    async fn handle(&self, _: ActorRef<ModelMsg>, msg: ModelMsg, state: &mut ModelState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _: ActorRef<ModelMsg>,
+        msg: ModelMsg,
+        state: &mut ModelState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ModelMsg::Recommend(req, reply) => {
                 let started = Instant::now();
                 let result = recommend(state, req).await;
                 let elapsed = started.elapsed();
                 INFERENCE.observe(elapsed.as_secs_f64());
-                REQUESTS.with_label_values(&[if result.is_ok() { "ok" } else { "error" }]).inc();
+                REQUESTS
+                    .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
+                    .inc();
                 state.obs_state.num_requests += 1;
                 state.obs_state.num_errors += u64::from(result.is_err());
                 state.obs_state.last_latency_us = elapsed.as_micros() as u64;
@@ -175,14 +218,29 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
     let popularity = state.args.popularity.clone();
     let Some(loaded) = &state.loaded else {
         let items = fill_popular(Vec::new(), &req, &catalog, &popularity);
-        return Ok(ModelResponse { model_version: "none".into(), items });
+        return Ok(ModelResponse {
+            model_version: "none".into(),
+            items,
+        });
     };
     let artifact = loaded.artifact.clone();
     let scorer = loaded.scorer.clone();
-    let mask = state.masks.get(&artifact, &catalog, req.category.as_deref());
+    let mask = state
+        .masks
+        .get(&artifact, &catalog, req.category.as_deref());
     tokio::task::spawn_blocking(move || {
-        let items = score(&artifact, scorer.as_deref(), &mask, &req, &catalog, &popularity)?;
-        Ok(ModelResponse { model_version: artifact.meta.version.clone(), items })
+        let items = score(
+            &artifact,
+            scorer.as_deref(),
+            &mask,
+            &req,
+            &catalog,
+            &popularity,
+        )?;
+        Ok(ModelResponse {
+            model_version: artifact.meta.version.clone(),
+            items,
+        })
     })
     .await
     .map_err(ApiError::internal)?
@@ -207,7 +265,10 @@ pub fn score(
                 mask[row as usize] = f32::NEG_INFINITY;
             }
         }
-        let top = scorer.lock().top_k(&user, &mask, req.k).map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let top = scorer
+            .lock()
+            .top_k(&user, &mask, req.k)
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let liked: Vec<(u32, &str)> = req
             .interactions
             .iter()
@@ -224,7 +285,11 @@ pub fn score(
             if let Some((_, id)) = nearest {
                 reasons.push(format!("similar_to:{id}"));
             }
-            items.push(Recommendation { item_id: artifact.item_ids[row as usize].clone(), score, reasons });
+            items.push(Recommendation {
+                item_id: artifact.item_ids[row as usize].clone(),
+                score,
+                reasons,
+            });
         }
     }
     Ok(fill_popular(items, req, catalog, popularity))
@@ -241,7 +306,9 @@ pub fn fill_popular(
         return items;
     }
     let ranked = popularity.ranked();
-    let max = ranked.first().map_or(1.0, |(_, c)| c.max(f64::MIN_POSITIVE));
+    let max = ranked
+        .first()
+        .map_or(1.0, |(_, c)| c.max(f64::MIN_POSITIVE));
     let floor = items.last().map(|r| r.score.min(0.0) - 1.0);
     let chosen: HashSet<String> = items.iter().map(|r| r.item_id.clone()).collect();
     let view = catalog.read();
@@ -259,7 +326,11 @@ pub fn fill_popular(
             }
             let norm = (*count / max) as f32;
             let score = floor.map_or(norm, |f| f + norm);
-            items.push(Recommendation { item_id: id.clone(), score, reasons: vec![REASON_POPULAR.to_owned()] });
+            items.push(Recommendation {
+                item_id: id.clone(),
+                score,
+                reasons: vec![REASON_POPULAR.to_owned()],
+            });
         }
     }
     items
@@ -273,7 +344,12 @@ struct MaskCache {
 }
 
 impl MaskCache {
-    fn get(&mut self, artifact: &ModelArtifact, catalog: &CatalogView, category: Option<&str>) -> Arc<Vec<f32>> {
+    fn get(
+        &mut self,
+        artifact: &ModelArtifact,
+        catalog: &CatalogView,
+        category: Option<&str>,
+    ) -> Arc<Vec<f32>> {
         let key = (artifact.meta.version.clone(), catalog.version());
         if self.key.as_ref() != Some(&key) {
             self.key = Some(key);
@@ -290,7 +366,8 @@ impl MaskCache {
                         .iter()
                         .map(|id| {
                             let s = view.status(id);
-                            let ok = s.recommendable() && category.as_deref().is_none_or(|c| s.in_category(c));
+                            let ok = s.recommendable()
+                                && category.as_deref().is_none_or(|c| s.in_category(c));
                             if ok { 0.0 } else { f32::NEG_INFINITY }
                         })
                         .collect(),
@@ -323,7 +400,13 @@ impl ModelPool {
     }
 
     pub fn workers(&self) -> Vec<ActorRef<ModelMsg>> {
-        self.inner.workers.read().iter().flatten().cloned().collect()
+        self.inner
+            .workers
+            .read()
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 
     pub async fn recommend(&self, req: ModelRequest) -> Result<ModelResponse, ApiError> {
@@ -332,7 +415,13 @@ impl ModelPool {
             return Err(ApiError::unavailable("no model worker is running"));
         }
         let worker = &workers[self.inner.next.fetch_add(1, Ordering::Relaxed) % workers.len()];
-        call(worker, "model worker", |r| ModelMsg::Recommend(req, r), CALL_TIMEOUT).await
+        call(
+            worker,
+            "model worker",
+            |r| ModelMsg::Recommend(req, r),
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     /// Makes every worker load the active version; returns once all have.

@@ -22,6 +22,9 @@ struct Entry {
 #[derive(Default)]
 pub struct ObsRegistry {
     entries: RwLock<HashMap<ActorId, Entry>>,
+    /// Names given by parents (`model-0`, a user id); ractor names are process-global, so
+    /// actors stay unnamed there and are labelled here instead.
+    labels: RwLock<HashMap<ActorId, String>>,
 }
 
 /// The publishing side of one actor's observable state.
@@ -32,20 +35,44 @@ pub struct Obs<T> {
 
 impl<T: Serialize> Obs<T> {
     pub fn publish(&self, state: &T) {
-        self.tx.send_replace(serde_json::to_value(state).unwrap_or(Value::Null));
+        self.tx
+            .send_replace(serde_json::to_value(state).unwrap_or(Value::Null));
     }
 }
 
 impl ObsRegistry {
-    pub fn register<T: Serialize>(&self, actor: &ActorCell, kind: &'static str, initial: &T) -> Arc<Obs<T>> {
+    pub fn register<T: Serialize>(
+        &self,
+        actor: &ActorCell,
+        kind: &'static str,
+        initial: &T,
+    ) -> Arc<Obs<T>> {
         let (tx, rx) = watch::channel(serde_json::to_value(initial).unwrap_or(Value::Null));
-        let entry = Entry { kind, started_at: common::now_millis(), state: rx };
+        let entry = Entry {
+            kind,
+            started_at: common::now_millis(),
+            state: rx,
+        };
         self.entries.write().insert(actor.get_id(), entry);
-        Arc::new(Obs { tx, _kind: PhantomData })
+        Arc::new(Obs {
+            tx,
+            _kind: PhantomData,
+        })
     }
 
     pub fn deregister(&self, actor: &ActorCell) {
         self.entries.write().remove(&actor.get_id());
+        self.labels.write().remove(&actor.get_id());
+    }
+
+    /// Names an actor for the console.
+    pub fn label(&self, actor: &ActorCell, name: impl Into<String>) {
+        self.labels.write().insert(actor.get_id(), name.into());
+    }
+
+    fn name(&self, cell: &ActorCell) -> Option<String> {
+        cell.get_name()
+            .or_else(|| self.labels.read().get(&cell.get_id()).cloned())
     }
 
     /// One actor's snapshot: kind, status, uptime and observable state.
@@ -57,7 +84,7 @@ impl ObsRegistry {
         };
         json!({
             "id": cell.get_id().to_string(),
-            "name": cell.get_name(),
+            "name": self.name(cell),
             "kind": kind,
             "status": format!("{:?}", cell.get_status()).to_lowercase(),
             "uptime_ms": started_at.map(|t| common::now_millis() - t),
@@ -69,16 +96,21 @@ impl ObsRegistry {
     pub fn tree(&self, root: &ActorCell, max_children: usize) -> Value {
         let mut node = self.describe(root);
         let mut children = root.get_children();
-        children.sort_by_key(|c| c.get_name().unwrap_or_default());
+        children.sort_by_key(|c| self.name(c).unwrap_or_default());
         node["num_children"] = json!(children.len());
-        node["children"] =
-            Value::Array(children.iter().take(max_children).map(|c| self.tree(c, max_children)).collect());
+        node["children"] = Value::Array(
+            children
+                .iter()
+                .take(max_children)
+                .map(|c| self.tree(c, max_children))
+                .collect(),
+        );
         node
     }
 
     /// Finds a live actor by id (`0.12`) or name anywhere under `root`.
     pub fn find(&self, root: &ActorCell, key: &str) -> Option<ActorCell> {
-        if root.get_id().to_string() == key || root.get_name().as_deref() == Some(key) {
+        if root.get_id().to_string() == key || self.name(root).as_deref() == Some(key) {
             return Some(root.clone());
         }
         root.get_children().iter().find_map(|c| self.find(c, key))

@@ -18,7 +18,10 @@ pub struct Popularity {
 
 impl Popularity {
     pub fn new(initial: Vec<(String, f64)>) -> Self {
-        Self { counts: RwLock::new(initial.into_iter().collect()), ranked: Mutex::new((None, Arc::default())) }
+        Self {
+            counts: RwLock::new(initial.into_iter().collect()),
+            ranked: Mutex::new((None, Arc::default())),
+        }
     }
 
     pub fn add(&self, item_id: &str, delta: f64) {
@@ -41,7 +44,12 @@ impl Popularity {
     pub fn ranked(&self) -> Arc<Vec<(String, f64)>> {
         let mut ranked = self.ranked.lock();
         if ranked.0.is_none_or(|t| t.elapsed() >= RERANK_EVERY) {
-            let mut list: Vec<(String, f64)> = self.counts.read().iter().map(|(k, v)| (k.clone(), *v)).collect();
+            let mut list: Vec<(String, f64)> = self
+                .counts
+                .read()
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
             list.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             *ranked = (Some(Instant::now()), Arc::new(list));
         }

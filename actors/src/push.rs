@@ -20,24 +20,39 @@ use crate::session_manager::SessionManagerMsg;
 use crate::{CALL_TIMEOUT, Services, call, slot_get};
 
 static SUBSCRIBERS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("streamrec_push_subscribers", "Live recommendation subscriptions.").expect("metric registers once")
+    register_int_gauge!(
+        "streamrec_push_subscribers",
+        "Live recommendation subscriptions."
+    )
+    .expect("metric registers once")
 });
 
 static PUSHES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("streamrec_push_updates_total", "Recommendation updates published to subscribers.")
-        .expect("metric registers once")
+    register_int_counter!(
+        "streamrec_push_updates_total",
+        "Recommendation updates published to subscribers."
+    )
+    .expect("metric registers once")
 });
 
 pub type RecsWatch = watch::Receiver<Option<Arc<Recommendations>>>;
 
 pub enum PushMsg {
-    Subscribe { user_id: String, query: RecQuery, reply: RpcReplyPort<(u64, RecsWatch)> },
+    Subscribe {
+        user_id: String,
+        query: RecQuery,
+        reply: RpcReplyPort<(u64, RecsWatch)>,
+    },
     Unsubscribe(u64),
     /// The user's session changed.
     Changed(String),
     /// Every user's recommendations may have changed (a new model version).
     ChangedAll,
-    Computed { user_id: String, query: RecQuery, recs: Arc<Recommendations> },
+    Computed {
+        user_id: String,
+        query: RecQuery,
+        recs: Arc<Recommendations>,
+    },
 }
 
 pub struct PushHub;
@@ -69,23 +84,52 @@ impl Actor for PushHub {
     type State = PushState;
     type Arguments = Arc<Services>;
 
-    async fn pre_start(&self, myself: ActorRef<PushMsg>, services: Arc<Services>) -> Result<PushState, ActorProcessingErr> {
-        let obs = services.obs.register(&myself.get_cell(), "push_hub", &PushObs::default());
-        Ok(PushState { services, subs: HashMap::new(), next_id: 0, obs_state: PushObs::default(), obs })
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PushMsg>,
+        services: Arc<Services>,
+    ) -> Result<PushState, ActorProcessingErr> {
+        let obs = services
+            .obs
+            .register(&myself.get_cell(), "push_hub", &PushObs::default());
+        Ok(PushState {
+            services,
+            subs: HashMap::new(),
+            next_id: 0,
+            obs_state: PushObs::default(),
+            obs,
+        })
     }
 
-    async fn post_stop(&self, myself: ActorRef<PushMsg>, state: &mut PushState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<PushMsg>,
+        state: &mut PushState,
+    ) -> Result<(), ActorProcessingErr> {
         state.services.obs.deregister(&myself.get_cell());
         SUBSCRIBERS.sub(state.obs_state.num_subscribers as i64);
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<PushMsg>, msg: PushMsg, state: &mut PushState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<PushMsg>,
+        msg: PushMsg,
+        state: &mut PushState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PushMsg::Subscribe { user_id, query, reply } => {
+            PushMsg::Subscribe {
+                user_id,
+                query,
+                reply,
+            } => {
                 state.next_id += 1;
                 let (tx, rx) = watch::channel(None);
-                state.subs.entry(user_id).or_default().push(Subscriber { id: state.next_id, query, tx });
+                state.subs.entry(user_id).or_default().push(Subscriber {
+                    id: state.next_id,
+                    query,
+                    tx,
+                });
                 let _ = reply.send((state.next_id, rx));
             }
             PushMsg::Unsubscribe(id) => {
@@ -101,10 +145,22 @@ impl Actor for PushHub {
                     state.recompute(&myself, &user_id);
                 }
             }
-            PushMsg::Computed { user_id, query, recs } => {
-                for sub in state.subs.get(&user_id).into_iter().flatten().filter(|s| s.query == query) {
+            PushMsg::Computed {
+                user_id,
+                query,
+                recs,
+            } => {
+                for sub in state
+                    .subs
+                    .get(&user_id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s.query == query)
+                {
                     let changed = sub.tx.send_if_modified(|current| {
-                        let same = current.as_ref().is_some_and(|c| c.items == recs.items && c.model_version == recs.model_version);
+                        let same = current.as_ref().is_some_and(|c| {
+                            c.items == recs.items && c.model_version == recs.model_version
+                        });
                         if !same {
                             *current = Some(recs.clone());
                         }
@@ -134,14 +190,22 @@ impl Actor for PushHub {
 impl PushState {
     /// Recomputes a subscribed user's recommendations once per distinct query, off the mailbox.
     fn recompute(&mut self, myself: &ActorRef<PushMsg>, user_id: &str) {
-        let Some(subs) = self.subs.get(user_id) else { return };
-        let queries: std::collections::HashSet<RecQuery> = subs.iter().map(|s| s.query.clone()).collect();
+        let Some(subs) = self.subs.get(user_id) else {
+            return;
+        };
+        let queries: std::collections::HashSet<RecQuery> =
+            subs.iter().map(|s| s.query.clone()).collect();
         for query in queries {
             self.obs_state.num_recomputes += 1;
-            let (services, hub, user_id) = (self.services.clone(), myself.clone(), user_id.to_owned());
+            let (services, hub, user_id) =
+                (self.services.clone(), myself.clone(), user_id.to_owned());
             tokio::spawn(async move {
                 match recommend(&services, &user_id, &query).await {
-                    Ok(recs) => drop(hub.cast(PushMsg::Computed { user_id, query, recs })),
+                    Ok(recs) => drop(hub.cast(PushMsg::Computed {
+                        user_id,
+                        query,
+                        recs,
+                    })),
                     Err(error) => tracing::debug!(error = %error.message, "push recompute failed"),
                 }
             });
@@ -151,11 +215,25 @@ impl PushState {
 
 /// The recommendation path shared by the API and the hub: the user's session (or popularity for
 /// a user never seen), through the cache.
-pub async fn recommend(services: &Services, user_id: &str, query: &RecQuery) -> Result<Arc<Recommendations>, ApiError> {
+pub async fn recommend(
+    services: &Services,
+    user_id: &str,
+    query: &RecQuery,
+) -> Result<Arc<Recommendations>, ApiError> {
     if let Some(hit) = services.cache.get(user_id, query) {
         return Ok(hit);
     }
     let sessions = slot_get(&services.sessions, "session manager")?;
     let (user_id, query) = (user_id.to_owned(), query.clone());
-    call(&sessions, "session", |reply| SessionManagerMsg::Recommend { user_id, query, reply }, CALL_TIMEOUT).await
+    call(
+        &sessions,
+        "session",
+        |reply| SessionManagerMsg::Recommend {
+            user_id,
+            query,
+            reply,
+        },
+        CALL_TIMEOUT,
+    )
+    .await
 }

@@ -46,9 +46,15 @@ impl ModelRegistry {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(io)?,
             None => Manifest::default(),
         };
-        let registry = Self { objects, active: ArcSwapOption::empty(), manifest: Mutex::new(manifest.clone()) };
+        let registry = Self {
+            objects,
+            active: ArcSwapOption::empty(),
+            manifest: Mutex::new(manifest.clone()),
+        };
         if let Some(version) = &manifest.active {
-            registry.active.store(Some(Arc::new(registry.load(version).await?)));
+            registry
+                .active
+                .store(Some(Arc::new(registry.load(version).await?)));
         }
         Ok(registry)
     }
@@ -56,9 +62,20 @@ impl ModelRegistry {
     async fn load(&self, version: &str) -> Result<ModelArtifact, ApiError> {
         let get = |name: &'static str| {
             let key = format!("models/{version}/{name}");
-            async move { self.objects.get(&key).await.map_err(io)?.ok_or_else(|| io(format!("{key} is missing"))) }
+            async move {
+                self.objects
+                    .get(&key)
+                    .await
+                    .map_err(io)?
+                    .ok_or_else(|| io(format!("{key} is missing")))
+            }
         };
-        let (meta, items, factors, onnx) = (get("meta.json").await?, get("items.json").await?, get("factors.bin").await?, get("model.onnx").await?);
+        let (meta, items, factors, onnx) = (
+            get("meta.json").await?,
+            get("items.json").await?,
+            get("factors.bin").await?,
+            get("model.onnx").await?,
+        );
         ModelArtifact::from_files(&meta, &items, &factors, onnx).map_err(io)
     }
 
@@ -74,13 +91,19 @@ impl ModelRegistry {
     pub async fn publish(&self, artifact: ModelArtifact) -> Result<Arc<ModelArtifact>, ApiError> {
         let version = artifact.meta.version.clone();
         for (name, bytes) in artifact.to_files().map_err(io)? {
-            self.objects.put(&format!("models/{version}/{name}"), bytes).await.map_err(io)?;
+            self.objects
+                .put(&format!("models/{version}/{name}"), bytes)
+                .await
+                .map_err(io)?;
         }
         let mut manifest = self.manifest.lock().await;
         let mut next = manifest.clone();
         next.versions.push(info(&artifact.meta));
         next.active = Some(version);
-        self.objects.put(MANIFEST, serde_json::to_vec_pretty(&next).map_err(io)?).await.map_err(io)?;
+        self.objects
+            .put(MANIFEST, serde_json::to_vec_pretty(&next).map_err(io)?)
+            .await
+            .map_err(io)?;
         *manifest = next;
         let artifact = Arc::new(artifact);
         self.active.store(Some(artifact.clone()));
@@ -89,5 +112,9 @@ impl ModelRegistry {
 }
 
 fn info(meta: &ModelMeta) -> VersionInfo {
-    VersionInfo { version: meta.version.clone(), created_at: meta.created_at, metrics: meta.metrics.clone() }
+    VersionInfo {
+        version: meta.version.clone(),
+        created_at: meta.created_at,
+        metrics: meta.metrics.clone(),
+    }
 }

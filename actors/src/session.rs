@@ -45,7 +45,8 @@ pub struct SessionData {
 
 impl SessionData {
     pub fn decode(bytes: &[u8]) -> Result<Self, ApiError> {
-        serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("corrupt session state: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::internal(format!("corrupt session state: {e}")))
     }
 }
 
@@ -65,7 +66,10 @@ pub struct ApplyOutcome {
 
 pub enum SessionMsg {
     Apply(Vec<Record>, RpcReplyPort<Result<ApplyOutcome, ApiError>>),
-    Recommend(RecQuery, RpcReplyPort<Result<Arc<Recommendations>, ApiError>>),
+    Recommend(
+        RecQuery,
+        RpcReplyPort<Result<Arc<Recommendations>, ApiError>>,
+    ),
     Get(RpcReplyPort<Result<Option<UserView>, ApiError>>),
     Erase(RpcReplyPort<Result<(), ApiError>>),
     /// Stop now; the state is already durable.
@@ -107,7 +111,11 @@ impl Actor for SessionActor {
     type State = SessionState;
     type Arguments = SessionArgs;
 
-    async fn pre_start(&self, myself: ActorRef<SessionMsg>, args: SessionArgs) -> Result<SessionState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionState, ActorProcessingErr> {
         let store = &args.services.store;
         let data = match store.load(&args.user_id)? {
             Some(bytes) => SessionData::decode(&bytes)?,
@@ -121,18 +129,38 @@ impl Actor for SessionActor {
             last_event_ts: data.recent.front().map(|i| i.ts),
             ..Default::default()
         };
-        let obs = args.services.obs.register(&myself.get_cell(), "session", &obs_state);
-        let period = (args.services.config.sessions.idle_timeout / 2).max(std::time::Duration::from_millis(20));
+        let obs = args
+            .services
+            .obs
+            .register(&myself.get_cell(), "session", &obs_state);
+        let period = (args.services.config.sessions.idle_timeout / 2)
+            .max(std::time::Duration::from_millis(20));
         myself.send_interval(period, || SessionMsg::IdleCheck);
-        Ok(SessionState { args, data, erased_at, last_active: Instant::now(), obs_state, obs })
+        Ok(SessionState {
+            args,
+            data,
+            erased_at,
+            last_active: Instant::now(),
+            obs_state,
+            obs,
+        })
     }
 
-    async fn post_stop(&self, myself: ActorRef<SessionMsg>, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         state.args.services.obs.deregister(&myself.get_cell());
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<SessionMsg>, msg: SessionMsg, state: &mut SessionState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        state: &mut SessionState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Apply(records, reply) => {
                 state.last_active = Instant::now();
@@ -180,7 +208,10 @@ impl SessionState {
             let erased = self.erased_at.is_some_and(|at| record.offset < at);
             if erased
                 || !in_batch.insert(e.event_id.as_str())
-                || services.store.is_applied(user, &e.event_id).map_err(ApiError::internal)?
+                || services
+                    .store
+                    .is_applied(user, &e.event_id)
+                    .map_err(ApiError::internal)?
             {
                 outcome.duplicates += 1;
                 continue;
@@ -188,7 +219,11 @@ impl SessionState {
             let w = e.weight();
             next.num_events += 1;
             *next.items.entry(e.item_id.clone()).or_default() += w;
-            next.recent.push_front(Interaction { item_id: e.item_id.clone(), kind: e.kind, ts: e.ts });
+            next.recent.push_front(Interaction {
+                item_id: e.item_id.clone(),
+                kind: e.kind,
+                ts: e.ts,
+            });
             next.recent.truncate(max_recent);
             if w > 0.0 {
                 *deltas.entry(e.item_id.as_str()).or_default() += f64::from(w);
@@ -202,7 +237,12 @@ impl SessionState {
             let deltas: Vec<(&str, f64)> = deltas.into_iter().collect();
             services
                 .store
-                .commit(SessionCommit { user_id: user, state: &state, applied_event_ids: &applied_ids, item_deltas: &deltas })
+                .commit(SessionCommit {
+                    user_id: user,
+                    state: &state,
+                    applied_event_ids: &applied_ids,
+                    item_deltas: &deltas,
+                })
                 .map_err(ApiError::internal)?;
             for (item, delta) in &deltas {
                 services.popularity.add(item, *delta);
@@ -257,7 +297,11 @@ pub async fn recommend_for(
         category: query.category.clone(),
     };
     let resp = services.models.recommend(req).await?;
-    Ok(Arc::new(Recommendations { user_id: user_id.to_owned(), model_version: resp.model_version, items: resp.items }))
+    Ok(Arc::new(Recommendations {
+        user_id: user_id.to_owned(),
+        model_version: resp.model_version,
+        items: resp.items,
+    }))
 }
 
 /// Erases a user everywhere: session state, applied and accepted event ids, its share of item
@@ -266,11 +310,21 @@ pub async fn recommend_for(
 pub fn erase(services: &Services, user_id: &str, data: &SessionData) -> Result<(), ApiError> {
     let partition = partition_for(user_id, services.log.num_partitions());
     let erased_at = *services.log.high_watermark(partition).borrow();
-    let deltas: Vec<(String, f64)> =
-        data.items.iter().filter(|(_, w)| **w > 0.0).map(|(id, w)| (id.clone(), f64::from(*w))).collect();
+    let deltas: Vec<(String, f64)> = data
+        .items
+        .iter()
+        .filter(|(_, w)| **w > 0.0)
+        .map(|(id, w)| (id.clone(), f64::from(*w)))
+        .collect();
     let borrowed: Vec<(&str, f64)> = deltas.iter().map(|(id, w)| (id.as_str(), *w)).collect();
-    services.store.erase(user_id, erased_at, &borrowed).map_err(ApiError::internal)?;
-    services.log.forget_user(user_id).map_err(ApiError::internal)?;
+    services
+        .store
+        .erase(user_id, erased_at, &borrowed)
+        .map_err(ApiError::internal)?;
+    services
+        .log
+        .forget_user(user_id)
+        .map_err(ApiError::internal)?;
     services.popularity.remove(&deltas);
     services.cache.invalidate(user_id);
     Ok(())

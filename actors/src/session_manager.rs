@@ -16,15 +16,34 @@ use serde::Serialize;
 use storage::Record;
 
 use crate::obs::Obs;
-use crate::session::{self, ApplyOutcome, SessionActor, SessionArgs, SessionData, SessionMsg, UserView};
+use crate::session::{
+    self, ApplyOutcome, SessionActor, SessionArgs, SessionData, SessionMsg, UserView,
+};
 use crate::{CALL_TIMEOUT, Services, call};
 
 pub enum SessionManagerMsg {
-    Apply { user_id: String, records: Vec<Record>, reply: RpcReplyPort<Result<ApplyOutcome, ApiError>> },
-    Recommend { user_id: String, query: RecQuery, reply: RpcReplyPort<Result<Arc<Recommendations>, ApiError>> },
-    Get { user_id: String, reply: RpcReplyPort<Result<Option<UserView>, ApiError>> },
-    Erase { user_id: String, reply: RpcReplyPort<Result<(), ApiError>> },
-    Passivate { user_id: String, reply: RpcReplyPort<Result<bool, ApiError>> },
+    Apply {
+        user_id: String,
+        records: Vec<Record>,
+        reply: RpcReplyPort<Result<ApplyOutcome, ApiError>>,
+    },
+    Recommend {
+        user_id: String,
+        query: RecQuery,
+        reply: RpcReplyPort<Result<Arc<Recommendations>, ApiError>>,
+    },
+    Get {
+        user_id: String,
+        reply: RpcReplyPort<Result<Option<UserView>, ApiError>>,
+    },
+    Erase {
+        user_id: String,
+        reply: RpcReplyPort<Result<(), ApiError>>,
+    },
+    Passivate {
+        user_id: String,
+        reply: RpcReplyPort<Result<bool, ApiError>>,
+    },
     /// A session reports it has been idle for `sessions.idle_timeout`.
     Idle { user_id: String, actor: ActorId },
 }
@@ -55,9 +74,18 @@ impl Actor for SessionManager {
     type State = SessionManagerState;
     type Arguments = Arc<Services>;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, services: Arc<Services>) -> Result<Self::State, ActorProcessingErr> {
-        let obs_state = SessionManagerObs { max_live: services.config.sessions.max_live, ..Default::default() };
-        let obs = services.obs.register(&myself.get_cell(), "session_manager", &obs_state);
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        services: Arc<Services>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let obs_state = SessionManagerObs {
+            max_live: services.config.sessions.max_live,
+            ..Default::default()
+        };
+        let obs = services
+            .obs
+            .register(&myself.get_cell(), "session_manager", &obs_state);
         Ok(SessionManagerState {
             services,
             sessions: LruCache::unbounded(),
@@ -67,23 +95,46 @@ impl Actor for SessionManager {
         })
     }
 
-    async fn post_stop(&self, myself: ActorRef<Self::Msg>, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         state.services.obs.deregister(&myself.get_cell());
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, msg: Self::Msg, state: &mut Self::State) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SessionManagerMsg::Apply { user_id, records, reply } => match state.session(&myself, &user_id).await {
+            SessionManagerMsg::Apply {
+                user_id,
+                records,
+                reply,
+            } => match state.session(&myself, &user_id).await {
                 Ok(session) => forward(&session, SessionMsg::Apply(records, reply)),
                 Err(e) => drop(reply.send(Err(e))),
             },
-            SessionManagerMsg::Recommend { user_id, query, reply } => {
+            SessionManagerMsg::Recommend {
+                user_id,
+                query,
+                reply,
+            } => {
                 if !state.known(&user_id) {
                     // A user never seen: popularity, without spawning a session for nobody.
                     let services = state.services.clone();
                     tokio::spawn(async move {
-                        let recs = session::recommend_for(&services, &user_id, &SessionData::default(), &query).await;
+                        let recs = session::recommend_for(
+                            &services,
+                            &user_id,
+                            &SessionData::default(),
+                            &query,
+                        )
+                        .await;
                         let _ = reply.send(recs);
                     });
                 } else {
@@ -105,8 +156,12 @@ impl Actor for SessionManager {
             }
             SessionManagerMsg::Erase { user_id, reply } => {
                 let result = match state.remove(&user_id) {
-                    Some(session) => call(&session, "session", SessionMsg::Erase, CALL_TIMEOUT).await,
-                    None => state.stored(&user_id).and_then(|data| session::erase(&state.services, &user_id, &data)),
+                    Some(session) => {
+                        call(&session, "session", SessionMsg::Erase, CALL_TIMEOUT).await
+                    }
+                    None => state
+                        .stored(&user_id)
+                        .and_then(|data| session::erase(&state.services, &user_id, &data)),
                 };
                 let _ = reply.send(result);
             }
@@ -119,7 +174,10 @@ impl Actor for SessionManager {
                 let _ = reply.send(Ok(live.is_some()));
             }
             SessionManagerMsg::Idle { user_id, actor } => {
-                if state.sessions.peek(&user_id).is_some_and(|s| s.get_id() == actor)
+                if state
+                    .sessions
+                    .peek(&user_id)
+                    .is_some_and(|s| s.get_id() == actor)
                     && let Some(session) = state.remove(&user_id)
                 {
                     let _ = session.cast(SessionMsg::Passivate);
@@ -145,7 +203,10 @@ impl Actor for SessionManager {
             _ => return Ok(()),
         };
         if let Some(user_id) = state.users_by_actor.remove(&cell.get_id())
-            && state.sessions.peek(&user_id).is_some_and(|s| s.get_id() == cell.get_id())
+            && state
+                .sessions
+                .peek(&user_id)
+                .is_some_and(|s| s.get_id() == cell.get_id())
         {
             state.sessions.pop(&user_id);
         }
@@ -169,11 +230,21 @@ impl SessionManagerState {
     /// Whether the user has a live or stored session. A store error counts as known, so the
     /// request goes through a session and reports the error there.
     fn known(&self, user_id: &str) -> bool {
-        self.sessions.contains(user_id) || self.services.store.load(user_id).map_or(true, |s| s.is_some())
+        self.sessions.contains(user_id)
+            || self
+                .services
+                .store
+                .load(user_id)
+                .map_or(true, |s| s.is_some())
     }
 
     fn stored(&self, user_id: &str) -> Result<SessionData, ApiError> {
-        match self.services.store.load(user_id).map_err(ApiError::internal)? {
+        match self
+            .services
+            .store
+            .load(user_id)
+            .map_err(ApiError::internal)?
+        {
             Some(bytes) => SessionData::decode(&bytes),
             None => Ok(SessionData::default()),
         }
@@ -185,22 +256,34 @@ impl SessionManagerState {
         Some(session)
     }
 
-    async fn session(&mut self, myself: &ActorRef<SessionManagerMsg>, user_id: &str) -> Result<ActorRef<SessionMsg>, ApiError> {
+    async fn session(
+        &mut self,
+        myself: &ActorRef<SessionManagerMsg>,
+        user_id: &str,
+    ) -> Result<ActorRef<SessionMsg>, ApiError> {
         if let Some(session) = self.sessions.get(user_id) {
             return Ok(session.clone());
         }
         while self.sessions.len() >= self.services.config.sessions.max_live {
-            let Some((_, evicted)) = self.sessions.pop_lru() else { break };
+            let Some((_, evicted)) = self.sessions.pop_lru() else {
+                break;
+            };
             self.users_by_actor.remove(&evicted.get_id());
             let _ = evicted.cast(SessionMsg::Passivate);
             self.obs_state.num_evicted += 1;
         }
-        let args = SessionArgs { user_id: user_id.to_owned(), services: self.services.clone(), manager: myself.clone() };
+        let args = SessionArgs {
+            user_id: user_id.to_owned(),
+            services: self.services.clone(),
+            manager: myself.clone(),
+        };
         let (session, _) = Actor::spawn_linked(None, SessionActor, args, myself.get_cell())
             .await
             .map_err(|e| ApiError::unavailable(format!("session failed to start: {e}")))?;
+        self.services.obs.label(&session.get_cell(), user_id);
         self.sessions.put(user_id.to_owned(), session.clone());
-        self.users_by_actor.insert(session.get_id(), user_id.to_owned());
+        self.users_by_actor
+            .insert(session.get_id(), user_id.to_owned());
         self.obs_state.num_spawned += 1;
         Ok(session)
     }

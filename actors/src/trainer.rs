@@ -18,8 +18,14 @@ use crate::push::PushMsg;
 
 pub enum TrainerMsg {
     /// Start a run. With `wait`, the reply comes when the run ends; otherwise when it starts.
-    Train { wait: bool, reply: Option<RpcReplyPort<Result<String, ApiError>>> },
-    Progress { iteration: usize, iterations: usize },
+    Train {
+        wait: bool,
+        reply: Option<RpcReplyPort<Result<String, ApiError>>>,
+    },
+    Progress {
+        iteration: usize,
+        iterations: usize,
+    },
     Done(Result<String, String>),
 }
 
@@ -49,26 +55,53 @@ impl Actor for TrainerActor {
     type State = TrainerState;
     type Arguments = Arc<Services>;
 
-    async fn pre_start(&self, myself: ActorRef<TrainerMsg>, services: Arc<Services>) -> Result<TrainerState, ActorProcessingErr> {
-        let obs = services.obs.register(&myself.get_cell(), "trainer", &TrainerObs::default());
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TrainerMsg>,
+        services: Arc<Services>,
+    ) -> Result<TrainerState, ActorProcessingErr> {
+        let obs = services
+            .obs
+            .register(&myself.get_cell(), "trainer", &TrainerObs::default());
         let interval = services.config.model.retrain_interval;
         if !interval.is_zero() {
-            myself.send_interval(interval, || TrainerMsg::Train { wait: false, reply: None });
+            myself.send_interval(interval, || TrainerMsg::Train {
+                wait: false,
+                reply: None,
+            });
         }
-        Ok(TrainerState { services, started: None, waiting: Vec::new(), obs_state: TrainerObs::default(), obs })
+        Ok(TrainerState {
+            services,
+            started: None,
+            waiting: Vec::new(),
+            obs_state: TrainerObs::default(),
+            obs,
+        })
     }
 
-    async fn post_stop(&self, myself: ActorRef<TrainerMsg>, state: &mut TrainerState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        myself: ActorRef<TrainerMsg>,
+        state: &mut TrainerState,
+    ) -> Result<(), ActorProcessingErr> {
         state.services.obs.deregister(&myself.get_cell());
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<TrainerMsg>, msg: TrainerMsg, state: &mut TrainerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<TrainerMsg>,
+        msg: TrainerMsg,
+        state: &mut TrainerState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             TrainerMsg::Train { wait, reply } => {
                 if state.obs_state.running {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Err(ApiError::new(ErrorCode::Conflict, "a training run is already in progress")));
+                        let _ = reply.send(Err(ApiError::new(
+                            ErrorCode::Conflict,
+                            "a training run is already in progress",
+                        )));
                     }
                     return Ok(());
                 }
@@ -86,14 +119,18 @@ impl Actor for TrainerActor {
                     let _ = myself.cast(TrainerMsg::Done(result));
                 });
             }
-            TrainerMsg::Progress { iteration, iterations } => {
+            TrainerMsg::Progress {
+                iteration,
+                iterations,
+            } => {
                 state.obs_state.progress = Some(format!("iteration {iteration}/{iterations}"));
             }
             TrainerMsg::Done(result) => {
                 state.obs_state.running = false;
                 state.obs_state.progress = None;
                 state.obs_state.num_runs += 1;
-                state.obs_state.last_duration_ms = state.started.take().map(|s| s.elapsed().as_millis() as u64);
+                state.obs_state.last_duration_ms =
+                    state.started.take().map(|s| s.elapsed().as_millis() as u64);
                 match &result {
                     Ok(version) => {
                         tracing::info!(%version, duration_ms = state.obs_state.last_duration_ms, "model trained and activated");
@@ -119,11 +156,20 @@ impl Actor for TrainerActor {
 async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<String, ApiError> {
     let (data, range) = collect(services).await?;
     let m = &services.config.model;
-    let params = TrainParams { dim: m.dim, iterations: m.iterations, regularization: m.regularization, alpha: m.alpha, seed: m.seed };
+    let params = TrainParams {
+        dim: m.dim,
+        iterations: m.iterations,
+        regularization: m.regularization,
+        alpha: m.alpha,
+        seed: m.seed,
+    };
     let progress = trainer.clone();
     let artifact = tokio::task::spawn_blocking(move || {
         train(data, range, params, |iteration, iterations| {
-            let _ = progress.cast(TrainerMsg::Progress { iteration, iterations });
+            let _ = progress.cast(TrainerMsg::Progress {
+                iteration,
+                iterations,
+            });
         })
     })
     .await
@@ -148,7 +194,10 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
         let end = *log.high_watermark(partition).borrow();
         let mut offset = 0;
         while offset < end {
-            let records = log.read(partition, offset, 10_000).await.map_err(ApiError::internal)?;
+            let records = log
+                .read(partition, offset, 10_000)
+                .await
+                .map_err(ApiError::internal)?;
             let Some(last) = records.last() else { break };
             offset = last.offset + 1;
             for r in records {
@@ -156,7 +205,10 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
                 let erased_at = match erased.get(&e.user_id) {
                     Some(at) => *at,
                     None => {
-                        let at = services.store.erased_at(&e.user_id).map_err(ApiError::internal)?;
+                        let at = services
+                            .store
+                            .erased_at(&e.user_id)
+                            .map_err(ApiError::internal)?;
                         erased.insert(e.user_id.clone(), at);
                         at
                     }
@@ -173,8 +225,15 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
 }
 
 /// Trains a version on `data`: hold-out metrics first, then the model on everything.
-pub fn train(data: Interactions, range: Option<(i64, i64)>, params: TrainParams, progress: impl FnMut(usize, usize)) -> ModelArtifact {
-    let metrics = models::eval::holdout_metrics(&data, &params).map(|m| m.to_map()).unwrap_or_default();
+pub fn train(
+    data: Interactions,
+    range: Option<(i64, i64)>,
+    params: TrainParams,
+    progress: impl FnMut(usize, usize),
+) -> ModelArtifact {
+    let metrics = models::eval::holdout_metrics(&data, &params)
+        .map(|m| m.to_map())
+        .unwrap_or_default();
     let factors = models::als::train(&data, &params, progress);
     let mut popularity = vec![0.0f32; data.items.len()];
     for cell in data.cells() {

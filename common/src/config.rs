@@ -154,31 +154,48 @@ impl Default for ServerConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { url: EMBEDDED.into(), num_partitions: 12, fsync: true, consume_batch: 512 }
+        Self {
+            url: EMBEDDED.into(),
+            num_partitions: 12,
+            fsync: true,
+            consume_batch: 512,
+        }
     }
 }
 
 impl Default for CatalogConfig {
     fn default() -> Self {
-        Self { url: EMBEDDED.into() }
+        Self {
+            url: EMBEDDED.into(),
+        }
     }
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { url: "memory".into(), max_users: 100_000, ttl: Duration::from_secs(300) }
+        Self {
+            url: "memory".into(),
+            max_users: 100_000,
+            ttl: Duration::from_secs(300),
+        }
     }
 }
 
 impl Default for ObjectsConfig {
     fn default() -> Self {
-        Self { url: EMBEDDED.into() }
+        Self {
+            url: EMBEDDED.into(),
+        }
     }
 }
 
 impl Default for SessionsConfig {
     fn default() -> Self {
-        Self { idle_timeout: Duration::from_secs(300), max_live: 100_000, max_recent: 50 }
+        Self {
+            idle_timeout: Duration::from_secs(300),
+            max_live: 100_000,
+            max_recent: 50,
+        }
     }
 }
 
@@ -200,7 +217,10 @@ impl Default for ModelConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_format: "text".into(), log_level: "info".into() }
+        Self {
+            log_format: "text".into(),
+            log_level: "info".into(),
+        }
     }
 }
 
@@ -221,12 +241,17 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(ConfigError::Invalid(format!("config file {} does not exist", file.display())));
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
             }
             figment = figment.merge(Toml::file(file));
         }
-        let config: Config =
-            figment.merge(Env::prefixed("STREAMREC__").split("__")).extract().map_err(Box::new)?;
+        let config: Config = figment
+            .merge(Env::prefixed("STREAMREC__").split("__"))
+            .extract()
+            .map_err(Box::new)?;
         config.validate()?;
         Ok(config)
     }
@@ -276,7 +301,11 @@ mod tests {
     fn file_then_environment_override_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("streamrec.toml");
-        std::fs::write(&file, "[sessions]\nidle_timeout = \"90s\"\nmax_recent = 7\n").expect("write");
+        std::fs::write(
+            &file,
+            "[sessions]\nidle_timeout = \"90s\"\nmax_recent = 7\n",
+        )
+        .expect("write");
         figment::Jail::expect_with(|jail| {
             jail.set_env("STREAMREC__SESSIONS__MAX_RECENT", "9");
             let config = Config::load(Some(&file)).expect("loads");

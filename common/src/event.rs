@@ -124,7 +124,14 @@ impl EventInput {
         if !(0..=MAX_TS_MILLIS).contains(&ts) {
             return Err("`ts` must be epoch milliseconds between 0 and year 3000".into());
         }
-        Ok(Event { event_id, user_id: self.user_id, item_id: self.item_id, kind, value: self.value, ts })
+        Ok(Event {
+            event_id,
+            user_id: self.user_id,
+            item_id: self.item_id,
+            kind,
+            value: self.value,
+            ts,
+        })
     }
 }
 
@@ -139,9 +146,12 @@ mod tests {
     #[test]
     fn fills_defaults_and_accepts_every_kind() {
         for kind in EventKind::ALL {
-            let e = input(&format!(r#"{{"user_id":"u","item_id":"i","kind":"{}"}}"#, kind.as_str()))
-                .validate(42, || "gen".into())
-                .expect("valid");
+            let e = input(&format!(
+                r#"{{"user_id":"u","item_id":"i","kind":"{}"}}"#,
+                kind.as_str()
+            ))
+            .validate(42, || "gen".into())
+            .expect("valid");
             assert_eq!((e.kind, e.ts, e.event_id.as_str()), (kind, 42, "gen"));
         }
     }

@@ -72,7 +72,8 @@ mod tests {
     #[test]
     fn validates_and_defaults() {
         let input: ItemInput =
-            serde_json::from_str(r#"{"title":"Heat","categories":["crime","crime"]}"#).expect("json");
+            serde_json::from_str(r#"{"title":"Heat","categories":["crime","crime"]}"#)
+                .expect("json");
         let item = input.validate("i1", 7).expect("valid");
         assert!(item.available);
         assert_eq!(item.categories, vec!["crime"]);

@@ -11,7 +11,9 @@ const DIM: usize = 64;
 
 fn bench(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
-    let factors: Vec<f32> = (0..ITEMS * DIM).map(|_| rng.random::<f32>() - 0.5).collect();
+    let factors: Vec<f32> = (0..ITEMS * DIM)
+        .map(|_| rng.random::<f32>() - 0.5)
+        .collect();
     let bias: Vec<f32> = (0..ITEMS).map(|_| rng.random::<f32>() * 1e-3).collect();
     let onnx = models::onnx::scoring_graph(&factors, &bias, DIM, "bench");
     let user: Vec<f32> = (0..DIM).map(|_| rng.random::<f32>() - 0.5).collect();
@@ -20,7 +22,8 @@ fn bench(c: &mut Criterion) {
         mask[rng.random_range(0..ITEMS)] = f32::NEG_INFINITY;
     }
     for threads in [1, 2] {
-        let mut scorer = Scorer::new(&onnx, ITEMS, DIM, threads).expect("ONNX Runtime (run `make setup`)");
+        let mut scorer =
+            Scorer::new(&onnx, ITEMS, DIM, threads).expect("ONNX Runtime (run `make setup`)");
         c.bench_function(&format!("onnx_top20_100k_items_d64_{threads}thread"), |b| {
             b.iter(|| scorer.top_k(&user, &mask, 20).expect("run"))
         });
@@ -34,11 +37,19 @@ fn bench(c: &mut Criterion) {
         num_users: 0,
         num_interactions: 0,
         data_range: None,
-        params: models::TrainParams { dim: DIM, iterations: 0, regularization: 0.1, alpha: 4.0, seed: 1 },
+        params: models::TrainParams {
+            dim: DIM,
+            iterations: 0,
+            regularization: 0.1,
+            alpha: 4.0,
+            seed: 1,
+        },
         metrics: Default::default(),
     };
     let artifact = models::ModelArtifact::build(meta, artifact_items, factors, vec![1.0; ITEMS]);
-    let history: Vec<(String, f32)> = (0..50).map(|i| (format!("item-{}", i * 97), 1.0 + (i % 3) as f32)).collect();
+    let history: Vec<(String, f32)> = (0..50)
+        .map(|i| (format!("item-{}", i * 97), 1.0 + (i % 3) as f32))
+        .collect();
     c.bench_function("fold_in_50_interactions_d64", |b| {
         b.iter(|| artifact.fold_in(history.iter().map(|(id, w)| (id.as_str(), *w))))
     });

@@ -71,7 +71,12 @@ impl Interactions {
         let mut cells: Vec<_> = self
             .cells
             .iter()
-            .map(|(&(user, item), &(weight, ts))| Cell { user, item, weight, ts })
+            .map(|(&(user, item), &(weight, ts))| Cell {
+                user,
+                item,
+                weight,
+                ts,
+            })
             .collect();
         cells.sort_unstable_by_key(|c| (c.user, c.item));
         cells
@@ -88,7 +93,10 @@ impl Interactions {
             items: self.items.clone(),
             user_index: self.user_index.clone(),
             item_index: self.item_index.clone(),
-            cells: cells.iter().map(|c| ((c.user, c.item), (c.weight, c.ts))).collect(),
+            cells: cells
+                .iter()
+                .map(|c| ((c.user, c.item), (c.weight, c.ts)))
+                .collect(),
         }
     }
 }
@@ -112,10 +120,18 @@ pub struct Factors {
 }
 
 /// Trains ALS; `progress(iteration, iterations)` is called after each sweep.
-pub fn train(data: &Interactions, p: &TrainParams, mut progress: impl FnMut(usize, usize)) -> Factors {
+pub fn train(
+    data: &Interactions,
+    p: &TrainParams,
+    mut progress: impl FnMut(usize, usize),
+) -> Factors {
     let d = p.dim;
     let mut rng = StdRng::seed_from_u64(p.seed);
-    let mut init = |n: usize| -> Vec<f32> { (0..n * d).map(|_| (rng.random::<f32>() - 0.5) * 0.1).collect() };
+    let mut init = |n: usize| -> Vec<f32> {
+        (0..n * d)
+            .map(|_| (rng.random::<f32>() - 0.5) * 0.1)
+            .collect()
+    };
     let mut users = init(data.users.len());
     let mut items = init(data.items.len());
     let mut by_user: Vec<Vec<(u32, f32)>> = vec![Vec::new(); data.users.len()];
@@ -129,17 +145,26 @@ pub fn train(data: &Interactions, p: &TrainParams, mut progress: impl FnMut(usiz
         sweep(&mut items, &users, &by_item, p);
         progress(it + 1, p.iterations);
     }
-    Factors { dim: d, users, items }
+    Factors {
+        dim: d,
+        users,
+        items,
+    }
 }
 
 /// Recomputes every row of `target` against the fixed `other`, in parallel.
 fn sweep(target: &mut [f32], other: &[f32], rows: &[Vec<(u32, f32)>], p: &TrainParams) {
     let d = p.dim;
     let gram = gram(other, d);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
     let chunk_rows = rows.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
-        for (chunk, rows) in target.chunks_mut(chunk_rows * d).zip(rows.chunks(chunk_rows)) {
+        for (chunk, rows) in target
+            .chunks_mut(chunk_rows * d)
+            .zip(rows.chunks(chunk_rows))
+        {
             let gram = &gram;
             s.spawn(move || {
                 for (x, row) in chunk.chunks_exact_mut(d).zip(rows) {
@@ -183,7 +208,14 @@ fn solve_row(x: &mut [f32], other: &[f32], gram: &[f64], row: &[(u32, f32)], alp
 
 /// Folds a user's live interactions (item row, summed weight) into a user vector against fixed
 /// item factors. `gram` is `YᵀY` of those factors, computed once per model.
-pub fn fold_in(items: &[f32], gram: &[f64], dim: usize, interactions: &[(u32, f32)], alpha: f32, reg: f32) -> Vec<f32> {
+pub fn fold_in(
+    items: &[f32],
+    gram: &[f64],
+    dim: usize,
+    interactions: &[(u32, f32)],
+    alpha: f32,
+    reg: f32,
+) -> Vec<f32> {
     let mut x = vec![0.0; dim];
     solve_row(&mut x, items, gram, interactions, alpha, reg);
     x
@@ -210,7 +242,13 @@ mod tests {
     }
 
     fn params() -> TrainParams {
-        TrainParams { dim: 2, iterations: 10, regularization: 0.1, alpha: 4.0, seed: 7 }
+        TrainParams {
+            dim: 2,
+            iterations: 10,
+            regularization: 0.1,
+            alpha: 4.0,
+            seed: 7,
+        }
     }
 
     #[test]
@@ -225,7 +263,12 @@ mod tests {
             let i = data.item_index(item).expect("item") as usize;
             dot(u0, &f.items[i * d..(i + 1) * d])
         };
-        assert!(score("a0") > score("b0") + 0.2, "a0 {} b0 {}", score("a0"), score("b0"));
+        assert!(
+            score("a0") > score("b0") + 0.2,
+            "a0 {} b0 {}",
+            score("a0"),
+            score("b0")
+        );
     }
 
     #[test]
@@ -242,6 +285,10 @@ mod tests {
             dot(&x, &f.items[i * d..(i + 1) * d])
         };
         assert!(s("b4") > s("a4"));
-        assert!(fold_in(&f.items, &g, d, &[], 4.0, 0.1).iter().all(|v| *v == 0.0));
+        assert!(
+            fold_in(&f.items, &g, d, &[], 4.0, 0.1)
+                .iter()
+                .all(|v| *v == 0.0)
+        );
     }
 }

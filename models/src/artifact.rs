@@ -53,14 +53,28 @@ pub struct ModelArtifact {
 const BIAS_SCALE: f32 = 1e-3;
 
 impl ModelArtifact {
-    pub fn build(meta: ModelMeta, item_ids: Vec<String>, factors: Vec<f32>, popularity: Vec<f32>) -> Self {
+    pub fn build(
+        meta: ModelMeta,
+        item_ids: Vec<String>,
+        factors: Vec<f32>,
+        popularity: Vec<f32>,
+    ) -> Self {
         let max = popularity.iter().copied().fold(0.0f32, f32::max);
         let bias = popularity
             .iter()
-            .map(|p| if max > 0.0 { BIAS_SCALE * (1.0 + p.max(0.0)).ln() / (1.0 + max).ln() } else { 0.0 })
+            .map(|p| {
+                if max > 0.0 {
+                    BIAS_SCALE * (1.0 + p.max(0.0)).ln() / (1.0 + max).ln()
+                } else {
+                    0.0
+                }
+            })
             .collect::<Vec<_>>();
-        let onnx =
-            if item_ids.is_empty() { Vec::new() } else { crate::onnx::scoring_graph(&factors, &bias, meta.dim, &meta.version) };
+        let onnx = if item_ids.is_empty() {
+            Vec::new()
+        } else {
+            crate::onnx::scoring_graph(&factors, &bias, meta.dim, &meta.version)
+        };
         Self::assemble(meta, item_ids, factors, bias, popularity, onnx)
     }
 
@@ -72,9 +86,22 @@ impl ModelArtifact {
         popularity: Vec<f32>,
         onnx: Vec<u8>,
     ) -> Self {
-        let item_index = item_ids.iter().enumerate().map(|(i, id)| (id.clone(), i as u32)).collect();
+        let item_index = item_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i as u32))
+            .collect();
         let gram = gram(&factors, meta.dim);
-        Self { meta, item_ids, item_index, factors, bias, popularity, gram, onnx }
+        Self {
+            meta,
+            item_ids,
+            item_index,
+            factors,
+            bias,
+            popularity,
+            gram,
+            onnx,
+        }
     }
 
     pub fn num_items(&self) -> usize {
@@ -93,29 +120,54 @@ impl ModelArtifact {
             .filter_map(|(id, w)| self.item_index.get(id).map(|&row| (row, w)))
             .collect();
         let p = &self.meta.params;
-        crate::als::fold_in(&self.factors, &self.gram, self.meta.dim, &rows, p.alpha, p.regularization)
+        crate::als::fold_in(
+            &self.factors,
+            &self.gram,
+            self.meta.dim,
+            &rows,
+            p.alpha,
+            p.regularization,
+        )
     }
 
     /// The objects to store, by file name.
     pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, ModelError> {
-        let items = ItemTable { item_ids: self.item_ids.clone(), popularity: self.popularity.clone() };
+        let items = ItemTable {
+            item_ids: self.item_ids.clone(),
+            popularity: self.popularity.clone(),
+        };
         Ok(vec![
             ("items.json", to_json(&items)?),
-            ("factors.bin", self.factors.iter().flat_map(|f| f.to_le_bytes()).collect()),
+            (
+                "factors.bin",
+                self.factors.iter().flat_map(|f| f.to_le_bytes()).collect(),
+            ),
             ("model.onnx", self.onnx.clone()),
             // Last: a version whose meta exists is complete.
             ("meta.json", to_json(&self.meta)?),
         ])
     }
 
-    pub fn from_files(meta: &[u8], items: &[u8], factors: &[u8], onnx: Vec<u8>) -> Result<Self, ModelError> {
+    pub fn from_files(
+        meta: &[u8],
+        items: &[u8],
+        factors: &[u8],
+        onnx: Vec<u8>,
+    ) -> Result<Self, ModelError> {
         let bad = |e: &dyn std::fmt::Display| ModelError::Artifact(e.to_string());
         let meta: ModelMeta = serde_json::from_slice(meta).map_err(|e| bad(&e))?;
         let table: ItemTable = serde_json::from_slice(items).map_err(|e| bad(&e))?;
-        let factors: Vec<f32> =
-            factors.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        if factors.len() != table.item_ids.len() * meta.dim || table.popularity.len() != table.item_ids.len() {
-            return Err(ModelError::Artifact(format!("version {} has inconsistent tables", meta.version)));
+        let factors: Vec<f32> = factors
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if factors.len() != table.item_ids.len() * meta.dim
+            || table.popularity.len() != table.item_ids.len()
+        {
+            return Err(ModelError::Artifact(format!(
+                "version {} has inconsistent tables",
+                meta.version
+            )));
         }
         // Rebuild the bias exactly as at training time, so the graph and the tables agree.
         let rebuilt = Self::build(meta, table.item_ids, factors, table.popularity);
@@ -141,14 +193,33 @@ mod tests {
             num_users: 1,
             num_interactions: 2,
             data_range: Some((1, 2)),
-            params: TrainParams { dim: 2, iterations: 1, regularization: 0.1, alpha: 1.0, seed: 1 },
+            params: TrainParams {
+                dim: 2,
+                iterations: 1,
+                regularization: 0.1,
+                alpha: 1.0,
+                seed: 1,
+            },
             metrics: BTreeMap::new(),
         };
-        let a = ModelArtifact::build(meta, vec!["a".into(), "b".into()], vec![1.0, 0.0, 0.0, 1.0], vec![3.0, 1.0]);
+        let a = ModelArtifact::build(
+            meta,
+            vec!["a".into(), "b".into()],
+            vec![1.0, 0.0, 0.0, 1.0],
+            vec![3.0, 1.0],
+        );
         assert!(a.bias[0] > a.bias[1]);
         let files: HashMap<_, _> = a.to_files().expect("files").into_iter().collect();
-        let b = ModelArtifact::from_files(&files["meta.json"], &files["items.json"], &files["factors.bin"], files["model.onnx"].clone())
-            .expect("loads");
-        assert_eq!((b.meta, b.factors, b.bias, b.onnx), (a.meta, a.factors, a.bias, a.onnx));
+        let b = ModelArtifact::from_files(
+            &files["meta.json"],
+            &files["items.json"],
+            &files["factors.bin"],
+            files["model.onnx"].clone(),
+        )
+        .expect("loads");
+        assert_eq!(
+            (b.meta, b.factors, b.bias, b.onnx),
+            (a.meta, a.factors, a.bias, a.onnx)
+        );
     }
 }

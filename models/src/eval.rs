@@ -35,7 +35,11 @@ impl Metrics {
 
 /// Per user with at least `min_positives` positive cells, the last `floor(fraction · n)`
 /// positives by (timestamp, item) go to test; everything else stays in train.
-pub fn temporal_split(cells: &[Cell], fraction: f64, min_positives: usize) -> (Vec<Cell>, Vec<Cell>) {
+pub fn temporal_split(
+    cells: &[Cell],
+    fraction: f64,
+    min_positives: usize,
+) -> (Vec<Cell>, Vec<Cell>) {
     let mut by_user: BTreeMap<u32, Vec<Cell>> = BTreeMap::new();
     for c in cells {
         by_user.entry(c.user).or_default().push(*c);
@@ -45,7 +49,11 @@ pub fn temporal_split(cells: &[Cell], fraction: f64, min_positives: usize) -> (V
         let (mut pos, neg): (Vec<Cell>, Vec<Cell>) = cells.drain(..).partition(|c| c.weight > 0.0);
         train.extend(neg);
         pos.sort_by_key(|c| (c.ts, c.item));
-        let n_test = if pos.len() >= min_positives { (pos.len() as f64 * fraction).floor() as usize } else { 0 };
+        let n_test = if pos.len() >= min_positives {
+            (pos.len() as f64 * fraction).floor() as usize
+        } else {
+            0
+        };
         let cut = pos.len() - n_test;
         test.extend(pos.drain(cut..));
         train.extend(pos);
@@ -64,7 +72,10 @@ pub fn evaluate(f: &Factors, num_items: usize, train: &[Cell], test: &[Cell], k:
     for c in test {
         relevant.entry(c.user).or_default().insert(c.item);
     }
-    let mut m = Metrics { k, ..Default::default() };
+    let mut m = Metrics {
+        k,
+        ..Default::default()
+    };
     let mut recommended = HashSet::new();
     for (user, rel) in &relevant {
         let x = &f.users[*user as usize * d..(*user as usize + 1) * d];
@@ -82,8 +93,15 @@ pub fn evaluate(f: &Factors, num_items: usize, train: &[Cell], test: &[Cell], k:
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let hits: Vec<bool> = scored.iter().map(|(_, i)| rel.contains(i)).collect();
         let n_hits = hits.iter().filter(|h| **h).count() as f64;
-        let dcg: f64 = hits.iter().enumerate().filter(|(_, h)| **h).map(|(r, _)| 1.0 / (r as f64 + 2.0).log2()).sum();
-        let idcg: f64 = (0..rel.len().min(k)).map(|r| 1.0 / (r as f64 + 2.0).log2()).sum();
+        let dcg: f64 = hits
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h)
+            .map(|(r, _)| 1.0 / (r as f64 + 2.0).log2())
+            .sum();
+        let idcg: f64 = (0..rel.len().min(k))
+            .map(|r| 1.0 / (r as f64 + 2.0).log2())
+            .sum();
         m.precision += n_hits / k as f64;
         m.recall += n_hits / rel.len() as f64;
         m.ndcg += dcg / idcg;
@@ -98,7 +116,11 @@ pub fn evaluate(f: &Factors, num_items: usize, train: &[Cell], test: &[Cell], k:
         m.ndcg /= n;
         m.hit_rate /= n;
     }
-    m.coverage = if num_items > 0 { recommended.len() as f64 / num_items as f64 } else { 0.0 };
+    m.coverage = if num_items > 0 {
+        recommended.len() as f64 / num_items as f64
+    } else {
+        0.0
+    };
     m
 }
 
@@ -109,7 +131,13 @@ pub fn holdout_metrics(data: &Interactions, params: &TrainParams) -> Option<Metr
         return None;
     }
     let factors = train(&data.with_cells(&train_cells), params, |_, _| {});
-    Some(evaluate(&factors, data.items.len(), &train_cells, &test_cells, 10))
+    Some(evaluate(
+        &factors,
+        data.items.len(),
+        &train_cells,
+        &test_cells,
+        10,
+    ))
 }
 
 #[cfg(test)]
@@ -117,12 +145,20 @@ mod tests {
     use super::*;
 
     fn cell(user: u32, item: u32, weight: f32, ts: i64) -> Cell {
-        Cell { user, item, weight, ts }
+        Cell {
+            user,
+            item,
+            weight,
+            ts,
+        }
     }
 
     #[test]
     fn split_holds_out_the_latest_positives() {
-        let cells: Vec<_> = (0..10).map(|i| cell(0, i, 1.0, 100 - i64::from(i))).chain([cell(1, 0, 1.0, 0)]).collect();
+        let cells: Vec<_> = (0..10)
+            .map(|i| cell(0, i, 1.0, 100 - i64::from(i)))
+            .chain([cell(1, 0, 1.0, 0)])
+            .collect();
         let (train, test) = temporal_split(&cells, 0.2, 5);
         // Items 0 and 1 have the latest timestamps for user 0; user 1 has too few positives.
         let mut held: Vec<_> = test.iter().map(|c| (c.user, c.item)).collect();
@@ -134,8 +170,15 @@ mod tests {
     #[test]
     fn perfect_ranking_scores_one() {
         // One user, 3 items in 1 dim: the held-out item scores highest.
-        let f = Factors { dim: 1, users: vec![1.0], items: vec![0.1, 0.9, 0.5] };
+        let f = Factors {
+            dim: 1,
+            users: vec![1.0],
+            items: vec![0.1, 0.9, 0.5],
+        };
         let m = evaluate(&f, 3, &[cell(0, 2, 1.0, 0)], &[cell(0, 1, 1.0, 1)], 1);
-        assert_eq!((m.users, m.precision, m.recall, m.ndcg, m.hit_rate), (1, 1.0, 1.0, 1.0, 1.0));
+        assert_eq!(
+            (m.users, m.precision, m.recall, m.ndcg, m.hit_rate),
+            (1, 1.0, 1.0, 1.0, 1.0)
+        );
     }
 }

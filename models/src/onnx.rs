@@ -142,14 +142,23 @@ fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| match d {
-            Dim::Fixed(v) => Dimension { dim_value: Some(*v), dim_param: None },
-            Dim::Named(p) => Dimension { dim_value: None, dim_param: Some((*p).to_owned()) },
+            Dim::Fixed(v) => Dimension {
+                dim_value: Some(*v),
+                dim_param: None,
+            },
+            Dim::Named(p) => Dimension {
+                dim_value: None,
+                dim_param: Some((*p).to_owned()),
+            },
         })
         .collect();
     ValueInfoProto {
         name: name.to_owned(),
         r#type: Some(TypeProto {
-            tensor_type: Some(TypeTensor { elem_type, shape: Some(TensorShapeProto { dim }) }),
+            tensor_type: Some(TypeTensor {
+                elem_type,
+                shape: Some(TensorShapeProto { dim }),
+            }),
         }),
     }
 }
@@ -165,15 +174,29 @@ fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>)
 }
 
 fn int_attr(name: &str, i: i64) -> AttributeProto {
-    AttributeProto { name: name.to_owned(), i, r#type: 2 }
+    AttributeProto {
+        name: name.to_owned(),
+        i,
+        r#type: 2,
+    }
 }
 
 fn f32_tensor(name: &str, dims: Vec<i64>, data: impl Iterator<Item = f32>) -> TensorProto {
-    TensorProto { dims, data_type: FLOAT, name: name.to_owned(), raw_data: data.flat_map(f32::to_le_bytes).collect() }
+    TensorProto {
+        dims,
+        data_type: FLOAT,
+        name: name.to_owned(),
+        raw_data: data.flat_map(f32::to_le_bytes).collect(),
+    }
 }
 
 /// The scoring graph for row-major item factors `[n, dim]` and `n` item biases.
-pub fn scoring_graph(item_factors: &[f32], item_bias: &[f32], dim: usize, version: &str) -> Vec<u8> {
+pub fn scoring_graph(
+    item_factors: &[f32],
+    item_bias: &[f32],
+    dim: usize,
+    version: &str,
+) -> Vec<u8> {
     let n = item_bias.len();
     // MatMul wants [D, N]: store the factors transposed.
     let transposed = (0..dim).flat_map(|k| (0..n).map(move |i| item_factors[i * dim + k]));
@@ -187,7 +210,11 @@ pub fn scoring_graph(item_factors: &[f32], item_bias: &[f32], dim: usize, versio
                 "TopK",
                 &["masked", "k"],
                 &["scores", "indices"],
-                vec![int_attr("axis", -1), int_attr("largest", 1), int_attr("sorted", 1)],
+                vec![
+                    int_attr("axis", -1),
+                    int_attr("largest", 1),
+                    int_attr("sorted", 1),
+                ],
             ),
         ],
         initializer: vec![
@@ -195,7 +222,11 @@ pub fn scoring_graph(item_factors: &[f32], item_bias: &[f32], dim: usize, versio
             f32_tensor("item_bias", vec![n as i64], item_bias.iter().copied()),
         ],
         input: vec![
-            value_info("user", FLOAT, &[Dim::Named("batch"), Dim::Fixed(dim as i64)]),
+            value_info(
+                "user",
+                FLOAT,
+                &[Dim::Named("batch"), Dim::Fixed(dim as i64)],
+            ),
             value_info("mask", FLOAT, &[Dim::Named("batch"), Dim::Fixed(n as i64)]),
             value_info("k", INT64, &[Dim::Fixed(1)]),
         ],
@@ -209,8 +240,14 @@ pub fn scoring_graph(item_factors: &[f32], item_bias: &[f32], dim: usize, versio
         producer_name: "streamrec".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph),
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
-        metadata_props: vec![StringStringEntryProto { key: "model_version".into(), value: version.into() }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        metadata_props: vec![StringStringEntryProto {
+            key: "model_version".into(),
+            value: version.into(),
+        }],
     }
     .encode_to_vec()
 }

@@ -28,20 +28,35 @@ fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return vec![PathBuf::from(p)];
     }
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         dirs.push(exe_dir.join("lib"));
         dirs.push(exe_dir);
     }
     dirs.push(tool_cache().join("onnxruntime"));
-    dirs.extend(["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"].map(PathBuf::from));
+    dirs.extend(
+        [
+            "/usr/local/lib",
+            "/usr/lib",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+        ]
+        .map(PathBuf::from),
+    );
     let mut found = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         let mut libs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with("libonnxruntime.so") || n == "libonnxruntime.dylib" || n == "onnxruntime.dll"
+                    n.starts_with("libonnxruntime.so")
+                        || n == "libonnxruntime.dylib"
+                        || n == "onnxruntime.dll"
                 })
             })
             .collect();
@@ -59,7 +74,10 @@ pub fn tool_cache() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(p).join("streamrec");
     }
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".cache/streamrec")
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".cache/streamrec")
 }
 
 /// Loads ONNX Runtime (once) and returns the process environment.
@@ -67,10 +85,17 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static Environment, Mode
     let result = ENVIRONMENT.get_or_init(|| {
         let candidates = candidates(explicit);
         let Some(path) = candidates.into_iter().find(|p| p.is_file()) else {
-            return Err(format!("ONNX Runtime (libonnxruntime.so) was not found; {INSTALL_HINT}"));
+            return Err(format!(
+                "ONNX Runtime (libonnxruntime.so) was not found; {INSTALL_HINT}"
+            ));
         };
         let env = ort::init_from(&path)
-            .map_err(|e| format!("failed to load ONNX Runtime from {}: {e}; {INSTALL_HINT}", path.display()))?
+            .map_err(|e| {
+                format!(
+                    "failed to load ONNX Runtime from {}: {e}; {INSTALL_HINT}",
+                    path.display()
+                )
+            })?
             .with_name("streamrec")
             .build()
             .map_err(|e| format!("failed to start ONNX Runtime from {}: {e}", path.display()))?;

@@ -14,7 +14,12 @@ pub struct Scorer {
 }
 
 impl Scorer {
-    pub fn new(onnx: &[u8], num_items: usize, dim: usize, intra_threads: usize) -> Result<Self, ModelError> {
+    pub fn new(
+        onnx: &[u8],
+        num_items: usize,
+        dim: usize,
+        intra_threads: usize,
+    ) -> Result<Self, ModelError> {
         let env = crate::runtime::environment(None)?;
         let session = Session::builder(env)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -22,7 +27,11 @@ impl Scorer {
             .with_intra_threads(intra_threads)
             .map_err(|e| ModelError::Ort(e.to_string()))?
             .commit_from_memory(onnx)?;
-        Ok(Self { session, num_items, dim })
+        Ok(Self {
+            session,
+            num_items,
+            dim,
+        })
     }
 
     pub fn num_items(&self) -> usize {
@@ -30,7 +39,12 @@ impl Scorer {
     }
 
     /// The `k` best (item row, score) for one user vector, skipping masked (-inf) items.
-    pub fn top_k(&mut self, user: &[f32], mask: &[f32], k: usize) -> Result<Vec<(u32, f32)>, ModelError> {
+    pub fn top_k(
+        &mut self,
+        user: &[f32],
+        mask: &[f32],
+        k: usize,
+    ) -> Result<Vec<(u32, f32)>, ModelError> {
         let k = k.min(self.num_items);
         if k == 0 {
             return Ok(Vec::new());
@@ -71,11 +85,18 @@ mod tests {
         let items = [1.0, 0.0, 0.5, 0.5, 0.0, 1.0, 2.0, 0.0];
         let bias = [0.0, 0.0, 0.0, 0.1];
         let onnx = crate::onnx::scoring_graph(&items, &bias, 2, "test");
-        let mut scorer = Scorer::new(&onnx, 4, 2, 1).expect("onnx runtime available (run make setup)");
+        let mut scorer =
+            Scorer::new(&onnx, 4, 2, 1).expect("onnx runtime available (run make setup)");
         let top = scorer.top_k(&[1.0, 0.0], &[0.0; 4], 3).expect("run");
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![3, 0, 1]);
         assert!((top[0].1 - 2.1).abs() < 1e-6);
-        let masked = scorer.top_k(&[1.0, 0.0], &[0.0, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY], 4).expect("run");
+        let masked = scorer
+            .top_k(
+                &[1.0, 0.0],
+                &[0.0, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY],
+                4,
+            )
+            .expect("run");
         assert_eq!(masked.iter().map(|t| t.0).collect::<Vec<_>>(), vec![0, 1]);
     }
 }

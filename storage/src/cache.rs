@@ -33,20 +33,34 @@ pub struct MemoryCache {
 
 impl MemoryCache {
     pub fn new(max_users: u64, ttl: Duration) -> Self {
-        Self { users: moka::sync::Cache::builder().max_capacity(max_users).time_to_live(ttl).build() }
+        Self {
+            users: moka::sync::Cache::builder()
+                .max_capacity(max_users)
+                .time_to_live(ttl)
+                .build(),
+        }
     }
 }
 
 impl RecCache for MemoryCache {
     fn get(&self, user_id: &str, query: &RecQuery) -> Option<Arc<Recommendations>> {
-        let hit = self.users.get(user_id).and_then(|entry| entry.get(query).cloned());
-        LOOKUPS.with_label_values(&["l1", if hit.is_some() { "hit" } else { "miss" }]).inc();
+        let hit = self
+            .users
+            .get(user_id)
+            .and_then(|entry| entry.get(query).cloned());
+        LOOKUPS
+            .with_label_values(&["l1", if hit.is_some() { "hit" } else { "miss" }])
+            .inc();
         hit
     }
 
     fn put(&self, user_id: &str, query: RecQuery, recs: Arc<Recommendations>) {
         // Copy-on-write: a user has few distinct queries, and readers never lock.
-        let mut map = self.users.get(user_id).map(|e| (*e).clone()).unwrap_or_default();
+        let mut map = self
+            .users
+            .get(user_id)
+            .map(|e| (*e).clone())
+            .unwrap_or_default();
         map.insert(query, recs);
         self.users.insert(user_id.to_owned(), Arc::new(map));
     }
@@ -67,9 +81,19 @@ mod tests {
     #[test]
     fn invalidation_drops_every_query_of_the_user() {
         let cache = MemoryCache::new(10, Duration::from_secs(60));
-        let recs = Arc::new(Recommendations { user_id: "u".into(), model_version: "v".into(), items: vec![] });
-        let q1 = RecQuery { k: 10, category: None };
-        let q2 = RecQuery { k: 5, category: Some("c".into()) };
+        let recs = Arc::new(Recommendations {
+            user_id: "u".into(),
+            model_version: "v".into(),
+            items: vec![],
+        });
+        let q1 = RecQuery {
+            k: 10,
+            category: None,
+        };
+        let q2 = RecQuery {
+            k: 5,
+            category: Some("c".into()),
+        };
         cache.put("u", q1.clone(), recs.clone());
         cache.put("u", q2.clone(), recs.clone());
         cache.put("w", q1.clone(), recs);

@@ -34,7 +34,11 @@ impl RocksCatalog {
 impl Catalog for RocksCatalog {
     fn upsert(&self, item: &Item) -> Result<()> {
         let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(self.db.cf(Cf::Items), item.item_id.as_bytes(), serde_json::to_vec(item)?);
+        batch.put_cf(
+            self.db.cf(Cf::Items),
+            item.item_id.as_bytes(),
+            serde_json::to_vec(item)?,
+        );
         batch.delete_cf(self.db.cf(Cf::DeletedItems), item.item_id.as_bytes());
         self.db.write(batch)
     }
@@ -43,13 +47,21 @@ impl Catalog for RocksCatalog {
         let existed = self.db.contains(Cf::Items, item_id.as_bytes())?;
         let mut batch = rocksdb::WriteBatch::default();
         batch.delete_cf(self.db.cf(Cf::Items), item_id.as_bytes());
-        batch.put_cf(self.db.cf(Cf::DeletedItems), item_id.as_bytes(), at.to_be_bytes());
+        batch.put_cf(
+            self.db.cf(Cf::DeletedItems),
+            item_id.as_bytes(),
+            at.to_be_bytes(),
+        );
         self.db.write(batch)?;
         Ok(existed)
     }
 
     fn load_all(&self) -> Result<(Vec<Item>, Vec<String>)> {
-        let items = self.db.scan(Cf::Items).map(|kv| Ok(serde_json::from_slice(&kv?.1)?)).collect::<Result<_>>()?;
+        let items = self
+            .db
+            .scan(Cf::Items)
+            .map(|kv| Ok(serde_json::from_slice(&kv?.1)?))
+            .collect::<Result<_>>()?;
         let deleted = self
             .db
             .scan(Cf::DeletedItems)
@@ -77,10 +89,17 @@ impl CatalogView {
     pub fn open(store: Arc<dyn Catalog>) -> Result<Self> {
         let (items, deleted) = store.load_all()?;
         let state = ViewState {
-            items: items.into_iter().map(|i| (i.item_id.clone(), Arc::new(i))).collect(),
+            items: items
+                .into_iter()
+                .map(|i| (i.item_id.clone(), Arc::new(i)))
+                .collect(),
             deleted: deleted.into_iter().collect(),
         };
-        Ok(Self { store, state: RwLock::new(state), version: AtomicU64::new(1) })
+        Ok(Self {
+            store,
+            state: RwLock::new(state),
+            version: AtomicU64::new(1),
+        })
     }
 
     pub fn upsert(&self, item: Item) -> Result<()> {
@@ -126,7 +145,9 @@ impl CatalogView {
 
     /// A consistent read of the whole view under one lock (mask building, filtering).
     pub fn read(&self) -> CatalogRead<'_> {
-        CatalogRead { state: self.state.read() }
+        CatalogRead {
+            state: self.state.read(),
+        }
     }
 
     /// Every catalogued item id.

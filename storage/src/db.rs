@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use rocksdb::{BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, MergeOperands, Options};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, MergeOperands, Options,
+};
 
 use crate::error::{Result, StorageError};
 
@@ -99,7 +101,9 @@ impl Db {
 
     pub(crate) fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
         // Every family is created at open, so a miss is a bug in this module.
-        self.db.cf_handle(cf.name()).expect("column family created at open")
+        self.db
+            .cf_handle(cf.name())
+            .expect("column family created at open")
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -124,7 +128,9 @@ impl Db {
 
     /// Every key/value of a column family, in key order (start-up loads and training only).
     pub fn scan(&self, cf: Cf) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + '_ {
-        self.db.iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start).map(|r| r.map_err(StorageError::from))
+        self.db
+            .iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start)
+            .map(|r| r.map_err(StorageError::from))
     }
 
     /// Deletes all keys that start with `prefix` (which must not be empty).

@@ -163,12 +163,18 @@ fn recover(dir: &Path) -> Result<(Vec<IndexPoint>, u64, u64, u64)> {
         let mut reader = BufReader::new(File::open(&path)?);
         let mut pos = 0u64;
         if base != next {
-            return Err(StorageError::Corrupt(format!("{} does not follow offset {next}", path.display())));
+            return Err(StorageError::Corrupt(format!(
+                "{} does not follow offset {next}",
+                path.display()
+            )));
         }
         next = base;
         while let Some((offset, _, size)) = read_record(&mut reader)? {
             if offset != next {
-                return Err(StorageError::Corrupt(format!("{} has offset {offset}, expected {next}", path.display())));
+                return Err(StorageError::Corrupt(format!(
+                    "{} has offset {offset}, expected {next}",
+                    path.display()
+                )));
             }
             if offset % INDEX_EVERY == 0 || pos == 0 {
                 index.push(IndexPoint { offset, base, pos });
@@ -179,7 +185,10 @@ fn recover(dir: &Path) -> Result<(Vec<IndexPoint>, u64, u64, u64)> {
         let len = std::fs::metadata(&path)?.len();
         if pos < len {
             if i + 1 != bases.len() {
-                return Err(StorageError::Corrupt(format!("{} is damaged before its end", path.display())));
+                return Err(StorageError::Corrupt(format!(
+                    "{} is damaged before its end",
+                    path.display()
+                )));
             }
             tracing::warn!(path = %path.display(), valid_bytes = pos, file_bytes = len, "truncating torn tail of event log");
             OpenOptions::new().write(true).open(&path)?.set_len(pos)?;
@@ -210,22 +219,40 @@ impl FileEventLog {
                 base,
                 pos,
                 fsync,
-                file: OpenOptions::new().create(true).append(true).open(segment_path(&pdir, base))?,
+                file: OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(segment_path(&pdir, base))?,
             };
-            writers.push(std::thread::Builder::new().name(format!("log-writer-{p}")).spawn(move || writer.run(rx))?);
-            partitions.push(Partition { dir: pdir, index, hw, tx });
+            writers.push(
+                std::thread::Builder::new()
+                    .name(format!("log-writer-{p}"))
+                    .spawn(move || writer.run(rx))?,
+            );
+            partitions.push(Partition {
+                dir: pdir,
+                index,
+                hw,
+                tx,
+            });
         }
         if let Some(extra) = std::fs::read_dir(dir)?.filter_map(|e| e.ok()).find(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name.strip_prefix('p').and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= num_partitions)
+            name.strip_prefix('p')
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n >= num_partitions)
         }) {
             return Err(StorageError::Corrupt(format!(
                 "the event log has partition {} beyond events.num_partitions = {num_partitions}; the partition count cannot shrink",
                 extra.file_name().to_string_lossy()
             )));
         }
-        Ok(Self { partitions, writers, db })
+        Ok(Self {
+            partitions,
+            writers,
+            db,
+        })
     }
 
     fn partition(&self, partition: u32) -> Result<&Partition> {
@@ -257,7 +284,10 @@ impl EventLog for FileEventLog {
                 continue;
             }
             let (reply, rx) = oneshot::channel();
-            self.partitions[p].tx.send(AppendReq { events, reply }).map_err(|_| StorageError::Closed)?;
+            self.partitions[p]
+                .tx
+                .send(AppendReq { events, reply })
+                .map_err(|_| StorageError::Closed)?;
             waits.push(rx);
         }
         let mut total = AppendOutcome::default();
@@ -302,17 +332,29 @@ impl EventLog for FileEventLog {
     }
 
     fn commit(&self, partition: u32, offset: u64) -> Result<()> {
-        self.db.put(Cf::Offsets, &offset_key(partition), &offset.to_be_bytes())
+        self.db
+            .put(Cf::Offsets, &offset_key(partition), &offset.to_be_bytes())
     }
 
     fn forget_user(&self, user_id: &str) -> Result<()> {
         let mut batch = rocksdb::WriteBatch::default();
-        self.db.delete_prefix(&mut batch, Cf::AcceptedIds, &crate::db::pair_prefix(user_id));
+        self.db.delete_prefix(
+            &mut batch,
+            Cf::AcceptedIds,
+            &crate::db::pair_prefix(user_id),
+        );
         self.db.write(batch)
     }
 }
 
-fn read_range(dir: &Path, point: IndexPoint, partition: u32, offset: u64, end: u64, max: usize) -> Result<Vec<Record>> {
+fn read_range(
+    dir: &Path,
+    point: IndexPoint,
+    partition: u32,
+    offset: u64,
+    end: u64,
+    max: usize,
+) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     let mut base = point.base;
     let mut file = File::open(segment_path(dir, base))?;
@@ -324,7 +366,11 @@ fn read_range(dir: &Path, point: IndexPoint, partition: u32, offset: u64, end: u
             Some((off, payload, _)) => {
                 if off >= offset {
                     let event = serde_json::from_slice(&payload)?;
-                    out.push(Record { partition, offset: off, event });
+                    out.push(Record {
+                        partition,
+                        offset: off,
+                        event,
+                    });
                 }
                 next = off + 1;
             }
@@ -367,7 +413,9 @@ impl Writer {
                 Err(error) => {
                     tracing::error!(%error, dir = %self.dir.display(), "event log append failed");
                     for req in batch {
-                        let _ = req.reply.send(Err(StorageError::Io(std::io::Error::other(error.to_string()))));
+                        let _ = req.reply.send(Err(StorageError::Io(std::io::Error::other(
+                            error.to_string(),
+                        ))));
                     }
                 }
             }
@@ -395,7 +443,11 @@ impl Writer {
                 }
                 let pos = self.pos + buf.len() as u64;
                 if next % INDEX_EVERY == 0 || pos == 0 {
-                    points.push(IndexPoint { offset: next, base: self.base, pos });
+                    points.push(IndexPoint {
+                        offset: next,
+                        base: self.base,
+                        pos,
+                    });
                 }
                 encode_record(&mut buf, next, &serde_json::to_vec(event)?);
                 ids.put_cf(self.db.cf(Cf::AcceptedIds), &key, []);
@@ -407,7 +459,13 @@ impl Writer {
         if buf.is_empty() {
             return Ok(outcomes);
         }
-        if let Err(e) = self.file.write_all(&buf).and_then(|()| if self.fsync { self.file.sync_data() } else { Ok(()) }) {
+        if let Err(e) = self.file.write_all(&buf).and_then(|()| {
+            if self.fsync {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        }) {
             // Cut off whatever part of the batch reached the file: none of it was acknowledged.
             let _ = self.file.set_len(self.pos);
             return Err(e.into());
@@ -423,7 +481,10 @@ impl Writer {
     fn roll(&mut self) -> Result<()> {
         self.base = self.next;
         self.pos = 0;
-        self.file = OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, self.base))?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(&self.dir, self.base))?;
         if self.fsync {
             File::open(&self.dir)?.sync_all()?;
         }
@@ -437,7 +498,14 @@ mod tests {
     use common::EventKind;
 
     fn event(user: &str, id: &str) -> Event {
-        Event { event_id: id.into(), user_id: user.into(), item_id: "i".into(), kind: EventKind::View, value: None, ts: 1 }
+        Event {
+            event_id: id.into(),
+            user_id: user.into(),
+            item_id: "i".into(),
+            kind: EventKind::View,
+            value: None,
+            ts: 1,
+        }
     }
 
     fn open(dir: &Path) -> FileEventLog {
@@ -449,11 +517,28 @@ mod tests {
     async fn appends_reads_and_deduplicates() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = open(dir.path());
-        let events: Vec<_> = (0..1500).map(|i| event("alice", &format!("e{i}"))).collect();
+        let events: Vec<_> = (0..1500)
+            .map(|i| event("alice", &format!("e{i}")))
+            .collect();
         let outcome = log.append(events.clone()).await.expect("append");
-        assert_eq!(outcome, AppendOutcome { accepted: 1500, duplicates: 0 });
-        let again = log.append(vec![events[3].clone(), events[3].clone()]).await.expect("append");
-        assert_eq!(again, AppendOutcome { accepted: 0, duplicates: 2 });
+        assert_eq!(
+            outcome,
+            AppendOutcome {
+                accepted: 1500,
+                duplicates: 0
+            }
+        );
+        let again = log
+            .append(vec![events[3].clone(), events[3].clone()])
+            .await
+            .expect("append");
+        assert_eq!(
+            again,
+            AppendOutcome {
+                accepted: 0,
+                duplicates: 2
+            }
+        );
 
         let p = partition_for("alice", 4);
         let records = log.read(p, 1000, 100).await.expect("read");
@@ -469,7 +554,9 @@ mod tests {
         let p = partition_for("bob", 4);
         {
             let log = open(dir.path());
-            log.append((0..10).map(|i| event("bob", &format!("e{i}"))).collect()).await.expect("append");
+            log.append((0..10).map(|i| event("bob", &format!("e{i}"))).collect())
+                .await
+                .expect("append");
             log.commit(p, 4).expect("commit");
         }
         // A crash in the middle of a write leaves half a record behind.
@@ -484,6 +571,9 @@ mod tests {
         let outcome = log.append(vec![event("bob", "e10")]).await.expect("append");
         assert_eq!(outcome.accepted, 1);
         let all = log.read(p, 0, 100).await.expect("read");
-        assert_eq!(all.iter().map(|r| r.offset).collect::<Vec<_>>(), (0..11).collect::<Vec<_>>());
+        assert_eq!(
+            all.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            (0..11).collect::<Vec<_>>()
+        );
     }
 }

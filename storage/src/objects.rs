@@ -41,7 +41,9 @@ impl ObjectStore for LocalObjectStore {
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         let path = self.path(key)?;
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let dir = path.parent().ok_or_else(|| StorageError::Corrupt("object key has no parent".into()))?;
+            let dir = path
+                .parent()
+                .ok_or_else(|| StorageError::Corrupt("object key has no parent".into()))?;
             std::fs::create_dir_all(dir)?;
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, &bytes)?;
@@ -104,10 +106,29 @@ mod tests {
     async fn put_get_list_and_reject_escapes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LocalObjectStore::new(dir.path()).expect("store");
-        store.put("models/v1/meta.json", b"{}".to_vec()).await.expect("put");
-        store.put("models/v2/meta.json", b"[]".to_vec()).await.expect("put");
-        assert_eq!(store.get("models/v2/meta.json").await.expect("get").as_deref(), Some(&b"[]"[..]));
-        assert!(store.get("models/v3/meta.json").await.expect("get").is_none());
+        store
+            .put("models/v1/meta.json", b"{}".to_vec())
+            .await
+            .expect("put");
+        store
+            .put("models/v2/meta.json", b"[]".to_vec())
+            .await
+            .expect("put");
+        assert_eq!(
+            store
+                .get("models/v2/meta.json")
+                .await
+                .expect("get")
+                .as_deref(),
+            Some(&b"[]"[..])
+        );
+        assert!(
+            store
+                .get("models/v3/meta.json")
+                .await
+                .expect("get")
+                .is_none()
+        );
         assert_eq!(store.list("models/").await.expect("list").len(), 2);
         assert!(store.put("../escape", vec![]).await.is_err());
     }

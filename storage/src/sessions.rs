@@ -46,7 +46,8 @@ impl SessionStore for RocksSessionStore {
     }
 
     fn is_applied(&self, user_id: &str, event_id: &str) -> Result<bool> {
-        self.db.contains(Cf::AppliedIds, &pair_key(user_id, event_id))
+        self.db
+            .contains(Cf::AppliedIds, &pair_key(user_id, event_id))
     }
 
     fn commit(&self, c: SessionCommit<'_>) -> Result<()> {
@@ -56,7 +57,11 @@ impl SessionStore for RocksSessionStore {
             batch.put_cf(self.db.cf(Cf::AppliedIds), pair_key(c.user_id, id), []);
         }
         for (item, delta) in c.item_deltas {
-            batch.merge_cf(self.db.cf(Cf::ItemStats), item.as_bytes(), delta.to_le_bytes());
+            batch.merge_cf(
+                self.db.cf(Cf::ItemStats),
+                item.as_bytes(),
+                delta.to_le_bytes(),
+            );
         }
         self.db.write(batch)
     }
@@ -64,16 +69,28 @@ impl SessionStore for RocksSessionStore {
     fn erase(&self, user_id: &str, erased_at: u64, item_deltas: &[(&str, f64)]) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (item, delta) in item_deltas {
-            batch.merge_cf(self.db.cf(Cf::ItemStats), item.as_bytes(), (-delta).to_le_bytes());
+            batch.merge_cf(
+                self.db.cf(Cf::ItemStats),
+                item.as_bytes(),
+                (-delta).to_le_bytes(),
+            );
         }
         batch.delete_cf(self.db.cf(Cf::Sessions), user_id.as_bytes());
-        self.db.delete_prefix(&mut batch, Cf::AppliedIds, &pair_prefix(user_id));
-        batch.put_cf(self.db.cf(Cf::Erasures), user_id.as_bytes(), erased_at.to_be_bytes());
+        self.db
+            .delete_prefix(&mut batch, Cf::AppliedIds, &pair_prefix(user_id));
+        batch.put_cf(
+            self.db.cf(Cf::Erasures),
+            user_id.as_bytes(),
+            erased_at.to_be_bytes(),
+        );
         self.db.write(batch)
     }
 
     fn erased_at(&self, user_id: &str) -> Result<Option<u64>> {
-        Ok(self.db.get(Cf::Erasures, user_id.as_bytes())?.and_then(|v| v.try_into().ok().map(u64::from_be_bytes)))
+        Ok(self
+            .db
+            .get(Cf::Erasures, user_id.as_bytes())?
+            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes)))
     }
 
     fn item_stats(&self) -> Result<Vec<(String, f64)>> {
@@ -81,7 +98,10 @@ impl SessionStore for RocksSessionStore {
             .scan(Cf::ItemStats)
             .map(|kv| {
                 let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), crate::db::decode_f64(&v).unwrap_or(0.0)))
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    crate::db::decode_f64(&v).unwrap_or(0.0),
+                ))
             })
             .collect()
     }
@@ -105,9 +125,15 @@ mod tests {
             .expect("commit");
         assert!(store.is_applied("u1", "e2").expect("get"));
         assert!(!store.is_applied("u10", "e2").expect("get"));
-        assert_eq!(store.item_stats().expect("stats"), vec![("i1".to_owned(), 5.0)]);
+        assert_eq!(
+            store.item_stats().expect("stats"),
+            vec![("i1".to_owned(), 5.0)]
+        );
         store.erase("u1", 7, &[("i1", 5.0)]).expect("erase");
-        assert_eq!(store.item_stats().expect("stats"), vec![("i1".to_owned(), 0.0)]);
+        assert_eq!(
+            store.item_stats().expect("stats"),
+            vec![("i1".to_owned(), 0.0)]
+        );
         assert!(store.load("u1").expect("load").is_none());
         assert!(!store.is_applied("u1", "e1").expect("get"));
         assert_eq!(store.erased_at("u1").expect("erased"), Some(7));

@@ -1,1 +1,22 @@
-//! supervisors
+//! Supervision trees and the node that runs them.
+//!
+//! [`Supervisor`] is the one supervisor implementation: it starts children from factories
+//! ([`ChildSpec`]), restarts a failed child after an exponential backoff, counts restarts, and
+//! escalates (fails itself, so that its own parent decides) when a child fails too often.
+//! [`Node`] builds the stores and the tree:
+//!
+//! ```text
+//! root ─┬─ push            PushHub
+//!       ├─ sessions        SessionManager ── session × live users
+//!       ├─ models          Supervisor ── model-0 .. model-N
+//!       ├─ ingest          Supervisor ── ingest-0 .. ingest-P
+//!       └─ trainer         TrainerActor
+//! ```
+
+pub mod backoff;
+pub mod node;
+pub mod supervisor;
+
+pub use backoff::RestartPolicy;
+pub use node::Node;
+pub use supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};

@@ -1,0 +1,435 @@
+//! A streamrec node: opens the stores, builds the supervision tree and offers the operations
+//! the gateways serve. It is the composition root: the only place that knows which storage
+//! implementation backs which trait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::model::{ModelActor, ModelArgs};
+use actors::push::{PushHub, PushMsg, RecsWatch};
+use actors::session::UserView;
+use actors::session_manager::{SessionManager, SessionManagerMsg};
+use actors::trainer::{TrainerActor, TrainerMsg};
+use actors::{
+    CALL_TIMEOUT, ModelPool, ModelRegistry, ObsRegistry, Popularity, Services, Slot, call, slot_get,
+};
+use anyhow::Context;
+use common::{ApiError, Config, Event, Item, RecQuery, Recommendations};
+use ractor::{Actor, ActorRef};
+use serde::Serialize;
+use storage::{
+    AppendOutcome, CatalogView, Db, FileEventLog, LocalObjectStore, MemoryCache, RocksCatalog,
+    RocksSessionStore,
+};
+use tokio::sync::Mutex;
+
+use crate::RestartPolicy;
+use crate::supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
+
+pub struct Node {
+    pub config: Arc<Config>,
+    services: Arc<Services>,
+    db: Arc<Db>,
+    root: ActorRef<SupervisorMsg>,
+    root_exit: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    trainer: Slot<TrainerMsg>,
+}
+
+/// `GET /readyz`: what is up and what is not.
+#[derive(Clone, Debug, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub model_loaded: bool,
+    pub model_workers: usize,
+    pub sessions: bool,
+    pub stores: bool,
+}
+
+fn slot<M>() -> Slot<M> {
+    Arc::default()
+}
+
+/// A child spec that spawns `actor` with `args()` and keeps `slot` pointing at it.
+fn slotted<A>(
+    name: &str,
+    actor: fn() -> A,
+    args: impl Fn() -> A::Arguments + Send + Sync + 'static,
+    slot: Slot<A::Msg>,
+) -> ChildSpec
+where
+    A: Actor,
+{
+    let exit_slot = slot.clone();
+    ChildSpec::new(name, move |sup| {
+        let (args, slot) = (args(), slot.clone());
+        async move {
+            let (actor, _) = Actor::spawn_linked(None, actor(), args, sup).await?;
+            slot.store(Some(Arc::new(actor.clone())));
+            Ok(actor.get_cell())
+        }
+    })
+    .on_exit(move || exit_slot.store(None))
+}
+
+impl Node {
+    /// Opens everything under `config.data_dir` and starts the actor tree. Trains a first model
+    /// (on whatever data exists, possibly none) if there is no model yet.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+        models::runtime::environment(config.model.onnxruntime_path.as_deref())?;
+        let config = Arc::new(config);
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
+        let db = Arc::new(Db::open(&dir.join("db")).context("opening RocksDB")?);
+        let log = Arc::new(
+            FileEventLog::open(
+                &dir.join("events"),
+                config.events.num_partitions,
+                config.events.fsync,
+                db.clone(),
+            )
+            .context("opening the event log")?,
+        );
+        let store = Arc::new(RocksSessionStore::new(db.clone()));
+        let catalog = Arc::new(
+            CatalogView::open(Arc::new(RocksCatalog::new(db.clone())))
+                .context("loading the catalog")?,
+        );
+        let popularity = Arc::new(Popularity::new(storage::SessionStore::item_stats(
+            store.as_ref(),
+        )?));
+        let objects = Arc::new(LocalObjectStore::new(dir.join("objects"))?);
+        let registry = Arc::new(
+            ModelRegistry::open(objects)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?,
+        );
+        let services = Arc::new(Services {
+            config: config.clone(),
+            log,
+            store,
+            catalog,
+            cache: Arc::new(MemoryCache::new(config.cache.max_users, config.cache.ttl)),
+            popularity,
+            registry,
+            models: ModelPool::default(),
+            obs: Arc::new(ObsRegistry::default()),
+            sessions: slot(),
+            push: slot(),
+        });
+        let trainer = slot();
+        let children = root_children(&services, &trainer);
+        let args = SupervisorArgs {
+            kind: "root_supervisor",
+            children,
+            policy: RestartPolicy::default(),
+            obs: services.obs.clone(),
+        };
+        let (root, handle) = Actor::spawn(None, Supervisor, args)
+            .await
+            .context("starting the actor tree")?;
+        let node = Arc::new(Node {
+            config,
+            services,
+            db,
+            root,
+            root_exit: Mutex::new(Some(handle)),
+            trainer,
+        });
+        if node.services.registry.active().is_none() {
+            tracing::info!("no model yet: training a first one");
+            node.train(true)
+                .await
+                .map_err(|e| anyhow::anyhow!("first training failed: {}", e.message))?;
+        }
+        Ok(node)
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    pub async fn post_events(&self, events: Vec<Event>) -> Result<AppendOutcome, ApiError> {
+        self.services.log.append(events).await.map_err(|e| {
+            tracing::error!(error = %e, "event append failed");
+            ApiError::unavailable("the event log is not accepting writes")
+        })
+    }
+
+    pub async fn recommend(
+        &self,
+        user_id: &str,
+        query: &RecQuery,
+    ) -> Result<Arc<Recommendations>, ApiError> {
+        actors::push::recommend(&self.services, user_id, query).await
+    }
+
+    pub async fn user(&self, user_id: &str) -> Result<Option<UserView>, ApiError> {
+        let sessions = slot_get(&self.services.sessions, "session manager")?;
+        let user_id = user_id.to_owned();
+        call(
+            &sessions,
+            "session",
+            |reply| SessionManagerMsg::Get { user_id, reply },
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    pub async fn erase_user(&self, user_id: &str) -> Result<(), ApiError> {
+        let sessions = slot_get(&self.services.sessions, "session manager")?;
+        let user_id = user_id.to_owned();
+        call(
+            &sessions,
+            "session",
+            |reply| SessionManagerMsg::Erase { user_id, reply },
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Applies all events already in the log to sessions right now (for tests and tools):
+    /// returns once every partition's committed offset reaches its end, or after `timeout`.
+    pub async fn wait_caught_up(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.ingest_lag() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Records in the log not yet applied, over all partitions.
+    pub fn ingest_lag(&self) -> u64 {
+        let log = &self.services.log;
+        (0..log.num_partitions())
+            .map(|p| {
+                (*log.high_watermark(p).borrow()).saturating_sub(log.committed(p).unwrap_or(0))
+            })
+            .sum()
+    }
+
+    pub fn get_item(&self, item_id: &str) -> Option<Arc<Item>> {
+        self.services.catalog.get(item_id)
+    }
+
+    pub fn upsert_item(&self, item: Item) -> Result<(), ApiError> {
+        let before = self.services.catalog.get(&item.item_id);
+        let filters_changed = before
+            .is_some_and(|b| b.available != item.available || b.categories != item.categories);
+        self.services
+            .catalog
+            .upsert(item)
+            .map_err(ApiError::internal)?;
+        if filters_changed {
+            self.catalog_filters_changed();
+        }
+        Ok(())
+    }
+
+    /// Deletes an item; it is never recommended again. Returns whether it existed.
+    pub fn delete_item(&self, item_id: &str) -> Result<bool, ApiError> {
+        let existed = self
+            .services
+            .catalog
+            .delete(item_id)
+            .map_err(ApiError::internal)?;
+        self.catalog_filters_changed();
+        Ok(existed)
+    }
+
+    /// Cached and pushed results may contain items that are no longer eligible.
+    fn catalog_filters_changed(&self) {
+        self.services.cache.clear();
+        if let Some(push) = self.services.push.load_full() {
+            let _ = push.cast(PushMsg::ChangedAll);
+        }
+    }
+
+    /// Starts a training run; with `wait`, returns the new version once it is active.
+    pub async fn train(&self, wait: bool) -> Result<String, ApiError> {
+        let trainer = slot_get(&self.trainer, "trainer")?;
+        let timeout = if wait {
+            Duration::from_secs(3600)
+        } else {
+            CALL_TIMEOUT
+        };
+        call(
+            &trainer,
+            "trainer",
+            |reply| TrainerMsg::Train {
+                wait,
+                reply: Some(reply),
+            },
+            timeout,
+        )
+        .await
+    }
+
+    pub async fn models(&self) -> actors::registry::Manifest {
+        self.services.registry.manifest().await
+    }
+
+    /// The live supervision tree as JSON.
+    pub fn actors(&self, max_children: usize) -> serde_json::Value {
+        self.services.obs.tree(&self.root.get_cell(), max_children)
+    }
+
+    pub async fn subscribe(
+        &self,
+        user_id: &str,
+        query: RecQuery,
+    ) -> Result<(u64, RecsWatch), ApiError> {
+        let push = slot_get(&self.services.push, "push hub")?;
+        let user_id = user_id.to_owned();
+        match push
+            .call(
+                |reply| PushMsg::Subscribe {
+                    user_id,
+                    query,
+                    reply,
+                },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(sub)) => Ok(sub),
+            _ => Err(ApiError::unavailable("push hub is not available")),
+        }
+    }
+
+    pub fn unsubscribe(&self, id: u64) {
+        if let Some(push) = self.services.push.load_full() {
+            let _ = push.cast(PushMsg::Unsubscribe(id));
+        }
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        let model_loaded = self.services.registry.active().is_some();
+        let model_workers = self.services.models.workers().len();
+        let sessions = self.services.sessions.load().is_some();
+        let ready = model_loaded && model_workers > 0 && sessions;
+        Readiness {
+            ready,
+            model_loaded,
+            model_workers,
+            sessions,
+            stores: true,
+        }
+    }
+
+    /// Resolves when the actor tree has stopped (on shutdown, or after an escalation at the root).
+    pub async fn stopped(&self) {
+        if let Some(handle) = self.root_exit.lock().await.take() {
+            let _ = handle.await;
+        }
+    }
+
+    /// Stops the tree (sessions' state and ingest offsets are durable after every batch) and
+    /// makes every write durable.
+    pub async fn shutdown(&self) {
+        tracing::info!("stopping the actor tree");
+        if let Err(error) = self
+            .root
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(15)))
+            .await
+        {
+            tracing::warn!(%error, "actor tree did not stop in time");
+        }
+        if let Err(error) = self.db.flush() {
+            tracing::error!(%error, "failed to flush RocksDB on shutdown");
+        }
+    }
+}
+
+fn root_children(services: &Arc<Services>, trainer: &Slot<TrainerMsg>) -> Vec<ChildSpec> {
+    let s = services.clone();
+    let push = slotted("push", || PushHub, move || s.clone(), services.push.clone());
+    let s = services.clone();
+    let sessions = slotted(
+        "sessions",
+        || SessionManager,
+        move || s.clone(),
+        services.sessions.clone(),
+    );
+    let s = services.clone();
+    let train = slotted(
+        "trainer",
+        || TrainerActor,
+        move || s.clone(),
+        trainer.clone(),
+    );
+
+    let model_children: Vec<ChildSpec> = (0..services.config.model.num_workers)
+        .map(|i| {
+            let s = services.clone();
+            let pool = services.models.clone();
+            let exit_pool = pool.clone();
+            ChildSpec::new(format!("model-{i}"), move |sup| {
+                let (s, pool) = (s.clone(), pool.clone());
+                async move {
+                    let args = ModelArgs {
+                        registry: s.registry.clone(),
+                        catalog: s.catalog.clone(),
+                        popularity: s.popularity.clone(),
+                        intra_threads: s.config.model.intra_threads,
+                        obs: s.obs.clone(),
+                    };
+                    let (actor, _) = Actor::spawn_linked(None, ModelActor, args, sup).await?;
+                    pool.set(i, Some(actor.clone()));
+                    Ok(actor.get_cell())
+                }
+            })
+            .on_exit(move || exit_pool.set(i, None))
+        })
+        .collect();
+    let ingest_children: Vec<ChildSpec> = (0..services.log.num_partitions())
+        .map(|partition| {
+            let s = services.clone();
+            ChildSpec::new(format!("ingest-{partition}"), move |sup| {
+                let args = actors::ingest::IngestArgs {
+                    partition,
+                    services: s.clone(),
+                };
+                async move {
+                    let (actor, _) =
+                        Actor::spawn_linked(None, actors::ingest::IngestActor, args, sup).await?;
+                    Ok(actor.get_cell())
+                }
+            })
+        })
+        .collect();
+    vec![
+        push,
+        sessions,
+        group(services, "models", "model_supervisor", model_children),
+        group(services, "ingest", "ingest_supervisor", ingest_children),
+        train,
+    ]
+}
+
+/// A child supervisor over `children`.
+fn group(
+    services: &Arc<Services>,
+    name: &str,
+    kind: &'static str,
+    children: Vec<ChildSpec>,
+) -> ChildSpec {
+    let obs = services.obs.clone();
+    ChildSpec::new(name, move |sup| {
+        let args = SupervisorArgs {
+            kind,
+            children: children.clone(),
+            policy: RestartPolicy::default(),
+            obs: obs.clone(),
+        };
+        async move {
+            let (actor, _) = Actor::spawn_linked(None, Supervisor, args, sup).await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
