@@ -1,1 +1,226 @@
-fn main() {}
+//! `streamrec`: the node binary. Thin on purpose: parse the command line, load configuration,
+//! start telemetry and the node, serve HTTP, shut down gracefully on SIGTERM or Ctrl-C.
+
+mod demo;
+mod movielens;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use common::Config;
+use supervisors::Node;
+
+#[derive(Parser)]
+#[command(
+    name = "streamrec",
+    version,
+    about = "Real-time recommendations from a stream of user events"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct NodeOpts {
+    /// A TOML configuration file; `STREAMREC__SECTION__KEY` environment variables override it.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Where the node keeps its data (overrides `data_dir`).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve {
+        #[command(flatten)]
+        node: NodeOpts,
+        /// Address to listen on (overrides `server.listen`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run a node with a synthetic catalog and a live stream of synthetic events.
+    Demo {
+        #[command(flatten)]
+        node: NodeOpts,
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Synthetic events per second in the live stream.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+    },
+    /// Import a data set into the node's stores.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+    /// Train a model on the events in the store and make it the active version.
+    Train {
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportSource {
+    /// MovieLens files: `u.data`/`u.item`/`u.user`, or the atomic `.inter`/`.item`/`.user` format.
+    Movielens {
+        dir: PathBuf,
+        #[command(flatten)]
+        node: NodeOpts,
+    },
+}
+
+fn load_config(opts: &NodeOpts) -> anyhow::Result<Config> {
+    let mut config = Config::load(opts.config.as_deref())?;
+    if let Some(dir) = &opts.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if config.data_dir.as_os_str().is_empty() {
+        config.data_dir = PathBuf::from("data");
+    }
+    common::telemetry::init(&config.telemetry);
+    Ok(config)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { node, listen } => {
+            let mut config = load_config(&node)?;
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            let node = Node::start(config).await?;
+            serve(node, None).await
+        }
+        Command::Demo { node, listen, rate } => {
+            let mut config = Config::load(node.config.as_deref())?;
+            config.data_dir = node
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("data/demo"));
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
+            common::telemetry::init(&config.telemetry);
+            demo::run(config, rate).await
+        }
+        Command::Import {
+            source: ImportSource::Movielens { dir, node },
+        } => {
+            let config = load_config(&node)?;
+            let node = Node::start(config).await?;
+            let result = movielens::import(&node, &dir).await;
+            node.shutdown().await;
+            let summary = result?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Train { node } => {
+            let config = load_config(&node)?;
+            let node = Node::start(config).await?;
+            node.wait_caught_up(std::time::Duration::from_secs(600))
+                .await;
+            let result = node.train(true).await;
+            let manifest = node.models().await;
+            node.shutdown().await;
+            let version = result.map_err(|e| anyhow::anyhow!("training failed: {}", e.message))?;
+            let info = manifest.versions.iter().find(|v| v.version == version);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "active": version, "metrics": info.map(|i| &i.metrics) })
+                )?
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Serves HTTP until SIGTERM/Ctrl-C (or the actor tree dies), then drains and stops the node.
+/// `ready` is told the bound address once the listener is up.
+pub async fn serve(
+    node: Arc<Node>,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(node.config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", node.config.server.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %node.config.data_dir.display(), "streamrec listening");
+    if let Some(ready) = ready {
+        let _ = ready.send(addr);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = api::router(node.clone());
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let mut stop_rx = stop_rx;
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    let tree_died = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = node.stopped() => true,
+        result = &mut server => {
+            result??;
+            false
+        }
+    };
+    if tree_died {
+        anyhow::bail!(
+            "the actor tree stopped (a supervisor escalated); exiting so the node can be restarted"
+        );
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let grace = node.config.server.shutdown_grace;
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "requests still running after the grace period; closing them"
+        );
+        server.abort();
+    }
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

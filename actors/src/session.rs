@@ -304,8 +304,8 @@ pub async fn recommend_for(
     }))
 }
 
-/// Erases a user everywhere: session state, applied and accepted event ids, its share of item
-/// popularity and the cache; a tombstone at the current end of the user's log partition keeps
+/// Erases a user everywhere: session state, profile, applied and accepted event ids, its share
+/// of item popularity and the cache; a tombstone at the current end of the user's log partition keeps
 /// replays from bringing the user back.
 pub fn erase(services: &Services, user_id: &str, data: &SessionData) -> Result<(), ApiError> {
     let partition = partition_for(user_id, services.log.num_partitions());

@@ -1,1 +1,53 @@
-//! api
+//! The HTTP gateway: REST, WebSocket push, admin and health endpoints over one axum router.
+//!
+//! [`router`] builds the whole surface from a [`Node`], so tests drive it with
+//! `router(node).oneshot(request)` and no socket. Every error leaves as
+//! `{"error":{"code":"...","message":"..."}}` with the status of its code (see
+//! `common::error`), and a rejected request stores nothing.
+
+mod error;
+mod metrics;
+mod rest;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use supervisors::Node;
+
+pub use error::AppError;
+
+/// All routes of a node.
+pub fn router(node: Arc<Node>) -> Router {
+    let max_body = node.config.server.max_body_bytes;
+    Router::new()
+        .route("/v1/events", post(rest::post_events))
+        .route(
+            "/v1/items/{item_id}",
+            put(rest::put_item)
+                .get(rest::get_item)
+                .delete(rest::delete_item),
+        )
+        .route(
+            "/v1/users/{user_id}",
+            get(rest::get_user).delete(rest::delete_user),
+        )
+        .route(
+            "/v1/users/{user_id}/recommendations",
+            get(rest::get_recommendations),
+        )
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/admin/train", post(rest::train))
+        .route("/v1/admin/models", get(rest::models))
+        .route("/v1/admin/actors", get(rest::actors))
+        .route("/healthz", get(rest::healthz))
+        .route("/readyz", get(rest::readyz))
+        .route("/metrics", get(rest::metrics))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(node)
+}

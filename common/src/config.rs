@@ -134,7 +134,7 @@ pub struct ModelConfig {
 pub struct TelemetryConfig {
     /// `text` or `json`. Default `text`.
     pub log_format: String,
-    /// A `tracing` filter such as `info` or `streamrec=debug,info`; `RUST_LOG` wins. Default `info`.
+    /// A `tracing` filter such as `info` or `actors=debug,info`; `RUST_LOG` wins. Default `info,ort=warn`.
     pub log_level: String,
 }
 

@@ -18,6 +18,10 @@ pub trait Catalog: Send + Sync + 'static {
     fn delete(&self, item_id: &str, at: i64) -> Result<bool>;
     /// Every item and every deleted id, for the view at start-up.
     fn load_all(&self) -> Result<(Vec<Item>, Vec<String>)>;
+    /// A user's profile attributes (demographics and the like).
+    fn put_profile(&self, user_id: &str, profile: &serde_json::Value) -> Result<()>;
+    fn get_profile(&self, user_id: &str) -> Result<Option<serde_json::Value>>;
+    fn delete_profile(&self, user_id: &str) -> Result<()>;
 }
 
 /// The embedded catalog, in the node's RocksDB.
@@ -68,6 +72,25 @@ impl Catalog for RocksCatalog {
             .map(|kv| Ok(String::from_utf8_lossy(&kv?.0).into_owned()))
             .collect::<Result<_>>()?;
         Ok((items, deleted))
+    }
+
+    fn put_profile(&self, user_id: &str, profile: &serde_json::Value) -> Result<()> {
+        self.db.put(
+            Cf::Profiles,
+            user_id.as_bytes(),
+            &serde_json::to_vec(profile)?,
+        )
+    }
+
+    fn get_profile(&self, user_id: &str) -> Result<Option<serde_json::Value>> {
+        self.db
+            .get(Cf::Profiles, user_id.as_bytes())?
+            .map(|v| Ok(serde_json::from_slice(&v)?))
+            .transpose()
+    }
+
+    fn delete_profile(&self, user_id: &str) -> Result<()> {
+        self.db.delete(Cf::Profiles, user_id.as_bytes())
     }
 }
 
@@ -148,6 +171,11 @@ impl CatalogView {
         CatalogRead {
             state: self.state.read(),
         }
+    }
+
+    /// The durable store behind the view (profiles are read from it directly).
+    pub fn store(&self) -> &Arc<dyn Catalog> {
+        &self.store
     }
 
     /// Every catalogued item id.

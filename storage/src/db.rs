@@ -32,10 +32,12 @@ pub enum Cf {
     ItemStats,
     /// user id → erasure record; replays of older events are skipped.
     Erasures,
+    /// user id → profile JSON (demographics, attributes).
+    Profiles,
 }
 
 impl Cf {
-    const ALL: [Cf; 8] = [
+    const ALL: [Cf; 9] = [
         Cf::Sessions,
         Cf::AppliedIds,
         Cf::AcceptedIds,
@@ -44,6 +46,7 @@ impl Cf {
         Cf::DeletedItems,
         Cf::ItemStats,
         Cf::Erasures,
+        Cf::Profiles,
     ];
 
     fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Cf {
             Cf::DeletedItems => "deleted_items",
             Cf::ItemStats => "item_stats",
             Cf::Erasures => "erasures",
+            Cf::Profiles => "profiles",
         }
     }
 }

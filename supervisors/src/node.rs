@@ -242,6 +242,14 @@ impl Node {
         Ok(existed)
     }
 
+    pub fn put_profile(&self, user_id: &str, profile: &serde_json::Value) -> Result<(), ApiError> {
+        self.services
+            .catalog
+            .store()
+            .put_profile(user_id, profile)
+            .map_err(ApiError::internal)
+    }
+
     /// Cached and pushed results may contain items that are no longer eligible.
     fn catalog_filters_changed(&self) {
         self.services.cache.clear();

@@ -1,0 +1,365 @@
+//! `streamrec import movielens DIR`: loads MovieLens ratings, movies and users. Both layouts are
+//! understood: GroupLens' `u.data`/`u.item`/`u.user` (Latin-1, `|` and tab separated) and
+//! RecBole's atomic files (`*.inter`/`*.item`/`*.user`, tab separated with typed headers).
+//!
+//! Ratings become `rating` events with deterministic event ids, so importing twice stores each
+//! rating once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use common::{Event, EventKind, Item};
+use serde::Serialize;
+use supervisors::Node;
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ImportSummary {
+    pub format: &'static str,
+    pub items: usize,
+    pub users: usize,
+    pub events_accepted: usize,
+    pub events_duplicate: usize,
+}
+
+/// Parsed data, independent of the layout it came from.
+#[derive(Debug, Default)]
+struct Dataset {
+    items: Vec<Item>,
+    users: Vec<(String, serde_json::Value)>,
+    ratings: Vec<(String, String, f64, i64)>,
+}
+
+const GENRES: [&str; 19] = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+];
+
+/// MovieLens files are Latin-1: every byte is one character.
+fn read_latin1(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes.into_iter().map(char::from).collect())
+}
+
+fn find_ext(dir: &Path, ext: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == ext))
+}
+
+fn load(dir: &Path) -> anyhow::Result<(&'static str, Dataset)> {
+    if dir.join("u.data").is_file() {
+        return Ok(("classic", load_classic(dir)?));
+    }
+    if let Some(inter) = find_ext(dir, "inter") {
+        return Ok(("atomic", load_atomic(dir, &inter)?));
+    }
+    bail!(
+        "{} has neither u.data nor a *.inter file: not a MovieLens directory",
+        dir.display()
+    )
+}
+
+fn field<'a>(fields: &[&'a str], i: usize, path: &Path, line: usize) -> anyhow::Result<&'a str> {
+    fields
+        .get(i)
+        .copied()
+        .with_context(|| format!("{}:{}: missing column {}", path.display(), line + 1, i + 1))
+}
+
+fn load_classic(dir: &Path) -> anyhow::Result<Dataset> {
+    let mut data = Dataset::default();
+    let path = dir.join("u.data");
+    for (n, line) in read_latin1(&path)?
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let f: Vec<&str> = line.split('\t').collect();
+        let rating = field(&f, 2, &path, n)?
+            .trim()
+            .parse()
+            .with_context(|| format!("{}:{}: bad rating", path.display(), n + 1))?;
+        let ts: i64 = field(&f, 3, &path, n)?
+            .trim()
+            .parse()
+            .with_context(|| format!("{}:{}: bad timestamp", path.display(), n + 1))?;
+        data.ratings.push((
+            field(&f, 0, &path, n)?.trim().to_owned(),
+            field(&f, 1, &path, n)?.trim().to_owned(),
+            rating,
+            ts * 1000,
+        ));
+    }
+    let path = dir.join("u.item");
+    if path.is_file() {
+        for (n, line) in read_latin1(&path)?
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let f: Vec<&str> = line.split('|').collect();
+            let categories = GENRES
+                .iter()
+                .enumerate()
+                .filter(|(g, _)| f.get(5 + g).is_some_and(|flag| flag.trim() == "1"))
+                .map(|(_, name)| (*name).to_owned())
+                .collect();
+            let mut attributes = serde_json::Map::new();
+            attributes.insert("release_date".into(), field(&f, 2, &path, n)?.into());
+            data.items.push(item(
+                field(&f, 0, &path, n)?,
+                field(&f, 1, &path, n)?,
+                categories,
+                attributes,
+            ));
+        }
+    }
+    let path = dir.join("u.user");
+    if path.is_file() {
+        for (n, line) in read_latin1(&path)?
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let f: Vec<&str> = line.split('|').collect();
+            let profile = serde_json::json!({
+                "age": field(&f, 1, &path, n)?, "gender": field(&f, 2, &path, n)?, "occupation": field(&f, 3, &path, n)?,
+            });
+            data.users
+                .push((field(&f, 0, &path, n)?.to_owned(), profile));
+        }
+    }
+    Ok(data)
+}
+
+/// Column positions of an atomic file by field name (`user_id:token` → `user_id`).
+fn columns(header: &str) -> HashMap<String, usize> {
+    header
+        .split('\t')
+        .enumerate()
+        .map(|(i, h)| (h.split(':').next().unwrap_or(h).trim().to_owned(), i))
+        .collect()
+}
+
+fn load_atomic(dir: &Path, inter: &Path) -> anyhow::Result<Dataset> {
+    let mut data = Dataset::default();
+    let text = read_latin1(inter)?;
+    let mut lines = text.lines().enumerate();
+    let cols = columns(lines.next().map(|(_, l)| l).unwrap_or_default());
+    let col = |name: &str| {
+        cols.get(name)
+            .copied()
+            .with_context(|| format!("{}: no `{name}` column", inter.display()))
+    };
+    let (u, i, r, t) = (
+        col("user_id")?,
+        col("item_id")?,
+        col("rating")?,
+        col("timestamp")?,
+    );
+    for (n, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let rating: f64 = field(&f, r, inter, n)?
+            .trim()
+            .parse()
+            .with_context(|| format!("{}:{}: bad rating", inter.display(), n + 1))?;
+        let ts: f64 = field(&f, t, inter, n)?
+            .trim()
+            .parse()
+            .with_context(|| format!("{}:{}: bad timestamp", inter.display(), n + 1))?;
+        data.ratings.push((
+            field(&f, u, inter, n)?.to_owned(),
+            field(&f, i, inter, n)?.to_owned(),
+            rating,
+            (ts * 1000.0) as i64,
+        ));
+    }
+    if let Some(path) = find_ext(dir, "item") {
+        let text = read_latin1(&path)?;
+        let mut lines = text.lines().enumerate();
+        let cols = columns(lines.next().map(|(_, l)| l).unwrap_or_default());
+        let id = cols
+            .get("item_id")
+            .copied()
+            .with_context(|| format!("{}: no `item_id` column", path.display()))?;
+        for (n, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let get = |name: &str| {
+                cols.get(name)
+                    .and_then(|&c| f.get(c))
+                    .map(|s| s.trim())
+                    .unwrap_or_default()
+            };
+            let categories = get("class").split_whitespace().map(str::to_owned).collect();
+            let mut attributes = serde_json::Map::new();
+            if !get("release_year").is_empty() {
+                attributes.insert("release_year".into(), get("release_year").into());
+            }
+            let title = if get("movie_title").is_empty() {
+                field(&f, id, &path, n)?
+            } else {
+                get("movie_title")
+            };
+            data.items.push(item(
+                field(&f, id, &path, n)?,
+                title,
+                categories,
+                attributes,
+            ));
+        }
+    }
+    if let Some(path) = find_ext(dir, "user") {
+        let text = read_latin1(&path)?;
+        let mut lines = text.lines();
+        let header: Vec<String> = lines
+            .next()
+            .unwrap_or_default()
+            .split('\t')
+            .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+            .collect();
+        for line in lines.filter(|l| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split('\t').collect();
+            let mut profile = serde_json::Map::new();
+            let mut user_id = None;
+            for (name, value) in header.iter().zip(&f) {
+                if name == "user_id" {
+                    user_id = Some(value.to_string());
+                } else if name != "zip_code" {
+                    profile.insert(name.clone(), (*value).into());
+                }
+            }
+            if let Some(user_id) = user_id {
+                data.users.push((user_id, profile.into()));
+            }
+        }
+    }
+    Ok(data)
+}
+
+fn item(
+    id: &str,
+    title: &str,
+    categories: Vec<String>,
+    attributes: serde_json::Map<String, serde_json::Value>,
+) -> Item {
+    Item {
+        item_id: id.trim().to_owned(),
+        title: title.trim().to_owned(),
+        categories,
+        tags: Vec::new(),
+        attributes,
+        available: true,
+        updated_at: common::now_millis(),
+    }
+}
+
+pub async fn import(node: &Node, dir: &Path) -> anyhow::Result<ImportSummary> {
+    let (format, data) = load(dir)?;
+    let err = |e: common::ApiError| anyhow::anyhow!(e.message);
+    for item in &data.items {
+        common::validate_id("item_id", &item.item_id)
+            .map_err(|e| anyhow::anyhow!("item {:?}: {e}", item.item_id))?;
+        node.upsert_item(item.clone()).map_err(err)?;
+    }
+    for (user, profile) in &data.users {
+        node.put_profile(user, profile).map_err(err)?;
+    }
+    let mut summary = ImportSummary {
+        format,
+        items: data.items.len(),
+        users: data.users.len(),
+        events_accepted: 0,
+        events_duplicate: 0,
+    };
+    let events: Vec<Event> = data
+        .ratings
+        .into_iter()
+        .map(|(user_id, item_id, rating, ts)| Event {
+            event_id: format!("ml:{user_id}:{item_id}:{ts}"),
+            user_id,
+            item_id,
+            kind: EventKind::Rating,
+            value: Some(rating),
+            ts,
+        })
+        .collect();
+    for chunk in events.chunks(5000) {
+        let outcome = node.post_events(chunk.to_vec()).await.map_err(err)?;
+        summary.events_accepted += outcome.accepted;
+        summary.events_duplicate += outcome.duplicates;
+    }
+    node.wait_caught_up(std::time::Duration::from_secs(600))
+        .await;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_layouts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let classic = dir.path().join("classic");
+        std::fs::create_dir(&classic).expect("dir");
+        std::fs::write(
+            classic.join("u.data"),
+            "1\t10\t5\t881250949\n2\t10\t3\t881250950\n",
+        )
+        .expect("write");
+        let mut flags = vec!["0"; 19];
+        flags[5] = "1";
+        std::fs::write(
+            classic.join("u.item"),
+            format!(
+                "10|Caf\u{e9} (1995)|01-Jan-1995||http://x|{}\n",
+                flags.join("|")
+            ),
+        )
+        .expect("write");
+        let (format, data) = load(&classic).expect("classic");
+        assert_eq!(format, "classic");
+        assert_eq!(
+            data.ratings[0],
+            ("1".into(), "10".into(), 5.0, 881_250_949_000)
+        );
+        assert_eq!(data.items[0].categories, vec!["Comedy"]);
+
+        let atomic = dir.path().join("atomic");
+        std::fs::create_dir(&atomic).expect("dir");
+        std::fs::write(
+            atomic.join("ml.inter"),
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\n7\t3\t4\t100\n",
+        )
+        .expect("write");
+        std::fs::write(
+            atomic.join("ml.item"),
+            "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n3\tHeat\t1995\tAction Crime\n",
+        )
+        .expect("write");
+        let (format, data) = load(&atomic).expect("atomic");
+        assert_eq!(format, "atomic");
+        assert_eq!(data.ratings, vec![("7".into(), "3".into(), 4.0, 100_000)]);
+        assert_eq!(data.items[0].categories, vec!["Action", "Crime"]);
+        assert!(load(dir.path()).is_err());
+    }
+}
