@@ -219,7 +219,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             log_format: "text".into(),
-            log_level: "info".into(),
+            log_level: "info,ort=warn".into(),
         }
     }
 }
