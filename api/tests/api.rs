@@ -1,0 +1,433 @@
+//! The REST surface through `router(node).oneshot(request)`: status codes, error bodies and the
+//! rule that a rejected request stores nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::Config;
+use serde_json::{Value, json};
+use supervisors::Node;
+use tower::ServiceExt;
+
+struct Api {
+    node: Arc<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        config.events.num_partitions = 4;
+        config.model.dim = 8;
+        config.model.iterations = 6;
+        config.server.max_body_bytes = 64 * 1024;
+        config.server.max_batch_events = 50;
+        Self {
+            node: Node::start(config).await.expect("node starts"),
+            _dir: dir,
+        }
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        self.raw(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("content-type", "application/json")
+                .body(body)
+                .expect("request"),
+        )
+        .await
+    }
+
+    async fn raw(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = api::router(self.node.clone())
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, uri, None).await
+    }
+
+    async fn settle(&self) {
+        assert!(self.node.wait_caught_up(Duration::from_secs(10)).await);
+    }
+
+    async fn put_item(&self, id: &str, category: &str, available: bool) {
+        let body = json!({"title": format!("Item {id}"), "categories": [category], "tags": ["t"], "available": available});
+        let (status, _) = self
+            .call(Method::PUT, &format!("/v1/items/{id}"), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_accepted_deduplicated_and_validated_as_a_batch() {
+    let api = Api::start().await;
+    let events = json!({"events": [
+        {"event_id": "e1", "user_id": "u1", "item_id": "i1", "kind": "view"},
+        {"event_id": "e2", "user_id": "u1", "item_id": "i2", "kind": "rating", "value": 5, "ts": 1700000000000i64},
+        {"user_id": "u2", "item_id": "i1", "kind": "purchase"}
+    ]});
+    let (status, body) = api
+        .call(Method::POST, "/v1/events", Some(events.clone()))
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::ACCEPTED,
+            json!({"accepted": 3, "duplicates": 0})
+        )
+    );
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/events",
+            Some(json!({"events": [events["events"][0]]})),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::ACCEPTED,
+            json!({"accepted": 0, "duplicates": 1})
+        )
+    );
+    api.settle().await;
+    let (status, user) = api.get("/v1/users/u1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(user["num_events"], 2);
+    assert_eq!(user["recent"][0]["item_id"], "i2");
+    assert_eq!(user["recent"][0]["kind"], "rating");
+
+    // One bad event rejects the whole batch, naming its index; nothing of it is stored.
+    let bad = json!({"events": [
+        {"event_id": "x1", "user_id": "fresh", "item_id": "i1", "kind": "view"},
+        {"event_id": "x2", "user_id": "fresh", "item_id": "i1", "kind": "teleport"}
+    ]});
+    let (status, body) = api.call(Method::POST, "/v1/events", Some(bad)).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    assert_eq!(body["error"]["index"], 1);
+    for (body, index) in [
+        (
+            json!({"events": [{"user_id": "fresh", "item_id": "i1"}]}),
+            0,
+        ),
+        (
+            json!({"events": [{"user_id": "fresh", "item_id": "", "kind": "view"}]}),
+            0,
+        ),
+        (
+            json!({"events": [{"user_id": "fresh", "item_id": "i", "kind": "view", "ts": -5}]}),
+            0,
+        ),
+        (
+            json!({"events": [{"user_id": "fresh", "item_id": "i", "kind": "view"}, {"user_id": 7, "item_id": "i", "kind": "view"}]}),
+            1,
+        ),
+    ] {
+        let (status, body) = api.call(Method::POST, "/v1/events", Some(body)).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+        assert_eq!(body["error"]["index"], index);
+    }
+    for body in [
+        json!({}),
+        json!({"events": []}),
+        json!({"events": "nope"}),
+        json!([1, 2]),
+    ] {
+        let (status, body) = api.call(Method::POST, "/v1/events", Some(body)).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    let (status, body) = api
+        .raw(
+            Request::post("/v1/events")
+                .body(Body::from("{not json"))
+                .expect("request"),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+
+    // Over the size limits: 413, nothing stored.
+    let one = json!({"user_id": "fresh", "item_id": "x".repeat(200), "kind": "view", "event_id": "y".repeat(100)});
+    let big = json!({"events": vec![one; 300]});
+    let (status, body) = api.call(Method::POST, "/v1/events", Some(big)).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    let many =
+        json!({"events": vec![json!({"user_id": "fresh", "item_id": "i", "kind": "view"}); 51]});
+    let (status, body) = api.call(Method::POST, "/v1/events", Some(many)).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+
+    api.settle().await;
+    let (status, body) = api.get("/v1/users/fresh").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_round_trip_and_reject_bad_bodies() {
+    let api = Api::start().await;
+    let body = json!({"title": "Heat", "categories": ["crime"], "tags": ["1995"], "attributes": {"year": 1995}});
+    let (status, item) = api.call(Method::PUT, "/v1/items/heat", Some(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(item["available"], true);
+    let (status, got) = api.get("/v1/items/heat").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (got["title"].clone(), got["attributes"]["year"].clone()),
+        (json!("Heat"), json!(1995))
+    );
+
+    for bad in [
+        json!({"categories": []}),
+        json!({"title": ""}),
+        json!({"title": "x", "colour": "red"}),
+        json!({"title": 5}),
+    ] {
+        let (status, body) = api.call(Method::PUT, "/v1/items/heat", Some(bad)).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    let (_, still) = api.get("/v1/items/heat").await;
+    assert_eq!(still["title"], "Heat", "a rejected write changed the item");
+
+    let (status, _) = api.call(Method::DELETE, "/v1/items/heat", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = api.get("/v1/items/heat").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommendations_follow_tastes_and_never_return_excluded_items() {
+    let api = Api::start().await;
+    // Two taste groups over two categories; "gone" is deleted, "off" unavailable.
+    for i in 0..10 {
+        api.put_item(&format!("a{i}"), "alpha", true).await;
+        api.put_item(&format!("b{i}"), "beta", true).await;
+    }
+    let mut events = Vec::new();
+    for u in 0..30 {
+        let group = if u % 2 == 0 { "a" } else { "b" };
+        for i in 0..10 {
+            if (u + i) % 4 != 0 {
+                events.push(json!({"event_id": format!("h{u}-{i}"), "user_id": format!("u{u}"), "item_id": format!("{group}{i}"), "kind": "click"}));
+            }
+        }
+    }
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/v1/events",
+            Some(json!({"events": events[..50]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    for chunk in events[50..].chunks(50) {
+        api.call(Method::POST, "/v1/events", Some(json!({"events": chunk})))
+            .await;
+    }
+    api.settle().await;
+    let (status, body) = api.call(Method::POST, "/v1/admin/train", None).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (StatusCode::ACCEPTED, json!("started"))
+    );
+    let trained = async {
+        loop {
+            let (_, models) = api.get("/v1/admin/models").await;
+            if models["versions"].as_array().is_some_and(|v| v.len() >= 2) {
+                return models;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let models = tokio::time::timeout(Duration::from_secs(30), trained)
+        .await
+        .expect("training finishes");
+    let active = models["active"]
+        .as_str()
+        .expect("active version")
+        .to_owned();
+
+    // A new user who clicked two alpha items gets alpha items, none of those two.
+    api.call(Method::POST, "/v1/events", Some(json!({"events": [
+        {"user_id": "new", "item_id": "a1", "kind": "click"}, {"user_id": "new", "item_id": "a2", "kind": "purchase"}
+    ]})))
+    .await;
+    api.call(Method::DELETE, "/v1/items/a3", None).await;
+    api.put_item("a4", "alpha", false).await;
+    api.settle().await;
+    let (status, recs) = api.get("/v1/users/new/recommendations?k=5").await;
+    assert_eq!(status, StatusCode::OK, "{recs}");
+    assert_eq!(recs["user_id"], "new");
+    assert_eq!(recs["model_version"], active);
+    let ids: Vec<String> = recs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["item_id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 5, "{recs}");
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "duplicates in {ids:?}");
+    for excluded in ["a1", "a2", "a3", "a4"] {
+        assert!(!ids.contains(&excluded.to_owned()), "{excluded} in {ids:?}");
+    }
+    let alpha = ids.iter().filter(|id| id.starts_with('a')).count();
+    assert!(alpha >= 4, "expected mostly alpha items, got {ids:?}");
+    assert!(
+        recs["items"][0]["reasons"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    );
+    let scores: Vec<f64> = recs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["score"].as_f64().expect("score"))
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "scores not sorted: {scores:?}"
+    );
+
+    // Category filter.
+    let (_, beta) = api
+        .get("/v1/users/new/recommendations?k=3&category=beta")
+        .await;
+    assert!(
+        beta["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|i| i["item_id"].as_str().is_some_and(|id| id.starts_with('b'))),
+        "{beta}"
+    );
+
+    // A user never seen gets popular items.
+    let (status, cold) = api.get("/v1/users/nobody/recommendations?k=3").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cold["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(cold["items"][0]["reasons"], json!(["popular"]));
+
+    for bad in ["k=0", "k=101", "k=ten", "k=-1", "k=2.5"] {
+        let (status, body) = api
+            .get(&format!("/v1/users/new/recommendations?{bad}"))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_user_forgets_everything() {
+    let api = Api::start().await;
+    api.call(Method::POST, "/v1/events", Some(json!({"events": [{"event_id": "z", "user_id": "gdpr", "item_id": "i1", "kind": "view"}]}))).await;
+    api.settle().await;
+    assert_eq!(api.get("/v1/users/gdpr").await.0, StatusCode::OK);
+    let (status, _) = api.call(Method::DELETE, "/v1/users/gdpr", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = api.get("/v1/users/gdpr").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operational_endpoints() {
+    let api = Api::start().await;
+    assert_eq!(
+        api.get("/healthz").await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let (status, ready) = api.get("/readyz").await;
+    assert_eq!(
+        (status, ready["ready"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+    let (status, tree) = api.get("/v1/admin/actors").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tree["kind"], "root_supervisor");
+    let kinds: Vec<&str> = tree["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .filter_map(|c| c["kind"].as_str())
+        .collect();
+    for kind in [
+        "push_hub",
+        "session_manager",
+        "model_supervisor",
+        "ingest_supervisor",
+        "trainer",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let (status, models) = api.get("/v1/admin/models").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        models["active"].is_string() && models["versions"].is_array(),
+        "{models}"
+    );
+
+    let response = api::router(api.node.clone())
+        .oneshot(
+            Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let text = String::from_utf8(
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body")
+            .to_vec(),
+    )
+    .expect("utf8");
+    assert!(text.contains("streamrec_http_requests_total"), "{text}");
+
+    let (status, body) = api.get("/v1/nope").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = api.call(Method::PATCH, "/v1/events", None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
+}
