@@ -10,7 +10,6 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
 use common::Recommendations;
-use serde_json::json;
 use supervisors::Node;
 
 use crate::error::AppError;
@@ -37,10 +36,22 @@ pub async fn upgrade(
     }))
 }
 
+/// `{"type":"recommendations", ...the body of GET recommendations...}`, serialised directly so
+/// that numbers render exactly as REST renders them.
+#[derive(serde::Serialize)]
+struct Push<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    recs: &'a Recommendations,
+}
+
 fn message(recs: &Recommendations) -> Message {
-    let mut body = serde_json::to_value(recs).unwrap_or_default();
-    body["type"] = json!("recommendations");
-    Message::Text(body.to_string().into())
+    let text = serde_json::to_string(&Push {
+        r#type: "recommendations",
+        recs,
+    })
+    .unwrap_or_default();
+    Message::Text(text.into())
 }
 
 async fn serve(

@@ -1,0 +1,360 @@
+//! End-to-end: the real `streamrec` binary on a free port with a temp data dir, driven over
+//! HTTP and WebSocket like a client would, killed with SIGKILL and SIGTERM like production would.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    http: reqwest::Client,
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+impl Server {
+    async fn start(dir: &Path) -> Self {
+        let addr = free_addr();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_streamrec"))
+            .args(["serve", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(["--listen", &addr.to_string()])
+            .env("STREAMREC__EVENTS__NUM_PARTITIONS", "4")
+            .env("STREAMREC__MODEL__DIM", "8")
+            .env("STREAMREC__MODEL__ITERATIONS", "6")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("streamrec starts");
+        let server = Self {
+            child,
+            addr,
+            http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = server.http.get(server.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node not ready; log:\n{}",
+                std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post_events(&self, events: Vec<Value>) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            "/v1/events",
+            Some(json!({ "events": events })),
+        )
+        .await
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Sends SIGTERM and returns whether the process exited successfully within `timeout`.
+    fn terminate(mut self, timeout: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `GET path` until `cond` holds on the body.
+async fn eventually(server: &Server, path: &str, cond: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = server.get(path).await;
+        if cond(status, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition never held on {path}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+type WsRead = futures::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+
+/// The next text message as JSON, failing the test after 15 s.
+async fn next_json(rx: &mut WsRead) -> Value {
+    let message = async {
+        loop {
+            match rx.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                    return serde_json::from_str::<Value>(&text).expect("json");
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("websocket ended: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), message)
+        .await
+        .expect("a push within 15 s")
+}
+
+fn click(id: &str, user: &str, item: &str) -> Value {
+    json!({"event_id": id, "user_id": user, "item_id": item, "kind": "click"})
+}
+
+fn workdir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_recommendations_and_pushes_changes_over_websocket() {
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    for i in 0..12 {
+        let category = if i % 2 == 0 { "even" } else { "odd" };
+        let (status, _) = server
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/items/m{i}"),
+                Some(json!({"title": format!("Movie {i}"), "categories": [category]})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let history: Vec<Value> = (0..40)
+        .flat_map(|u| {
+            (0..12)
+                .filter(move |i| (i + u) % 2 == 0 && (u + i) % 3 != 0)
+                .map(move |i| click(&format!("h{u}-{i}"), &format!("u{u}"), &format!("m{i}")))
+        })
+        .collect();
+    for chunk in history.chunks(100) {
+        assert_eq!(server.post_events(chunk.to_vec()).await.0, 202);
+    }
+    eventually(&server, "/v1/users/u0", |s, b| {
+        s == 200 && b["num_events"].as_u64() > Some(0)
+    })
+    .await;
+    assert_eq!(
+        server
+            .send(reqwest::Method::POST, "/v1/admin/train", None)
+            .await
+            .0,
+        202
+    );
+    eventually(&server, "/v1/admin/models", |_, b| {
+        b["versions"].as_array().is_some_and(|v| v.len() >= 2)
+    })
+    .await;
+
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?user_id=watcher&k=4", server.addr))
+            .await
+            .expect("websocket");
+    let (mut tx, mut rx) = ws.split();
+    let first = next_json(&mut rx).await;
+    assert_eq!(first["type"], "recommendations");
+    assert_eq!(first["user_id"], "watcher");
+    assert_eq!(first["items"].as_array().map(Vec::len), Some(4));
+    let top = first["items"][0]["item_id"]
+        .as_str()
+        .expect("item")
+        .to_owned();
+
+    // Acting on the top item changes the user's recommendations: a push follows.
+    assert_eq!(
+        server
+            .post_events(vec![
+                click("w1", "watcher", &top),
+                click("w2", "watcher", "m1")
+            ])
+            .await
+            .0,
+        202
+    );
+    let update = next_json(&mut rx).await;
+    assert_eq!(update["type"], "recommendations");
+    let ids: Vec<&str> = update["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["item_id"].as_str())
+        .collect();
+    assert!(
+        !ids.contains(&top.as_str()) && !ids.contains(&"m1"),
+        "seen items still recommended: {ids:?}"
+    );
+    let _ = tx
+        .send(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+
+    let (status, recs) = server.get("/v1/users/watcher/recommendations?k=4").await;
+    assert_eq!(status, 200);
+    assert_eq!(recs["items"], update["items"], "REST and push disagree");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_event_and_applies_none_twice() {
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    let users = ["ann", "ben", "cai", "dee", "eve"];
+    let events: Vec<Value> = (0..300)
+        .map(|i| {
+            click(
+                &format!("k{i}"),
+                users[i % users.len()],
+                &format!("item{}", i % 17),
+            )
+        })
+        .collect();
+    for chunk in events.chunks(60) {
+        let (status, body) = server.post_events(chunk.to_vec()).await;
+        assert_eq!((status, body["accepted"].clone()), (202, json!(60)));
+    }
+    // Killed right after the last acknowledgement: some events may not be applied yet.
+    server.kill_9();
+
+    let server = Server::start(&dir).await;
+    for user in users {
+        eventually(&server, &format!("/v1/users/{user}"), |s, b| {
+            s == 200 && b["num_events"] == 60
+        })
+        .await;
+    }
+    // Replaying every event after the restart changes nothing.
+    for chunk in events.chunks(100) {
+        let (status, body) = server.post_events(chunk.to_vec()).await;
+        assert_eq!(
+            (status, body),
+            (202, json!({"accepted": 0, "duplicates": 100}))
+        );
+    }
+    server.kill_9();
+    let server = Server::start(&dir).await;
+    for user in users {
+        let (status, body) = server.get(&format!("/v1/users/{user}")).await;
+        assert_eq!(
+            (status, body["num_events"].clone()),
+            (200, json!(60)),
+            "{user}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_cleanly_keeping_state() {
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    assert_eq!(
+        server
+            .post_events(vec![click("t1", "tess", "a"), click("t2", "tess", "b")])
+            .await
+            .0,
+        202
+    );
+    eventually(&server, "/v1/users/tess", |s, b| {
+        s == 200 && b["num_events"] == 2
+    })
+    .await;
+    assert!(
+        server.terminate(Duration::from_secs(30)),
+        "SIGTERM did not stop the node cleanly"
+    );
+    let server = Server::start(&dir).await;
+    let (status, body) = server.get("/v1/users/tess").await;
+    assert_eq!((status, body["num_events"].clone()), (200, json!(2)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_with_nothing_stored() {
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    let (status, body) = server
+        .post_events(vec![
+            click("ok", "mallory", "i1"),
+            json!({"user_id": "mallory", "item_id": "i1", "kind": "hack"}),
+        ])
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_argument");
+    assert_eq!(body["error"]["index"], 1);
+    let (status, body) = server.get("/v1/users/mallory/recommendations?k=1000").await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!("invalid_argument"))
+    );
+    // Nothing of the rejected batch exists, even after a restart.
+    server.kill_9();
+    let server = Server::start(&dir).await;
+    let (status, body) = server.get("/v1/users/mallory").await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+    let (status, body) = server.post_events(vec![click("ok", "mallory", "i1")]).await;
+    assert_eq!(
+        (status, body),
+        (202, json!({"accepted": 1, "duplicates": 0}))
+    );
+}
