@@ -11,9 +11,13 @@ use parking_lot::{Mutex, RwLock};
 /// How stale the ranked list may be before it is re-sorted.
 const RERANK_EVERY: Duration = Duration::from_millis(500);
 
+/// Items with their popularity, most popular first.
+pub type Ranked = Arc<Vec<(String, f64)>>;
+
 pub struct Popularity {
     counts: RwLock<HashMap<String, f64>>,
-    ranked: Mutex<(Option<Instant>, Arc<Vec<(String, f64)>>)>,
+    /// The last ranking and when it was made.
+    ranked: Mutex<(Option<Instant>, Ranked)>,
 }
 
 impl Popularity {
@@ -41,7 +45,7 @@ impl Popularity {
     }
 
     /// Items by descending popularity (ties by id), refreshed at most every 500 ms.
-    pub fn ranked(&self) -> Arc<Vec<(String, f64)>> {
+    pub fn ranked(&self) -> Ranked {
         let mut ranked = self.ranked.lock();
         if ranked.0.is_none_or(|t| t.elapsed() >= RERANK_EVERY) {
             let mut list: Vec<(String, f64)> = self

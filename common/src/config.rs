@@ -298,6 +298,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's `Jail` fixes the closure's error type
     fn file_then_environment_override_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("streamrec.toml");

@@ -64,6 +64,9 @@ impl Cf {
     }
 }
 
+/// One key/value pair read from a column family.
+pub type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 pub struct Db {
     db: rocksdb::DB,
 }
@@ -131,7 +134,7 @@ impl Db {
     }
 
     /// Every key/value of a column family, in key order (start-up loads and training only).
-    pub fn scan(&self, cf: Cf) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>)>> + '_ {
+    pub fn scan(&self, cf: Cf) -> impl Iterator<Item = Result<KeyValue>> + '_ {
         self.db
             .iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start)
             .map(|r| r.map_err(StorageError::from))

@@ -176,7 +176,7 @@ fn recover(dir: &Path) -> Result<(Vec<IndexPoint>, u64, u64, u64)> {
                     path.display()
                 )));
             }
-            if offset % INDEX_EVERY == 0 || pos == 0 {
+            if offset.is_multiple_of(INDEX_EVERY) || pos == 0 {
                 index.push(IndexPoint { offset, base, pos });
             }
             next += 1;
@@ -442,7 +442,7 @@ impl Writer {
                     continue;
                 }
                 let pos = self.pos + buf.len() as u64;
-                if next % INDEX_EVERY == 0 || pos == 0 {
+                if next.is_multiple_of(INDEX_EVERY) || pos == 0 {
                     points.push(IndexPoint {
                         offset: next,
                         base: self.base,
