@@ -18,7 +18,7 @@ static ENVIRONMENT: OnceLock<Result<(Environment, PathBuf), String>> = OnceLock:
 /// What to run when the library is missing.
 pub const INSTALL_HINT: &str = "run `make setup` (or `scripts/setup.sh`), which installs it from the PyPI \
     `onnxruntime` wheel into ~/.cache/streamrec/onnxruntime, or set model.onnxruntime_path \
-    (STREAMREC__MODEL__ONNXRUNTIME_PATH) to a libonnxruntime.so 1.2x/1.3x";
+    (STREAMREC__MODEL__ONNXRUNTIME_PATH) to a libonnxruntime.so of version 1.31 or newer";
 
 fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
     let mut dirs = Vec::new();

@@ -1,0 +1,38 @@
+# The one automation entry point. `make demo` runs the demo; `make test` runs every check and test.
+# Both install what is missing first (scripts/setup.sh). Set CARGO_TARGET_DIR to share a build cache.
+
+CARGO ?= cargo
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo "test")
+
+.PHONY: setup demo serve test lint unit bench loadtest clean-demo
+
+setup:
+	@scripts/setup.sh
+
+## Run a node with a synthetic shop and a live event stream (data in data/demo).
+demo: setup
+	$(CARGO) run --bin streamrec -- demo
+
+serve: setup
+	$(CARGO) run --bin streamrec -- serve
+
+## Everything CI runs: formatting, lints, then all tests (unit, actor, API, end-to-end).
+test: setup lint unit
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) $(NEXTEST) --workspace
+
+## Benchmarks print figures; they assert nothing.
+bench: setup
+	$(CARGO) bench -p models --bench inference
+
+## Starts a release node on a temp dir and drives it with the load generator.
+loadtest: setup
+	scripts/loadtest.sh
+
+clean-demo:
+	rm -rf data/demo

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Installs what building and running streamrec needs, on a fresh Debian/Ubuntu machine with only
+# the package registries reachable. Idempotent: a second run only checks.
+#   - libclang (RocksDB's bindings are generated with bindgen) and a C/C++ toolchain, from apt;
+#   - ONNX Runtime ${ORT_VERSION}, taken from the PyPI `onnxruntime` wheel (no build step downloads
+#     a binary from anywhere else) into the tool cache, where `streamrec` finds it by itself.
+# The tool cache is $STREAMREC_CACHE, else $XDG_CACHE_HOME/streamrec, else ~/.cache/streamrec.
+set -euo pipefail
+
+ORT_VERSION=1.31.1
+CACHE="${STREAMREC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamrec}"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    say "installing $* with apt"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+missing=()
+command -v cc >/dev/null && command -v c++ >/dev/null || missing+=(build-essential)
+ldconfig -p 2>/dev/null | grep -q 'libclang' || missing+=(libclang-dev)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}"
+fi
+command -v cargo >/dev/null || { say "cargo is missing: install Rust with rustup (https://rustup.rs) first"; exit 1; }
+
+lib="$CACHE/onnxruntime/libonnxruntime.so.$ORT_VERSION"
+if [ ! -f "$lib" ]; then
+    say "fetching ONNX Runtime $ORT_VERSION from the PyPI onnxruntime wheel"
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    arch="$(uname -m)"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        --dest "$tmp" "onnxruntime==$ORT_VERSION" \
+    || python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+        --python-version 3.11 --platform "manylinux_2_28_${arch}" --dest "$tmp" "onnxruntime==$ORT_VERSION"
+    mkdir -p "$CACHE/onnxruntime"
+    python3 - "$tmp" "$CACHE/onnxruntime" "$ORT_VERSION" <<'PY'
+import glob, os, sys, zipfile
+src, dest, version = sys.argv[1:]
+wheel = glob.glob(os.path.join(src, "onnxruntime-*.whl"))[0]
+name = f"onnxruntime/capi/libonnxruntime.so.{version}"
+with zipfile.ZipFile(wheel) as z:
+    data = z.read(name)
+tmp = os.path.join(dest, f".libonnxruntime.so.{version}.tmp")
+with open(tmp, "wb") as f:
+    f.write(data)
+os.replace(tmp, os.path.join(dest, f"libonnxruntime.so.{version}"))
+PY
+fi
+say "ONNX Runtime: $lib"
