@@ -70,3 +70,16 @@ pub fn body_error(rejection: axum::extract::rejection::BytesRejection) -> AppErr
         ))
     }
 }
+
+/// Fails a request that takes longer than `server.request_timeout` with 503. A WebSocket is not
+/// affected: its upgrade answers at once and the connection lives on in its own task.
+pub async fn timeout(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => AppError::from(ApiError::unavailable("request timed out")).into_response(),
+    }
+}
