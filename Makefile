@@ -26,9 +26,10 @@ lint:
 unit:
 	$(CARGO) $(NEXTEST) --workspace
 
-## Benchmarks print figures; they assert nothing.
+## Benchmarks print figures; they assert nothing. The dev profile already optimises `models` and
+## every dependency (ONNX Runtime itself is a prebuilt library), so no second build is needed.
 bench: setup
-	$(CARGO) bench -p models --bench inference
+	$(CARGO) bench --profile dev -p models --bench inference
 
 ## Starts a release node on a temp dir and drives it with the load generator.
 loadtest: setup
