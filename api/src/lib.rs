@@ -47,7 +47,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(rest::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(node.config.server.request_timeout, error::timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            node.config.server.request_timeout,
+            error::timeout,
+        ))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(node)
