@@ -61,12 +61,24 @@ pub struct ModelRequest {
     pub exclude: HashSet<String>,
     pub k: usize,
     pub category: Option<String>,
+    /// The user vector folded in earlier for the same interactions, with its model version;
+    /// reused when that version is still the one loaded.
+    pub vector: Option<UserVector>,
+}
+
+/// A real-time user vector and the model version it was folded against.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserVector {
+    pub model_version: String,
+    pub values: Arc<Vec<f32>>,
 }
 
 #[derive(Clone, Debug)]
 pub struct ModelResponse {
     pub model_version: String,
     pub items: Vec<Recommendation>,
+    /// The user vector used, for the session to keep until its interactions change.
+    pub vector: Option<UserVector>,
 }
 
 pub enum ModelMsg {
@@ -221,6 +233,7 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
         return Ok(ModelResponse {
             model_version: "none".into(),
             items,
+            vector: None,
         });
     };
     let artifact = loaded.artifact.clone();
@@ -229,7 +242,7 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
         .masks
         .get(&artifact, &catalog, req.category.as_deref());
     tokio::task::spawn_blocking(move || {
-        let items = score(
+        let (items, vector) = score(
             &artifact,
             scorer.as_deref(),
             &mask,
@@ -240,13 +253,15 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
         Ok(ModelResponse {
             model_version: artifact.meta.version.clone(),
             items,
+            vector: Some(vector),
         })
     })
     .await
     .map_err(ApiError::internal)?
 }
 
-/// Ranks for one request with a loaded model. Pure apart from the ONNX run.
+/// Ranks for one request with a loaded model; returns the items and the user vector used.
+/// Pure apart from the ONNX run.
 pub fn score(
     artifact: &ModelArtifact,
     scorer: Option<&Mutex<Scorer>>,
@@ -254,8 +269,14 @@ pub fn score(
     req: &ModelRequest,
     catalog: &CatalogView,
     popularity: &Popularity,
-) -> Result<Vec<Recommendation>, ApiError> {
-    let user = artifact.fold_in(req.interactions.iter().map(|(id, w)| (id.as_str(), *w)));
+) -> Result<(Vec<Recommendation>, UserVector), ApiError> {
+    let version = &artifact.meta.version;
+    let user = match &req.vector {
+        Some(v) if &v.model_version == version && v.values.len() == artifact.meta.dim => {
+            v.values.clone()
+        }
+        _ => Arc::new(artifact.fold_in(req.interactions.iter().map(|(id, w)| (id.as_str(), *w)))),
+    };
     let known = user.iter().any(|v| *v != 0.0);
     let mut items = Vec::with_capacity(req.k);
     if let (true, Some(scorer)) = (known, scorer) {
@@ -292,7 +313,11 @@ pub fn score(
             });
         }
     }
-    Ok(fill_popular(items, req, catalog, popularity))
+    let vector = UserVector {
+        model_version: version.clone(),
+        values: user,
+    };
+    Ok((fill_popular(items, req, catalog, popularity), vector))
 }
 
 /// Tops `items` up to `k` with the most popular eligible items, scored below every model score.
@@ -430,5 +455,218 @@ impl ModelPool {
             call(&worker, "model worker", ModelMsg::Reload, CALL_TIMEOUT * 6).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use common::Item;
+    use models::{ModelMeta, TrainParams};
+    use storage::catalog::Catalog;
+
+    use super::*;
+
+    /// An in-memory catalog: enough for the view, no RocksDB.
+    #[derive(Default)]
+    struct FakeCatalog;
+
+    impl Catalog for FakeCatalog {
+        fn upsert(&self, _: &Item) -> storage::error::Result<()> {
+            Ok(())
+        }
+        fn delete(&self, _: &str, _: i64) -> storage::error::Result<bool> {
+            Ok(true)
+        }
+        fn load_all(&self) -> storage::error::Result<(Vec<Item>, Vec<String>)> {
+            Ok((Vec::new(), Vec::new()))
+        }
+        fn put_profile(&self, _: &str, _: &serde_json::Value) -> storage::error::Result<()> {
+            Ok(())
+        }
+        fn get_profile(&self, _: &str) -> storage::error::Result<Option<serde_json::Value>> {
+            Ok(None)
+        }
+        fn delete_profile(&self, _: &str) -> storage::error::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn item(id: &str, category: &str, available: bool) -> Item {
+        Item {
+            item_id: id.into(),
+            title: id.into(),
+            categories: vec![category.into()],
+            tags: vec![],
+            attributes: Default::default(),
+            available,
+            updated_at: 0,
+        }
+    }
+
+    /// Items along two axes: x-items (x1..x4) and y-items (y1, y2).
+    fn fixture() -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
+        let ids = ["x1", "x2", "x3", "x4", "y1", "y2"];
+        let factors = vec![1.0, 0.0, 0.9, 0.1, 0.8, 0.0, 0.7, 0.1, 0.0, 1.0, 0.1, 0.9];
+        let meta = ModelMeta {
+            version: "v1".into(),
+            created_at: 0,
+            dim: 2,
+            num_items: 6,
+            num_users: 0,
+            num_interactions: 0,
+            data_range: None,
+            params: TrainParams {
+                dim: 2,
+                iterations: 0,
+                regularization: 0.1,
+                alpha: 4.0,
+                seed: 0,
+            },
+            metrics: BTreeMap::new(),
+        };
+        let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+        let artifact = ModelArtifact::build(meta, ids, factors, vec![1.0; 6]);
+        let scorer =
+            Mutex::new(Scorer::new(&artifact.onnx, 6, 2, 1).expect("ONNX Runtime (make setup)"));
+        let catalog = CatalogView::open(Arc::new(FakeCatalog)).expect("view");
+        for (id, cat) in [
+            ("x1", "x"),
+            ("x2", "x"),
+            ("x4", "x"),
+            ("y1", "y"),
+            ("y2", "y"),
+            ("fresh", "x"),
+        ] {
+            catalog.upsert(item(id, cat, true)).expect("upsert");
+        }
+        catalog.upsert(item("x3", "x", false)).expect("unavailable");
+        catalog.delete("x4").expect("deleted");
+        let popularity = Popularity::new(vec![
+            ("fresh".into(), 50.0),
+            ("y2".into(), 40.0),
+            ("x2".into(), 1.0),
+        ]);
+        (artifact, scorer, catalog, popularity)
+    }
+
+    fn request(k: usize, category: Option<&str>) -> ModelRequest {
+        ModelRequest {
+            interactions: vec![("x1".into(), 3.0)],
+            exclude: HashSet::from(["x1".to_owned()]),
+            k,
+            category: category.map(str::to_owned),
+            vector: None,
+        }
+    }
+
+    #[test]
+    fn never_returns_seen_deleted_unavailable_or_duplicate_items() {
+        let (artifact, scorer, catalog, popularity) = fixture();
+        let mut masks = MaskCache::default();
+        for k in 1..=8 {
+            for category in [None, Some("x"), Some("y")] {
+                let req = request(k, category);
+                let mask = masks.get(&artifact, &catalog, category);
+                let (items, _) =
+                    score(&artifact, Some(&scorer), &mask, &req, &catalog, &popularity)
+                        .expect("score");
+                let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
+                assert!(ids.len() <= k, "{ids:?}");
+                let unique: HashSet<_> = ids.iter().collect();
+                assert_eq!(unique.len(), ids.len(), "duplicates: {ids:?}");
+                for banned in ["x1", "x3", "x4"] {
+                    assert!(
+                        !ids.contains(&banned),
+                        "{banned} in {ids:?} (k={k}, {category:?})"
+                    );
+                }
+                if let Some(c) = category {
+                    assert!(
+                        ids.iter()
+                            .all(|id| catalog.get(id).is_some_and(|i| i.categories[0] == c)),
+                        "{ids:?}"
+                    );
+                }
+                assert!(
+                    items.windows(2).all(|w| w[0].score >= w[1].score),
+                    "unsorted: {items:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ranks_by_taste_then_fills_with_popular_new_items() {
+        let (artifact, scorer, catalog, popularity) = fixture();
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let (items, vector) = score(
+            &artifact,
+            Some(&scorer),
+            &mask,
+            &request(4, None),
+            &catalog,
+            &popularity,
+        )
+        .expect("score");
+        let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
+        // x2 is the only eligible x-item; the y-items follow; `fresh` is not in the model and
+        // comes from popularity.
+        assert_eq!(ids[0], "x2");
+        assert_eq!(
+            items[0].reasons,
+            vec![REASON_CF.to_owned(), "similar_to:x1".to_owned()]
+        );
+        assert!(ids.contains(&"fresh"), "{ids:?}");
+        assert_eq!(
+            items
+                .iter()
+                .find(|r| r.item_id == "fresh")
+                .map(|r| r.reasons.clone()),
+            Some(vec![REASON_POPULAR.to_owned()])
+        );
+        assert_eq!(vector.model_version, "v1");
+
+        // A vector carried over for this version is used as is: pointing along y ranks y first.
+        let mut req = request(2, None);
+        req.vector = Some(UserVector {
+            model_version: "v1".into(),
+            values: Arc::new(vec![0.0, 1.0]),
+        });
+        let (items, _) =
+            score(&artifact, Some(&scorer), &mask, &req, &catalog, &popularity).expect("score");
+        assert_eq!(items[0].item_id, "y1");
+        // A vector from another version is ignored and folded in again.
+        req.vector = Some(UserVector {
+            model_version: "v0".into(),
+            values: Arc::new(vec![0.0, 1.0]),
+        });
+        let (items, vector) =
+            score(&artifact, Some(&scorer), &mask, &req, &catalog, &popularity).expect("score");
+        assert_eq!(items[0].item_id, "x2");
+        assert!(vector.values[0] > vector.values[1]);
+    }
+
+    #[test]
+    fn a_user_without_history_gets_popular_eligible_items() {
+        let (artifact, scorer, catalog, popularity) = fixture();
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let req = ModelRequest {
+            interactions: vec![],
+            exclude: HashSet::new(),
+            k: 3,
+            category: None,
+            vector: None,
+        };
+        let (items, _) =
+            score(&artifact, Some(&scorer), &mask, &req, &catalog, &popularity).expect("score");
+        let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
+        assert_eq!(ids, vec!["fresh", "y2", "x2"]);
+        assert!(
+            items
+                .iter()
+                .all(|r| r.reasons == vec![REASON_POPULAR.to_owned()])
+        );
     }
 }

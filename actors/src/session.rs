@@ -19,7 +19,7 @@ use storage::Record;
 use storage::sessions::SessionCommit;
 
 use crate::Services;
-use crate::model::ModelRequest;
+use crate::model::{ModelRequest, UserVector};
 use crate::obs::Obs;
 use crate::push::PushMsg;
 use crate::session_manager::SessionManagerMsg;
@@ -94,6 +94,8 @@ pub struct SessionObs {
     pub num_recommendations: u64,
     pub last_event_ts: Option<i64>,
     pub model_version: Option<String>,
+    /// Euclidean norm of the real-time user vector (0 for a user the model cannot place).
+    pub vector_norm: Option<f32>,
 }
 
 pub struct SessionState {
@@ -101,6 +103,8 @@ pub struct SessionState {
     data: SessionData,
     /// Events of this user at log offsets below this were erased.
     erased_at: Option<u64>,
+    /// The real-time user vector, folded in from `data` by the model; dropped on every change.
+    vector: Option<UserVector>,
     last_active: Instant,
     obs_state: SessionObs,
     obs: Arc<Obs<SessionObs>>,
@@ -140,6 +144,7 @@ impl Actor for SessionActor {
             args,
             data,
             erased_at,
+            vector: None,
             last_active: Instant::now(),
             obs_state,
             obs,
@@ -248,6 +253,7 @@ impl SessionState {
                 services.popularity.add(item, *delta);
             }
             self.data = next;
+            self.vector = None;
             services.cache.invalidate(user);
             if let Some(push) = services.push.load_full() {
                 let _ = push.cast(PushMsg::Changed(user.to_owned()));
@@ -266,10 +272,15 @@ impl SessionState {
         if let Some(hit) = services.cache.get(user, &query) {
             return Ok(hit);
         }
-        let recs = recommend_for(services, user, &self.data, &query).await?;
+        let (recs, vector) =
+            recommend_for(services, user, &self.data, self.vector.clone(), &query).await?;
         services.cache.put(user, query, recs.clone());
         self.obs_state.num_recommendations += 1;
         self.obs_state.model_version = Some(recs.model_version.clone());
+        self.obs_state.vector_norm = vector
+            .as_ref()
+            .map(|v| v.values.iter().map(|x| x * x).sum::<f32>().sqrt());
+        self.vector = vector;
         self.obs.publish(&self.obs_state);
         Ok(recs)
     }
@@ -283,25 +294,29 @@ impl SessionState {
     }
 }
 
-/// Recommendations for a user with the given session data (empty for a user never seen).
+/// Recommendations for a user with the given session data (empty for a user never seen), and
+/// the user vector the model used.
 pub async fn recommend_for(
     services: &Services,
     user_id: &str,
     data: &SessionData,
+    vector: Option<UserVector>,
     query: &RecQuery,
-) -> Result<Arc<Recommendations>, ApiError> {
+) -> Result<(Arc<Recommendations>, Option<UserVector>), ApiError> {
     let req = ModelRequest {
         interactions: data.items.iter().map(|(id, w)| (id.clone(), *w)).collect(),
         exclude: data.items.keys().cloned().collect(),
         k: query.k,
         category: query.category.clone(),
+        vector,
     };
     let resp = services.models.recommend(req).await?;
-    Ok(Arc::new(Recommendations {
+    let recs = Recommendations {
         user_id: user_id.to_owned(),
         model_version: resp.model_version,
         items: resp.items,
-    }))
+    };
+    Ok((Arc::new(recs), resp.vector))
 }
 
 /// Erases a user everywhere: session state, profile, applied and accepted event ids, its share

@@ -132,10 +132,11 @@ impl Actor for SessionManager {
                             &services,
                             &user_id,
                             &SessionData::default(),
+                            None,
                             &query,
                         )
                         .await;
-                        let _ = reply.send(recs);
+                        let _ = reply.send(recs.map(|(recs, _)| recs));
                     });
                 } else {
                     match state.session(&myself, &user_id).await {

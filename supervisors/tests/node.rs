@@ -127,6 +127,7 @@ async fn a_panicking_model_actor_fails_its_request_and_is_restarted() {
         exclude: Default::default(),
         k: 5,
         category: None,
+        vector: None,
     };
     let held = actors::call(
         &worker,
