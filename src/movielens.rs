@@ -58,6 +58,16 @@ fn read_latin1(path: &Path) -> anyhow::Result<String> {
     Ok(bytes.into_iter().map(char::from).collect())
 }
 
+/// The non-blank lines of a Latin-1 file with their 0-based line numbers.
+fn lines(path: &Path) -> anyhow::Result<Vec<(usize, String)>> {
+    Ok(read_latin1(path)?
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| (n, l.to_owned()))
+        .collect())
+}
+
 fn find_ext(dir: &Path, ext: &str) -> Option<PathBuf> {
     std::fs::read_dir(dir)
         .ok()?
@@ -88,11 +98,7 @@ fn field<'a>(fields: &[&'a str], i: usize, path: &Path, line: usize) -> anyhow::
 fn load_classic(dir: &Path) -> anyhow::Result<Dataset> {
     let mut data = Dataset::default();
     let path = dir.join("u.data");
-    for (n, line) in read_latin1(&path)?
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
+    for (n, line) in lines(&path)? {
         let f: Vec<&str> = line.split('\t').collect();
         let rating = field(&f, 2, &path, n)?
             .trim()
@@ -111,11 +117,7 @@ fn load_classic(dir: &Path) -> anyhow::Result<Dataset> {
     }
     let path = dir.join("u.item");
     if path.is_file() {
-        for (n, line) in read_latin1(&path)?
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
+        for (n, line) in lines(&path)? {
             let f: Vec<&str> = line.split('|').collect();
             let categories = GENRES
                 .iter()
@@ -135,11 +137,7 @@ fn load_classic(dir: &Path) -> anyhow::Result<Dataset> {
     }
     let path = dir.join("u.user");
     if path.is_file() {
-        for (n, line) in read_latin1(&path)?
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
+        for (n, line) in lines(&path)? {
             let f: Vec<&str> = line.split('|').collect();
             let profile = serde_json::json!({
                 "age": field(&f, 1, &path, n)?, "gender": field(&f, 2, &path, n)?, "occupation": field(&f, 3, &path, n)?,
