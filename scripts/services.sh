@@ -45,8 +45,21 @@ wait_for() {
     done
 }
 
-# A pid file under $STATE marks a server this script started.
-started_here() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+# A pid file under $STATE marks a server this script started, per service and port, so a server
+# that answers on a port this script did not start there is never taken for its own.
+port_of() { case $1 in postgres) echo "$PG_PORT" ;; redis) echo "$REDIS_PORT" ;; s3) echo "$S3_PORT" ;; kafka) echo "$KAFKA_PORT" ;; esac; }
+pidfile() { echo "$STATE/$1-$(port_of "$1").pid"; }
+started_here() { [ -f "$(pidfile "$1")" ] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null; }
+# Stops a server this script started, by its recorded pid (never by port).
+stop_pid() {
+    local file pid
+    file="$(pidfile "$1")"
+    started_here "$1" || { rm -f "$file"; return 0; }
+    pid="$(cat "$file")"
+    kill "$pid"
+    wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid"
+    rm -f "$file"
+}
 
 # --- PostgreSQL -------------------------------------------------------------------------------
 pg_up() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; }
@@ -65,17 +78,12 @@ start_postgres() {
     fi
     as_root su postgres -s /bin/sh -c \
         "cd /tmp && $bin/pg_ctl -D '$data' -l '$data/server.log' -w start -o '-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp'" >/dev/null
-    as_root head -1 "$data/postmaster.pid" >"$STATE/postgres.pid"
-    echo "$data" >"$STATE/postgres.dir"
+    as_root head -1 "$data/postmaster.pid" >"$(pidfile postgres)"
     wait_for 30 pg_up
     psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='streamrec'" | grep -q 1 \
         || psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE streamrec" 
 }
-stop_postgres() {
-    started_here postgres || return 0
-    as_root su postgres -s /bin/sh -c "cd /tmp && $(pg_bin)/pg_ctl -D '$(cat "$STATE/postgres.dir")' -m fast -w stop" >/dev/null
-    rm -f "$STATE/postgres.pid"
-}
+stop_postgres() { stop_pid postgres; }
 
 # --- Redis ------------------------------------------------------------------------------------
 redis_up() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
@@ -83,15 +91,11 @@ start_redis() {
     redis_up && return 0
     command -v redis-server >/dev/null || apt_install redis-server
     mkdir -p "$STATE/redis"
-    redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --pidfile "$STATE/redis.pid" \
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --pidfile "$(pidfile redis)" \
         --dir "$STATE/redis" --logfile "$STATE/redis/redis.log" --save '' --appendonly no
     wait_for 10 redis_up
 }
-stop_redis() {
-    started_here redis || return 0
-    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$STATE/redis.pid")"
-    rm -f "$STATE/redis.pid"
-}
+stop_redis() { stop_pid redis; }
 
 # --- SeaweedFS (S3) ---------------------------------------------------------------------------
 weed_bin() { echo "$TOOLS/venv/bin/weed"; }
@@ -107,15 +111,10 @@ start_s3() {
     AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET nohup "$(weed_bin)" mini -dir="$STATE/s3" \
         -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port="$S3_PORT" -admin.ui=false -webdav=false \
         -s3.port.iceberg=0 -s3.port.lance=0 -bucket="$BUCKETS" >"$STATE/s3.log" 2>&1 &
-    echo $! >"$STATE/s3.pid"
+    echo $! >"$(pidfile s3)"
     wait_for 60 s3_up
 }
-stop_s3() {
-    started_here s3 || return 0
-    kill "$(cat "$STATE/s3.pid")"
-    wait_for 20 bash -c "! kill -0 $(cat "$STATE/s3.pid") 2>/dev/null" || kill -9 "$(cat "$STATE/s3.pid")"
-    rm -f "$STATE/s3.pid"
-}
+stop_s3() { stop_pid s3; }
 
 # --- tansu (Kafka protocol) -------------------------------------------------------------------
 tansu_bin() { echo "$TOOLS/bin/tansu"; }
@@ -132,14 +131,10 @@ start_kafka() {
         AWS_ALLOW_HTTP=true AWS_DEFAULT_REGION=us-east-1 nohup "$(tansu_bin)" broker \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
         --storage-engine "s3://tansu/" >"$STATE/kafka.log" 2>&1 &
-    echo $! >"$STATE/kafka.pid"
+    echo $! >"$(pidfile kafka)"
     wait_for 30 kafka_up
 }
-stop_kafka() {
-    started_here kafka || return 0
-    kill "$(cat "$STATE/kafka.pid")"
-    rm -f "$STATE/kafka.pid"
-}
+stop_kafka() { stop_pid kafka; }
 
 status_line() {
     local name=$1 check=$2 who="machine"
