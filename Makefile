@@ -4,7 +4,7 @@
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo "test")
 
-.PHONY: setup demo serve test lint unit bench loadtest clean-demo
+.PHONY: setup services demo serve test lint unit bench loadtest clean-demo
 
 setup:
 	@scripts/setup.sh
@@ -16,15 +16,20 @@ demo: setup
 serve: setup
 	$(CARGO) run --bin streamrec -- serve
 
-## Everything CI runs: formatting, lints, then all tests (unit, actor, API, end-to-end).
-test: setup lint unit
+## Everything CI runs: formatting, lints, then all tests (unit, actor, API, end-to-end, and
+## integration tests against the real servers that scripts/services.sh installs and starts).
+test: setup services lint unit
+
+## The real servers the integration tests talk to (PostgreSQL, Redis, S3), on loopback.
+services:
+	@scripts/services.sh up postgres redis s3
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:
-	$(CARGO) $(NEXTEST) --workspace
+	eval "$$(scripts/services.sh env)" && $(CARGO) $(NEXTEST) --workspace
 
 ## Benchmarks print figures; they assert nothing. The dev profile already optimises `models` and
 ## every dependency (ONNX Runtime itself is a prebuilt library), so no second build is needed.

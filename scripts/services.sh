@@ -2,7 +2,8 @@
 # Installs (if missing) and starts on loopback the real servers the integration tests talk to:
 # a Kafka-protocol broker (tansu), PostgreSQL, Redis and an S3-compatible store (SeaweedFS).
 #
-#   scripts/services.sh up       start what is not already answering; wait until all answer
+#   scripts/services.sh up [SERVICE...]   start what is not already answering (all of postgres,
+#                                         redis, s3, kafka by default); wait until each answers
 #   scripts/services.sh status   say what answers, and who started it
 #   scripts/services.sh env      print the URLs as STREAMREC_TEST_* exports
 #   scripts/services.sh down     stop only what this script started
@@ -65,7 +66,11 @@ stop_pid() {
 pg_up() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT"; }
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 start_postgres() {
-    pg_up && return 0
+    pg_up || start_own_postgres
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='streamrec'" | grep -q 1 \
+        || psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE streamrec"
+}
+start_own_postgres() {
     command -v pg_isready >/dev/null && [ -n "$(pg_bin)" ] || apt_install postgresql
     # The postgres user must reach its data dir, and a home directory is often private.
     local bin data="${STREAMREC_PG_DIR:-/var/tmp/streamrec-services-pg-$PG_PORT}"
@@ -80,8 +85,6 @@ start_postgres() {
         "cd /tmp && $bin/pg_ctl -D '$data' -l '$data/server.log' -w start -o '-c listen_addresses=127.0.0.1 -p $PG_PORT -k /tmp'" >/dev/null
     as_root head -1 "$data/postmaster.pid" >"$(pidfile postgres)"
     wait_for 30 pg_up
-    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='streamrec'" | grep -q 1 \
-        || psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE streamrec" 
 }
 stop_postgres() { stop_pid postgres; }
 
@@ -144,10 +147,18 @@ status_line() {
 
 case "${1:-}" in
     up)
-        start_postgres && say "postgres ready on 127.0.0.1:$PG_PORT"
-        start_redis && say "redis ready on 127.0.0.1:$REDIS_PORT"
-        start_s3 && say "s3 ready on 127.0.0.1:$S3_PORT"
-        start_kafka && say "kafka ready on 127.0.0.1:$KAFKA_PORT"
+        shift
+        for service in "${@:-postgres redis s3 kafka}"; do
+            for s in $service; do
+                case $s in
+                    postgres) start_postgres; say "postgres ready on 127.0.0.1:$PG_PORT" ;;
+                    redis) start_redis; say "redis ready on 127.0.0.1:$REDIS_PORT" ;;
+                    s3) start_s3; say "s3 ready on 127.0.0.1:$S3_PORT" ;;
+                    kafka) start_kafka; say "kafka ready on 127.0.0.1:$KAFKA_PORT" ;;
+                    *) echo "unknown service $s" >&2; exit 2 ;;
+                esac
+            done
+        done
         ;;
     down)
         stop_kafka; stop_s3; stop_redis; stop_postgres

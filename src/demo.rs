@@ -86,6 +86,7 @@ pub async fn run(mut config: Config, rate: u32) -> anyhow::Result<()> {
         );
         for item in catalog() {
             node.upsert_item(item)
+                .await
                 .map_err(|e| anyhow::anyhow!(e.message))?;
         }
         let start = common::now_millis() - 7 * 24 * 3600 * 1000;

@@ -276,10 +276,10 @@ pub async fn import(node: &Node, dir: &Path) -> anyhow::Result<ImportSummary> {
     for item in &data.items {
         common::validate_id("item_id", &item.item_id)
             .map_err(|e| anyhow::anyhow!("item {:?}: {e}", item.item_id))?;
-        node.upsert_item(item.clone()).map_err(err)?;
+        node.upsert_item(item.clone()).await.map_err(err)?;
     }
     for (user, profile) in &data.users {
-        node.put_profile(user, profile).map_err(err)?;
+        node.put_profile(user, profile).await.map_err(err)?;
     }
     let mut summary = ImportSummary {
         format,

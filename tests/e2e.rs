@@ -33,6 +33,11 @@ fn free_addr() -> SocketAddr {
 
 impl Server {
     async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &dir.join("data"), &[]).await
+    }
+
+    /// Starts a node on `data` with extra `STREAMREC__*` settings.
+    async fn start_with(dir: &Path, data: &Path, settings: &[(&str, String)]) -> Self {
         let addr = free_addr();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -40,8 +45,9 @@ impl Server {
             .open(dir.join("node.log"))
             .expect("log file");
         let child = streamrec()
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
             .args(["serve", "--data-dir"])
-            .arg(dir.join("data"))
+            .arg(data)
             .args(["--listen", &addr.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
@@ -486,4 +492,158 @@ async fn import_train_then_serve_a_movielens_style_dataset() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, unseen, "{recs}");
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `make test`, which starts the servers")
+    })
+}
+
+/// A fresh database on the test PostgreSQL server.
+async fn fresh_database() -> String {
+    let base = env("STREAMREC_TEST_POSTGRES");
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("postgres reachable");
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    // `name` is our own UUID hex: safe to interpolate (CREATE DATABASE takes no parameters).
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let (server, _) = base.rsplit_once('/').expect("url with a database");
+    format!("{server}/{name}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
+    let (_guard, dir) = workdir();
+    let database = fresh_database().await;
+    let redis_url = env("STREAMREC_TEST_REDIS");
+    let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
+    let prefix = format!("e2e-{}", uuid::Uuid::now_v7().simple());
+    let settings = [
+        ("STREAMREC__CATALOG__URL", database.clone()),
+        ("STREAMREC__CACHE__URL", redis_url.clone()),
+        (
+            "STREAMREC__OBJECTS__URL",
+            format!("s3://streamrec/{prefix}"),
+        ),
+        ("STREAMREC__OBJECTS__ENDPOINT", endpoint.clone()),
+    ];
+    let server = Server::start_with(&dir, &dir.join("data"), &settings).await;
+    let (_, ready) = server.get("/readyz").await;
+    assert_eq!(
+        ready["dependencies"],
+        json!({"catalog": "up", "cache": "up", "objects": "up"}),
+        "{ready}"
+    );
+
+    for i in 0..6 {
+        let body = json!({"title": format!("Film {i}"), "categories": [if i < 3 { "drama" } else { "comedy" }]});
+        assert_eq!(
+            server
+                .send(reqwest::Method::PUT, &format!("/v1/items/f{i}"), Some(body))
+                .await
+                .0,
+            200
+        );
+    }
+    let history: Vec<Value> = (0..20)
+        .flat_map(|u| {
+            (0..3).map(move |i| {
+                click(
+                    &format!("p{u}-{i}"),
+                    &format!("p{u}"),
+                    &format!("f{}", if u % 2 == 0 { i } else { 3 + i }),
+                )
+            })
+        })
+        .collect();
+    assert_eq!(server.post_events(history).await.0, 202);
+    eventually(&server, "/v1/users/p19", |s, _| s == 200).await;
+    assert_eq!(
+        server
+            .send(reqwest::Method::POST, "/v1/admin/train", None)
+            .await
+            .0,
+        202
+    );
+    let models = eventually(&server, "/v1/admin/models", |_, b| {
+        b["versions"].as_array().is_some_and(|v| v.len() >= 2)
+    })
+    .await;
+    let version = models["active"].as_str().expect("version").to_owned();
+
+    // The catalog is in PostgreSQL, the model in S3.
+    let pool = sqlx::PgPool::connect(&database).await.expect("postgres");
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM items")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, 6);
+    let s3 = storage::S3ObjectStore::new(&format!("s3://streamrec/{prefix}"), Some(&endpoint))
+        .await
+        .expect("s3");
+    let keys = storage::ObjectStore::list(&s3, &format!("models/{version}/"))
+        .await
+        .expect("list");
+    assert!(
+        keys.contains(&format!("models/{version}/model.onnx")),
+        "{keys:?}"
+    );
+
+    // Recommendations are cached in Redis and dropped from it when the user acts.
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let key = "streamrec:recs:newbie";
+    assert_eq!(
+        server
+            .post_events(vec![click("n1", "newbie", "f0")])
+            .await
+            .0,
+        202
+    );
+    eventually(&server, "/v1/users/newbie", |s, _| s == 200).await;
+    let (status, first) = server.get("/v1/users/newbie/recommendations?k=2").await;
+    assert_eq!(status, 200);
+    assert_eq!(first["model_version"], version.as_str());
+    let cached: bool = redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut redis)
+        .await
+        .expect("exists");
+    assert!(cached, "recommendations were not written to Redis");
+    assert_eq!(
+        server
+            .post_events(vec![click("n2", "newbie", "f1")])
+            .await
+            .0,
+        202
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<bool>(&mut redis)
+        .await
+        .expect("exists")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Redis entry survived a new event"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    server.kill_9();
+
+    // A node with a fresh data dir finds the catalog in PostgreSQL and the model in S3.
+    let server = Server::start_with(&dir, &dir.join("fresh"), &settings).await;
+    let (status, item) = server.get("/v1/items/f4").await;
+    assert_eq!((status, item["title"].clone()), (200, json!("Film 4")));
+    let (_, models) = server.get("/v1/admin/models").await;
+    assert_eq!(models["active"], version.as_str());
 }

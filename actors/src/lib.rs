@@ -57,6 +57,15 @@ pub struct Services {
     pub push: Slot<push::PushMsg>,
 }
 
+impl Services {
+    /// The active model version, the first part of every cache key (`none` before any model).
+    pub fn model_version(&self) -> String {
+        self.registry
+            .active()
+            .map_or_else(|| "none".to_owned(), |a| a.meta.version.clone())
+    }
+}
+
 /// How long a caller waits on an actor before giving up with `unavailable`.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -472,23 +472,24 @@ mod tests {
     #[derive(Default)]
     struct FakeCatalog;
 
+    #[async_trait::async_trait]
     impl Catalog for FakeCatalog {
-        fn upsert(&self, _: &Item) -> storage::error::Result<()> {
+        async fn upsert(&self, _: &Item) -> storage::error::Result<()> {
             Ok(())
         }
-        fn delete(&self, _: &str, _: i64) -> storage::error::Result<bool> {
+        async fn delete(&self, _: &str, _: i64) -> storage::error::Result<bool> {
             Ok(true)
         }
-        fn load_all(&self) -> storage::error::Result<(Vec<Item>, Vec<String>)> {
+        async fn load_all(&self) -> storage::error::Result<(Vec<Item>, Vec<String>)> {
             Ok((Vec::new(), Vec::new()))
         }
-        fn put_profile(&self, _: &str, _: &serde_json::Value) -> storage::error::Result<()> {
+        async fn put_profile(&self, _: &str, _: &serde_json::Value) -> storage::error::Result<()> {
             Ok(())
         }
-        fn get_profile(&self, _: &str) -> storage::error::Result<Option<serde_json::Value>> {
+        async fn get_profile(&self, _: &str) -> storage::error::Result<Option<serde_json::Value>> {
             Ok(None)
         }
-        fn delete_profile(&self, _: &str) -> storage::error::Result<()> {
+        async fn delete_profile(&self, _: &str) -> storage::error::Result<()> {
             Ok(())
         }
     }
@@ -506,7 +507,7 @@ mod tests {
     }
 
     /// Items along two axes: x-items (x1..x4) and y-items (y1, y2).
-    fn fixture() -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
+    async fn fixture() -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
         let ids = ["x1", "x2", "x3", "x4", "y1", "y2"];
         let factors = vec![1.0, 0.0, 0.9, 0.1, 0.8, 0.0, 0.7, 0.1, 0.0, 1.0, 0.1, 0.9];
         let meta = ModelMeta {
@@ -530,7 +531,9 @@ mod tests {
         let artifact = ModelArtifact::build(meta, ids, factors, vec![1.0; 6]);
         let scorer =
             Mutex::new(Scorer::new(&artifact.onnx, 6, 2, 1).expect("ONNX Runtime (make setup)"));
-        let catalog = CatalogView::open(Arc::new(FakeCatalog)).expect("view");
+        let catalog = CatalogView::open(Arc::new(FakeCatalog))
+            .await
+            .expect("view");
         for (id, cat) in [
             ("x1", "x"),
             ("x2", "x"),
@@ -539,10 +542,13 @@ mod tests {
             ("y2", "y"),
             ("fresh", "x"),
         ] {
-            catalog.upsert(item(id, cat, true)).expect("upsert");
+            catalog.upsert(item(id, cat, true)).await.expect("upsert");
         }
-        catalog.upsert(item("x3", "x", false)).expect("unavailable");
-        catalog.delete("x4").expect("deleted");
+        catalog
+            .upsert(item("x3", "x", false))
+            .await
+            .expect("unavailable");
+        catalog.delete("x4").await.expect("deleted");
         let popularity = Popularity::new(vec![
             ("fresh".into(), 50.0),
             ("y2".into(), 40.0),
@@ -561,9 +567,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn never_returns_seen_deleted_unavailable_or_duplicate_items() {
-        let (artifact, scorer, catalog, popularity) = fixture();
+    #[tokio::test]
+    async fn never_returns_seen_deleted_unavailable_or_duplicate_items() {
+        let (artifact, scorer, catalog, popularity) = fixture().await;
         let mut masks = MaskCache::default();
         for k in 1..=8 {
             for category in [None, Some("x"), Some("y")] {
@@ -597,9 +603,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ranks_by_taste_then_fills_with_popular_new_items() {
-        let (artifact, scorer, catalog, popularity) = fixture();
+    #[tokio::test]
+    async fn ranks_by_taste_then_fills_with_popular_new_items() {
+        let (artifact, scorer, catalog, popularity) = fixture().await;
         let mask = MaskCache::default().get(&artifact, &catalog, None);
         let (items, vector) = score(
             &artifact,
@@ -648,9 +654,9 @@ mod tests {
         assert!(vector.values[0] > vector.values[1]);
     }
 
-    #[test]
-    fn a_user_without_history_gets_popular_eligible_items() {
-        let (artifact, scorer, catalog, popularity) = fixture();
+    #[tokio::test]
+    async fn a_user_without_history_gets_popular_eligible_items() {
+        let (artifact, scorer, catalog, popularity) = fixture().await;
         let mask = MaskCache::default().get(&artifact, &catalog, None);
         let req = ModelRequest {
             interactions: vec![],

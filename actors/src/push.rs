@@ -220,7 +220,11 @@ pub async fn recommend(
     user_id: &str,
     query: &RecQuery,
 ) -> Result<Arc<Recommendations>, ApiError> {
-    if let Some(hit) = services.cache.get(user_id, query) {
+    if let Some(hit) = services
+        .cache
+        .get(user_id, &services.model_version(), query)
+        .await
+    {
         return Ok(hit);
     }
     let sessions = slot_get(&services.sessions, "session manager")?;

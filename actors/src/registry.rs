@@ -79,6 +79,11 @@ impl ModelRegistry {
         ModelArtifact::from_files(&meta, &items, &factors, onnx).map_err(io)
     }
 
+    /// Whether the object store answers.
+    pub async fn health(&self) -> Result<(), String> {
+        self.objects.health().await
+    }
+
     pub fn active(&self) -> Option<Arc<ModelArtifact>> {
         self.active.load_full()
     }

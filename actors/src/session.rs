@@ -180,7 +180,7 @@ impl Actor for SessionActor {
                 let _ = reply.send(Ok(state.view()));
             }
             SessionMsg::Erase(reply) => {
-                let result = erase(&state.args.services, &state.args.user_id, &state.data);
+                let result = erase(&state.args.services, &state.args.user_id, &state.data).await;
                 let _ = reply.send(result);
                 myself.stop(Some("erased".into()));
             }
@@ -269,12 +269,16 @@ impl SessionState {
     async fn recommend(&mut self, query: RecQuery) -> Result<Arc<Recommendations>, ApiError> {
         let services = &self.args.services;
         let user = &self.args.user_id;
-        if let Some(hit) = services.cache.get(user, &query) {
+        let version = services.model_version();
+        if let Some(hit) = services.cache.get(user, &version, &query).await {
             return Ok(hit);
         }
         let (recs, vector) =
             recommend_for(services, user, &self.data, self.vector.clone(), &query).await?;
-        services.cache.put(user, query, recs.clone());
+        services
+            .cache
+            .put(user, &recs.model_version, &query, recs.clone())
+            .await;
         self.obs_state.num_recommendations += 1;
         self.obs_state.model_version = Some(recs.model_version.clone());
         self.obs_state.vector_norm = vector
@@ -319,10 +323,21 @@ pub async fn recommend_for(
     Ok((Arc::new(recs), resp.vector))
 }
 
+/// A failure of a remote store (catalog, cache, objects) is `unavailable`; others are internal.
+pub fn storage_unavailable(error: storage::StorageError) -> ApiError {
+    match error {
+        storage::StorageError::Sql(_) | storage::StorageError::Backend(_) => {
+            tracing::warn!(%error, "store unavailable");
+            ApiError::unavailable("a backing store is unavailable; retry later")
+        }
+        other => ApiError::internal(other),
+    }
+}
+
 /// Erases a user everywhere: session state, profile, applied and accepted event ids, its share
 /// of item popularity and the cache; a tombstone at the current end of the user's log partition keeps
 /// replays from bringing the user back.
-pub fn erase(services: &Services, user_id: &str, data: &SessionData) -> Result<(), ApiError> {
+pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Result<(), ApiError> {
     let partition = partition_for(user_id, services.log.num_partitions());
     let erased_at = *services.log.high_watermark(partition).borrow();
     let deltas: Vec<(String, f64)> = data
@@ -340,6 +355,12 @@ pub fn erase(services: &Services, user_id: &str, data: &SessionData) -> Result<(
         .log
         .forget_user(user_id)
         .map_err(ApiError::internal)?;
+    services
+        .catalog
+        .store()
+        .delete_profile(user_id)
+        .await
+        .map_err(storage_unavailable)?;
     services.popularity.remove(&deltas);
     services.cache.invalidate(user_id);
     Ok(())

@@ -160,9 +160,10 @@ impl Actor for SessionManager {
                     Some(session) => {
                         call(&session, "session", SessionMsg::Erase, CALL_TIMEOUT).await
                     }
-                    None => state
-                        .stored(&user_id)
-                        .and_then(|data| session::erase(&state.services, &user_id, &data)),
+                    None => match state.stored(&user_id) {
+                        Ok(data) => session::erase(&state.services, &user_id, &data).await,
+                        Err(e) => Err(e),
+                    },
                 };
                 let _ = reply.send(result);
             }

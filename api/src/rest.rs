@@ -81,7 +81,7 @@ pub async fn put_item(
     let item = input
         .validate(&item_id, common::now_millis())
         .map_err(AppError::invalid)?;
-    node.upsert_item(item.clone())?;
+    node.upsert_item(item.clone()).await?;
     Ok(Json(item).into_response())
 }
 
@@ -101,7 +101,7 @@ pub async fn delete_item(
     Path(item_id): Path<String>,
 ) -> Result<StatusCode> {
     check_id("item_id", &item_id)?;
-    node.delete_item(&item_id)?;
+    node.delete_item(&item_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -187,7 +187,7 @@ pub async fn healthz() -> Response {
 }
 
 pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    let readiness = node.readiness();
+    let readiness = node.readiness().await;
     let status = if readiness.ready {
         StatusCode::OK
     } else {

@@ -65,16 +65,26 @@ pub struct EventsConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CatalogConfig {
-    /// Which store: `embedded` (RocksDB in `data_dir`). Default `embedded`.
+    /// Which store: `embedded` (RocksDB in `data_dir`) or `postgres://user[:password]@host[:port]/db`.
+    /// Default `embedded`.
     pub url: String,
+    /// Most PostgreSQL connections in the pool. Default 8.
+    pub max_connections: u32,
+    /// Longest wait for a PostgreSQL connection before a write fails with 503. Default 2s.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
 }
 
 /// The recommendation cache.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Which cache: `memory` (in-process). Default `memory`.
+    /// Which cache: `memory` (in-process only) or `redis://[user:password@]host[:port]` (in-process
+    /// L1 in front of Redis L2, invalidated across nodes). Default `memory`.
     pub url: String,
+    /// Longest wait for Redis before a lookup counts as a miss. Default 100ms.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
     /// Most users with cached recommendations. Default 100000.
     pub max_users: u64,
     /// How long a cached entry lives if nothing invalidates it. Default 5m.
@@ -86,8 +96,11 @@ pub struct CacheConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectsConfig {
-    /// Which store: `embedded` (files under `data_dir/objects`). Default `embedded`.
+    /// Which store: `embedded` (files under `data_dir/objects`) or `s3://bucket[/prefix]`.
+    /// Default `embedded`.
     pub url: String,
+    /// Endpoint of an S3-compatible store (path-style addressing); unset for AWS S3. Default unset.
+    pub endpoint: Option<String>,
 }
 
 /// Per-user session actors.
@@ -167,6 +180,8 @@ impl Default for CatalogConfig {
     fn default() -> Self {
         Self {
             url: EMBEDDED.into(),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -175,6 +190,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             url: "memory".into(),
+            timeout: Duration::from_millis(100),
             max_users: 100_000,
             ttl: Duration::from_secs(300),
         }
@@ -185,6 +201,7 @@ impl Default for ObjectsConfig {
     fn default() -> Self {
         Self {
             url: EMBEDDED.into(),
+            endpoint: None,
         }
     }
 }
@@ -275,14 +292,29 @@ impl Config {
             return invalid("server.max_batch_events and events.consume_batch must be at least 1");
         }
         for (key, url, allowed) in [
-            ("events.url", &self.events.url, EMBEDDED),
-            ("catalog.url", &self.catalog.url, EMBEDDED),
-            ("cache.url", &self.cache.url, "memory"),
-            ("objects.url", &self.objects.url, EMBEDDED),
+            ("events.url", &self.events.url, &[EMBEDDED][..]),
+            (
+                "catalog.url",
+                &self.catalog.url,
+                &[EMBEDDED, "postgres://", "postgresql://"][..],
+            ),
+            (
+                "cache.url",
+                &self.cache.url,
+                &["memory", "redis://", "rediss://"][..],
+            ),
+            ("objects.url", &self.objects.url, &[EMBEDDED, "s3://"][..]),
         ] {
-            if url != allowed {
+            if !allowed.iter().any(|a| {
+                if a.ends_with("://") {
+                    url.starts_with(a)
+                } else {
+                    url == a
+                }
+            }) {
                 return Err(ConfigError::Invalid(format!(
-                    "{key} = {url:?} is not supported by this build; use {allowed:?}"
+                    "{key} = {url:?} is not supported; use one of {}",
+                    allowed.join(", ")
                 )));
             }
         }

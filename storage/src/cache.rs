@@ -1,30 +1,45 @@
-//! The recommendation cache. Entries are per user, holding one result per query (k, category),
-//! so invalidating a user (whose session changed) is one removal. A model swap clears it all.
+//! The recommendation cache. Entries are per user, holding one result per (model version,
+//! query), so invalidating a user (whose session changed) is one removal, and a new model
+//! version never serves results of the old one. [`MemoryCache`] is the in-process tier (L1);
+//! [`TieredCache`](crate::redis_cache::TieredCache) puts Redis behind it (L2).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use common::{RecQuery, Recommendations};
 use prometheus::{IntCounterVec, register_int_counter_vec};
 
-static LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "streamrec_cache_lookups_total",
-        "Recommendation cache lookups by tier and result.",
+        "Recommendation cache lookups by tier and result (hit, miss, error).",
         &["tier", "result"]
     )
     .expect("metric registers once")
 });
 
+#[async_trait]
 pub trait RecCache: Send + Sync + 'static {
-    fn get(&self, user_id: &str, query: &RecQuery) -> Option<Arc<Recommendations>>;
-    fn put(&self, user_id: &str, query: RecQuery, recs: Arc<Recommendations>);
+    async fn get(
+        &self,
+        user_id: &str,
+        version: &str,
+        query: &RecQuery,
+    ) -> Option<Arc<Recommendations>>;
+    async fn put(&self, user_id: &str, version: &str, query: &RecQuery, recs: Arc<Recommendations>);
+    /// Drops every entry of the user, here at once and on other tiers/nodes soon after.
     fn invalidate(&self, user_id: &str);
+    /// Drops everything (a catalog filter changed).
     fn clear(&self);
+    /// Whether the cache's backing service answers (`Err` says why not).
+    async fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
-type UserEntry = Arc<HashMap<RecQuery, Arc<Recommendations>>>;
+type UserEntry = Arc<HashMap<(String, RecQuery), Arc<Recommendations>>>;
 
 /// The in-process cache (L1): bounded by users, entries expire after a TTL.
 pub struct MemoryCache {
@@ -40,29 +55,59 @@ impl MemoryCache {
                 .build(),
         }
     }
-}
 
-impl RecCache for MemoryCache {
-    fn get(&self, user_id: &str, query: &RecQuery) -> Option<Arc<Recommendations>> {
-        let hit = self
-            .users
+    pub(crate) fn lookup(
+        &self,
+        user_id: &str,
+        version: &str,
+        query: &RecQuery,
+    ) -> Option<Arc<Recommendations>> {
+        self.users
             .get(user_id)
-            .and_then(|entry| entry.get(query).cloned());
-        LOOKUPS
-            .with_label_values(&["l1", if hit.is_some() { "hit" } else { "miss" }])
-            .inc();
-        hit
+            .and_then(|entry| entry.get(&(version.to_owned(), query.clone())).cloned())
     }
 
-    fn put(&self, user_id: &str, query: RecQuery, recs: Arc<Recommendations>) {
+    pub(crate) fn store(
+        &self,
+        user_id: &str,
+        version: &str,
+        query: &RecQuery,
+        recs: Arc<Recommendations>,
+    ) {
         // Copy-on-write: a user has few distinct queries, and readers never lock.
         let mut map = self
             .users
             .get(user_id)
             .map(|e| (*e).clone())
             .unwrap_or_default();
-        map.insert(query, recs);
+        map.insert((version.to_owned(), query.clone()), recs);
         self.users.insert(user_id.to_owned(), Arc::new(map));
+    }
+}
+
+#[async_trait]
+impl RecCache for MemoryCache {
+    async fn get(
+        &self,
+        user_id: &str,
+        version: &str,
+        query: &RecQuery,
+    ) -> Option<Arc<Recommendations>> {
+        let hit = self.lookup(user_id, version, query);
+        LOOKUPS
+            .with_label_values(&["l1", if hit.is_some() { "hit" } else { "miss" }])
+            .inc();
+        hit
+    }
+
+    async fn put(
+        &self,
+        user_id: &str,
+        version: &str,
+        query: &RecQuery,
+        recs: Arc<Recommendations>,
+    ) {
+        self.store(user_id, version, query, recs);
     }
 
     fn invalidate(&self, user_id: &str) {
@@ -78,8 +123,8 @@ impl RecCache for MemoryCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn invalidation_drops_every_query_of_the_user() {
+    #[tokio::test]
+    async fn invalidation_drops_every_query_of_the_user() {
         let cache = MemoryCache::new(10, Duration::from_secs(60));
         let recs = Arc::new(Recommendations {
             user_id: "u".into(),
@@ -94,12 +139,18 @@ mod tests {
             k: 5,
             category: Some("c".into()),
         };
-        cache.put("u", q1.clone(), recs.clone());
-        cache.put("u", q2.clone(), recs.clone());
-        cache.put("w", q1.clone(), recs);
-        assert!(cache.get("u", &q2).is_some());
+        cache.put("u", "v1", &q1, recs.clone()).await;
+        cache.put("u", "v1", &q2, recs.clone()).await;
+        cache.put("w", "v1", &q1, recs).await;
+        assert!(cache.get("u", "v1", &q2).await.is_some());
+        assert!(
+            cache.get("u", "v2", &q2).await.is_none(),
+            "another model version must miss"
+        );
         cache.invalidate("u");
-        assert!(cache.get("u", &q1).is_none() && cache.get("u", &q2).is_none());
-        assert!(cache.get("w", &q1).is_some());
+        assert!(
+            cache.get("u", "v1", &q1).await.is_none() && cache.get("u", "v1", &q2).await.is_none()
+        );
+        assert!(cache.get("w", "v1", &q1).await.is_some());
     }
 }

@@ -6,22 +6,28 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use async_trait::async_trait;
 use common::Item;
 use parking_lot::RwLock;
 
 use crate::db::{Cf, Db};
 use crate::error::Result;
 
+#[async_trait]
 pub trait Catalog: Send + Sync + 'static {
-    fn upsert(&self, item: &Item) -> Result<()>;
+    async fn upsert(&self, item: &Item) -> Result<()>;
     /// Deletes the item and remembers the deletion; returns whether it existed.
-    fn delete(&self, item_id: &str, at: i64) -> Result<bool>;
+    async fn delete(&self, item_id: &str, at: i64) -> Result<bool>;
     /// Every item and every deleted id, for the view at start-up.
-    fn load_all(&self) -> Result<(Vec<Item>, Vec<String>)>;
+    async fn load_all(&self) -> Result<(Vec<Item>, Vec<String>)>;
     /// A user's profile attributes (demographics and the like).
-    fn put_profile(&self, user_id: &str, profile: &serde_json::Value) -> Result<()>;
-    fn get_profile(&self, user_id: &str) -> Result<Option<serde_json::Value>>;
-    fn delete_profile(&self, user_id: &str) -> Result<()>;
+    async fn put_profile(&self, user_id: &str, profile: &serde_json::Value) -> Result<()>;
+    async fn get_profile(&self, user_id: &str) -> Result<Option<serde_json::Value>>;
+    async fn delete_profile(&self, user_id: &str) -> Result<()>;
+    /// Whether the backing service answers (`Err` says why not).
+    async fn health(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The embedded catalog, in the node's RocksDB.
@@ -35,8 +41,9 @@ impl RocksCatalog {
     }
 }
 
+#[async_trait]
 impl Catalog for RocksCatalog {
-    fn upsert(&self, item: &Item) -> Result<()> {
+    async fn upsert(&self, item: &Item) -> Result<()> {
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(
             self.db.cf(Cf::Items),
@@ -47,7 +54,7 @@ impl Catalog for RocksCatalog {
         self.db.write(batch)
     }
 
-    fn delete(&self, item_id: &str, at: i64) -> Result<bool> {
+    async fn delete(&self, item_id: &str, at: i64) -> Result<bool> {
         let existed = self.db.contains(Cf::Items, item_id.as_bytes())?;
         let mut batch = rocksdb::WriteBatch::default();
         batch.delete_cf(self.db.cf(Cf::Items), item_id.as_bytes());
@@ -60,7 +67,7 @@ impl Catalog for RocksCatalog {
         Ok(existed)
     }
 
-    fn load_all(&self) -> Result<(Vec<Item>, Vec<String>)> {
+    async fn load_all(&self) -> Result<(Vec<Item>, Vec<String>)> {
         let items = self
             .db
             .scan(Cf::Items)
@@ -74,7 +81,7 @@ impl Catalog for RocksCatalog {
         Ok((items, deleted))
     }
 
-    fn put_profile(&self, user_id: &str, profile: &serde_json::Value) -> Result<()> {
+    async fn put_profile(&self, user_id: &str, profile: &serde_json::Value) -> Result<()> {
         self.db.put(
             Cf::Profiles,
             user_id.as_bytes(),
@@ -82,14 +89,14 @@ impl Catalog for RocksCatalog {
         )
     }
 
-    fn get_profile(&self, user_id: &str) -> Result<Option<serde_json::Value>> {
+    async fn get_profile(&self, user_id: &str) -> Result<Option<serde_json::Value>> {
         self.db
             .get(Cf::Profiles, user_id.as_bytes())?
             .map(|v| Ok(serde_json::from_slice(&v)?))
             .transpose()
     }
 
-    fn delete_profile(&self, user_id: &str) -> Result<()> {
+    async fn delete_profile(&self, user_id: &str) -> Result<()> {
         self.db.delete(Cf::Profiles, user_id.as_bytes())
     }
 }
@@ -106,11 +113,13 @@ pub struct CatalogView {
     store: Arc<dyn Catalog>,
     state: RwLock<ViewState>,
     version: AtomicU64,
+    /// Serialises writes so that the store and the view apply them in the same order.
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl CatalogView {
-    pub fn open(store: Arc<dyn Catalog>) -> Result<Self> {
-        let (items, deleted) = store.load_all()?;
+    pub async fn open(store: Arc<dyn Catalog>) -> Result<Self> {
+        let (items, deleted) = store.load_all().await?;
         let state = ViewState {
             items: items
                 .into_iter()
@@ -122,11 +131,13 @@ impl CatalogView {
             store,
             state: RwLock::new(state),
             version: AtomicU64::new(1),
+            writes: Default::default(),
         })
     }
 
-    pub fn upsert(&self, item: Item) -> Result<()> {
-        self.store.upsert(&item)?;
+    pub async fn upsert(&self, item: Item) -> Result<()> {
+        let _write = self.writes.lock().await;
+        self.store.upsert(&item).await?;
         let mut state = self.state.write();
         state.deleted.remove(&item.item_id);
         state.items.insert(item.item_id.clone(), Arc::new(item));
@@ -134,8 +145,9 @@ impl CatalogView {
         Ok(())
     }
 
-    pub fn delete(&self, item_id: &str) -> Result<bool> {
-        let existed = self.store.delete(item_id, common::now_millis())?;
+    pub async fn delete(&self, item_id: &str) -> Result<bool> {
+        let _write = self.writes.lock().await;
+        let existed = self.store.delete(item_id, common::now_millis()).await?;
         let mut state = self.state.write();
         state.items.remove(item_id);
         state.deleted.insert(item_id.to_owned());
@@ -236,21 +248,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn view_survives_reopen_and_tracks_deletions() {
+    #[tokio::test]
+    async fn view_survives_reopen_and_tracks_deletions() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Arc::new(Db::open(dir.path()).expect("db"));
-        let view = CatalogView::open(Arc::new(RocksCatalog::new(db.clone()))).expect("view");
-        view.upsert(item("a", true)).expect("upsert");
-        view.upsert(item("b", false)).expect("upsert");
-        assert!(view.delete("a").expect("delete"));
-        assert!(!view.delete("zz").expect("delete"));
-        let reopened = CatalogView::open(Arc::new(RocksCatalog::new(db))).expect("view");
+        let view = CatalogView::open(Arc::new(RocksCatalog::new(db.clone())))
+            .await
+            .expect("view");
+        view.upsert(item("a", true)).await.expect("upsert");
+        view.upsert(item("b", false)).await.expect("upsert");
+        assert!(view.delete("a").await.expect("delete"));
+        assert!(!view.delete("zz").await.expect("delete"));
+        let reopened = CatalogView::open(Arc::new(RocksCatalog::new(db)))
+            .await
+            .expect("view");
         assert!(reopened.get("a").is_none());
         assert!(!reopened.is_recommendable("a"));
         assert!(!reopened.is_recommendable("b"));
         assert!(reopened.is_recommendable("never-catalogued"));
-        reopened.upsert(item("a", true)).expect("upsert");
+        reopened.upsert(item("a", true)).await.expect("upsert");
         assert!(reopened.is_recommendable("a"));
     }
 }

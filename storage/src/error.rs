@@ -12,6 +12,12 @@ pub enum StorageError {
     Encoding(#[from] serde_json::Error),
     #[error("store closed")]
     Closed,
+    #[error("{0}")]
+    Backend(String),
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -5,12 +5,16 @@
 //! This is the only crate that links RocksDB: everything above it builds without waiting on the
 //! RocksDB C++ build, and no crate above it sees a RocksDB type.
 
+pub mod backends;
 pub mod cache;
 pub mod catalog;
 pub mod db;
 pub mod error;
 pub mod log;
 pub mod objects;
+pub mod pg_catalog;
+pub mod redis_cache;
+pub mod s3;
 pub mod sessions;
 
 pub use cache::{MemoryCache, RecCache};
@@ -19,4 +23,7 @@ pub use db::Db;
 pub use error::StorageError;
 pub use log::{AppendOutcome, EventLog, FileEventLog, Record};
 pub use objects::{LocalObjectStore, ObjectStore};
+pub use pg_catalog::PgCatalog;
+pub use redis_cache::TieredCache;
+pub use s3::S3ObjectStore;
 pub use sessions::{RocksSessionStore, SessionStore};

@@ -13,6 +13,10 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Keys under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Whether the backing service answers (`Err` says why not).
+    async fn health(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Objects as files under a directory.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actors::model::{ModelActor, ModelArgs};
 use actors::push::{PushHub, PushMsg, RecsWatch};
-use actors::session::UserView;
+use actors::session::{UserView, storage_unavailable};
 use actors::session_manager::{SessionManager, SessionManagerMsg};
 use actors::trainer::{TrainerActor, TrainerMsg};
 use actors::{
@@ -17,10 +17,7 @@ use anyhow::Context;
 use common::{ApiError, Config, Event, Item, RecQuery, Recommendations};
 use ractor::{Actor, ActorRef};
 use serde::Serialize;
-use storage::{
-    AppendOutcome, CatalogView, Db, FileEventLog, LocalObjectStore, MemoryCache, RocksCatalog,
-    RocksSessionStore,
-};
+use storage::{AppendOutcome, CatalogView, Db, FileEventLog, RocksSessionStore, backends};
 use tokio::sync::Mutex;
 
 use crate::RestartPolicy;
@@ -38,11 +35,14 @@ pub struct Node {
 /// `GET /readyz`: what is up and what is not.
 #[derive(Clone, Debug, Serialize)]
 pub struct Readiness {
+    /// The node can serve: a model is loaded and sessions run. A dependency being down makes
+    /// the node degraded (see `dependencies`), not unready: it keeps serving around it.
     pub ready: bool,
     pub model_loaded: bool,
     pub model_workers: usize,
     pub sessions: bool,
-    pub stores: bool,
+    /// `up`, or `down: <why>`, for `catalog`, `cache` and `objects`.
+    pub dependencies: std::collections::BTreeMap<&'static str, String>,
 }
 
 fn slot<M>() -> Slot<M> {
@@ -91,14 +91,20 @@ impl Node {
             .context("opening the event log")?,
         );
         let store = Arc::new(RocksSessionStore::new(db.clone()));
+        let catalog_store = backends::catalog(&config.catalog, &db)
+            .await
+            .context("connecting to the catalog store")?;
         let catalog = Arc::new(
-            CatalogView::open(Arc::new(RocksCatalog::new(db.clone())))
+            CatalogView::open(catalog_store)
+                .await
                 .context("loading the catalog")?,
         );
         let popularity = Arc::new(Popularity::new(storage::SessionStore::item_stats(
             store.as_ref(),
         )?));
-        let objects = Arc::new(LocalObjectStore::new(dir.join("objects"))?);
+        let objects = backends::objects(&config.objects, dir)
+            .await
+            .context("opening the object store")?;
         let registry = Arc::new(
             ModelRegistry::open(objects)
                 .await
@@ -109,7 +115,7 @@ impl Node {
             log,
             store,
             catalog,
-            cache: Arc::new(MemoryCache::new(config.cache.max_users, config.cache.ttl)),
+            cache: backends::cache(&config.cache).context("opening the cache")?,
             popularity,
             registry,
             models: ModelPool::default(),
@@ -217,14 +223,15 @@ impl Node {
         self.services.catalog.get(item_id)
     }
 
-    pub fn upsert_item(&self, item: Item) -> Result<(), ApiError> {
+    pub async fn upsert_item(&self, item: Item) -> Result<(), ApiError> {
         let before = self.services.catalog.get(&item.item_id);
         let filters_changed = before
             .is_some_and(|b| b.available != item.available || b.categories != item.categories);
         self.services
             .catalog
             .upsert(item)
-            .map_err(ApiError::internal)?;
+            .await
+            .map_err(storage_unavailable)?;
         if filters_changed {
             self.catalog_filters_changed();
         }
@@ -232,22 +239,28 @@ impl Node {
     }
 
     /// Deletes an item; it is never recommended again. Returns whether it existed.
-    pub fn delete_item(&self, item_id: &str) -> Result<bool, ApiError> {
+    pub async fn delete_item(&self, item_id: &str) -> Result<bool, ApiError> {
         let existed = self
             .services
             .catalog
             .delete(item_id)
-            .map_err(ApiError::internal)?;
+            .await
+            .map_err(storage_unavailable)?;
         self.catalog_filters_changed();
         Ok(existed)
     }
 
-    pub fn put_profile(&self, user_id: &str, profile: &serde_json::Value) -> Result<(), ApiError> {
+    pub async fn put_profile(
+        &self,
+        user_id: &str,
+        profile: &serde_json::Value,
+    ) -> Result<(), ApiError> {
         self.services
             .catalog
             .store()
             .put_profile(user_id, profile)
-            .map_err(ApiError::internal)
+            .await
+            .map_err(storage_unavailable)
     }
 
     /// Cached and pushed results may contain items that are no longer eligible.
@@ -316,17 +329,24 @@ impl Node {
         }
     }
 
-    pub fn readiness(&self) -> Readiness {
+    pub async fn readiness(&self) -> Readiness {
         let model_loaded = self.services.registry.active().is_some();
         let model_workers = self.services.models.workers().len();
         let sessions = self.services.sessions.load().is_some();
         let ready = model_loaded && model_workers > 0 && sessions;
+        let s = &self.services;
+        let (catalog, cache, objects) = tokio::join!(
+            probe(s.catalog.store().health()),
+            probe(s.cache.health()),
+            probe(s.registry.health()),
+        );
+        let dependencies = [("catalog", catalog), ("cache", cache), ("objects", objects)].into();
         Readiness {
             ready,
             model_loaded,
             model_workers,
             sessions,
-            stores: true,
+            dependencies,
         }
     }
 
@@ -351,6 +371,15 @@ impl Node {
         if let Err(error) = self.db.flush() {
             tracing::error!(%error, "failed to flush RocksDB on shutdown");
         }
+    }
+}
+
+/// `up`, or `down: <why>`, within a second.
+async fn probe(check: impl std::future::Future<Output = Result<(), String>>) -> String {
+    match tokio::time::timeout(Duration::from_secs(1), check).await {
+        Ok(Ok(())) => "up".to_owned(),
+        Ok(Err(why)) => format!("down: {why}"),
+        Err(_) => "down: no answer within 1s".to_owned(),
     }
 }
 

@@ -1,0 +1,309 @@
+//! The real backends against real servers started by `scripts/services.sh up` (the test command
+//! does it): PostgreSQL catalog, Redis cache tier, S3 object store. Each test isolates itself (a
+//! fresh database, a fresh key prefix, fresh ids); the degraded-mode test runs its own Redis so
+//! that it can stop and restart it.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Item, RecQuery, Recommendations};
+use storage::catalog::Catalog;
+use storage::{
+    CatalogView, MemoryCache, ObjectStore, PgCatalog, RecCache, S3ObjectStore, TieredCache,
+};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `make test`, which starts the servers")
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A fresh database on the test PostgreSQL server.
+async fn fresh_database() -> String {
+    let base = env("STREAMREC_TEST_POSTGRES");
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("postgres reachable");
+    let name = unique("t_");
+    // `name` is our own UUID hex: safe to interpolate (CREATE DATABASE takes no parameters).
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let (server, _) = base.rsplit_once('/').expect("url with a database");
+    format!("{server}/{name}")
+}
+
+fn item(id: &str, available: bool) -> Item {
+    Item {
+        item_id: id.into(),
+        title: format!("Title of {id}"),
+        categories: vec!["c1".into(), "c2".into()],
+        tags: vec!["t".into()],
+        attributes: serde_json::json!({"year": 1999, "nested": {"a": [1, 2]}})
+            .as_object()
+            .cloned()
+            .expect("object"),
+        available,
+        updated_at: 42,
+    }
+}
+
+#[tokio::test]
+async fn postgres_catalog_round_trips_items_deletions_and_profiles() {
+    let url = fresh_database().await;
+    let catalog = Arc::new(
+        PgCatalog::connect(&url, 4, Duration::from_secs(5))
+            .await
+            .expect("connect and migrate"),
+    );
+    let view = CatalogView::open(catalog.clone()).await.expect("view");
+    view.upsert(item("a", true)).await.expect("upsert");
+    view.upsert(item("b", false)).await.expect("upsert");
+    view.upsert(Item {
+        title: "renamed".into(),
+        ..item("b", true)
+    })
+    .await
+    .expect("update");
+    assert!(view.delete("a").await.expect("delete"));
+    catalog
+        .put_profile("u1", &serde_json::json!({"age": 30}))
+        .await
+        .expect("profile");
+
+    // The rows are in PostgreSQL itself.
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let rows: Vec<(String, String, bool)> =
+        sqlx::query_as("SELECT item_id, title, available FROM items ORDER BY item_id")
+            .fetch_all(&pool)
+            .await
+            .expect("query");
+    assert_eq!(rows, vec![("b".to_owned(), "renamed".to_owned(), true)]);
+    let deleted: (i64,) = sqlx::query_as("SELECT count(*) FROM deleted_items WHERE item_id = 'a'")
+        .fetch_one(&pool)
+        .await
+        .expect("query");
+    assert_eq!(deleted.0, 1);
+
+    // A second connection (another node, a restart) sees the same catalog.
+    let again = PgCatalog::connect(&url, 2, Duration::from_secs(5))
+        .await
+        .expect("migrations are idempotent");
+    let (items, deleted) = again.load_all().await.expect("load");
+    assert_eq!(
+        items,
+        vec![Item {
+            title: "renamed".into(),
+            ..item("b", true)
+        }]
+    );
+    assert_eq!(deleted, vec!["a".to_owned()]);
+    assert_eq!(
+        again.get_profile("u1").await.expect("get"),
+        Some(serde_json::json!({"age": 30}))
+    );
+    again.delete_profile("u1").await.expect("delete profile");
+    assert_eq!(again.get_profile("u1").await.expect("get"), None);
+    // Hostile ids are data, not SQL.
+    view.upsert(item("x'; DROP TABLE items; --", true))
+        .await
+        .expect("upsert");
+    assert!(view.get("x'; DROP TABLE items; --").is_some());
+    assert_eq!(again.load_all().await.expect("load").0.len(), 2);
+}
+
+#[tokio::test]
+async fn s3_store_puts_gets_and_lists_under_its_prefix() {
+    let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
+    let prefix = unique("test-");
+    let store = S3ObjectStore::new(&format!("s3://streamrec/{prefix}"), Some(&endpoint))
+        .await
+        .expect("client");
+    store.health().await.expect("bucket reachable");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    store
+        .put("models/v1/model.onnx", big.clone())
+        .await
+        .expect("put");
+    store
+        .put("models/v1/meta.json", b"{}".to_vec())
+        .await
+        .expect("put");
+    store
+        .put("models/manifest.json", b"[]".to_vec())
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get("models/v1/model.onnx").await.expect("get"),
+        Some(big)
+    );
+    assert_eq!(store.get("models/v9/nothing").await.expect("get"), None);
+    assert_eq!(
+        store.list("models/v1/").await.expect("list"),
+        vec![
+            "models/v1/meta.json".to_owned(),
+            "models/v1/model.onnx".to_owned()
+        ]
+    );
+    // Another prefix in the same bucket sees none of it.
+    let other = S3ObjectStore::new(
+        &format!("s3://streamrec/{}", unique("other-")),
+        Some(&endpoint),
+    )
+    .await
+    .expect("client");
+    assert!(other.list("models/").await.expect("list").is_empty());
+}
+
+fn recs(user: &str, item: &str) -> Arc<Recommendations> {
+    Arc::new(Recommendations {
+        user_id: user.into(),
+        model_version: "v1".into(),
+        items: vec![common::Recommendation {
+            item_id: item.into(),
+            score: 0.5,
+            reasons: vec!["popular".into()],
+        }],
+    })
+}
+
+fn tiered(url: &str) -> TieredCache {
+    TieredCache::connect(
+        url,
+        MemoryCache::new(1000, Duration::from_secs(60)),
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+    )
+    .expect("client")
+}
+
+async fn eventually(mut cond: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn redis_tier_is_shared_between_nodes_and_invalidated_everywhere() {
+    let url = env("STREAMREC_TEST_REDIS");
+    let (a, b) = (tiered(&url), tiered(&url));
+    let user = unique("user-");
+    let q = RecQuery {
+        k: 5,
+        category: None,
+    };
+    // Let both subscribers attach before invalidations are sent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.put(&user, "v1", &q, recs(&user, "i1")).await;
+    // Node b has nothing in L1 but finds it in Redis.
+    assert_eq!(b.get(&user, "v1", &q).await, Some(recs(&user, "i1")));
+    assert_eq!(
+        b.get(&user, "v2", &q).await,
+        None,
+        "another model version misses"
+    );
+    let mut redis = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("streamrec:recs:{user}"))
+        .query_async(&mut redis)
+        .await
+        .expect("hkeys");
+    assert_eq!(fields.len(), 1);
+
+    // A session change on node a drops the entry from Redis and from node b's L1.
+    a.invalidate(&user);
+    assert!(
+        eventually(async || b.get(&user, "v1", &q).await.is_none()).await,
+        "node b still serves the stale entry"
+    );
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(format!("streamrec:recs:{user}"))
+        .query_async(&mut redis)
+        .await
+        .expect("exists");
+    assert!(!exists);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+fn start_redis(port: u16) -> Child {
+    Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (installed by scripts/services.sh)")
+}
+
+#[tokio::test]
+async fn redis_down_degrades_to_l1_and_recovers() {
+    let port = free_port();
+    let mut server = start_redis(port);
+    let url = format!("redis://127.0.0.1:{port}");
+    let cache = tiered(&url);
+    assert!(
+        eventually(async || cache.health().await.is_ok()).await,
+        "redis did not come up"
+    );
+    let q = RecQuery {
+        k: 3,
+        category: None,
+    };
+    cache.put("u1", "v1", &q, recs("u1", "i1")).await;
+
+    server.kill().expect("kill redis");
+    server.wait().expect("reaped");
+    assert!(cache.health().await.is_err());
+    // L1 still serves what it has; misses and writes neither fail nor hang.
+    let degraded = async {
+        assert_eq!(cache.get("u1", "v1", &q).await, Some(recs("u1", "i1")));
+        assert_eq!(cache.get("u2", "v1", &q).await, None);
+        cache.put("u2", "v1", &q, recs("u2", "i2")).await;
+        assert_eq!(cache.get("u2", "v1", &q).await, Some(recs("u2", "i2")));
+    };
+    tokio::time::timeout(Duration::from_secs(10), degraded)
+        .await
+        .expect("a down Redis must not hang requests");
+
+    let mut server = start_redis(port);
+    assert!(
+        eventually(async || cache.health().await.is_ok()).await,
+        "did not reconnect to redis"
+    );
+    cache.put("u3", "v1", &q, recs("u3", "i3")).await;
+    let fresh = tiered(&url);
+    assert_eq!(
+        fresh.get("u3", "v1", &q).await,
+        Some(recs("u3", "i3")),
+        "writes after recovery reach Redis"
+    );
+    server.kill().expect("kill redis");
+    let _ = server.wait();
+}
