@@ -6,7 +6,7 @@
 #                                         redis, s3, kafka by default); wait until each answers
 #   scripts/services.sh status   say what answers, and who started it
 #   scripts/services.sh env      print the URLs as STREAMREC_TEST_* exports
-#   scripts/services.sh down     stop only what this script started
+#   scripts/services.sh down [SERVICE...] stop only what this script started (all by default)
 #
 # A server already answering on its port (e.g. the machine's own PostgreSQL) is used as is and
 # never stopped. Tools are installed once into the tool cache ($STREAMREC_CACHE, else
@@ -51,13 +51,14 @@ wait_for() {
 port_of() { case $1 in postgres) echo "$PG_PORT" ;; redis) echo "$REDIS_PORT" ;; s3) echo "$S3_PORT" ;; kafka) echo "$KAFKA_PORT" ;; esac; }
 pidfile() { echo "$STATE/$1-$(port_of "$1").pid"; }
 started_here() { [ -f "$(pidfile "$1")" ] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null; }
-# Stops a server this script started, by its recorded pid (never by port).
+# Stops a server this script started, by its recorded pid (never by port), with signal $2
+# (default TERM).
 stop_pid() {
     local file pid
     file="$(pidfile "$1")"
     started_here "$1" || { rm -f "$file"; return 0; }
     pid="$(cat "$file")"
-    kill "$pid"
+    kill "-${2:-TERM}" "$pid"
     wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid"
     rm -f "$file"
 }
@@ -86,7 +87,8 @@ start_own_postgres() {
     as_root head -1 "$data/postmaster.pid" >"$(pidfile postgres)"
     wait_for 30 pg_up
 }
-stop_postgres() { stop_pid postgres; }
+# SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client to disconnect.
+stop_postgres() { stop_pid postgres INT; }
 
 # --- Redis ------------------------------------------------------------------------------------
 redis_up() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
@@ -161,7 +163,15 @@ case "${1:-}" in
         done
         ;;
     down)
-        stop_kafka; stop_s3; stop_redis; stop_postgres
+        shift
+        for service in "${@:-kafka s3 redis postgres}"; do
+            for s in $service; do
+                case $s in
+                    postgres | redis | s3 | kafka) "stop_$s" ;;
+                    *) echo "unknown service $s" >&2; exit 2 ;;
+                esac
+            done
+        done
         say "stopped what this script had started"
         ;;
     status)

@@ -647,3 +647,116 @@ async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
     let (_, models) = server.get("/v1/admin/models").await;
     assert_eq!(models["active"], version.as_str());
 }
+
+/// Runs `scripts/services.sh` for PostgreSQL on its own port.
+fn postgres_service(action: &str, port: u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .args([action, "postgres"])
+        .env("STREAMREC_PG_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .expect("services.sh runs");
+    assert!(status.success(), "services.sh {action} postgres failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_keeps_serving_reads_and_rejects_catalog_writes_with_503() {
+    let (_guard, dir) = workdir();
+    let port = free_addr().port();
+    postgres_service("up", port);
+    let database = format!("postgres://postgres@127.0.0.1:{port}/streamrec");
+    let server = Server::start_with(
+        &dir,
+        &dir.join("data"),
+        &[("STREAMREC__CATALOG__URL", database)],
+    )
+    .await;
+    let put = |id: &str| json!({"title": format!("Item {id}"), "categories": ["c"]});
+    assert_eq!(
+        server
+            .send(
+                reqwest::Method::PUT,
+                "/v1/items/before",
+                Some(put("before"))
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        server
+            .post_events(vec![click("d1", "dora", "before")])
+            .await
+            .0,
+        202
+    );
+
+    postgres_service("down", port);
+    let ready = eventually(&server, "/readyz", |_, b| {
+        b["dependencies"]["catalog"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("down"))
+    })
+    .await;
+    assert_eq!(
+        ready["ready"], true,
+        "a down catalog degrades the node, it does not stop serving: {ready}"
+    );
+    let (status, item) = server.get("/v1/items/before").await;
+    assert_eq!((status, item["title"].clone()), (200, json!("Item before")));
+    let (status, body) = server
+        .send(
+            reqwest::Method::PUT,
+            "/v1/items/during",
+            Some(put("during")),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (503, json!("unavailable")),
+        "{body}"
+    );
+    let (status, _) = server.get("/v1/items/during").await;
+    assert_eq!(status, 404, "a rejected write must not show up in the view");
+    assert_eq!(
+        server.get("/v1/users/dora/recommendations?k=2").await.0,
+        200
+    );
+
+    postgres_service("up", port);
+    eventually(&server, "/readyz", |_, b| {
+        b["dependencies"]["catalog"] == "up"
+    })
+    .await;
+    assert_eq!(
+        server
+            .send(reqwest::Method::PUT, "/v1/items/after", Some(put("after")))
+            .await
+            .0,
+        200
+    );
+    server.kill_9();
+    // Everything acknowledged is in PostgreSQL: a fresh node sees it.
+    let server = Server::start_with(
+        &dir,
+        &dir.join("fresh"),
+        &[(
+            "STREAMREC__CATALOG__URL",
+            format!("postgres://postgres@127.0.0.1:{port}/streamrec"),
+        )],
+    )
+    .await;
+    for (id, expected) in [("before", 200), ("during", 404), ("after", 200)] {
+        assert_eq!(
+            server.get(&format!("/v1/items/{id}")).await.0,
+            expected,
+            "{id}"
+        );
+    }
+    drop(server);
+    postgres_service("down", port);
+    // The cluster was this test's alone (services.sh keeps it under /var/tmp, by port).
+    let _ = std::fs::remove_dir_all(format!("/var/tmp/streamrec-services-pg-{port}"));
+}
