@@ -123,7 +123,9 @@ stop_s3() { stop_pid s3; }
 
 # --- tansu (Kafka protocol) -------------------------------------------------------------------
 tansu_bin() { echo "$TOOLS/bin/tansu"; }
-kafka_up() { "$(tansu_bin)" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT"; }
+# The CLI retries a closed port for ~20 s, so check that something listens first.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+kafka_up() { port_open "$KAFKA_PORT" && "$(tansu_bin)" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT"; }
 start_kafka() {
     [ -x "$(tansu_bin)" ] && kafka_up >/dev/null 2>&1 && return 0
     if [ ! -x "$(tansu_bin)" ]; then
