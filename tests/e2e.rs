@@ -531,6 +531,7 @@ async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
             format!("s3://streamrec/{prefix}"),
         ),
         ("STREAMREC__OBJECTS__ENDPOINT", endpoint.clone()),
+        ("STREAMREC__OBJECTS__ARCHIVE_INTERVAL", "200ms".to_owned()),
     ];
     let server = Server::start_with(&dir, &dir.join("data"), &settings).await;
     let (_, ready) = server.get("/readyz").await;
@@ -593,6 +594,22 @@ async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
         keys.contains(&format!("models/{version}/model.onnx")),
         "{keys:?}"
     );
+    // The event log is archived there too, and reads back whole.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let archived = actors::archiver::read_archive(&s3)
+            .await
+            .expect("read archive");
+        if archived.len() == 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "archive holds {} of 60 events",
+            archived.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Recommendations are cached in Redis and dropped from it when the user acts.
     let mut redis = redis::Client::open(redis_url.as_str())

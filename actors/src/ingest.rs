@@ -80,7 +80,10 @@ impl Actor for IngestActor {
         myself: ActorRef<IngestMsg>,
         args: IngestArgs,
     ) -> Result<IngestState, ActorProcessingErr> {
-        let committed = args.services.log.committed(args.partition)?;
+        let committed = args
+            .services
+            .log
+            .committed(storage::INGEST, args.partition)?;
         let obs_state = IngestObs {
             partition: args.partition,
             committed,
@@ -163,7 +166,7 @@ impl Actor for IngestActor {
                 e.message
             )
         })?;
-        services.log.commit(partition, next)?;
+        services.log.commit(storage::INGEST, partition, next)?;
         state.committed = next;
         state.obs_state.num_events += n as u64;
         state.obs_state.num_batches += 1;

@@ -8,7 +8,9 @@
 //! - [`ingest::IngestActor`]: one per log partition; routes events to sessions, commits offsets.
 //! - [`push::PushHub`]: fans recommendation changes out to live subscribers.
 //! - [`trainer::TrainerActor`]: retrains off the serving path and swaps the new version in.
+//! - [`archiver::ArchiverActor`]: copies the event log to the object store, hourly.
 
+pub mod archiver;
 pub mod ingest;
 pub mod model;
 pub mod obs;

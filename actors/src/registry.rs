@@ -79,6 +79,11 @@ impl ModelRegistry {
         ModelArtifact::from_files(&meta, &items, &factors, onnx).map_err(io)
     }
 
+    /// The object store the registry (and the archive) writes to.
+    pub fn objects(&self) -> &dyn ObjectStore {
+        self.objects.as_ref()
+    }
+
     /// Whether the object store answers.
     pub async fn health(&self) -> Result<(), String> {
         self.objects.health().await

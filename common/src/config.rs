@@ -101,6 +101,9 @@ pub struct ObjectsConfig {
     pub url: String,
     /// Endpoint of an S3-compatible store (path-style addressing); unset for AWS S3. Default unset.
     pub endpoint: Option<String>,
+    /// How often the event log is archived to the store; `0s` turns archiving off. Default 1h.
+    #[serde(with = "humantime_serde")]
+    pub archive_interval: Duration,
 }
 
 /// Per-user session actors.
@@ -202,6 +205,7 @@ impl Default for ObjectsConfig {
         Self {
             url: EMBEDDED.into(),
             endpoint: None,
+            archive_interval: Duration::from_secs(3600),
         }
     }
 }

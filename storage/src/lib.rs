@@ -21,6 +21,7 @@ pub use cache::{MemoryCache, RecCache};
 pub use catalog::{Catalog, CatalogView, RocksCatalog};
 pub use db::Db;
 pub use error::StorageError;
+pub use log::{ARCHIVE, INGEST};
 pub use log::{AppendOutcome, EventLog, FileEventLog, Record};
 pub use objects::{LocalObjectStore, ObjectStore};
 pub use pg_catalog::PgCatalog;

@@ -49,9 +49,9 @@ pub trait EventLog: Send + Sync + 'static {
     async fn read(&self, partition: u32, offset: u64, max: usize) -> Result<Vec<Record>>;
     /// The next offset to be written in `partition`, as a watch that changes on every append.
     fn high_watermark(&self, partition: u32) -> watch::Receiver<u64>;
-    /// The offset the ingest consumer has durably applied up to (exclusive).
-    fn committed(&self, partition: u32) -> Result<u64>;
-    fn commit(&self, partition: u32, offset: u64) -> Result<()>;
+    /// The offset a consumer group (`INGEST`, `ARCHIVE`) has durably processed up to (exclusive).
+    fn committed(&self, group: &str, partition: u32) -> Result<u64>;
+    fn commit(&self, group: &str, partition: u32, offset: u64) -> Result<()>;
     /// Forgets which event ids of `user_id` were accepted (erasure).
     fn forget_user(&self, user_id: &str) -> Result<()>;
 }
@@ -262,8 +262,15 @@ impl FileEventLog {
     }
 }
 
-fn offset_key(partition: u32) -> [u8; 4] {
-    partition.to_be_bytes()
+/// The consumer group that applies events to sessions.
+pub const INGEST: &str = "ingest";
+/// The consumer group that copies the log to the object store.
+pub const ARCHIVE: &str = "archive";
+
+fn offset_key(group: &str, partition: u32) -> Vec<u8> {
+    let mut key = crate::db::pair_prefix(group);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
 }
 
 #[async_trait]
@@ -323,17 +330,20 @@ impl EventLog for FileEventLog {
         self.partitions[partition as usize].hw.clone()
     }
 
-    fn committed(&self, partition: u32) -> Result<u64> {
+    fn committed(&self, group: &str, partition: u32) -> Result<u64> {
         Ok(self
             .db
-            .get(Cf::Offsets, &offset_key(partition))?
+            .get(Cf::Offsets, &offset_key(group, partition))?
             .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0))
     }
 
-    fn commit(&self, partition: u32, offset: u64) -> Result<()> {
-        self.db
-            .put(Cf::Offsets, &offset_key(partition), &offset.to_be_bytes())
+    fn commit(&self, group: &str, partition: u32, offset: u64) -> Result<()> {
+        self.db.put(
+            Cf::Offsets,
+            &offset_key(group, partition),
+            &offset.to_be_bytes(),
+        )
     }
 
     fn forget_user(&self, user_id: &str) -> Result<()> {
@@ -557,7 +567,7 @@ mod tests {
             log.append((0..10).map(|i| event("bob", &format!("e{i}"))).collect())
                 .await
                 .expect("append");
-            log.commit(p, 4).expect("commit");
+            log.commit(INGEST, p, 4).expect("commit");
         }
         // A crash in the middle of a write leaves half a record behind.
         let seg = segment_path(&dir.path().join("log").join(format!("p{p:04}")), 0);
@@ -567,7 +577,7 @@ mod tests {
 
         let log = open(dir.path());
         assert_eq!(*log.high_watermark(p).borrow(), 10);
-        assert_eq!(log.committed(p).expect("committed"), 4);
+        assert_eq!(log.committed(INGEST, p).expect("committed"), 4);
         let outcome = log.append(vec![event("bob", "e10")]).await.expect("append");
         assert_eq!(outcome.accepted, 1);
         let all = log.read(p, 0, 100).await.expect("read");

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use actors::archiver::{ArchiveRun, ArchiverActor, ArchiverMsg};
 use actors::model::{ModelActor, ModelArgs};
 use actors::push::{PushHub, PushMsg, RecsWatch};
 use actors::session::{UserView, storage_unavailable};
@@ -30,6 +31,7 @@ pub struct Node {
     root: ActorRef<SupervisorMsg>,
     root_exit: Mutex<Option<tokio::task::JoinHandle<()>>>,
     trainer: Slot<TrainerMsg>,
+    archiver: Slot<ArchiverMsg>,
 }
 
 /// `GET /readyz`: what is up and what is not.
@@ -123,8 +125,8 @@ impl Node {
             sessions: slot(),
             push: slot(),
         });
-        let trainer = slot();
-        let children = root_children(&services, &trainer);
+        let (trainer, archiver) = (slot(), slot());
+        let children = root_children(&services, &trainer, &archiver);
         let args = SupervisorArgs {
             kind: "root_supervisor",
             children,
@@ -141,6 +143,7 @@ impl Node {
             root,
             root_exit: Mutex::new(Some(handle)),
             trainer,
+            archiver,
         });
         if node.services.registry.active().is_none() {
             tracing::info!("no model yet: training a first one");
@@ -214,7 +217,8 @@ impl Node {
         let log = &self.services.log;
         (0..log.num_partitions())
             .map(|p| {
-                (*log.high_watermark(p).borrow()).saturating_sub(log.committed(p).unwrap_or(0))
+                (*log.high_watermark(p).borrow())
+                    .saturating_sub(log.committed(storage::INGEST, p).unwrap_or(0))
             })
             .sum()
     }
@@ -287,6 +291,19 @@ impl Node {
                 reply: Some(reply),
             },
             timeout,
+        )
+        .await
+    }
+
+    /// Archives the event log to the object store now (it also runs every
+    /// `objects.archive_interval`).
+    pub async fn archive_now(&self) -> Result<ArchiveRun, ApiError> {
+        let archiver = slot_get(&self.archiver, "archiver")?;
+        call(
+            &archiver,
+            "archiver",
+            |reply| ArchiverMsg::Run(Some(reply)),
+            Duration::from_secs(600),
         )
         .await
     }
@@ -383,7 +400,11 @@ async fn probe(check: impl std::future::Future<Output = Result<(), String>>) -> 
     }
 }
 
-fn root_children(services: &Arc<Services>, trainer: &Slot<TrainerMsg>) -> Vec<ChildSpec> {
+fn root_children(
+    services: &Arc<Services>,
+    trainer: &Slot<TrainerMsg>,
+    archiver: &Slot<ArchiverMsg>,
+) -> Vec<ChildSpec> {
     let s = services.clone();
     let push = slotted("push", || PushHub, move || s.clone(), services.push.clone());
     let s = services.clone();
@@ -400,6 +421,7 @@ fn root_children(services: &Arc<Services>, trainer: &Slot<TrainerMsg>) -> Vec<Ch
         move || s.clone(),
         trainer.clone(),
     );
+    let s = services.clone();
 
     let model_children: Vec<ChildSpec> = (0..services.config.model.num_workers)
         .map(|i| {
@@ -446,6 +468,12 @@ fn root_children(services: &Arc<Services>, trainer: &Slot<TrainerMsg>) -> Vec<Ch
         group(services, "models", "model_supervisor", model_children),
         group(services, "ingest", "ingest_supervisor", ingest_children),
         train,
+        slotted(
+            "archiver",
+            || ArchiverActor,
+            move || s.clone(),
+            archiver.clone(),
+        ),
     ]
 }
 

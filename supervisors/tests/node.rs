@@ -203,3 +203,59 @@ async fn replayed_events_change_nothing_and_erasure_is_final() {
     assert_eq!(num_events(&node, "bob").await, 1);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_log_is_archived_once_and_reads_back_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.objects.archive_interval = Duration::ZERO;
+    let node = Node::start(config).await.expect("node starts");
+    let posted: Vec<Event> = (0..30)
+        .map(|i| {
+            event(
+                &format!("a{i}"),
+                &format!("user{}", i % 7),
+                &format!("i{i}"),
+            )
+        })
+        .collect();
+    node.post_events(posted.clone()).await.expect("append");
+
+    let run = node.archive_now().await.expect("archive");
+    assert_eq!(run.records, 30);
+    assert!(!run.objects.is_empty() && run.objects.len() <= 4, "{run:?}");
+    assert!(run.objects.iter().all(
+        |k| k.starts_with("archive/events/user-events/partition=") && k.ends_with(".jsonl.gz")
+    ));
+    let ids = |records: &[storage::Record]| {
+        let mut ids: Vec<String> = records.iter().map(|r| r.event.event_id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let archived = actors::archiver::read_archive(node.services().registry.objects())
+        .await
+        .expect("read back");
+    let mut expected: Vec<String> = posted.iter().map(|e| e.event_id.clone()).collect();
+    expected.sort();
+    assert_eq!(ids(&archived), expected);
+    assert!(
+        archived.iter().all(|r| posted.contains(&r.event)),
+        "an archived event differs from the posted one"
+    );
+
+    // Nothing new, nothing written; new events go to new objects only.
+    assert_eq!(
+        node.archive_now().await.expect("archive"),
+        actors::archiver::ArchiveRun::default()
+    );
+    node.post_events(vec![event("b1", "user1", "x"), event("b2", "user2", "y")])
+        .await
+        .expect("append");
+    let run = node.archive_now().await.expect("archive");
+    assert_eq!(run.records, 2);
+    let archived = actors::archiver::read_archive(node.services().registry.objects())
+        .await
+        .expect("read back");
+    assert_eq!(archived.len(), 32);
+    node.shutdown().await;
+}

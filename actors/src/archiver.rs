@@ -1,0 +1,239 @@
+//! The archiver: copies the event log to the object store, hourly by default
+//! (`objects.archive_interval`). For each partition it writes the records from its own committed
+//! offset (consumer group `archive`) to the end of the log as one gzip'd JSON-lines object,
+//! `archive/events/user-events/partition=PPPP/hour=YYYYMMDDHH/<first>-<last>.jsonl.gz`, and commits
+//! only after the object is stored: a crash rewrites at most one object, never skips records.
+//! [`read_archive`] reads it all back (training, replays), offsets included, so an erased user's
+//! tombstone still applies.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use common::{ApiError, Event};
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use storage::{ARCHIVE, ObjectStore, Record};
+
+use crate::Services;
+use crate::obs::Obs;
+use crate::session::storage_unavailable;
+
+/// The topic name archived objects carry (the embedded log holds the `user-events` stream).
+pub const TOPIC: &str = "user-events";
+const PREFIX: &str = "archive/events/";
+/// Most records in one archive object.
+const MAX_RECORDS_PER_OBJECT: usize = 50_000;
+
+#[derive(Serialize, Deserialize)]
+struct ArchivedRecord {
+    partition: u32,
+    offset: u64,
+    event: Event,
+}
+
+/// What one run wrote.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ArchiveRun {
+    pub objects: Vec<String>,
+    pub records: u64,
+}
+
+pub enum ArchiverMsg {
+    Run(Option<RpcReplyPort<Result<ArchiveRun, ApiError>>>),
+}
+
+pub struct ArchiverActor;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ArchiverObs {
+    pub num_runs: u64,
+    pub num_objects: u64,
+    pub num_records: u64,
+    pub last_run_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+pub struct ArchiverState {
+    services: Arc<Services>,
+    obs_state: ArchiverObs,
+    obs: Arc<Obs<ArchiverObs>>,
+}
+
+impl Actor for ArchiverActor {
+    type Msg = ArchiverMsg;
+    type State = ArchiverState;
+    type Arguments = Arc<Services>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ArchiverMsg>,
+        services: Arc<Services>,
+    ) -> Result<ArchiverState, ActorProcessingErr> {
+        let obs = services
+            .obs
+            .register(&myself.get_cell(), "archiver", &ArchiverObs::default());
+        let interval = services.config.objects.archive_interval;
+        if !interval.is_zero() {
+            myself.send_interval(interval, || ArchiverMsg::Run(None));
+        }
+        Ok(ArchiverState {
+            services,
+            obs_state: ArchiverObs::default(),
+            obs,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<ArchiverMsg>,
+        state: &mut ArchiverState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.services.obs.deregister(&myself.get_cell());
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ArchiverMsg>,
+        ArchiverMsg::Run(reply): ArchiverMsg,
+        state: &mut ArchiverState,
+    ) -> Result<(), ActorProcessingErr> {
+        let result = archive_once(&state.services).await;
+        let obs = &mut state.obs_state;
+        obs.num_runs += 1;
+        obs.last_run_at = Some(common::now_millis());
+        match &result {
+            Ok(run) => {
+                obs.num_objects += run.objects.len() as u64;
+                obs.num_records += run.records;
+                obs.last_error = None;
+                if run.records > 0 {
+                    tracing::info!(
+                        objects = run.objects.len(),
+                        records = run.records,
+                        "archived the event log"
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error.message, "archiving failed; the next run retries");
+                obs.last_error = Some(error.message.clone());
+            }
+        }
+        state.obs.publish(&state.obs_state);
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+        Ok(())
+    }
+}
+
+/// `YYYYMMDDHH` (UTC) of an epoch-millisecond time.
+pub fn hour_bucket(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, hour) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) / 3600);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}{hour:02}")
+}
+
+/// Archives everything not archived yet.
+pub async fn archive_once(services: &Services) -> Result<ArchiveRun, ApiError> {
+    let log = &services.log;
+    let objects = services.registry.objects();
+    let mut run = ArchiveRun::default();
+    for partition in 0..log.num_partitions() {
+        let end = *log.high_watermark(partition).borrow();
+        let mut from = log
+            .committed(ARCHIVE, partition)
+            .map_err(ApiError::internal)?;
+        while from < end {
+            let records = log
+                .read(partition, from, MAX_RECORDS_PER_OBJECT)
+                .await
+                .map_err(ApiError::internal)?;
+            let (Some(first), Some(last)) = (records.first(), records.last()) else {
+                break;
+            };
+            let (first, last) = (first.offset, last.offset);
+            let key = format!(
+                "{PREFIX}{TOPIC}/partition={partition:04}/hour={}/{first:020}-{last:020}.jsonl.gz",
+                hour_bucket(common::now_millis())
+            );
+            let bytes = encode(records).map_err(ApiError::internal)?;
+            objects
+                .put(&key, bytes)
+                .await
+                .map_err(storage_unavailable)?;
+            log.commit(ARCHIVE, partition, last + 1)
+                .map_err(ApiError::internal)?;
+            run.records += last - first + 1;
+            run.objects.push(key);
+            from = last + 1;
+        }
+    }
+    Ok(run)
+}
+
+fn encode(records: Vec<Record>) -> std::io::Result<Vec<u8>> {
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    for r in records {
+        let line = ArchivedRecord {
+            partition: r.partition,
+            offset: r.offset,
+            event: r.event,
+        };
+        serde_json::to_writer(&mut gz, &line)?;
+        gz.write_all(b"\n")?;
+    }
+    gz.finish()
+}
+
+/// Every archived record, in (partition, offset) order.
+pub async fn read_archive(objects: &dyn ObjectStore) -> Result<Vec<Record>, ApiError> {
+    let mut records = Vec::new();
+    for key in objects.list(PREFIX).await.map_err(storage_unavailable)? {
+        let Some(bytes) = objects.get(&key).await.map_err(storage_unavailable)? else {
+            continue;
+        };
+        let mut text = String::new();
+        GzDecoder::new(bytes.as_slice())
+            .read_to_string(&mut text)
+            .map_err(|e| ApiError::internal(format!("archive object {key}: {e}")))?;
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let a: ArchivedRecord = serde_json::from_str(line)
+                .map_err(|e| ApiError::internal(format!("archive object {key}: {e}")))?;
+            records.push(Record {
+                partition: a.partition,
+                offset: a.offset,
+                event: a.event,
+            });
+        }
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hour_buckets_are_utc_calendar_hours() {
+        assert_eq!(hour_bucket(0), "1970010100");
+        assert_eq!(hour_bucket(951_782_400_000), "2000022900"); // a leap day
+        assert_eq!(hour_bucket(1_795_545_705_592), "2026112418");
+        assert_eq!(hour_bucket(4_102_444_799_000), "2099123123");
+    }
+}
