@@ -1,9 +1,10 @@
 //! Storage behind traits: the event log, session state, the catalog, the recommendation cache
-//! and the object store. Each concern is one trait with an embedded implementation here, so that
-//! Kafka, PostgreSQL, Redis and S3 implementations can be chosen by configuration alone.
+//! and the object store. Each concern is one trait with an embedded implementation and, where
+//! production wants a server, a real one (PostgreSQL catalog, Redis cache tier, S3 objects);
+//! [`backends`] picks one per concern from its configured URL.
 //!
-//! This is the only crate that links RocksDB: everything above it builds without waiting on the
-//! RocksDB C++ build, and no crate above it sees a RocksDB type.
+//! This is the only crate that links RocksDB, and no RocksDB type crosses its API; `common`,
+//! `models` and `cluster` build and test without waiting on the RocksDB C++ build.
 
 pub mod backends;
 pub mod cache;
