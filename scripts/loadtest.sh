@@ -3,7 +3,9 @@
 # drives it with `loadtest`. Extra arguments go to the load generator (e.g. --seconds 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin streamrec -p streamrec -p loadtest
+# The whole workspace, as CI builds it: a package subset unifies features differently and can
+# force a rebuild of RocksDB.
+cargo build --release --workspace --bins
 target="${CARGO_TARGET_DIR:-target}/release"
 dir="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
