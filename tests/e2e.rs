@@ -101,6 +101,24 @@ impl Server {
         .await
     }
 
+    /// Starts a training run and waits for the new version to be active; returns it.
+    async fn train(&self) -> String {
+        let (_, before) = self.get("/v1/admin/models").await;
+        let known = before["versions"].as_array().map_or(0, Vec::len);
+        let (status, body) = self
+            .send(reqwest::Method::POST, "/v1/admin/train", None)
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let models = eventually(self, "/v1/admin/models", |_, b| {
+            b["versions"].as_array().is_some_and(|v| v.len() > known)
+        })
+        .await;
+        models["active"]
+            .as_str()
+            .expect("an active version")
+            .to_owned()
+    }
+
     fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
@@ -209,17 +227,7 @@ async fn serves_recommendations_and_pushes_changes_over_websocket() {
         s == 200 && b["num_events"].as_u64() > Some(0)
     })
     .await;
-    assert_eq!(
-        server
-            .send(reqwest::Method::POST, "/v1/admin/train", None)
-            .await
-            .0,
-        202
-    );
-    eventually(&server, "/v1/admin/models", |_, b| {
-        b["versions"].as_array().is_some_and(|v| v.len() >= 2)
-    })
-    .await;
+    server.train().await;
 
     let (ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?user_id=watcher&k=4", server.addr))
@@ -564,18 +572,7 @@ async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
         .collect();
     assert_eq!(server.post_events(history).await.0, 202);
     eventually(&server, "/v1/users/p19", |s, _| s == 200).await;
-    assert_eq!(
-        server
-            .send(reqwest::Method::POST, "/v1/admin/train", None)
-            .await
-            .0,
-        202
-    );
-    let models = eventually(&server, "/v1/admin/models", |_, b| {
-        b["versions"].as_array().is_some_and(|v| v.len() >= 2)
-    })
-    .await;
-    let version = models["active"].as_str().expect("version").to_owned();
+    let version = server.train().await;
 
     // The catalog is in PostgreSQL, the model in S3.
     let pool = sqlx::PgPool::connect(&database).await.expect("postgres");
