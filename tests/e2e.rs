@@ -614,34 +614,32 @@ async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
         .get_multiplexed_async_connection()
         .await
         .expect("redis");
-    let key = "streamrec:recs:newbie";
+    // A user id of this run only: an entry left in Redis by an earlier run must not count.
+    let newbie = format!("newbie-{}", uuid::Uuid::now_v7().simple());
+    let key = format!("streamrec:recs:{newbie}");
     assert_eq!(
-        server
-            .post_events(vec![click("n1", "newbie", "f0")])
-            .await
-            .0,
+        server.post_events(vec![click("n1", &newbie, "f0")]).await.0,
         202
     );
-    eventually(&server, "/v1/users/newbie", |s, _| s == 200).await;
-    let (status, first) = server.get("/v1/users/newbie/recommendations?k=2").await;
+    eventually(&server, &format!("/v1/users/{newbie}"), |s, _| s == 200).await;
+    let (status, first) = server
+        .get(&format!("/v1/users/{newbie}/recommendations?k=2"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(first["model_version"], version.as_str());
     let cached: bool = redis::cmd("EXISTS")
-        .arg(key)
+        .arg(&key)
         .query_async(&mut redis)
         .await
         .expect("exists");
     assert!(cached, "recommendations were not written to Redis");
     assert_eq!(
-        server
-            .post_events(vec![click("n2", "newbie", "f1")])
-            .await
-            .0,
+        server.post_events(vec![click("n2", &newbie, "f1")]).await.0,
         202
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while redis::cmd("EXISTS")
-        .arg(key)
+        .arg(&key)
         .query_async::<bool>(&mut redis)
         .await
         .expect("exists")
