@@ -83,3 +83,41 @@ pub async fn timeout(
         Err(_) => AppError::from(ApiError::unavailable("request timed out")).into_response(),
     }
 }
+
+/// The code for an error status that did not come from an `AppError` (axum's own rejections of
+/// a malformed path, query string, body or upgrade).
+fn code_for(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        404 => ErrorCode::NotFound.as_str(),
+        405 => "method_not_allowed",
+        408 | 503 => ErrorCode::Unavailable.as_str(),
+        413 => ErrorCode::PayloadTooLarge.as_str(),
+        400..=499 => ErrorCode::InvalidArgument.as_str(),
+        _ => ErrorCode::Internal.as_str(),
+    }
+}
+
+/// Gives every error response the one JSON shape, whichever layer produced it.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let bytes = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&bytes).trim().to_owned();
+    if message.is_empty() || status.is_server_error() {
+        message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    }
+    let body = json!({ "error": { "code": code_for(status), "message": message } });
+    (status, Json(body)).into_response()
+}

@@ -51,6 +51,7 @@ pub fn router(node: Arc<Node>) -> Router {
             node.config.server.request_timeout,
             error::timeout,
         ))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(node)

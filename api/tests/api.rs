@@ -421,6 +421,15 @@ async fn operational_endpoints() {
     .expect("utf8");
     assert!(text.contains("streamrec_http_requests_total"), "{text}");
 
+    // Rejections made by the framework itself carry the same JSON shape.
+    for uri in [
+        "/v1/users/u1/recommendations?k=%ZZ",
+        "/v1/items/%FF%FE",
+        "/v1/ws?user_id=u1",
+    ] {
+        let (status, body) = api.get(uri).await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    }
     let (status, body) = api.get("/v1/nope").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     let (status, body) = api.call(Method::PATCH, "/v1/events", None).await;
