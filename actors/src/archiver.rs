@@ -19,7 +19,6 @@ use storage::{ARCHIVE, ObjectStore, Record};
 
 use crate::Services;
 use crate::obs::Obs;
-use crate::session::storage_unavailable;
 
 /// The topic name archived objects carry (the embedded log holds the `user-events` stream).
 pub const TOPIC: &str = "user-events";
@@ -172,10 +171,7 @@ pub async fn archive_once(services: &Services) -> Result<ArchiveRun, ApiError> {
                 hour_bucket(common::now_millis())
             );
             let bytes = encode(records).map_err(ApiError::internal)?;
-            objects
-                .put(&key, bytes)
-                .await
-                .map_err(storage_unavailable)?;
+            objects.put(&key, bytes).await.map_err(ApiError::from)?;
             log.commit(ARCHIVE, partition, last + 1)
                 .map_err(ApiError::internal)?;
             run.records += last - first + 1;
@@ -203,8 +199,8 @@ fn encode(records: Vec<Record>) -> std::io::Result<Vec<u8>> {
 /// Every archived record, in (partition, offset) order.
 pub async fn read_archive(objects: &dyn ObjectStore) -> Result<Vec<Record>, ApiError> {
     let mut records = Vec::new();
-    for key in objects.list(PREFIX).await.map_err(storage_unavailable)? {
-        let Some(bytes) = objects.get(&key).await.map_err(storage_unavailable)? else {
+    for key in objects.list(PREFIX).await.map_err(ApiError::from)? {
+        let Some(bytes) = objects.get(&key).await.map_err(ApiError::from)? else {
             continue;
         };
         let mut text = String::new();

@@ -107,12 +107,4 @@ impl ObsRegistry {
         );
         node
     }
-
-    /// Finds a live actor by id (`0.12`) or name anywhere under `root`.
-    pub fn find(&self, root: &ActorCell, key: &str) -> Option<ActorCell> {
-        if root.get_id().to_string() == key || self.name(root).as_deref() == Some(key) {
-            return Some(root.clone());
-        }
-        root.get_children().iter().find_map(|c| self.find(c, key))
-    }
 }

@@ -323,17 +323,6 @@ pub async fn recommend_for(
     Ok((Arc::new(recs), resp.vector))
 }
 
-/// A failure of a remote store (catalog, cache, objects) is `unavailable`; others are internal.
-pub fn storage_unavailable(error: storage::StorageError) -> ApiError {
-    match error {
-        storage::StorageError::Sql(_) | storage::StorageError::Backend(_) => {
-            tracing::warn!(%error, "store unavailable");
-            ApiError::unavailable("a backing store is unavailable; retry later")
-        }
-        other => ApiError::internal(other),
-    }
-}
-
 /// Erases a user everywhere: session state, profile, applied and accepted event ids, its share
 /// of item popularity and the cache; a tombstone at the current end of the user's log partition keeps
 /// replays from bringing the user back.
@@ -360,7 +349,7 @@ pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Re
         .store()
         .delete_profile(user_id)
         .await
-        .map_err(storage_unavailable)?;
+        .map_err(ApiError::from)?;
     services.popularity.remove(&deltas);
     services.cache.invalidate(user_id);
     Ok(())

@@ -40,10 +40,6 @@ pub enum SessionManagerMsg {
         user_id: String,
         reply: RpcReplyPort<Result<(), ApiError>>,
     },
-    Passivate {
-        user_id: String,
-        reply: RpcReplyPort<Result<bool, ApiError>>,
-    },
     /// A session reports it has been idle for `sessions.idle_timeout`.
     Idle { user_id: String, actor: ActorId },
 }
@@ -166,14 +162,6 @@ impl Actor for SessionManager {
                     },
                 };
                 let _ = reply.send(result);
-            }
-            SessionManagerMsg::Passivate { user_id, reply } => {
-                let live = state.remove(&user_id);
-                if let Some(session) = &live {
-                    let _ = session.cast(SessionMsg::Passivate);
-                    state.obs_state.num_passivated += 1;
-                }
-                let _ = reply.send(Ok(live.is_some()));
             }
             SessionManagerMsg::Idle { user_id, actor } => {
                 if state

@@ -174,8 +174,7 @@ impl CatalogView {
     /// Whether an item may be recommended: not deleted and, if catalogued, available. Items seen
     /// only in events (not catalogued yet) may be recommended.
     pub fn is_recommendable(&self, item_id: &str) -> bool {
-        let state = self.state.read();
-        !state.deleted.contains(item_id) && state.items.get(item_id).is_none_or(|i| i.available)
+        self.read().status(item_id).recommendable()
     }
 
     /// A consistent read of the whole view under one lock (mask building, filtering).

@@ -21,3 +21,17 @@ pub enum StorageError {
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A remote store that fails (PostgreSQL, Redis, S3) is `unavailable`: retry later. A local one
+/// that fails (RocksDB, the disk, corrupt data) is an internal error.
+impl From<StorageError> for common::ApiError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::Sql(_) | StorageError::Backend(_) => {
+                tracing::warn!(%error, "store unavailable");
+                common::ApiError::unavailable("a backing store is unavailable; retry later")
+            }
+            other => common::ApiError::internal(other),
+        }
+    }
+}

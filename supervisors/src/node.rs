@@ -8,7 +8,7 @@ use std::time::Duration;
 use actors::archiver::{ArchiveRun, ArchiverActor, ArchiverMsg};
 use actors::model::{ModelActor, ModelArgs};
 use actors::push::{PushHub, PushMsg, RecsWatch};
-use actors::session::{UserView, storage_unavailable};
+use actors::session::UserView;
 use actors::session_manager::{SessionManager, SessionManagerMsg};
 use actors::trainer::{TrainerActor, TrainerMsg};
 use actors::{
@@ -235,7 +235,7 @@ impl Node {
             .catalog
             .upsert(item)
             .await
-            .map_err(storage_unavailable)?;
+            .map_err(ApiError::from)?;
         if filters_changed {
             self.catalog_filters_changed();
         }
@@ -249,7 +249,7 @@ impl Node {
             .catalog
             .delete(item_id)
             .await
-            .map_err(storage_unavailable)?;
+            .map_err(ApiError::from)?;
         self.catalog_filters_changed();
         Ok(existed)
     }
@@ -264,7 +264,7 @@ impl Node {
             .store()
             .put_profile(user_id, profile)
             .await
-            .map_err(storage_unavailable)
+            .map_err(ApiError::from)
     }
 
     /// Cached and pushed results may contain items that are no longer eligible.
