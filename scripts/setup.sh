@@ -22,7 +22,8 @@ apt_install() {
 
 missing=()
 command -v cc >/dev/null && command -v c++ >/dev/null || missing+=(build-essential)
-ldconfig -p 2>/dev/null | grep -q 'libclang' || missing+=(libclang-dev)
+# bindgen needs libclang itself (libclang.so*/libclang-N.so*); libclang-cpp is not enough.
+ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so' || missing+=(libclang-dev)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
