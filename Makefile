@@ -4,7 +4,7 @@
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo "test")
 
-.PHONY: setup services demo serve test lint unit bench loadtest clean-demo
+.PHONY: setup services demo serve test lint unit bench bench-ingest loadtest clean-demo
 
 setup:
 	@scripts/setup.sh
@@ -20,9 +20,10 @@ serve: setup
 ## integration tests against the real servers that scripts/services.sh installs and starts).
 test: setup services lint unit
 
-## The real servers the integration tests talk to (PostgreSQL, Redis, S3), on loopback.
+## The real servers the integration tests talk to (PostgreSQL, Redis, S3, a Kafka broker), on
+## loopback.
 services:
-	@scripts/services.sh up postgres redis s3
+	@scripts/services.sh up postgres redis s3 kafka
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -35,6 +36,10 @@ unit:
 ## every dependency (ONNX Runtime itself is a prebuilt library), so no second build is needed.
 bench: setup
 	$(CARGO) bench --profile dev -p models --bench inference
+
+## Kafka ingestion into session state beside kcat and a bare consumer on the same topic.
+bench-ingest: setup
+	scripts/ingest-bench.sh
 
 ## Starts a release node on a temp dir and drives it with the load generator.
 loadtest: setup

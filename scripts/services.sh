@@ -134,11 +134,13 @@ start_kafka() {
         cargo install tansu --version "$TANSU_VERSION" --locked --no-default-features --features dynostore \
             --root "$TOOLS" --target-dir "$TOOLS/build" >"$STATE/tansu-install.log" 2>&1
     fi
-    # Messages and offsets live in the S3 store, so they survive a broker restart.
+    # Messages and offsets live in the S3 store, so they survive a broker restart; the cluster id
+    # (one per port) keeps brokers on different ports apart in the shared bucket.
+    start_s3
     AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_ENDPOINT="http://127.0.0.1:$S3_PORT" \
         AWS_ALLOW_HTTP=true AWS_DEFAULT_REGION=us-east-1 nohup "$(tansu_bin)" broker \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine "s3://tansu/" >"$STATE/kafka.log" 2>&1 &
+        --cluster-id "streamrec-$KAFKA_PORT" --storage-engine "s3://tansu/" >>"$STATE/kafka-$KAFKA_PORT.log" 2>&1 &
     echo $! >"$(pidfile kafka)"
     wait_for 30 kafka_up
 }

@@ -9,9 +9,11 @@
 //! - [`push::PushHub`]: fans recommendation changes out to live subscribers.
 //! - [`trainer::TrainerActor`]: retrains off the serving path and swaps the new version in.
 //! - [`archiver::ArchiverActor`]: copies the event log to the object store, hourly.
+//! - [`kafka_bridge::KafkaBridge`]: with Kafka configured, feeds the log from the consumer group.
 
 pub mod archiver;
 pub mod ingest;
+pub mod kafka_bridge;
 pub mod model;
 pub mod obs;
 pub mod popularity;
@@ -25,9 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use common::Item;
 use common::{ApiError, Config};
 use ractor::{ActorRef, RpcReplyPort};
-use storage::{CatalogView, EventLog, RecCache, SessionStore};
+use storage::{CatalogView, EventLog, EventSink, RecCache, SessionStore};
 
 pub use model::ModelPool;
 pub use obs::ObsRegistry;
@@ -47,7 +50,11 @@ pub fn slot_get<M: ractor::Message>(slot: &Slot<M>, what: &str) -> Result<ActorR
 /// Everything actors share: configuration, stores and the handles between actors.
 pub struct Services {
     pub config: Arc<Config>,
+    /// The node's log: the source of truth in embedded mode, the journal of what the node
+    /// consumed in Kafka mode. Ingest actors apply it to sessions either way.
     pub log: Arc<dyn EventLog>,
+    /// Where `POST /v1/events` writes: the log itself, or the Kafka producer.
+    pub sink: Arc<dyn EventSink>,
     pub store: Arc<dyn SessionStore>,
     pub catalog: Arc<CatalogView>,
     pub cache: Arc<dyn RecCache>,
@@ -60,6 +67,34 @@ pub struct Services {
 }
 
 impl Services {
+    /// Stores an item (from the items API or `product-updates`) and keeps served results
+    /// eligible.
+    pub async fn upsert_item(&self, item: Item) -> Result<(), ApiError> {
+        let before = self.catalog.get(&item.item_id);
+        let filters_changed = before
+            .is_some_and(|b| b.available != item.available || b.categories != item.categories);
+        self.catalog.upsert(item).await.map_err(ApiError::from)?;
+        if filters_changed {
+            self.catalog_filters_changed();
+        }
+        Ok(())
+    }
+
+    /// Deletes an item; it is never recommended again. Returns whether it existed.
+    pub async fn delete_item(&self, item_id: &str) -> Result<bool, ApiError> {
+        let existed = self.catalog.delete(item_id).await.map_err(ApiError::from)?;
+        self.catalog_filters_changed();
+        Ok(existed)
+    }
+
+    /// Cached and pushed results may contain items that are no longer eligible.
+    fn catalog_filters_changed(&self) {
+        self.cache.clear();
+        if let Some(push) = self.push.load_full() {
+            let _ = push.cast(push::PushMsg::ChangedAll);
+        }
+    }
+
     /// The active model version, the first part of every cache key (`none` before any model).
     pub fn model_version(&self) -> String {
         self.registry

@@ -51,14 +51,36 @@ pub struct ServerConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
-    /// Which log: `embedded` (files under `data_dir/events`). Default `embedded`.
+    /// Where events come from: `embedded` (the node's own log under `data_dir/events`), or
+    /// `kafka://host:port[,host:port...]` (topics `user-events`, `transaction-stream` and
+    /// `product-updates`, consumed in a group; the node's log then journals what it consumed).
+    /// Default `embedded`.
     pub url: String,
-    /// Partitions of the log; a user always maps to one. Fixed once data exists. Default 12.
+    /// Partitions of the log, and of the Kafka topics streamrec creates; a user always maps to
+    /// one. Fixed once data exists. Default 12.
     pub num_partitions: u32,
     /// fsync every append before acknowledging it (group-committed). Default true.
     pub fsync: bool,
-    /// Most records an ingest actor applies per batch. Default 512.
+    /// Most records an ingest actor applies per batch (also the most Kafka messages the
+    /// consumer takes per batch). Default 512.
     pub consume_batch: usize,
+    /// Kafka consumer group of the nodes. Default `streamrec`.
+    pub group: String,
+    /// Prepended to every topic name (`<prefix>user-events`, ...), to share a cluster between
+    /// deployments. Default empty.
+    pub topic_prefix: String,
+    /// Replication factor of the topics streamrec creates. Default 1 (use 3 on a real cluster).
+    pub replication_factor: i32,
+    /// Longest `POST /v1/events` waits for the broker's acknowledgement before answering 503.
+    /// Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub produce_timeout: Duration,
+    /// Kafka consumer-group session timeout: how soon a dead node's partitions move. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Extra librdkafka client properties, e.g. `"security.protocol" = "SASL_SSL"`,
+    /// `"sasl.mechanism"`, `"sasl.username"`, `"sasl.password"` for a managed cluster. Default none.
+    pub kafka_options: std::collections::BTreeMap<String, String>,
 }
 
 /// The item catalog and user profiles.
@@ -175,6 +197,12 @@ impl Default for EventsConfig {
             num_partitions: 12,
             fsync: true,
             consume_batch: 512,
+            group: "streamrec".into(),
+            topic_prefix: String::new(),
+            replication_factor: 1,
+            produce_timeout: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(10),
+            kafka_options: Default::default(),
         }
     }
 }
@@ -296,7 +324,7 @@ impl Config {
             return invalid("server.max_batch_events and events.consume_batch must be at least 1");
         }
         for (key, url, allowed) in [
-            ("events.url", &self.events.url, &[EMBEDDED][..]),
+            ("events.url", &self.events.url, &[EMBEDDED, "kafka://"][..]),
             (
                 "catalog.url",
                 &self.catalog.url,
@@ -320,6 +348,20 @@ impl Config {
                     "{key} = {url:?} is not supported; use one of {}",
                     allowed.join(", ")
                 )));
+            }
+        }
+        if self.events.url.starts_with("kafka://") {
+            let brokers = self.events.url.trim_start_matches("kafka://");
+            if brokers.split(',').any(|b| {
+                b.rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            }) {
+                return invalid("events.url must be kafka://host:port[,host:port...]");
+            }
+            if self.events.group.is_empty() || self.events.replication_factor < 1 {
+                return invalid(
+                    "events.group must not be empty and events.replication_factor must be at least 1",
+                );
             }
         }
         if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
@@ -362,5 +404,25 @@ mod tests {
         let mut config = Config::default();
         config.events.num_partitions = 0;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn kafka_urls_name_host_and_port_of_every_broker() {
+        let with_url = |url: &str| {
+            let mut config = Config::default();
+            config.events.url = url.into();
+            config.validate()
+        };
+        assert!(with_url("kafka://127.0.0.1:9092").is_ok());
+        assert!(with_url("kafka://b1:9092,b2.example.com:9093").is_ok());
+        for bad in [
+            "kafka://",
+            "kafka://host",
+            "kafka://host:port",
+            "kafka://:9092",
+            "nats://x:1",
+        ] {
+            assert!(with_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -56,6 +56,24 @@ pub trait EventLog: Send + Sync + 'static {
     fn forget_user(&self, user_id: &str) -> Result<()>;
 }
 
+/// Where `POST /v1/events` writes: the embedded log itself, or a broker whose consumer path feeds
+/// the log. Acknowledging means stored: an `Ok` is returned only once every event is durable.
+#[async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    async fn publish(&self, events: Vec<Event>) -> Result<AppendOutcome>;
+    /// Whether writes can be accepted right now (`Err` says why not).
+    async fn health(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventSink for FileEventLog {
+    async fn publish(&self, events: Vec<Event>) -> Result<AppendOutcome> {
+        self.append(events).await
+    }
+}
+
 const HEADER: usize = 16;
 const SEGMENT_BYTES: u64 = 128 << 20;
 /// A sparse index point every this many records keeps reads near O(batch).

@@ -18,7 +18,9 @@ use anyhow::Context;
 use common::{ApiError, Config, Event, Item, RecQuery, Recommendations};
 use ractor::{Actor, ActorRef};
 use serde::Serialize;
-use storage::{AppendOutcome, CatalogView, Db, FileEventLog, RocksSessionStore, backends};
+use storage::{
+    AppendOutcome, CatalogView, Db, EventSink, FileEventLog, RocksSessionStore, backends,
+};
 use tokio::sync::Mutex;
 
 use crate::RestartPolicy;
@@ -43,7 +45,7 @@ pub struct Readiness {
     pub model_loaded: bool,
     pub model_workers: usize,
     pub sessions: bool,
-    /// `up`, or `down: <why>`, for `catalog`, `cache` and `objects`.
+    /// `up`, or `down: <why>`, for `events`, `catalog`, `cache` and `objects`.
     pub dependencies: std::collections::BTreeMap<&'static str, String>,
 }
 
@@ -92,6 +94,20 @@ impl Node {
             )
             .context("opening the event log")?,
         );
+        // Kafka, when configured, takes the writes; the log then journals what the node consumed.
+        let kafka = match kafka::Settings::from_config(&config.events) {
+            Some(settings) => {
+                let settings = Arc::new(settings);
+                let producer = kafka::Producer::new(settings.clone())
+                    .context("creating the Kafka producer")?;
+                Some((settings, producer))
+            }
+            None => None,
+        };
+        let sink: Arc<dyn EventSink> = match &kafka {
+            Some((_, producer)) => Arc::new(producer.clone()),
+            None => log.clone(),
+        };
         let store = Arc::new(RocksSessionStore::new(db.clone()));
         let catalog_store = backends::catalog(&config.catalog, &db)
             .await
@@ -115,6 +131,7 @@ impl Node {
         let services = Arc::new(Services {
             config: config.clone(),
             log,
+            sink,
             store,
             catalog,
             cache: backends::cache(&config.cache).context("opening the cache")?,
@@ -126,7 +143,10 @@ impl Node {
             push: slot(),
         });
         let (trainer, archiver) = (slot(), slot());
-        let children = root_children(&services, &trainer, &archiver);
+        let mut children = root_children(&services, &trainer, &archiver);
+        if let Some((settings, producer)) = kafka {
+            children.push(kafka_bridge(&services, settings, producer));
+        }
         let args = SupervisorArgs {
             kind: "root_supervisor",
             children,
@@ -159,9 +179,11 @@ impl Node {
     }
 
     pub async fn post_events(&self, events: Vec<Event>) -> Result<AppendOutcome, ApiError> {
-        self.services.log.append(events).await.map_err(|e| {
+        self.services.sink.publish(events).await.map_err(|e| {
             tracing::error!(error = %e, "event append failed");
-            ApiError::unavailable("the event log is not accepting writes")
+            ApiError::unavailable(
+                "the event log is not accepting writes; retrying the same events is safe",
+            )
         })
     }
 
@@ -228,30 +250,12 @@ impl Node {
     }
 
     pub async fn upsert_item(&self, item: Item) -> Result<(), ApiError> {
-        let before = self.services.catalog.get(&item.item_id);
-        let filters_changed = before
-            .is_some_and(|b| b.available != item.available || b.categories != item.categories);
-        self.services
-            .catalog
-            .upsert(item)
-            .await
-            .map_err(ApiError::from)?;
-        if filters_changed {
-            self.catalog_filters_changed();
-        }
-        Ok(())
+        self.services.upsert_item(item).await
     }
 
     /// Deletes an item; it is never recommended again. Returns whether it existed.
     pub async fn delete_item(&self, item_id: &str) -> Result<bool, ApiError> {
-        let existed = self
-            .services
-            .catalog
-            .delete(item_id)
-            .await
-            .map_err(ApiError::from)?;
-        self.catalog_filters_changed();
-        Ok(existed)
+        self.services.delete_item(item_id).await
     }
 
     pub async fn put_profile(
@@ -265,14 +269,6 @@ impl Node {
             .put_profile(user_id, profile)
             .await
             .map_err(ApiError::from)
-    }
-
-    /// Cached and pushed results may contain items that are no longer eligible.
-    fn catalog_filters_changed(&self) {
-        self.services.cache.clear();
-        if let Some(push) = self.services.push.load_full() {
-            let _ = push.cast(PushMsg::ChangedAll);
-        }
     }
 
     /// Starts a training run; with `wait`, returns the new version once it is active.
@@ -352,12 +348,19 @@ impl Node {
         let sessions = self.services.sessions.load().is_some();
         let ready = model_loaded && model_workers > 0 && sessions;
         let s = &self.services;
-        let (catalog, cache, objects) = tokio::join!(
+        let (events, catalog, cache, objects) = tokio::join!(
+            probe(s.sink.health()),
             probe(s.catalog.store().health()),
             probe(s.cache.health()),
             probe(s.registry.health()),
         );
-        let dependencies = [("catalog", catalog), ("cache", cache), ("objects", objects)].into();
+        let dependencies = [
+            ("events", events),
+            ("catalog", catalog),
+            ("cache", cache),
+            ("objects", objects),
+        ]
+        .into();
         Readiness {
             ready,
             model_loaded,
@@ -475,6 +478,27 @@ fn root_children(
             archiver.clone(),
         ),
     ]
+}
+
+/// The Kafka consumer-group bridge that feeds the node's log.
+fn kafka_bridge(
+    services: &Arc<Services>,
+    settings: Arc<kafka::Settings>,
+    producer: kafka::Producer,
+) -> ChildSpec {
+    let services = services.clone();
+    ChildSpec::new("kafka", move |sup| {
+        let args = actors::kafka_bridge::BridgeArgs {
+            services: services.clone(),
+            settings: settings.clone(),
+            producer: producer.clone(),
+        };
+        async move {
+            let (actor, _) =
+                Actor::spawn_linked(None, actors::kafka_bridge::KafkaBridge, args, sup).await?;
+            Ok(actor.get_cell())
+        }
+    })
 }
 
 /// A child supervisor over `children`.

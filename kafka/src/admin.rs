@@ -1,0 +1,57 @@
+//! Topic creation. Brokers often run with auto-creation off, and an auto-created topic would get
+//! the broker's default partition count rather than the one keys were partitioned for.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::{KafkaError, Result, Settings};
+
+/// Creates every topic of `settings` that does not exist yet; returns the names it created.
+/// Existing topics are left as they are, whatever their partition count.
+pub async fn ensure_topics(settings: &Settings, timeout: Duration) -> Result<Vec<String>> {
+    let admin: Arc<AdminClient<DefaultClientContext>> =
+        Arc::new(settings.client_config().create()?);
+    let existing = {
+        let admin = admin.clone();
+        tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout))
+            .await
+            .map_err(|e| KafkaError::Other(e.to_string()))??
+    };
+    let existing: Vec<&str> = existing.topics().iter().map(|t| t.name()).collect();
+    let names: Vec<String> = settings
+        .all_topics()
+        .into_iter()
+        .filter(|name| !existing.contains(&name.as_str()))
+        .collect();
+    if names.is_empty() {
+        return Ok(names);
+    }
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                settings.partitions,
+                TopicReplication::Fixed(settings.replication),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let mut created = Vec::new();
+    for result in admin.create_topics(&new, &options).await? {
+        match result {
+            Ok(name) => created.push(name),
+            // Another node created it between our metadata read and now.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::Other(format!("creating topic {name}: {code}")));
+            }
+        }
+    }
+    tracing::info!(topics = ?created, partitions = settings.partitions, "created Kafka topics");
+    Ok(created)
+}

@@ -1,0 +1,163 @@
+//! Kafka as streamrec's event source, behind the same traits as the embedded log.
+//!
+//! - [`Producer`]: `POST /v1/events` publishes to `user-events` (idempotent, `acks=all`, keyed by
+//!   user with the Java client's murmur2 partitioner) and answers only after the broker acked;
+//!   it also writes dead letters.
+//! - [`GroupConsumer`]: the nodes' consumer group over `user-events`, `transaction-stream` and
+//!   `product-updates`; offsets are committed by the caller, only after a batch is applied.
+//! - [`decode`]: one message to an event, a catalog change, or the reason it goes to
+//!   `<topic>.dlq`.
+//! - [`ensure_topics`]: creates missing topics (brokers may have auto-creation off).
+//!
+//! Nothing here knows about actors or sessions: the bridge actor composes these parts.
+
+mod admin;
+mod consumer;
+mod decode;
+mod producer;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::config::EventsConfig;
+use rdkafka::ClientConfig;
+
+pub use admin::ensure_topics;
+pub use consumer::{GroupConsumer, Message};
+pub use decode::{Decoded, decode, default_event_id};
+pub use producer::{DeadLetter, Producer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("kafka: {0}")]
+    Other(String),
+}
+
+pub type Result<T, E = KafkaError> = std::result::Result<T, E>;
+
+/// The topics streamrec reads, by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Topic {
+    /// Interactions (views, clicks, ...), keyed by user id.
+    UserEvents,
+    /// Purchases, keyed by user id; same message shape as `user-events`.
+    Transactions,
+    /// Catalog upserts and deletions, keyed by item id.
+    ProductUpdates,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 3] = [
+        Topic::UserEvents,
+        Topic::Transactions,
+        Topic::ProductUpdates,
+    ];
+
+    pub fn base_name(self) -> &'static str {
+        match self {
+            Topic::UserEvents => "user-events",
+            Topic::Transactions => "transaction-stream",
+            Topic::ProductUpdates => "product-updates",
+        }
+    }
+}
+
+/// Everything the Kafka clients need, taken from `[events]`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    pub group: String,
+    pub prefix: String,
+    pub partitions: i32,
+    pub replication: i32,
+    pub produce_timeout: Duration,
+    pub session_timeout: Duration,
+    pub options: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// The Kafka settings of `config`, or `None` when events do not come from Kafka.
+    pub fn from_config(config: &EventsConfig) -> Option<Self> {
+        let brokers = config.url.strip_prefix("kafka://")?;
+        Some(Self {
+            brokers: brokers.to_owned(),
+            group: config.group.clone(),
+            prefix: config.topic_prefix.clone(),
+            partitions: config.num_partitions as i32,
+            replication: config.replication_factor,
+            produce_timeout: config.produce_timeout,
+            session_timeout: config.session_timeout,
+            options: config.kafka_options.clone(),
+        })
+    }
+
+    pub fn topic(&self, topic: Topic) -> String {
+        format!("{}{}", self.prefix, topic.base_name())
+    }
+
+    /// The dead-letter topic of `topic`.
+    pub fn dlq(&self, topic: Topic) -> String {
+        format!("{}.dlq", self.topic(topic))
+    }
+
+    pub fn topic_of(&self, name: &str) -> Option<Topic> {
+        let base = name.strip_prefix(&self.prefix)?;
+        Topic::ALL.into_iter().find(|t| t.base_name() == base)
+    }
+
+    /// Every topic streamrec creates if absent: the three sources and their dead-letter topics.
+    pub fn all_topics(&self) -> Vec<String> {
+        Topic::ALL
+            .into_iter()
+            .flat_map(|t| [self.topic(t), self.dlq(t)])
+            .collect()
+    }
+
+    /// The client properties shared by every client: brokers, then the user's own options.
+    fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", "streamrec")
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        for (key, value) in &self.options {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().max(1).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_take_the_prefix_and_map_back() {
+        let mut config = EventsConfig {
+            url: "kafka://127.0.0.1:9092".into(),
+            ..Default::default()
+        };
+        let plain = Settings::from_config(&config).expect("kafka");
+        assert_eq!(plain.topic(Topic::UserEvents), "user-events");
+        assert_eq!(plain.dlq(Topic::ProductUpdates), "product-updates.dlq");
+        config.topic_prefix = "t1.".into();
+        let prefixed = Settings::from_config(&config).expect("kafka");
+        assert_eq!(prefixed.topic(Topic::Transactions), "t1.transaction-stream");
+        assert_eq!(
+            prefixed.topic_of("t1.product-updates"),
+            Some(Topic::ProductUpdates)
+        );
+        assert_eq!(prefixed.topic_of("product-updates"), None);
+        assert_eq!(prefixed.topic_of("t1.user-events.dlq"), None);
+        assert_eq!(prefixed.all_topics().len(), 6);
+        config.url = "embedded".into();
+        assert!(Settings::from_config(&config).is_none());
+    }
+}

@@ -1,0 +1,140 @@
+//! The producer: events from `POST /v1/events` and dead letters.
+//!
+//! Idempotent (`enable.idempotence`, hence `acks=all`): a retry inside librdkafka never
+//! duplicates or reorders a partition's messages. Keys are partitioned with `murmur2_random`,
+//! the Java client's default, so a user's events land on the same partition whichever client
+//! produced them (and on the partition `common::partition::partition_for` computes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::Event;
+use futures::future::join_all;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use storage::{AppendOutcome, EventSink, StorageError};
+
+use crate::{Result, Settings, Topic, millis};
+
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    settings: Arc<Settings>,
+}
+
+/// A message that cannot be applied, on its way to `<topic>.dlq`.
+pub struct DeadLetter<'a> {
+    pub topic: Topic,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub reason: &'a str,
+}
+
+impl Producer {
+    pub fn new(settings: Arc<Settings>) -> Result<Self> {
+        let inner = settings
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", millis(settings.produce_timeout))
+            .create()?;
+        Ok(Self { inner, settings })
+    }
+
+    /// Publishes events to `user-events`, keyed by user; returns once the broker acked them all.
+    /// On error some events may be stored: a retry with the same event ids is safe, since the
+    /// consumer path drops events it already applied.
+    pub async fn publish(&self, events: &[Event]) -> Result<()> {
+        let topic = self.settings.topic(Topic::UserEvents);
+        let sends = events.iter().map(|event| {
+            let topic = &topic;
+            async move {
+                let payload = serde_json::to_vec(event)
+                    .map_err(|e| crate::KafkaError::Other(e.to_string()))?;
+                self.inner
+                    .send(
+                        FutureRecord::to(topic)
+                            .key(event.user_id.as_bytes())
+                            .payload(&payload),
+                        self.settings.produce_timeout,
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|(e, _)| crate::KafkaError::Client(e))
+            }
+        });
+        join_all(sends).await.into_iter().collect()
+    }
+
+    /// Writes `letter` to its dead-letter topic, with the original key and bytes, the reason in
+    /// the `reason` header and where it came from in `source.topic|partition|offset`.
+    pub async fn dead_letter(&self, letter: DeadLetter<'_>) -> Result<()> {
+        let source = self.settings.topic(letter.topic);
+        let (partition, offset) = (letter.partition.to_string(), letter.offset.to_string());
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "reason",
+                value: Some(letter.reason),
+            })
+            .insert(Header {
+                key: "source.topic",
+                value: Some(&source),
+            })
+            .insert(Header {
+                key: "source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "source.offset",
+                value: Some(&offset),
+            });
+        let dlq = self.settings.dlq(letter.topic);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlq).headers(headers);
+        if let Some(key) = letter.key {
+            record = record.key(key);
+        }
+        if let Some(payload) = letter.payload {
+            record = record.payload(payload);
+        }
+        self.inner
+            .send(record, self.settings.produce_timeout)
+            .await
+            .map(drop)
+            .map_err(|(e, _)| crate::KafkaError::Client(e))
+    }
+
+    /// Whether a broker answers a metadata request within `timeout`.
+    pub async fn health(&self, timeout: Duration) -> std::result::Result<(), String> {
+        let client = self.inner.clone();
+        let topic = self.settings.topic(Topic::UserEvents);
+        tokio::task::spawn_blocking(move || client.client().fetch_metadata(Some(&topic), timeout))
+            .await
+            .map_err(|e| e.to_string())?
+            .map(drop)
+            .map_err(|e| format!("kafka: {e}"))
+    }
+}
+
+#[async_trait]
+impl EventSink for Producer {
+    async fn publish(&self, events: Vec<Event>) -> storage::error::Result<AppendOutcome> {
+        let accepted = events.len();
+        Producer::publish(self, &events)
+            .await
+            .map_err(|e| StorageError::Backend(e.to_string()))?;
+        // Duplicates are only known where events are applied: the consumer path drops them.
+        Ok(AppendOutcome {
+            accepted,
+            duplicates: 0,
+        })
+    }
+
+    async fn health(&self) -> std::result::Result<(), String> {
+        Producer::health(self, Duration::from_secs(1)).await
+    }
+}

@@ -1,0 +1,247 @@
+//! What the end-to-end tests share: the real `streamrec` binary on a free port with a temp data
+//! dir, an HTTP client for it, and the real servers `scripts/services.sh` starts.
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+/// The binary under test, with settings that keep tests small and fast.
+pub fn streamrec() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_streamrec"));
+    command
+        .env("STREAMREC__EVENTS__NUM_PARTITIONS", "4")
+        .env("STREAMREC__MODEL__DIM", "8")
+        .env("STREAMREC__MODEL__ITERATIONS", "6");
+    command
+}
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+impl Server {
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &dir.join("data"), &[]).await
+    }
+
+    /// Starts a node on `data` with extra `STREAMREC__*` settings.
+    pub async fn start_with(dir: &Path, data: &Path, settings: &[(&str, String)]) -> Self {
+        let addr = free_addr();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))
+            .expect("log file");
+        let child = streamrec()
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("streamrec starts");
+        let server = Self {
+            child,
+            addr,
+            http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = server.http.get(server.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node not ready; log:\n{}",
+                std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post_events(&self, events: Vec<Value>) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            "/v1/events",
+            Some(json!({ "events": events })),
+        )
+        .await
+    }
+
+    /// Starts a training run and waits for the new version to be active; returns it.
+    pub async fn train(&self) -> String {
+        let (_, before) = self.get("/v1/admin/models").await;
+        let known = before["versions"].as_array().map_or(0, Vec::len);
+        let (status, body) = self
+            .send(reqwest::Method::POST, "/v1/admin/train", None)
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let models = eventually(self, "/v1/admin/models", |_, b| {
+            b["versions"].as_array().is_some_and(|v| v.len() > known)
+        })
+        .await;
+        models["active"]
+            .as_str()
+            .expect("an active version")
+            .to_owned()
+    }
+
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Sends SIGTERM and returns whether the process exited successfully within `timeout`.
+    pub fn terminate(mut self, timeout: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `GET path` until `cond` holds on the body.
+pub async fn eventually(server: &Server, path: &str, cond: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = server.get(path).await;
+        if cond(status, &body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition never held on {path}: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub type WsRead = futures::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+
+/// The next text message as JSON, failing the test after 15 s.
+pub async fn next_json(rx: &mut WsRead) -> Value {
+    let message = async {
+        loop {
+            match rx.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
+                    return serde_json::from_str::<Value>(&text).expect("json");
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("websocket ended: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), message)
+        .await
+        .expect("a push within 15 s")
+}
+
+pub fn click(id: &str, user: &str, item: &str) -> Value {
+    json!({"event_id": id, "user_id": user, "item_id": item, "kind": "click"})
+}
+
+pub fn workdir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `make test`, which starts the servers")
+    })
+}
+
+/// A fresh database on the test PostgreSQL server.
+pub async fn fresh_database() -> String {
+    let base = env("STREAMREC_TEST_POSTGRES");
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("postgres reachable");
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    // `name` is our own UUID hex: safe to interpolate (CREATE DATABASE takes no parameters).
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let (server, _) = base.rsplit_once('/').expect("url with a database");
+    format!("{server}/{name}")
+}
+
+/// Runs `scripts/services.sh ACTION SERVICE` with the service on its own `port`, so that a test
+/// can stop and restart a server that no other test uses.
+pub fn service(action: &str, service: &str, port: u16) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/services.sh");
+    let var = match service {
+        "postgres" => "STREAMREC_PG_PORT",
+        "kafka" => "STREAMREC_KAFKA_PORT",
+        other => panic!("no private instances of {other}"),
+    };
+    let status = Command::new("bash")
+        .arg(script)
+        .args([action, service])
+        .env(var, port.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .expect("services.sh runs");
+    assert!(status.success(), "services.sh {action} {service} failed");
+}
