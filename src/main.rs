@@ -2,6 +2,7 @@
 //! start telemetry and the node, serve HTTP, shut down gracefully on SIGTERM or Ctrl-C.
 
 mod demo;
+mod eval;
 mod movielens;
 
 use std::future::IntoFuture;
@@ -64,6 +65,17 @@ enum Command {
     Train {
         #[command(flatten)]
         node: NodeOpts,
+    },
+    /// Evaluate the models on MovieLens files (temporal hold-out of positives, metrics @10);
+    /// prints a table, or JSON with --json.
+    Eval {
+        /// `u.data`/`u.item` or the atomic `.inter`/`.item` files.
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Seed of every random choice (results are deterministic for a seed).
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
     },
 }
 
@@ -128,6 +140,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node.shutdown().await;
             let summary = result?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
+            Ok(())
+        }
+        Command::Eval { dir, json, seed } => {
+            let report =
+                tokio::task::spawn_blocking(move || eval::run(&dir, seed, !json)).await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", eval::table(&report));
+            }
             Ok(())
         }
         Command::Train { node } => {

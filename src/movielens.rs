@@ -24,10 +24,11 @@ pub struct ImportSummary {
 
 /// Parsed data, independent of the layout it came from.
 #[derive(Debug, Default)]
-struct Dataset {
-    items: Vec<Item>,
-    users: Vec<(String, serde_json::Value)>,
-    ratings: Vec<(String, String, f64, i64)>,
+pub struct Dataset {
+    pub items: Vec<Item>,
+    pub users: Vec<(String, serde_json::Value)>,
+    /// (user, item, rating, epoch milliseconds)
+    pub ratings: Vec<(String, String, f64, i64)>,
 }
 
 const GENRES: [&str; 19] = [
@@ -75,7 +76,7 @@ fn find_ext(dir: &Path, ext: &str) -> Option<PathBuf> {
         .find(|p| p.extension().is_some_and(|e| e == ext))
 }
 
-fn load(dir: &Path) -> anyhow::Result<(&'static str, Dataset)> {
+pub fn load(dir: &Path) -> anyhow::Result<(&'static str, Dataset)> {
     if dir.join("u.data").is_file() {
         return Ok(("classic", load_classic(dir)?));
     }

@@ -64,6 +64,22 @@ pub fn temporal_split(
 /// Ranks every item for each test user (excluding the user's train items) and scores the top k.
 pub fn evaluate(f: &Factors, num_items: usize, train: &[Cell], test: &[Cell], k: usize) -> Metrics {
     let d = f.dim;
+    evaluate_with(num_items, train, test, k, |user| {
+        let x = &f.users[user as usize * d..(user as usize + 1) * d];
+        (0..num_items)
+            .map(|i| dot(x, &f.items[i * d..(i + 1) * d]))
+            .collect()
+    })
+}
+
+/// Like [`evaluate`], for any model: `score(user)` gives a score for every item.
+pub fn evaluate_with(
+    num_items: usize,
+    train: &[Cell],
+    test: &[Cell],
+    k: usize,
+    mut score: impl FnMut(u32) -> Vec<f32>,
+) -> Metrics {
     let mut seen: HashMap<u32, HashSet<u32>> = HashMap::new();
     for c in train {
         seen.entry(c.user).or_default().insert(c.item);
@@ -78,11 +94,11 @@ pub fn evaluate(f: &Factors, num_items: usize, train: &[Cell], test: &[Cell], k:
     };
     let mut recommended = HashSet::new();
     for (user, rel) in &relevant {
-        let x = &f.users[*user as usize * d..(*user as usize + 1) * d];
+        let scores = score(*user);
         let skip = seen.get(user);
         let mut scored: Vec<(f32, u32)> = (0..num_items as u32)
             .filter(|i| skip.is_none_or(|s| !s.contains(i)))
-            .map(|i| (dot(x, &f.items[i as usize * d..(i as usize + 1) * d]), i))
+            .map(|i| (scores[i as usize], i))
             .collect();
         let top = k.min(scored.len());
         if top == 0 {
@@ -122,6 +138,21 @@ pub fn evaluate(f: &Factors, num_items: usize, train: &[Cell], test: &[Cell], k:
         0.0
     };
     m
+}
+
+/// Each user's positive items in time order (by timestamp, then item index), by user index.
+pub fn sequences(cells: &[Cell], num_users: usize) -> Vec<Vec<u32>> {
+    let mut by_user: Vec<Vec<(i64, u32)>> = vec![Vec::new(); num_users];
+    for c in cells.iter().filter(|c| c.weight > 0.0) {
+        by_user[c.user as usize].push((c.ts, c.item));
+    }
+    by_user
+        .into_iter()
+        .map(|mut v| {
+            v.sort_unstable();
+            v.into_iter().map(|(_, i)| i).collect()
+        })
+        .collect()
 }
 
 /// Trains on a temporal hold-out of `data` and evaluates @10; `None` if no user has enough data.

@@ -10,6 +10,7 @@ pub mod linalg;
 pub mod onnx;
 pub mod runtime;
 pub mod scorer;
+pub mod transitions;
 
 pub use als::{Interactions, TrainParams};
 pub use artifact::{ModelArtifact, ModelMeta};
