@@ -404,6 +404,7 @@ async fn with_the_broker_down_posts_get_503_and_consumers_resume_when_it_returns
     let (_guard, dir) = workdir();
     let port = free_addr().port();
     service("up", "kafka", port);
+    let _broker = PrivateBroker(port);
     let topics = Topics::new(&format!("kafka://127.0.0.1:{port}"));
     let server = kafka_node(&dir, &topics).await;
     let post = |from: usize, to: usize| {
@@ -456,6 +457,13 @@ async fn with_the_broker_down_posts_get_503_and_consumers_resume_when_it_returns
         b["dependencies"]["events"] == "up"
     })
     .await;
-    drop(server);
-    service("down", "kafka", port);
+}
+
+/// A broker of one test's own, stopped however the test ends.
+struct PrivateBroker(u16);
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        service("down", "kafka", self.0);
+    }
 }

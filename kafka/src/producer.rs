@@ -11,15 +11,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::Event;
 use futures::future::join_all;
+use parking_lot::RwLock;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use storage::{AppendOutcome, EventSink, StorageError};
 
 use crate::{Result, Settings, Topic, millis};
 
+/// Cheap to clone; clones share one librdkafka producer, replaced after a fatal error.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: Arc<RwLock<FutureProducer>>,
     settings: Arc<Settings>,
 }
 
@@ -35,28 +37,84 @@ pub struct DeadLetter<'a> {
 
 impl Producer {
     pub fn new(settings: Arc<Settings>) -> Result<Self> {
-        let inner = settings
+        let inner = Self::create(&settings)?;
+        Ok(Self {
+            inner: Arc::new(RwLock::new(inner)),
+            settings,
+        })
+    }
+
+    fn create(settings: &Settings) -> Result<FutureProducer> {
+        Ok(settings
             .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
             .set("linger.ms", "2")
             .set("message.timeout.ms", millis(settings.produce_timeout))
-            .create()?;
-        Ok(Self { inner, settings })
+            .create()?)
+    }
+
+    fn current(&self) -> FutureProducer {
+        self.inner.read().clone()
+    }
+
+    /// An idempotent producer whose identity the broker no longer accepts (fenced after a broker
+    /// lost its producer state, a sequence gap, a fatal error) refuses every later message:
+    /// replace it. Returns whether it did.
+    fn replace_if_broken(&self, error: &crate::KafkaError) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let mut inner = self.inner.write();
+        let code = match error {
+            crate::KafkaError::Client(e) => e.rdkafka_error_code(),
+            crate::KafkaError::Other(_) => None,
+        };
+        let reason = match (inner.client().fatal_error(), code) {
+            (Some((code, reason)), _) => format!("{code:?}: {reason}"),
+            (
+                None,
+                Some(
+                    code @ (Code::ProducerFenced
+                    | Code::InvalidProducerEpoch
+                    | Code::UnknownProducerId
+                    | Code::OutOfOrderSequenceNumber
+                    | Code::InvalidProducerIdMapping),
+                ),
+            ) => format!("{code:?}"),
+            _ => return false,
+        };
+        match Self::create(&self.settings) {
+            Ok(fresh) => {
+                tracing::warn!(%reason, "the broker refused the Kafka producer; replaced it");
+                *inner = fresh;
+                true
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot replace the failed Kafka producer");
+                false
+            }
+        }
     }
 
     /// Publishes events to `user-events`, keyed by user; returns once the broker acked them all.
     /// On error some events may be stored: a retry with the same event ids is safe, since the
     /// consumer path drops events it already applied.
     pub async fn publish(&self, events: &[Event]) -> Result<()> {
+        match self.publish_once(events).await {
+            Err(e) if self.replace_if_broken(&e) => self.publish_once(events).await,
+            result => result,
+        }
+    }
+
+    async fn publish_once(&self, events: &[Event]) -> Result<()> {
         let topic = self.settings.topic(Topic::UserEvents);
+        let producer = self.current();
         let sends = events.iter().map(|event| {
-            let topic = &topic;
+            let (topic, producer) = (&topic, &producer);
             async move {
                 let payload = serde_json::to_vec(event)
                     .map_err(|e| crate::KafkaError::Other(e.to_string()))?;
-                self.inner
+                producer
                     .send(
                         FutureRecord::to(topic)
                             .key(event.user_id.as_bytes())
@@ -74,6 +132,13 @@ impl Producer {
     /// Writes `letter` to its dead-letter topic, with the original key and bytes, the reason in
     /// the `reason` header and where it came from in `source.topic|partition|offset`.
     pub async fn dead_letter(&self, letter: DeadLetter<'_>) -> Result<()> {
+        match self.dead_letter_once(&letter).await {
+            Err(e) if self.replace_if_broken(&e) => self.dead_letter_once(&letter).await,
+            result => result,
+        }
+    }
+
+    async fn dead_letter_once(&self, letter: &DeadLetter<'_>) -> Result<()> {
         let source = self.settings.topic(letter.topic);
         let (partition, offset) = (letter.partition.to_string(), letter.offset.to_string());
         let headers = OwnedHeaders::new()
@@ -101,7 +166,7 @@ impl Producer {
         if let Some(payload) = letter.payload {
             record = record.payload(payload);
         }
-        self.inner
+        self.current()
             .send(record, self.settings.produce_timeout)
             .await
             .map(drop)
@@ -110,7 +175,7 @@ impl Producer {
 
     /// Whether a broker answers a metadata request within `timeout`.
     pub async fn health(&self, timeout: Duration) -> std::result::Result<(), String> {
-        let client = self.inner.clone();
+        let client = self.current();
         let topic = self.settings.topic(Topic::UserEvents);
         tokio::task::spawn_blocking(move || client.client().fetch_metadata(Some(&topic), timeout))
             .await
