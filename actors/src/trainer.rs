@@ -3,7 +3,7 @@
 //! pool, measures the new version on a temporal hold-out, publishes it to the model registry and
 //! has every model actor load it; then it clears the cache and tells live subscribers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,8 +11,10 @@ use common::{ApiError, ErrorCode};
 use models::{Interactions, ModelArtifact, ModelMeta, TrainParams};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
+use storage::Record;
 
 use crate::Services;
+use crate::archiver::read_archive;
 use crate::obs::Obs;
 use crate::push::PushMsg;
 
@@ -184,15 +186,53 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
     Ok(version)
 }
 
-/// Reads every event in the log into training data, skipping events of erased users.
+/// Reads every event into training data, skipping events of erased users: from the node's log,
+/// or (`model.train_source = "archive"`) from the event archive, which every node writes, plus
+/// the node's own tail not archived yet. An event id seen twice (an event journaled by two nodes
+/// across a rebalance) counts once.
 pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, i64)>), ApiError> {
     let log = &services.log;
     let mut data = Interactions::default();
     let mut range: Option<(i64, i64)> = None;
     let mut erased: HashMap<String, Option<u64>> = HashMap::new();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let from_archive = services.config.model.train_source == "archive";
+    let mut add = |r: Record| -> Result<(), ApiError> {
+        let e = &r.event;
+        let erased_at = match erased.get(&e.user_id) {
+            Some(at) => *at,
+            None => {
+                let at = services
+                    .store
+                    .erased_at(&e.user_id)
+                    .map_err(ApiError::internal)?;
+                erased.insert(e.user_id.clone(), at);
+                at
+            }
+        };
+        if erased_at.is_some_and(|at| r.offset < at) {
+            return Ok(());
+        }
+        if from_archive && !seen.insert((e.user_id.clone(), e.event_id.clone())) {
+            return Ok(());
+        }
+        data.add(&e.user_id, &e.item_id, e.weight(), e.ts);
+        range = Some(range.map_or((e.ts, e.ts), |(lo, hi)| (lo.min(e.ts), hi.max(e.ts))));
+        Ok(())
+    };
+    if from_archive {
+        for r in read_archive(services.registry.objects()).await? {
+            add(r)?;
+        }
+    }
     for partition in 0..log.num_partitions() {
         let end = *log.high_watermark(partition).borrow();
-        let mut offset = 0;
+        let mut offset = if from_archive {
+            log.committed(storage::ARCHIVE, partition)
+                .map_err(ApiError::internal)?
+        } else {
+            0
+        };
         while offset < end {
             let records = log
                 .read(partition, offset, 10_000)
@@ -201,23 +241,7 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
             let Some(last) = records.last() else { break };
             offset = last.offset + 1;
             for r in records {
-                let e = &r.event;
-                let erased_at = match erased.get(&e.user_id) {
-                    Some(at) => *at,
-                    None => {
-                        let at = services
-                            .store
-                            .erased_at(&e.user_id)
-                            .map_err(ApiError::internal)?;
-                        erased.insert(e.user_id.clone(), at);
-                        at
-                    }
-                };
-                if erased_at.is_some_and(|at| r.offset < at) {
-                    continue;
-                }
-                data.add(&e.user_id, &e.item_id, e.weight(), e.ts);
-                range = Some(range.map_or((e.ts, e.ts), |(lo, hi)| (lo.min(e.ts), hi.max(e.ts))));
+                add(r)?;
             }
         }
     }

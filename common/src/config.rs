@@ -164,6 +164,9 @@ pub struct ModelConfig {
     pub retrain_interval: Duration,
     /// Path of `libonnxruntime.so`; found automatically when unset (see README). Default unset.
     pub onnxruntime_path: Option<PathBuf>,
+    /// What training reads: `log` (this node's event log) or `archive` (the event archive in the
+    /// object store, written by every node, plus this node's not yet archived tail). Default `log`.
+    pub train_source: String,
 }
 
 /// Logs.
@@ -260,6 +263,7 @@ impl Default for ModelConfig {
             seed: 42,
             retrain_interval: Duration::from_secs(6 * 3600),
             onnxruntime_path: None,
+            train_source: "log".into(),
         }
     }
 }
@@ -363,6 +367,9 @@ impl Config {
                     "events.group must not be empty and events.replication_factor must be at least 1",
                 );
             }
+        }
+        if !matches!(self.model.train_source.as_str(), "log" | "archive") {
+            return invalid("model.train_source must be `log` or `archive`");
         }
         if !matches!(self.telemetry.log_format.as_str(), "text" | "json") {
             return invalid("telemetry.log_format must be `text` or `json`");

@@ -259,3 +259,61 @@ async fn the_event_log_is_archived_once_and_reads_back_whole() {
     assert_eq!(archived.len(), 32);
     node.shutdown().await;
 }
+
+/// Copies a directory tree (the object store of one node into another's, as if shared).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_reads_the_archive_other_nodes_wrote_plus_its_own_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let a = Node::start(config(&a_dir)).await.expect("node a");
+    let archived: Vec<Event> = (0..40)
+        .map(|i| {
+            event(
+                &format!("a{i}"),
+                &format!("user{}", i % 5),
+                &format!("item{}", i % 8),
+            )
+        })
+        .collect();
+    a.post_events(archived).await.expect("append");
+    assert_eq!(a.archive_now().await.expect("archive").records, 40);
+    a.shutdown().await;
+    drop(a);
+
+    // Node b shares a's object store but has none of a's log.
+    copy_tree(&a_dir.join("objects"), &b_dir.join("objects"));
+    let mut from_archive = config(&b_dir);
+    from_archive.model.train_source = "archive".into();
+    let b = Node::start(from_archive).await.expect("node b");
+    let own: Vec<Event> = (0..6)
+        .map(|i| event(&format!("b{i}"), "user9", &format!("item{i}")))
+        .collect();
+    b.post_events(own.clone()).await.expect("append");
+    // Posting a's events again adds nothing: an event id counts once.
+    b.post_events(vec![event("a0", "user0", "item0")])
+        .await
+        .expect("append");
+    let version = b.train(true).await.expect("train");
+    let active = b.services().registry.active().expect("a model");
+    assert_eq!(active.meta.version, version);
+    // Training aggregates events into (user, item) cells: a's 40 events (from the archive) and
+    // b's own 6 (from its log, not archived yet).
+    let a_cells: std::collections::HashSet<(usize, usize)> =
+        (0..40).map(|i| (i % 5, i % 8)).collect();
+    assert_eq!(active.meta.num_interactions, a_cells.len() + own.len());
+    assert_eq!(active.meta.num_users, 6);
+    b.shutdown().await;
+}
