@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use models::als::{self, Factors, TrainParams};
 use models::eval::{Metrics, evaluate_with, sequences, temporal_split};
-use models::transitions::{TransitionParams, Transitions, standardize};
+use models::transitions::{TransitionParams, Transitions, blend};
 use models::{Interactions, als::Cell};
 use serde::Serialize;
 
@@ -196,16 +196,10 @@ impl Fitted {
                 .transitions
                 .score(&self.sequences[user as usize], self.num_items),
             Model::Hybrid(cf_weight) => {
-                let mut cf = self.cf(user);
-                let mut next = self
+                let next = self
                     .transitions
                     .score(&self.sequences[user as usize], self.num_items);
-                standardize(&mut cf);
-                standardize(&mut next);
-                cf.iter()
-                    .zip(&next)
-                    .map(|(c, t)| cf_weight * c + (1.0 - cf_weight) * t)
-                    .collect()
+                blend(self.cf(user), next, cf_weight)
             }
         }
     }

@@ -57,6 +57,8 @@ pub const REASON_CF: &str = "collaborative_filtering";
 pub struct ModelRequest {
     /// (item id, summed weight) of the user's interactions.
     pub interactions: Vec<(String, f32)>,
+    /// The user's recent positive interactions, oldest first: the input of the transition part.
+    pub history: Vec<String>,
     /// Items never to return (everything the user interacted with).
     pub exclude: HashSet<String>,
     pub k: usize,
@@ -277,7 +279,8 @@ pub fn score(
         }
         _ => Arc::new(artifact.fold_in(req.interactions.iter().map(|(id, w)| (id.as_str(), *w)))),
     };
-    let known = user.iter().any(|v| *v != 0.0);
+    let history = artifact.history(req.history.iter().map(String::as_str));
+    let known = user.iter().any(|v| *v != 0.0) || !history.is_empty();
     let mut items = Vec::with_capacity(req.k);
     if let (true, Some(scorer)) = (known, scorer) {
         let mut mask = base_mask.to_vec();
@@ -288,7 +291,7 @@ pub fn score(
         }
         let top = scorer
             .lock()
-            .top_k(&user, &mask, req.k)
+            .top_k(&user, &history, &mask, req.k)
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         let liked: Vec<(u32, &str)> = req
             .interactions
@@ -305,6 +308,12 @@ pub fn score(
             let mut reasons = vec![REASON_CF.to_owned()];
             if let Some((_, id)) = nearest {
                 reasons.push(format!("similar_to:{id}"));
+            }
+            if let Some((before, _)) = artifact.strongest_predecessor(row, &history) {
+                reasons.push(format!(
+                    "often_next_after:{}",
+                    artifact.item_ids[before as usize]
+                ));
             }
             items.push(Recommendation {
                 item_id: artifact.item_ids[row as usize].clone(),
@@ -508,6 +517,13 @@ mod tests {
 
     /// Items along two axes: x-items (x1..x4) and y-items (y1, y2).
     async fn fixture() -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
+        fixture_with(Default::default(), Vec::new()).await
+    }
+
+    async fn fixture_with(
+        hybrid: models::HybridParams,
+        successors: Vec<Vec<(u32, f32)>>,
+    ) -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
         let ids = ["x1", "x2", "x3", "x4", "y1", "y2"];
         let factors = vec![1.0, 0.0, 0.9, 0.1, 0.8, 0.0, 0.7, 0.1, 0.0, 1.0, 0.1, 0.9];
         let meta = ModelMeta {
@@ -526,9 +542,10 @@ mod tests {
                 seed: 0,
             },
             metrics: BTreeMap::new(),
+            hybrid,
         };
         let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
-        let artifact = ModelArtifact::build(meta, ids, factors, vec![1.0; 6]);
+        let artifact = ModelArtifact::build(meta, ids, factors, vec![1.0; 6], successors);
         let scorer =
             Mutex::new(Scorer::new(&artifact.onnx, 6, 2, 1).expect("ONNX Runtime (make setup)"));
         let catalog = CatalogView::open(Arc::new(FakeCatalog))
@@ -560,6 +577,7 @@ mod tests {
     fn request(k: usize, category: Option<&str>) -> ModelRequest {
         ModelRequest {
             interactions: vec![("x1".into(), 3.0)],
+            history: vec!["x1".into()],
             exclude: HashSet::from(["x1".to_owned()]),
             k,
             category: category.map(str::to_owned),
@@ -660,6 +678,7 @@ mod tests {
         let mask = MaskCache::default().get(&artifact, &catalog, None);
         let req = ModelRequest {
             interactions: vec![],
+            history: vec![],
             exclude: HashSet::new(),
             k: 3,
             category: None,
@@ -673,6 +692,39 @@ mod tests {
             items
                 .iter()
                 .all(|r| r.reasons == vec![REASON_POPULAR.to_owned()])
+        );
+    }
+
+    #[tokio::test]
+    async fn what_usually_comes_next_is_recommended_with_its_reason() {
+        // CF alone would pick x2 for an x1 fan; the transitions say y1 follows x1.
+        let hybrid = models::HybridParams {
+            cf_weight: 0.2,
+            transitions: Default::default(),
+        };
+        let mut successors = vec![Vec::new(); 6];
+        successors[0] = vec![(4, 1.0)];
+        let (artifact, scorer, catalog, popularity) = fixture_with(hybrid, successors).await;
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let (items, _) = score(
+            &artifact,
+            Some(&scorer),
+            &mask,
+            &request(2, None),
+            &catalog,
+            &popularity,
+        )
+        .expect("score");
+        assert_eq!(items[0].item_id, "y1", "{items:?}");
+        assert!(
+            items[0].reasons.contains(&"often_next_after:x1".to_owned()),
+            "{items:?}"
+        );
+        assert!(
+            !items[1]
+                .reasons
+                .iter()
+                .any(|r| r.starts_with("often_next_after"))
         );
     }
 }

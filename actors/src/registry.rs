@@ -76,7 +76,13 @@ impl ModelRegistry {
             get("factors.bin").await?,
             get("model.onnx").await?,
         );
-        ModelArtifact::from_files(&meta, &items, &factors, onnx).map_err(io)
+        // Versions from before the hybrid have no transition table.
+        let transitions = self
+            .objects
+            .get(&format!("models/{version}/transitions.bin"))
+            .await
+            .map_err(io)?;
+        ModelArtifact::from_files(&meta, &items, &factors, transitions.as_deref(), onnx).map_err(io)
     }
 
     /// The object store the registry (and the archive) writes to.

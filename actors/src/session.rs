@@ -309,6 +309,14 @@ pub async fn recommend_for(
 ) -> Result<(Arc<Recommendations>, Option<UserVector>), ApiError> {
     let req = ModelRequest {
         interactions: data.items.iter().map(|(id, w)| (id.clone(), *w)).collect(),
+        // `recent` is most recent first; the transition part wants the positives oldest first.
+        history: data
+            .recent
+            .iter()
+            .rev()
+            .filter(|i| data.items.get(&i.item_id).is_some_and(|w| *w > 0.0))
+            .map(|i| i.item_id.clone())
+            .collect(),
         exclude: data.items.keys().cloned().collect(),
         k: query.k,
         category: query.category.clone(),

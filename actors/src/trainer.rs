@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::{ApiError, ErrorCode};
-use models::{Interactions, ModelArtifact, ModelMeta, TrainParams};
+use models::transitions::{TransitionParams, Transitions};
+use models::{HybridParams, Interactions, ModelArtifact, ModelMeta, TrainParams};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use storage::Record;
@@ -165,9 +166,17 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
         alpha: m.alpha,
         seed: m.seed,
     };
+    let hybrid = HybridParams {
+        cf_weight: m.cf_weight,
+        transitions: TransitionParams {
+            window: m.transition_window,
+            half_life: m.transition_half_life,
+            ..Default::default()
+        },
+    };
     let progress = trainer.clone();
     let artifact = tokio::task::spawn_blocking(move || {
-        train(data, range, params, |iteration, iterations| {
+        train(data, range, params, hybrid, |iteration, iterations| {
             let _ = progress.cast(TrainerMsg::Progress {
                 iteration,
                 iterations,
@@ -253,16 +262,20 @@ pub fn train(
     data: Interactions,
     range: Option<(i64, i64)>,
     params: TrainParams,
+    hybrid: HybridParams,
     progress: impl FnMut(usize, usize),
 ) -> ModelArtifact {
-    let metrics = models::eval::holdout_metrics(&data, &params)
+    let metrics = models::eval::holdout_metrics(&data, &params, &hybrid)
         .map(|m| m.to_map())
         .unwrap_or_default();
     let factors = models::als::train(&data, &params, progress);
+    let cells = data.cells();
     let mut popularity = vec![0.0f32; data.items.len()];
-    for cell in data.cells() {
+    for cell in &cells {
         popularity[cell.item as usize] += cell.weight.max(0.0);
     }
+    let sequences = models::eval::sequences(&cells, data.users.len());
+    let transitions = Transitions::train(data.items.len(), &sequences, hybrid.transitions);
     let meta = ModelMeta {
         version: format!("v{}", common::now_millis()),
         created_at: common::now_millis(),
@@ -273,6 +286,13 @@ pub fn train(
         data_range: range,
         params,
         metrics,
+        hybrid,
     };
-    ModelArtifact::build(meta, data.items, factors.items, popularity)
+    ModelArtifact::build(
+        meta,
+        data.items,
+        factors.items,
+        popularity,
+        transitions.successors,
+    )
 }

@@ -164,6 +164,14 @@ pub struct ModelConfig {
     pub retrain_interval: Duration,
     /// Path of `libonnxruntime.so`; found automatically when unset (see README). Default unset.
     pub onnxruntime_path: Option<PathBuf>,
+    /// Weight of collaborative filtering in the hybrid score; the rest goes to sequential
+    /// transitions (what tends to come next after the user's recent items). Default 0.6.
+    pub cf_weight: f32,
+    /// How many later items count as successors of an item in the transition model. Default 20.
+    pub transition_window: usize,
+    /// Half-life, in interactions back from the latest, of a history item's weight in the
+    /// transition score. Default 3.
+    pub transition_half_life: f32,
     /// What training reads: `log` (this node's event log) or `archive` (the event archive in the
     /// object store, written by every node, plus this node's not yet archived tail). Default `log`.
     pub train_source: String,
@@ -264,6 +272,9 @@ impl Default for ModelConfig {
             retrain_interval: Duration::from_secs(6 * 3600),
             onnxruntime_path: None,
             train_source: "log".into(),
+            cf_weight: 0.6,
+            transition_window: 20,
+            transition_half_life: 3.0,
         }
     }
 }
@@ -367,6 +378,15 @@ impl Config {
                     "events.group must not be empty and events.replication_factor must be at least 1",
                 );
             }
+        }
+        if !(0.0..=1.0).contains(&self.model.cf_weight)
+            || self.model.transition_window == 0
+            || self.model.transition_half_life.is_nan()
+            || self.model.transition_half_life <= 0.0
+        {
+            return invalid(
+                "model.cf_weight must be in [0, 1], model.transition_window and model.transition_half_life above 0",
+            );
         }
         if !matches!(self.model.train_source.as_str(), "log" | "archive") {
             return invalid("model.train_source must be `log` or `archive`");

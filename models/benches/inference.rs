@@ -1,5 +1,6 @@
-//! Inference latency of the ONNX scoring graph at production scale: 100K items, d = 64, top-20,
-//! with a realistic mask (a few hundred seen items filtered). Prints criterion's figures.
+//! Inference latency of the hybrid ONNX scoring graph at production scale: 100K items, d = 64,
+//! 100 successors per item, a 50-item history, top-20, with a realistic mask (a few hundred seen
+//! items filtered). Prints criterion's figures.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use models::Scorer;
@@ -8,6 +9,7 @@ use rand::{Rng, SeedableRng};
 
 const ITEMS: usize = 100_000;
 const DIM: usize = 64;
+const SUCCESSORS: usize = 100;
 
 fn bench(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
@@ -15,7 +17,22 @@ fn bench(c: &mut Criterion) {
         .map(|_| rng.random::<f32>() - 0.5)
         .collect();
     let bias: Vec<f32> = (0..ITEMS).map(|_| rng.random::<f32>() * 1e-3).collect();
-    let onnx = models::onnx::scoring_graph(&factors, &bias, DIM, "bench");
+    let successors: Vec<Vec<(u32, f32)>> = (0..ITEMS)
+        .map(|_| {
+            (0..SUCCESSORS)
+                .map(|_| (rng.random_range(0..ITEMS as u32), rng.random::<f32>()))
+                .collect()
+        })
+        .collect();
+    let onnx = models::onnx::scoring_graph(&factors, &bias, DIM, &successors, 0.6, "bench");
+    let history: Vec<(u32, f32)> = (0..50)
+        .map(|i| {
+            (
+                rng.random_range(0..ITEMS as u32),
+                0.5f32.powf((49 - i) as f32 / 3.0),
+            )
+        })
+        .collect();
     let user: Vec<f32> = (0..DIM).map(|_| rng.random::<f32>() - 0.5).collect();
     let mut mask = vec![0.0f32; ITEMS];
     for _ in 0..300 {
@@ -25,7 +42,7 @@ fn bench(c: &mut Criterion) {
         let mut scorer =
             Scorer::new(&onnx, ITEMS, DIM, threads).expect("ONNX Runtime (run `make setup`)");
         c.bench_function(&format!("onnx_top20_100k_items_d64_{threads}thread"), |b| {
-            b.iter(|| scorer.top_k(&user, &mask, 20).expect("run"))
+            b.iter(|| scorer.top_k(&user, &history, &mask, 20).expect("run"))
         });
     }
     let artifact_items: Vec<String> = (0..ITEMS).map(|i| format!("item-{i}")).collect();
@@ -45,8 +62,10 @@ fn bench(c: &mut Criterion) {
             seed: 1,
         },
         metrics: Default::default(),
+        hybrid: Default::default(),
     };
-    let artifact = models::ModelArtifact::build(meta, artifact_items, factors, vec![1.0; ITEMS]);
+    let artifact =
+        models::ModelArtifact::build(meta, artifact_items, factors, vec![1.0; ITEMS], successors);
     let history: Vec<(String, f32)> = (0..50)
         .map(|i| (format!("item-{}", i * 97), 1.0 + (i % 3) as f32))
         .collect();

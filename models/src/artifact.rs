@@ -1,9 +1,10 @@
 //! A trained model version: metadata, the item table, factors and the ONNX scoring graph.
 //!
-//! Stored as four objects under `models/<version>/`: `meta.json`, `items.json` (ids and
-//! popularity), `factors.bin` (little-endian f32, items × dim, for fold-in and reasons) and
-//! `model.onnx`. A version without items (trained on no data) has no graph and serves
-//! popularity only.
+//! Stored as objects under `models/<version>/`: `meta.json`, `items.json` (ids and popularity),
+//! `factors.bin` (little-endian f32, items × dim, for fold-in and reasons), `transitions.bin`
+//! (per item: u32 count, then (u32 row, f32 weight) successors; absent in versions from before
+//! the hybrid, which then score by CF alone) and `model.onnx`. A version without items (trained
+//! on no data) has no graph and serves popularity only.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,6 +13,25 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::als::TrainParams;
 use crate::linalg::gram;
+use crate::transitions::TransitionParams;
+
+/// How the hybrid blends its two parts.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HybridParams {
+    /// Weight of the standardised CF scores; the transition scores get the rest.
+    pub cf_weight: f32,
+    pub transitions: TransitionParams,
+}
+
+impl Default for HybridParams {
+    /// What versions trained before the hybrid are: CF alone.
+    fn default() -> Self {
+        Self {
+            cf_weight: 1.0,
+            transitions: TransitionParams::default(),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ModelMeta {
@@ -27,6 +47,8 @@ pub struct ModelMeta {
     pub params: TrainParams,
     /// Hold-out metrics (`ndcg@10`, `recall@10`, ...), empty when there was too little data.
     pub metrics: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub hybrid: HybridParams,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -45,6 +67,8 @@ pub struct ModelArtifact {
     pub popularity: Vec<f32>,
     /// `YᵀY` of the factors, for fold-in.
     pub gram: Vec<f64>,
+    /// Per item row, its strongest successors (row, weight).
+    pub successors: Vec<Vec<(u32, f32)>>,
     pub onnx: Vec<u8>,
 }
 
@@ -58,6 +82,7 @@ impl ModelArtifact {
         item_ids: Vec<String>,
         factors: Vec<f32>,
         popularity: Vec<f32>,
+        successors: Vec<Vec<(u32, f32)>>,
     ) -> Self {
         let max = popularity.iter().copied().fold(0.0f32, f32::max);
         let bias = popularity
@@ -73,9 +98,16 @@ impl ModelArtifact {
         let onnx = if item_ids.is_empty() {
             Vec::new()
         } else {
-            crate::onnx::scoring_graph(&factors, &bias, meta.dim, &meta.version)
+            crate::onnx::scoring_graph(
+                &factors,
+                &bias,
+                meta.dim,
+                &successors,
+                meta.hybrid.cf_weight,
+                &meta.version,
+            )
         };
-        Self::assemble(meta, item_ids, factors, bias, popularity, onnx)
+        Self::assemble(meta, item_ids, factors, bias, popularity, successors, onnx)
     }
 
     fn assemble(
@@ -84,6 +116,7 @@ impl ModelArtifact {
         factors: Vec<f32>,
         bias: Vec<f32>,
         popularity: Vec<f32>,
+        successors: Vec<Vec<(u32, f32)>>,
         onnx: Vec<u8>,
     ) -> Self {
         let item_index = item_ids
@@ -100,6 +133,7 @@ impl ModelArtifact {
             bias,
             popularity,
             gram,
+            successors,
             onnx,
         }
     }
@@ -130,6 +164,38 @@ impl ModelArtifact {
         )
     }
 
+    /// A user's recent positive items (oldest first) as graph rows with recency weights; items
+    /// the version does not know are skipped.
+    pub fn history<'a>(&self, recent: impl IntoIterator<Item = &'a str>) -> Vec<(u32, f32)> {
+        let rows: Vec<u32> = recent
+            .into_iter()
+            .filter_map(|id| self.item_index.get(id).copied())
+            .collect();
+        let half = self
+            .meta
+            .hybrid
+            .transitions
+            .half_life
+            .max(f32::MIN_POSITIVE);
+        let n = rows.len();
+        rows.into_iter()
+            .enumerate()
+            .map(|(p, row)| (row, 0.5f32.powf((n - 1 - p) as f32 / half)))
+            .collect()
+    }
+
+    /// The history item that most makes `row` a likely next item, with its contribution.
+    pub fn strongest_predecessor(&self, row: u32, history: &[(u32, f32)]) -> Option<(u32, f32)> {
+        history
+            .iter()
+            .filter_map(|&(h, w)| {
+                let successors = self.successors.get(h as usize)?;
+                let (_, t) = successors.iter().find(|(r, _)| *r == row)?;
+                Some((h, w * t))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
     /// The objects to store, by file name.
     pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, ModelError> {
         let items = ItemTable {
@@ -142,6 +208,7 @@ impl ModelArtifact {
                 "factors.bin",
                 self.factors.iter().flat_map(|f| f.to_le_bytes()).collect(),
             ),
+            ("transitions.bin", encode_successors(&self.successors)),
             ("model.onnx", self.onnx.clone()),
             // Last: a version whose meta exists is complete.
             ("meta.json", to_json(&self.meta)?),
@@ -152,6 +219,7 @@ impl ModelArtifact {
         meta: &[u8],
         items: &[u8],
         factors: &[u8],
+        transitions: Option<&[u8]>,
         onnx: Vec<u8>,
     ) -> Result<Self, ModelError> {
         let bad = |e: &dyn std::fmt::Display| ModelError::Artifact(e.to_string());
@@ -169,10 +237,51 @@ impl ModelArtifact {
                 meta.version
             )));
         }
+        let successors = match transitions {
+            Some(bytes) => decode_successors(bytes, table.item_ids.len()).ok_or_else(|| {
+                ModelError::Artifact(format!("version {}: bad transitions.bin", meta.version))
+            })?,
+            None => Vec::new(),
+        };
         // Rebuild the bias exactly as at training time, so the graph and the tables agree.
-        let rebuilt = Self::build(meta, table.item_ids, factors, table.popularity);
+        let rebuilt = Self::build(meta, table.item_ids, factors, table.popularity, successors);
         Ok(Self { onnx, ..rebuilt })
     }
+}
+
+fn encode_successors(successors: &[Vec<(u32, f32)>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for row in successors {
+        out.extend((row.len() as u32).to_le_bytes());
+        for (r, w) in row {
+            out.extend(r.to_le_bytes());
+            out.extend(w.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Reads `transitions.bin`; `None` if it is malformed or names rows beyond `num_items`.
+fn decode_successors(bytes: &[u8], num_items: usize) -> Option<Vec<Vec<(u32, f32)>>> {
+    let mut words = bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::new();
+    while let Some(len) = words.next() {
+        let len = u32::from_le_bytes(len) as usize;
+        let mut row = Vec::with_capacity(len.min(1024));
+        for _ in 0..len {
+            let r = u32::from_le_bytes(words.next()?);
+            let w = f32::from_le_bytes(words.next()?);
+            if r as usize >= num_items {
+                return None;
+            }
+            row.push((r, w));
+        }
+        out.push(row);
+    }
+    (out.is_empty() || out.len() == num_items).then_some(out)
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, ModelError> {
@@ -201,12 +310,17 @@ mod tests {
                 seed: 1,
             },
             metrics: BTreeMap::new(),
+            hybrid: HybridParams {
+                cf_weight: 0.6,
+                transitions: TransitionParams::default(),
+            },
         };
         let a = ModelArtifact::build(
             meta,
             vec!["a".into(), "b".into()],
             vec![1.0, 0.0, 0.0, 1.0],
             vec![3.0, 1.0],
+            vec![vec![(1, 0.5)], vec![]],
         );
         assert!(a.bias[0] > a.bias[1]);
         let files: HashMap<_, _> = a.to_files().expect("files").into_iter().collect();
@@ -214,12 +328,19 @@ mod tests {
             &files["meta.json"],
             &files["items.json"],
             &files["factors.bin"],
+            Some(&files["transitions.bin"]),
             files["model.onnx"].clone(),
         )
         .expect("loads");
         assert_eq!(
-            (b.meta, b.factors, b.bias, b.onnx),
-            (a.meta, a.factors, a.bias, a.onnx)
+            (b.meta, b.factors, b.bias, b.successors, b.onnx),
+            (a.meta, a.factors, a.bias, a.successors, a.onnx)
         );
+        assert_eq!(
+            decode_successors(&files["transitions.bin"], 1),
+            None,
+            "rows beyond the items"
+        );
+        assert_eq!(decode_successors(&[1, 0, 0], 2), None, "a torn file");
     }
 }

@@ -13,7 +13,7 @@ pub mod scorer;
 pub mod transitions;
 
 pub use als::{Interactions, TrainParams};
-pub use artifact::{ModelArtifact, ModelMeta};
+pub use artifact::{HybridParams, ModelArtifact, ModelMeta};
 pub use scorer::Scorer;
 
 #[derive(Debug, thiserror::Error)]

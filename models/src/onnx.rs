@@ -1,19 +1,29 @@
 //! Writes the scoring graph as an ONNX model, with no Python and no `protoc`: the few ONNX
 //! protobuf messages it needs are declared here (field numbers from `onnx.proto3`).
 //!
-//! Graph, for a batch of B users over N items with D factors:
+//! The hybrid graph, for one user over N items with D factors and at most K successors per item:
 //! ```text
-//! user [B, D] ── MatMul(item_factors_t [D, N]) ── Add(item_bias [N]) ── Add(mask [B, N]) ── TopK(k [1]) ── scores [B, k], indices [B, k]
+//! user [1, D] ── MatMul(item_factors_t [D, N]) ── standardise ──────────────┐ × cf_weight
+//! history [H], history_weight [H] ── Gather(successor_rows [N, K]),         ├─ Add ── Add(item_bias [N])
+//!   Gather(successor_weights [N, K]) × weight ── ScatterElements(add) [N] ── standardise ─┘ × (1 - cf_weight)
+//!   ── Add(mask [1, N]) ── TopK(k [1]) ── scores [1, k], indices [1, k]
 //! ```
-//! `mask` is 0 for candidates and -inf for filtered items (seen, deleted, unavailable, other
-//! category), so filtering happens inside the graph and TopK only ranks candidates.
+//! Collaborative filtering scores what the user likes overall, the transition table what tends
+//! to come next after their recent items; each is standardised (mean 0, sd 1 over all items) so
+//! that one weight blends them. `mask` is 0 for candidates and -inf for filtered items (seen,
+//! deleted, unavailable, other category), so filtering happens inside the graph and TopK only
+//! ranks candidates. The graph computes exactly what [`crate::transitions`] and
+//! [`crate::transitions::standardize`] compute in Rust.
 
 use prost::Message;
 
 const FLOAT: i32 = 1;
+const INT32: i32 = 6;
 const INT64: i32 = 7;
 const IR_VERSION: i64 = 8;
 const OPSET: i64 = 17;
+/// Added to a standard deviation before dividing by it; the Rust side uses the same.
+pub const STD_EPSILON: f32 = 1e-6;
 
 #[derive(Clone, PartialEq, Message)]
 struct ModelProto {
@@ -81,6 +91,10 @@ struct AttributeProto {
     name: String,
     #[prost(int64, tag = "3")]
     i: i64,
+    #[prost(bytes = "vec", tag = "4")]
+    s: Vec<u8>,
+    #[prost(int64, repeated, tag = "8")]
+    ints: Vec<i64>,
     #[prost(int32, tag = "20")]
     r#type: i32,
 }
@@ -178,7 +192,77 @@ fn int_attr(name: &str, i: i64) -> AttributeProto {
         name: name.to_owned(),
         i,
         r#type: 2,
+        ..Default::default()
     }
+}
+
+fn ints_attr(name: &str, ints: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.to_owned(),
+        ints: ints.to_vec(),
+        r#type: 7,
+        ..Default::default()
+    }
+}
+
+fn string_attr(name: &str, s: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.to_owned(),
+        s: s.as_bytes().to_vec(),
+        r#type: 3,
+        ..Default::default()
+    }
+}
+
+fn i64_tensor(name: &str, dims: Vec<i64>, data: &[i64]) -> TensorProto {
+    TensorProto {
+        dims,
+        data_type: INT64,
+        name: name.to_owned(),
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+fn i32_tensor(name: &str, dims: Vec<i64>, data: impl Iterator<Item = i32>) -> TensorProto {
+    TensorProto {
+        dims,
+        data_type: INT32,
+        name: name.to_owned(),
+        raw_data: data.flat_map(i32::to_le_bytes).collect(),
+    }
+}
+
+/// Nodes that standardise `input` [1, N] over its last axis into `{input}_z`.
+fn standardize_nodes(input: &str) -> Vec<NodeProto> {
+    let n = |suffix: &str| format!("{input}_{suffix}");
+    let (mean, centered, square, var, sd, sd_eps, z) = (
+        n("mean"),
+        n("centered"),
+        n("square"),
+        n("var"),
+        n("sd"),
+        n("sd_eps"),
+        n("z"),
+    );
+    vec![
+        node(
+            "ReduceMean",
+            &[input],
+            &[&mean],
+            vec![ints_attr("axes", &[-1]), int_attr("keepdims", 1)],
+        ),
+        node("Sub", &[input, &mean], &[&centered], vec![]),
+        node("Mul", &[&centered, &centered], &[&square], vec![]),
+        node(
+            "ReduceMean",
+            &[&square],
+            &[&var],
+            vec![ints_attr("axes", &[-1]), int_attr("keepdims", 1)],
+        ),
+        node("Sqrt", &[&var], &[&sd], vec![]),
+        node("Add", &[&sd, "epsilon"], &[&sd_eps], vec![]),
+        node("Div", &[&centered, &sd_eps], &[&z], vec![]),
+    ]
 }
 
 fn f32_tensor(name: &str, dims: Vec<i64>, data: impl Iterator<Item = f32>) -> TensorProto {
@@ -190,49 +274,115 @@ fn f32_tensor(name: &str, dims: Vec<i64>, data: impl Iterator<Item = f32>) -> Te
     }
 }
 
-/// The scoring graph for row-major item factors `[n, dim]` and `n` item biases.
+/// The hybrid scoring graph for row-major item factors `[n, dim]`, `n` item biases, each item's
+/// successors `(row, weight)` and the weight of collaborative filtering in the blend.
 pub fn scoring_graph(
     item_factors: &[f32],
     item_bias: &[f32],
     dim: usize,
+    successors: &[Vec<(u32, f32)>],
+    cf_weight: f32,
     version: &str,
 ) -> Vec<u8> {
     let n = item_bias.len();
     // MatMul wants [D, N]: store the factors transposed.
     let transposed = (0..dim).flat_map(|k| (0..n).map(move |i| item_factors[i * dim + k]));
+    // A dense [N, K] successor table, padded with row 0 at weight 0.
+    let k = successors.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let padded = |i: usize, j: usize| successors.get(i).and_then(|row| row.get(j)).copied();
+    let rows = (0..n).flat_map(|i| (0..k).map(move |j| padded(i, j).map_or(0, |(r, _)| r as i32)));
+    let weights = (0..n).flat_map(|i| (0..k).map(move |j| padded(i, j).map_or(0.0, |(_, w)| w)));
+    let mut nodes = vec![
+        node("MatMul", &["user", "item_factors_t"], &["cf"], vec![]),
+        node(
+            "Gather",
+            &["successor_rows", "history"],
+            &["next_rows"],
+            vec![int_attr("axis", 0)],
+        ),
+        node(
+            "Gather",
+            &["successor_weights", "history"],
+            &["next_weights"],
+            vec![int_attr("axis", 0)],
+        ),
+        node(
+            "Unsqueeze",
+            &["history_weight", "axis_1"],
+            &["history_weight_col"],
+            vec![],
+        ),
+        node(
+            "Mul",
+            &["next_weights", "history_weight_col"],
+            &["next_weighted"],
+            vec![],
+        ),
+        node(
+            "Reshape",
+            &["next_rows", "flat"],
+            &["next_rows_flat"],
+            vec![],
+        ),
+        node(
+            "Reshape",
+            &["next_weighted", "flat"],
+            &["next_weighted_flat"],
+            vec![],
+        ),
+        node(
+            "ScatterElements",
+            &["zeros", "next_rows_flat", "next_weighted_flat"],
+            &["next_sum"],
+            vec![int_attr("axis", 0), string_attr("reduction", "add")],
+        ),
+        node("Unsqueeze", &["next_sum", "axis_0"], &["next"], vec![]),
+    ];
+    nodes.extend(standardize_nodes("cf"));
+    nodes.extend(standardize_nodes("next"));
+    nodes.extend([
+        node("Mul", &["cf_z", "cf_weight"], &["cf_part"], vec![]),
+        node("Mul", &["next_z", "next_weight"], &["next_part"], vec![]),
+        node("Add", &["cf_part", "next_part"], &["blend"], vec![]),
+        node("Add", &["blend", "item_bias"], &["biased"], vec![]),
+        node("Add", &["biased", "mask"], &["masked"], vec![]),
+        node(
+            "TopK",
+            &["masked", "k"],
+            &["scores", "indices"],
+            vec![
+                int_attr("axis", -1),
+                int_attr("largest", 1),
+                int_attr("sorted", 1),
+            ],
+        ),
+    ]);
     let graph = GraphProto {
         name: "streamrec_scoring".into(),
-        node: vec![
-            node("MatMul", &["user", "item_factors_t"], &["dot"], vec![]),
-            node("Add", &["dot", "item_bias"], &["biased"], vec![]),
-            node("Add", &["biased", "mask"], &["masked"], vec![]),
-            node(
-                "TopK",
-                &["masked", "k"],
-                &["scores", "indices"],
-                vec![
-                    int_attr("axis", -1),
-                    int_attr("largest", 1),
-                    int_attr("sorted", 1),
-                ],
-            ),
-        ],
+        node: nodes,
         initializer: vec![
             f32_tensor("item_factors_t", vec![dim as i64, n as i64], transposed),
             f32_tensor("item_bias", vec![n as i64], item_bias.iter().copied()),
+            i32_tensor("successor_rows", vec![n as i64, k as i64], rows),
+            f32_tensor("successor_weights", vec![n as i64, k as i64], weights),
+            f32_tensor("zeros", vec![n as i64], std::iter::repeat_n(0.0, n)),
+            f32_tensor("epsilon", vec![1], [STD_EPSILON].into_iter()),
+            f32_tensor("cf_weight", vec![1], [cf_weight].into_iter()),
+            f32_tensor("next_weight", vec![1], [1.0 - cf_weight].into_iter()),
+            i64_tensor("axis_0", vec![1], &[0]),
+            i64_tensor("axis_1", vec![1], &[1]),
+            i64_tensor("flat", vec![1], &[-1]),
         ],
         input: vec![
-            value_info(
-                "user",
-                FLOAT,
-                &[Dim::Named("batch"), Dim::Fixed(dim as i64)],
-            ),
-            value_info("mask", FLOAT, &[Dim::Named("batch"), Dim::Fixed(n as i64)]),
+            value_info("user", FLOAT, &[Dim::Fixed(1), Dim::Fixed(dim as i64)]),
+            value_info("history", INT64, &[Dim::Named("history")]),
+            value_info("history_weight", FLOAT, &[Dim::Named("history")]),
+            value_info("mask", FLOAT, &[Dim::Fixed(1), Dim::Fixed(n as i64)]),
             value_info("k", INT64, &[Dim::Fixed(1)]),
         ],
         output: vec![
-            value_info("scores", FLOAT, &[Dim::Named("batch"), Dim::Named("k")]),
-            value_info("indices", INT64, &[Dim::Named("batch"), Dim::Named("k")]),
+            value_info("scores", FLOAT, &[Dim::Fixed(1), Dim::Named("k")]),
+            value_info("indices", INT64, &[Dim::Fixed(1), Dim::Named("k")]),
         ],
     };
     ModelProto {

@@ -111,10 +111,21 @@ pub fn standardize(scores: &mut [f32]) {
         .map(|&s| (f64::from(s) - mean).powi(2))
         .sum::<f64>()
         / n;
-    let sd = var.sqrt() + 1e-9;
+    let sd = var.sqrt() + f64::from(crate::onnx::STD_EPSILON);
     for s in scores {
         *s = ((f64::from(*s) - mean) / sd) as f32;
     }
+}
+
+/// The hybrid score: standardised CF and transition scores, weighted `cf_weight` and
+/// `1 - cf_weight`. What the ONNX graph computes before the item bias and the mask.
+pub fn blend(mut cf: Vec<f32>, mut next: Vec<f32>, cf_weight: f32) -> Vec<f32> {
+    standardize(&mut cf);
+    standardize(&mut next);
+    cf.iter()
+        .zip(&next)
+        .map(|(c, t)| cf_weight * c + (1.0 - cf_weight) * t)
+        .collect()
 }
 
 #[cfg(test)]

@@ -132,6 +132,7 @@ async fn a_panicking_model_actor_fails_its_request_and_is_restarted() {
     worker.cast(ModelMsg::InjectPanic).expect("send");
     let req = actors::model::ModelRequest {
         interactions: vec![],
+        history: vec![],
         exclude: Default::default(),
         k: 5,
         category: None,
