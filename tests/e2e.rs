@@ -549,3 +549,122 @@ async fn postgres_down_keeps_serving_reads_and_rejects_catalog_writes_with_503()
     // The cluster was this test's alone (services.sh keeps it under /var/tmp, by port).
     let _ = std::fs::remove_dir_all(format!("/var/tmp/streamrec-services-pg-{port}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_model_swaps_in_under_load_without_a_failed_request_and_rolls_back() {
+    let (_guard, dir) = workdir();
+    // Every trained version passes the gate here; the gate itself is tested in the registry.
+    let server = Server::start_with(
+        &dir,
+        &dir.join("data"),
+        &[("STREAMREC__MODEL__MAX_REGRESSION", "1".to_owned())],
+    )
+    .await;
+    let history: Vec<Value> = (0..300)
+        .map(|i| {
+            click(
+                &format!("h{i}"),
+                &format!("u{}", i % 15),
+                &format!("m{}", (i * 7) % 40),
+            )
+        })
+        .collect();
+    assert_eq!(server.post_events(history).await.0, 202);
+    eventually(&server, "/v1/users/u0", |s, b| {
+        s == 200 && b["num_events"] == 20
+    })
+    .await;
+    let first = server.train().await;
+
+    // Load: readers and a writer, counting every answer that is not a success.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (stop, failures, requests) = (stop.clone(), failures.clone(), requests.clone());
+        let (http, base) = (server.http.clone(), server.url(""));
+        load.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let response = if worker == 0 {
+                    let event = click(
+                        &format!("w{i}"),
+                        &format!("u{}", i % 15),
+                        &format!("m{}", i % 40),
+                    );
+                    http.post(format!("{base}/v1/events"))
+                        .json(&json!({ "events": [event] }))
+                        .send()
+                        .await
+                } else {
+                    http.get(format!("{base}/v1/users/u{}/recommendations?k=5", i % 20))
+                        .send()
+                        .await
+                };
+                requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                match response {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => failures
+                        .lock()
+                        .expect("lock")
+                        .push(format!("{}", r.status())),
+                    Err(e) => failures.lock().expect("lock").push(e.to_string()),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = server.train().await;
+    assert_ne!(second, first);
+    eventually(&server, "/v1/users/u3/recommendations?k=5", |s, b| {
+        s == 200 && b["model_version"] == second.as_str()
+    })
+    .await;
+
+    let (status, body) = server
+        .send(reqwest::Method::POST, "/v1/admin/models/rollback", None)
+        .await;
+    assert_eq!(
+        (status, body["active"].as_str()),
+        (200, Some(first.as_str())),
+        "{body}"
+    );
+    eventually(&server, "/v1/users/u4/recommendations?k=5", |s, b| {
+        s == 200 && b["model_version"] == first.as_str()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.expect("load task");
+    }
+    let failures = failures.lock().expect("lock").clone();
+    let total = requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(total > 100, "too little load to mean anything: {total}");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {failures:?}",
+        failures.len()
+    );
+
+    // Activating by name, and the errors: unknown versions, nothing left to roll back to.
+    let (status, _) = server
+        .send(
+            reqwest::Method::POST,
+            &format!("/v1/admin/models/{second}/activate"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, models) = server.get("/v1/admin/models").await;
+    assert_eq!(models["active"], second.as_str());
+    let (status, body) = server
+        .send(reqwest::Method::POST, "/v1/admin/models/v0/activate", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+}

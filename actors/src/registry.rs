@@ -3,6 +3,11 @@
 //! `models/manifest.json` names the active version and lists every version with its metrics;
 //! it is written after a version's files, so a crash never activates a half-written model. The
 //! active artifact is also held in memory, where model actors pick it up.
+//!
+//! A new version must pass a gate before it is activated: its hold-out NDCG@10 may not fall more
+//! than `model.max_regression` below the active version's. A rejected version is kept (for
+//! inspection, or to activate by hand) and says why. Any stored version can be activated again,
+//! and a rollback returns to the version that was active before the current one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +25,9 @@ const MANIFEST: &str = "models/manifest.json";
 pub struct Manifest {
     pub active: Option<String>,
     pub versions: Vec<VersionInfo>,
+    /// Versions in the order they were activated, latest last (rollback walks it back).
+    #[serde(default)]
+    pub activations: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -27,7 +35,20 @@ pub struct VersionInfo {
     pub version: String,
     pub created_at: i64,
     pub metrics: BTreeMap<String, f64>,
+    /// Why the gate kept this version from being activated, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
+
+/// What publishing a version did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Published {
+    Activated,
+    Rejected(String),
+}
+
+/// The metric the gate compares.
+pub const GATE_METRIC: &str = "ndcg@10";
 
 pub struct ModelRegistry {
     objects: Arc<dyn ObjectStore>,
@@ -103,8 +124,14 @@ impl ModelRegistry {
         self.manifest.lock().await.clone()
     }
 
-    /// Stores a new version and makes it the active one.
-    pub async fn publish(&self, artifact: ModelArtifact) -> Result<Arc<ModelArtifact>, ApiError> {
+    /// Stores a new version and activates it if it passes the gate: its hold-out `ndcg@10` is at
+    /// least `(1 - max_regression)` times the active version's. Versions without metrics (too
+    /// little data to hold any out) pass, as does the first version.
+    pub async fn publish(
+        &self,
+        artifact: ModelArtifact,
+        max_regression: f64,
+    ) -> Result<Published, ApiError> {
         let version = artifact.meta.version.clone();
         for (name, bytes) in artifact.to_files().map_err(io)? {
             self.objects
@@ -112,19 +139,80 @@ impl ModelRegistry {
                 .await
                 .map_err(io)?;
         }
+        let verdict = self
+            .active()
+            .and_then(|active| gate(&active.meta, &artifact.meta, max_regression));
         let mut manifest = self.manifest.lock().await;
         let mut next = manifest.clone();
-        next.versions.push(info(&artifact.meta));
-        next.active = Some(version);
-        self.objects
-            .put(MANIFEST, serde_json::to_vec_pretty(&next).map_err(io)?)
-            .await
-            .map_err(io)?;
+        next.versions.push(VersionInfo {
+            rejected: verdict.clone(),
+            ..info(&artifact.meta)
+        });
+        if verdict.is_none() {
+            next.active = Some(version.clone());
+            next.activations.push(version);
+        }
+        self.write_manifest(&next).await?;
         *manifest = next;
-        let artifact = Arc::new(artifact);
+        Ok(match verdict {
+            None => {
+                self.active.store(Some(Arc::new(artifact)));
+                Published::Activated
+            }
+            Some(why) => Published::Rejected(why),
+        })
+    }
+
+    /// Makes a stored version the active one again.
+    pub async fn activate(&self, version: &str) -> Result<Arc<ModelArtifact>, ApiError> {
+        let mut manifest = self.manifest.lock().await;
+        if !manifest.versions.iter().any(|v| v.version == version) {
+            return Err(ApiError::not_found(format!("no model version {version:?}")));
+        }
+        let artifact = Arc::new(self.load(version).await?);
+        let mut next = manifest.clone();
+        next.active = Some(version.to_owned());
+        next.activations.push(version.to_owned());
+        self.write_manifest(&next).await?;
+        *manifest = next;
         self.active.store(Some(artifact.clone()));
         Ok(artifact)
     }
+
+    /// The version active before the current one, if any.
+    pub async fn previous(&self) -> Option<String> {
+        let manifest = self.manifest.lock().await;
+        let current = manifest.active.as_deref()?;
+        manifest
+            .activations
+            .iter()
+            .rev()
+            .find(|v| v.as_str() != current)
+            .cloned()
+    }
+
+    async fn write_manifest(&self, manifest: &Manifest) -> Result<(), ApiError> {
+        self.objects
+            .put(MANIFEST, serde_json::to_vec_pretty(manifest).map_err(io)?)
+            .await
+            .map_err(io)
+    }
+}
+
+/// Why `candidate` may not replace `active`, if it may not.
+fn gate(active: &ModelMeta, candidate: &ModelMeta, max_regression: f64) -> Option<String> {
+    let (Some(&old), Some(&new)) = (
+        active.metrics.get(GATE_METRIC),
+        candidate.metrics.get(GATE_METRIC),
+    ) else {
+        return None;
+    };
+    (new < old * (1.0 - max_regression)).then(|| {
+        format!(
+            "{GATE_METRIC} {new:.4} is more than {:.0}% below the active version's {old:.4}",
+            max_regression * 100.0
+        )
+    })
 }
 
 fn info(meta: &ModelMeta) -> VersionInfo {
@@ -132,5 +220,92 @@ fn info(meta: &ModelMeta) -> VersionInfo {
         version: meta.version.clone(),
         created_at: meta.created_at,
         metrics: meta.metrics.clone(),
+        rejected: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(version: &str, ndcg: Option<f64>) -> ModelArtifact {
+        let meta = ModelMeta {
+            version: version.into(),
+            created_at: 0,
+            dim: 1,
+            num_items: 1,
+            num_users: 1,
+            num_interactions: 1,
+            data_range: None,
+            params: models::TrainParams {
+                dim: 1,
+                iterations: 1,
+                regularization: 0.1,
+                alpha: 1.0,
+                seed: 1,
+            },
+            metrics: ndcg
+                .map(|n| BTreeMap::from([(GATE_METRIC.to_owned(), n)]))
+                .unwrap_or_default(),
+            hybrid: Default::default(),
+        };
+        ModelArtifact::build(meta, vec!["i".into()], vec![1.0], vec![1.0], Vec::new())
+    }
+
+    async fn registry(dir: &std::path::Path) -> ModelRegistry {
+        let objects = Arc::new(storage::LocalObjectStore::new(dir).expect("store"));
+        ModelRegistry::open(objects).await.expect("open")
+    }
+
+    #[tokio::test]
+    async fn a_worse_version_is_kept_out_and_can_still_be_activated_by_hand() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry(dir.path()).await;
+        assert_eq!(
+            r.publish(artifact("v1", Some(0.20)), 0.05)
+                .await
+                .expect("v1"),
+            Published::Activated
+        );
+        // Within 5%: activated. More than 5% worse: stored, rejected, v2 stays.
+        assert_eq!(
+            r.publish(artifact("v2", Some(0.195)), 0.05)
+                .await
+                .expect("v2"),
+            Published::Activated
+        );
+        let verdict = r
+            .publish(artifact("v3", Some(0.15)), 0.05)
+            .await
+            .expect("v3");
+        assert!(
+            matches!(&verdict, Published::Rejected(why) if why.contains("ndcg@10 0.1500")),
+            "{verdict:?}"
+        );
+        assert_eq!(r.active().expect("active").meta.version, "v2");
+        // No metrics (too little data to hold out): nothing to compare, activated.
+        assert_eq!(
+            r.publish(artifact("v4", None), 0.05).await.expect("v4"),
+            Published::Activated
+        );
+
+        // The manifest survives a restart: active version, rejection reason, activation order.
+        let r = registry(dir.path()).await;
+        let manifest = r.manifest().await;
+        assert_eq!(manifest.active.as_deref(), Some("v4"));
+        let v3 = manifest
+            .versions
+            .iter()
+            .find(|v| v.version == "v3")
+            .expect("v3 kept");
+        assert!(v3.rejected.is_some());
+        assert_eq!(r.previous().await.as_deref(), Some("v2"));
+        r.activate("v3").await.expect("activate by hand");
+        assert_eq!(r.active().expect("active").meta.version, "v3");
+        assert_eq!(r.previous().await.as_deref(), Some("v4"));
+        let Err(missing) = r.activate("v9").await else {
+            panic!("an unknown version was activated");
+        };
+        assert_eq!(missing.code, common::ErrorCode::NotFound);
     }
 }

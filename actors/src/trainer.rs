@@ -18,6 +18,7 @@ use crate::Services;
 use crate::archiver::read_archive;
 use crate::obs::Obs;
 use crate::push::PushMsg;
+use crate::registry::Published;
 
 pub enum TrainerMsg {
     /// Start a run. With `wait`, the reply comes when the run ends; otherwise when it starts.
@@ -186,13 +187,40 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
     .await
     .map_err(ApiError::internal)?;
     let version = artifact.meta.version.clone();
-    services.registry.publish(artifact).await?;
+    match services
+        .registry
+        .publish(artifact, m.max_regression)
+        .await?
+    {
+        Published::Activated => {
+            swapped_in(services).await?;
+            Ok(version)
+        }
+        Published::Rejected(why) => {
+            tracing::warn!(%version, %why, "new model version rejected; the active one stays");
+            Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("version {version} was not activated: {why}"),
+            ))
+        }
+    }
+}
+
+/// Activates a stored version (a rollback, or a rejected version an operator wants anyway).
+pub async fn activate(services: &Services, version: &str) -> Result<(), ApiError> {
+    services.registry.activate(version).await?;
+    swapped_in(services).await
+}
+
+/// After the registry's active version changed: every model actor loads it, cached results go,
+/// subscribers get results from the new version.
+async fn swapped_in(services: &Services) -> Result<(), ApiError> {
     services.models.reload_all().await?;
     services.cache.clear();
     if let Some(push) = services.push.load_full() {
         let _ = push.cast(PushMsg::ChangedAll);
     }
-    Ok(version)
+    Ok(())
 }
 
 /// Reads every event into training data, skipping events of erased users: from the node's log,

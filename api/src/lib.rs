@@ -41,6 +41,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/admin/train", post(rest::train))
         .route("/v1/admin/models", get(rest::models))
+        .route("/v1/admin/models/rollback", post(rest::rollback))
+        .route("/v1/admin/models/{version}/activate", post(rest::activate))
         .route("/v1/admin/actors", get(rest::actors))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))

@@ -169,6 +169,21 @@ pub async fn models(State(node): State<Arc<Node>>) -> Response {
     Json(node.models().await).into_response()
 }
 
+/// `POST /v1/admin/models/rollback`: back to the version active before the current one.
+pub async fn rollback(State(node): State<Arc<Node>>) -> Result<Response> {
+    let version = node.rollback().await?;
+    Ok(Json(json!({ "active": version })).into_response())
+}
+
+/// `POST /v1/admin/models/{version}/activate`: any stored version, e.g. one the gate rejected.
+pub async fn activate(
+    State(node): State<Arc<Node>>,
+    Path(version): Path<String>,
+) -> Result<Response> {
+    node.activate(&version).await?;
+    Ok(Json(json!({ "active": version })).into_response())
+}
+
 pub async fn actors(
     State(node): State<Arc<Node>>,
     Query(params): Query<HashMap<String, String>>,

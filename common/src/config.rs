@@ -172,6 +172,9 @@ pub struct ModelConfig {
     /// Half-life, in interactions back from the latest, of a history item's weight in the
     /// transition score. Default 3.
     pub transition_half_life: f32,
+    /// How far a new version's hold-out NDCG@10 may fall below the active version's before it is
+    /// kept out (stored, not activated). Default 0.05 (5%).
+    pub max_regression: f64,
     /// What training reads: `log` (this node's event log) or `archive` (the event archive in the
     /// object store, written by every node, plus this node's not yet archived tail). Default `log`.
     pub train_source: String,
@@ -272,6 +275,7 @@ impl Default for ModelConfig {
             retrain_interval: Duration::from_secs(6 * 3600),
             onnxruntime_path: None,
             train_source: "log".into(),
+            max_regression: 0.05,
             cf_weight: 0.6,
             transition_window: 20,
             transition_half_life: 3.0,
@@ -387,6 +391,9 @@ impl Config {
             return invalid(
                 "model.cf_weight must be in [0, 1], model.transition_window and model.transition_half_life above 0",
             );
+        }
+        if !(0.0..=1.0).contains(&self.model.max_regression) {
+            return invalid("model.max_regression must be in [0, 1]");
         }
         if !matches!(self.model.train_source.as_str(), "log" | "archive") {
             return invalid("model.train_source must be `log` or `archive`");

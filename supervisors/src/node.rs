@@ -304,6 +304,23 @@ impl Node {
         .await
     }
 
+    /// Makes a stored model version the active one on every model actor.
+    pub async fn activate(&self, version: &str) -> Result<(), ApiError> {
+        actors::trainer::activate(&self.services, version).await
+    }
+
+    /// Returns to the version that was active before the current one; returns it.
+    pub async fn rollback(&self) -> Result<String, ApiError> {
+        let previous = self.services.registry.previous().await.ok_or_else(|| {
+            ApiError::new(
+                common::ErrorCode::Conflict,
+                "no earlier active version to roll back to",
+            )
+        })?;
+        self.activate(&previous).await?;
+        Ok(previous)
+    }
+
     pub async fn models(&self) -> actors::registry::Manifest {
         self.services.registry.manifest().await
     }
