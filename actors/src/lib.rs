@@ -22,6 +22,7 @@ pub mod registry;
 pub mod session;
 pub mod session_manager;
 pub mod trainer;
+pub mod trending;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,7 @@ pub struct Services {
     pub catalog: Arc<CatalogView>,
     pub cache: Arc<dyn RecCache>,
     pub popularity: Arc<Popularity>,
+    pub trending: Arc<trending::Trending>,
     pub registry: Arc<ModelRegistry>,
     pub models: ModelPool,
     pub obs: Arc<ObsRegistry>,

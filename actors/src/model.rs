@@ -25,6 +25,7 @@ use storage::CatalogView;
 use crate::obs::{Obs, ObsRegistry};
 use crate::popularity::Popularity;
 use crate::registry::ModelRegistry;
+use crate::trending::Trending;
 use crate::{CALL_TIMEOUT, call};
 
 static INFERENCE: LazyLock<Histogram> = LazyLock::new(|| {
@@ -47,6 +48,8 @@ static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Reason given for items chosen because they are trending now (users with no history).
+pub const REASON_TRENDING: &str = "trending";
 /// Reason given for items chosen by popularity.
 pub const REASON_POPULAR: &str = "popular";
 /// Reason given for items chosen by the collaborative-filtering model.
@@ -97,6 +100,7 @@ pub struct ModelArgs {
     pub registry: Arc<ModelRegistry>,
     pub catalog: Arc<CatalogView>,
     pub popularity: Arc<Popularity>,
+    pub trending: Arc<Trending>,
     pub intra_threads: usize,
     pub obs: Arc<ObsRegistry>,
 }
@@ -230,8 +234,9 @@ impl Actor for ModelActor {
 async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelResponse, ApiError> {
     let catalog = state.args.catalog.clone();
     let popularity = state.args.popularity.clone();
+    let trending = state.args.trending.clone();
     let Some(loaded) = &state.loaded else {
-        let items = fill_popular(Vec::new(), &req, &catalog, &popularity);
+        let items = fill(Vec::new(), &req, &catalog, &popularity, Some(&trending));
         return Ok(ModelResponse {
             model_version: "none".into(),
             items,
@@ -251,6 +256,7 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
             &req,
             &catalog,
             &popularity,
+            Some(&trending),
         )?;
         Ok(ModelResponse {
             model_version: artifact.meta.version.clone(),
@@ -271,6 +277,7 @@ pub fn score(
     req: &ModelRequest,
     catalog: &CatalogView,
     popularity: &Popularity,
+    trending: Option<&Trending>,
 ) -> Result<(Vec<Recommendation>, UserVector), ApiError> {
     let version = &artifact.meta.version;
     let user = match &req.vector {
@@ -326,20 +333,47 @@ pub fn score(
         model_version: version.clone(),
         values: user,
     };
-    Ok((fill_popular(items, req, catalog, popularity), vector))
+    Ok((fill(items, req, catalog, popularity, trending), vector))
 }
 
-/// Tops `items` up to `k` with the most popular eligible items, scored below every model score.
-pub fn fill_popular(
-    mut items: Vec<Recommendation>,
+/// Tops `items` up to `k`: for a user with no history, with what is trending now first; then
+/// with the most popular eligible items. Filled items score below every item before them.
+pub fn fill(
+    items: Vec<Recommendation>,
     req: &ModelRequest,
     catalog: &CatalogView,
     popularity: &Popularity,
+    trending: Option<&Trending>,
+) -> Vec<Recommendation> {
+    let items = match trending {
+        Some(t) if req.interactions.is_empty() && items.len() < req.k => {
+            let now = common::now_millis();
+            let ranked: Vec<(String, f64)> = t
+                .top(req.k + req.exclude.len() + FILL_SLACK, now, false, |_| true)
+                .into_iter()
+                .map(|e| (e.id, e.score))
+                .collect();
+            fill_ranked(items, req, catalog, &ranked, REASON_TRENDING)
+        }
+        _ => items,
+    };
+    fill_ranked(items, req, catalog, &popularity.ranked(), REASON_POPULAR)
+}
+
+/// Trending candidates taken beyond `k`, for those the catalog filters out.
+const FILL_SLACK: usize = 50;
+
+/// Tops `items` up to `k` from `ranked` (best first), scored below every item before them.
+fn fill_ranked(
+    mut items: Vec<Recommendation>,
+    req: &ModelRequest,
+    catalog: &CatalogView,
+    ranked: &[(String, f64)],
+    reason: &str,
 ) -> Vec<Recommendation> {
     if items.len() >= req.k {
         return items;
     }
-    let ranked = popularity.ranked();
     let max = ranked
         .first()
         .map_or(1.0, |(_, c)| c.max(f64::MIN_POSITIVE));
@@ -363,7 +397,7 @@ pub fn fill_popular(
             items.push(Recommendation {
                 item_id: id.clone(),
                 score,
-                reasons: vec![REASON_POPULAR.to_owned()],
+                reasons: vec![reason.to_owned()],
             });
         }
     }
@@ -593,9 +627,16 @@ mod tests {
             for category in [None, Some("x"), Some("y")] {
                 let req = request(k, category);
                 let mask = masks.get(&artifact, &catalog, category);
-                let (items, _) =
-                    score(&artifact, Some(&scorer), &mask, &req, &catalog, &popularity)
-                        .expect("score");
+                let (items, _) = score(
+                    &artifact,
+                    Some(&scorer),
+                    &mask,
+                    &req,
+                    &catalog,
+                    &popularity,
+                    None,
+                )
+                .expect("score");
                 let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
                 assert!(ids.len() <= k, "{ids:?}");
                 let unique: HashSet<_> = ids.iter().collect();
@@ -632,6 +673,7 @@ mod tests {
             &request(4, None),
             &catalog,
             &popularity,
+            None,
         )
         .expect("score");
         let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
@@ -658,16 +700,32 @@ mod tests {
             model_version: "v1".into(),
             values: Arc::new(vec![0.0, 1.0]),
         });
-        let (items, _) =
-            score(&artifact, Some(&scorer), &mask, &req, &catalog, &popularity).expect("score");
+        let (items, _) = score(
+            &artifact,
+            Some(&scorer),
+            &mask,
+            &req,
+            &catalog,
+            &popularity,
+            None,
+        )
+        .expect("score");
         assert_eq!(items[0].item_id, "y1");
         // A vector from another version is ignored and folded in again.
         req.vector = Some(UserVector {
             model_version: "v0".into(),
             values: Arc::new(vec![0.0, 1.0]),
         });
-        let (items, vector) =
-            score(&artifact, Some(&scorer), &mask, &req, &catalog, &popularity).expect("score");
+        let (items, vector) = score(
+            &artifact,
+            Some(&scorer),
+            &mask,
+            &req,
+            &catalog,
+            &popularity,
+            None,
+        )
+        .expect("score");
         assert_eq!(items[0].item_id, "x2");
         assert!(vector.values[0] > vector.values[1]);
     }
@@ -684,8 +742,16 @@ mod tests {
             category: None,
             vector: None,
         };
-        let (items, _) =
-            score(&artifact, Some(&scorer), &mask, &req, &catalog, &popularity).expect("score");
+        let (items, _) = score(
+            &artifact,
+            Some(&scorer),
+            &mask,
+            &req,
+            &catalog,
+            &popularity,
+            None,
+        )
+        .expect("score");
         let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
         assert_eq!(ids, vec!["fresh", "y2", "x2"]);
         assert!(
@@ -713,6 +779,7 @@ mod tests {
             &request(2, None),
             &catalog,
             &popularity,
+            None,
         )
         .expect("score");
         assert_eq!(items[0].item_id, "y1", "{items:?}");

@@ -16,6 +16,7 @@ use common::{ApiError, EventKind, RecQuery, Recommendations};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use storage::Record;
+use storage::catalog::ItemStatus;
 use storage::sessions::SessionCommit;
 
 use crate::Services;
@@ -251,6 +252,24 @@ impl SessionState {
                 .map_err(ApiError::internal)?;
             for (item, delta) in &deltas {
                 services.popularity.add(item, *delta);
+            }
+            let now = common::now_millis();
+            let view = services.catalog.read();
+            for r in &records {
+                let e = &r.event;
+                if applied_ids.contains(&e.event_id.as_str()) {
+                    let categories = match view.status(&e.item_id) {
+                        ItemStatus::Catalogued(item) => item.categories.as_slice(),
+                        _ => &[],
+                    };
+                    services.trending.record(
+                        &e.item_id,
+                        categories,
+                        f64::from(e.weight()),
+                        e.ts,
+                        now,
+                    );
+                }
             }
             self.data = next;
             self.vector = None;

@@ -38,6 +38,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/users/{user_id}/recommendations",
             get(rest::get_recommendations),
         )
+        .route("/v1/trending", get(rest::trending))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/admin/train", post(rest::train))
         .route("/v1/admin/models", get(rest::models))

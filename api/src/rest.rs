@@ -149,6 +149,16 @@ pub fn rec_query(params: &HashMap<String, String>) -> Result<RecQuery> {
     Ok(RecQuery { k, category })
 }
 
+/// `GET /v1/trending?k=&category=`: what is active now, by item (eligible ones, in `category` if
+/// given) and by category.
+pub async fn trending(
+    State(node): State<Arc<Node>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let query = rec_query(&params)?;
+    Ok(Json(node.trending(&query)).into_response())
+}
+
 pub async fn get_recommendations(
     State(node): State<Arc<Node>>,
     Path(user_id): Path<String>,

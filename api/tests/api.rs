@@ -341,11 +341,11 @@ async fn recommendations_follow_tastes_and_never_return_excluded_items() {
         "{beta}"
     );
 
-    // A user never seen gets popular items.
+    // A user never seen gets what is active now (all events here are recent: trending).
     let (status, cold) = api.get("/v1/users/nobody/recommendations?k=3").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(cold["items"].as_array().map(Vec::len), Some(3));
-    assert_eq!(cold["items"][0]["reasons"], json!(["popular"]));
+    assert_eq!(cold["items"][0]["reasons"], json!(["trending"]));
 
     for bad in ["k=0", "k=101", "k=ten", "k=-1", "k=2.5"] {
         let (status, body) = api
@@ -439,4 +439,91 @@ async fn operational_endpoints() {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trending_ranks_current_activity_and_greets_new_users_with_it() {
+    let api = Api::start().await;
+    for (id, category) in [
+        ("a", "music"),
+        ("b", "music"),
+        ("c", "books"),
+        ("gone", "books"),
+    ] {
+        api.put_item(id, category, true).await;
+    }
+    let now = common::now_millis();
+    // Popular long ago ("c", outside the windows) versus active now ("b" most, then "a").
+    let mut events = Vec::new();
+    for i in 0..30 {
+        events.push(json!({"event_id": format!("old{i}"), "user_id": format!("o{i}"), "item_id": "c", "kind": "purchase", "ts": now - 3 * 3_600_000}));
+    }
+    for i in 0..6 {
+        events.push(json!({"event_id": format!("b{i}"), "user_id": format!("n{i}"), "item_id": "b", "kind": "click"}));
+    }
+    for i in 0..2 {
+        events.push(json!({"event_id": format!("a{i}"), "user_id": format!("n{i}"), "item_id": "a", "kind": "click"}));
+        events.push(json!({"event_id": format!("g{i}"), "user_id": format!("n{i}"), "item_id": "gone", "kind": "click"}));
+    }
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/v1/events",
+            Some(json!({ "events": events })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    api.settle().await;
+    let (status, _) = api.call(Method::DELETE, "/v1/items/gone", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let (status, body) = api.get("/v1/trending?k=5").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["window_secs"], 300);
+    let ids: Vec<&str> = body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["item_id"].as_str())
+        .collect();
+    assert_eq!(ids, vec!["b", "a"], "{body}");
+    // 6 clicks of weight 2, halved if the test straddled a window boundary.
+    let score = body["items"][0]["score"].as_f64();
+    assert!(score == Some(12.0) || score == Some(6.0), "{body}");
+    assert_eq!(body["categories"][0]["category"], "music");
+    let (_, books) = api.get("/v1/trending?category=books").await;
+    assert_eq!(books["items"], json!([]), "{books}");
+
+    // A user with no history gets what is trending first, then what is popular.
+    let (status, recs) = api.get("/v1/users/newcomer/recommendations?k=3").await;
+    assert_eq!(status, StatusCode::OK);
+    let got: Vec<(&str, &str)> = recs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            (
+                i["item_id"].as_str().unwrap_or(""),
+                i["reasons"][0].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("b", "trending"), ("a", "trending"), ("c", "popular")],
+        "{recs}"
+    );
+
+    for bad in [
+        "/v1/trending?k=0",
+        "/v1/trending?k=x",
+        "/v1/trending?category=",
+    ] {
+        let (status, body) = api.get(bad).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+            "{bad}"
+        );
+    }
 }

@@ -26,6 +26,7 @@ pub struct Config {
     pub objects: ObjectsConfig,
     pub sessions: SessionsConfig,
     pub model: ModelConfig,
+    pub trending: TrendingConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -139,6 +140,26 @@ pub struct SessionsConfig {
     pub max_live: usize,
     /// Recent interactions kept per user. Default 50.
     pub max_recent: usize,
+}
+
+/// Real-time activity windows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrendingConfig {
+    /// Length of one tumbling window. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Windows kept; older activity no longer counts. Default 12 (an hour of 5-minute windows).
+    pub windows: usize,
+}
+
+impl Default for TrendingConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(300),
+            windows: 12,
+        }
+    }
 }
 
 /// The recommendation model: training and serving.
@@ -391,6 +412,9 @@ impl Config {
             return invalid(
                 "model.cf_weight must be in [0, 1], model.transition_window and model.transition_half_life above 0",
             );
+        }
+        if self.trending.window.is_zero() || self.trending.windows == 0 {
+            return invalid("trending.window and trending.windows must be above 0");
         }
         if !(0.0..=1.0).contains(&self.model.max_regression) {
             return invalid("model.max_regression must be in [0, 1]");

@@ -136,6 +136,10 @@ impl Node {
             catalog,
             cache: backends::cache(&config.cache).context("opening the cache")?,
             popularity,
+            trending: Arc::new(actors::trending::Trending::new(
+                config.trending.window,
+                config.trending.windows,
+            )),
             registry,
             models: ModelPool::default(),
             obs: Arc::new(ObsRegistry::default()),
@@ -304,6 +308,33 @@ impl Node {
         .await
     }
 
+    /// The trending items (recommendable, in the query's category if any) and categories.
+    pub fn trending(&self, query: &RecQuery) -> serde_json::Value {
+        let now = common::now_millis();
+        let trending = &self.services.trending;
+        let catalog = self.services.catalog.read();
+        let items = trending.top(query.k, now, false, |id| {
+            let status = catalog.status(id);
+            status.recommendable()
+                && query
+                    .category
+                    .as_deref()
+                    .is_none_or(|c| status.in_category(c))
+        });
+        let categories = trending.top(query.k, now, true, |_| true);
+        let entries = |entries: Vec<actors::trending::TrendingEntry>, key: &str| {
+            entries
+                .into_iter()
+                .map(|e| serde_json::json!({ key: e.id, "score": e.score, "current_window": e.current }))
+                .collect::<Vec<_>>()
+        };
+        serde_json::json!({
+            "window_secs": trending.window().as_secs(),
+            "items": entries(items, "item_id"),
+            "categories": entries(categories, "category"),
+        })
+    }
+
     /// Makes a stored model version the active one on every model actor.
     pub async fn activate(&self, version: &str) -> Result<(), ApiError> {
         actors::trainer::activate(&self.services, version).await
@@ -455,6 +486,7 @@ fn root_children(
                         registry: s.registry.clone(),
                         catalog: s.catalog.clone(),
                         popularity: s.popularity.clone(),
+                        trending: s.trending.clone(),
                         intra_threads: s.config.model.intra_threads,
                         obs: s.obs.clone(),
                     };
