@@ -10,9 +10,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use models::als::{self, Factors, TrainParams};
+use models::content::{ContentModel, ContentParams};
 use models::eval::{Metrics, evaluate_with, sequences, temporal_split};
 use models::transitions::{TransitionParams, Transitions, blend};
 use models::{Interactions, als::Cell};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::movielens;
@@ -35,8 +39,136 @@ pub struct Report {
     pub evaluated_users: usize,
     pub k: usize,
     pub chosen: Chosen,
+    /// Temporal split (the protocol).
     pub results: Vec<Row>,
+    /// The same models and hyper-parameters on a random 20% hold-out per user.
+    pub random_split: Vec<Row>,
+    pub cold_items: ColdReport,
     pub seconds: f64,
+}
+
+/// Items held out of training entirely: each evaluated user's positives among them, ranked among
+/// them only.
+#[derive(Debug, Serialize)]
+pub struct ColdReport {
+    pub held_out_items: usize,
+    pub evaluated_users: usize,
+    pub results: Vec<Row>,
+}
+
+/// How many items the cold-start check holds out (as in the yardstick for MovieLens-100k).
+const COLD_ITEMS: usize = 289;
+
+/// Per user with at least `min_positives` positives, a random `floor(fraction · n)` of them.
+fn random_split(
+    cells: &[Cell],
+    fraction: f64,
+    min_positives: usize,
+    seed: u64,
+) -> (Vec<Cell>, Vec<Cell>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut by_user: std::collections::BTreeMap<u32, Vec<Cell>> = Default::default();
+    for c in cells {
+        by_user.entry(c.user).or_default().push(*c);
+    }
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (_, mut cells) in by_user {
+        let n_test = if cells.len() >= min_positives {
+            (cells.len() as f64 * fraction).floor() as usize
+        } else {
+            0
+        };
+        cells.shuffle(&mut rng);
+        test.extend(cells.drain(..n_test));
+        train.extend(cells);
+    }
+    (train, test)
+}
+
+fn cold_items(
+    data: &Interactions,
+    items: &[common::Item],
+    cells: &[Cell],
+    als_params: &TrainParams,
+    seed: u64,
+) -> ColdReport {
+    let num_items = data.items.len();
+    let mut rows: Vec<u32> = (0..num_items as u32).collect();
+    rows.shuffle(&mut StdRng::seed_from_u64(seed));
+    let cold: std::collections::HashSet<u32> = rows
+        .into_iter()
+        .take(COLD_ITEMS.min(num_items / 5))
+        .collect();
+    let (test, train): (Vec<Cell>, Vec<Cell>) = cells.iter().partition(|c| cold.contains(&c.item));
+    let factors = als::train(&data.with_cells(&train), als_params, |_, _| {});
+    let d = factors.dim;
+    let mut tokens: Vec<Vec<String>> = vec![Vec::new(); num_items];
+    for item in items {
+        if let Some(row) = data.item_index(&item.item_id) {
+            tokens[row as usize] = models::content::tokens(item.into());
+        }
+    }
+    let warm: Vec<u32> = {
+        let mut seen: Vec<u32> = train.iter().map(|c| c.item).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen
+    };
+    let warm_tokens: Vec<Vec<String>> = warm.iter().map(|&r| tokens[r as usize].clone()).collect();
+    let content = ContentModel::fit(
+        &warm_tokens,
+        &warm,
+        &factors.items,
+        d,
+        ContentParams::default(),
+    );
+    let content_vectors: Vec<Option<Vec<f32>>> = (0..num_items)
+        .map(|r| {
+            cold.contains(&(r as u32))
+                .then(|| content.embed(&tokens[r]))
+        })
+        .collect();
+    // Only cold items are candidates; CF alone has nothing for them, so its baseline is a random
+    // order (seeded).
+    let candidates = |scores: Vec<f32>| -> Vec<f32> {
+        scores
+            .into_iter()
+            .enumerate()
+            .map(|(r, s)| {
+                if cold.contains(&(r as u32)) {
+                    s
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect()
+    };
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let random: Vec<f32> = (0..num_items).map(|_| rng.random()).collect();
+    let content_score = |user: u32| -> Vec<f32> {
+        let x = &factors.users[user as usize * d..(user as usize + 1) * d];
+        candidates(
+            content_vectors
+                .iter()
+                .map(|v| v.as_ref().map_or(0.0, |v| models::linalg::dot(x, v)))
+                .collect(),
+        )
+    };
+    let users: std::collections::HashSet<u32> = test.iter().map(|c| c.user).collect();
+    ColdReport {
+        held_out_items: cold.len(),
+        evaluated_users: users.len(),
+        results: vec![
+            row(
+                "random",
+                evaluate_with(num_items, &train, &test, K, |_| candidates(random.clone())),
+            ),
+            row(
+                "hybrid (content)",
+                evaluate_with(num_items, &train, &test, K, content_score),
+            ),
+        ],
+    }
 }
 
 /// The hyper-parameters picked on the validation split.
@@ -91,9 +223,34 @@ pub fn run(dir: &Path, seed: u64, progress: bool) -> anyhow::Result<Report> {
         }
     };
     say("tuning on the validation split");
-    let chosen = tune(&data, &fit, &validation, seed, &say);
+    let chosen = tune(
+        &data,
+        &[(fit, validation), random_split(&train, 0.2, 5, seed)],
+        seed,
+        &say,
+    );
     say("fitting the chosen models on the train split");
     let fitted = Fitted::new(&data, &train, &chosen.als, chosen.transitions);
+    let all_models = |fitted: &Fitted, train: &[Cell], test: &[Cell]| {
+        vec![
+            row("popularity", fitted.metrics(Model::Popularity, train, test)),
+            row("als", fitted.metrics(Model::Als, train, test)),
+            row(
+                "transitions",
+                fitted.metrics(Model::Transitions, train, test),
+            ),
+            row(
+                "hybrid",
+                fitted.metrics(Model::Hybrid(chosen.cf_weight), train, test),
+            ),
+        ]
+    };
+    say("the same models on a random split");
+    let (random_train, random_test) = random_split(&cells, 0.2, 5, seed);
+    let random_fitted = Fitted::new(&data, &random_train, &chosen.als, chosen.transitions);
+    let random = all_models(&random_fitted, &random_train, &random_test);
+    say("cold items: held out of training entirely, ranked from their content");
+    let cold = cold_items(&data, &dataset.items, &cells, &chosen.als, seed);
     let results = vec![
         row(
             "popularity",
@@ -121,6 +278,8 @@ pub fn run(dir: &Path, seed: u64, progress: bool) -> anyhow::Result<Report> {
         evaluated_users,
         k: K,
         chosen,
+        random_split: random,
+        cold_items: cold,
         results,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -210,15 +369,16 @@ impl Fitted {
 }
 
 /// A small grid, searched on validation: ALS shapes, the transition window and recency, and the
-/// blend weight.
+/// blend weight. Each point is scored on two validation splits cut from train: temporal, as the
+/// protocol, and random. The choice is the best on the temporal one among the points that do at
+/// least as well as ALS alone on the random one, so that it holds on more than one kind of split.
 fn tune(
     data: &Interactions,
-    fit: &[Cell],
-    validation: &[Cell],
+    splits: &[(Vec<Cell>, Vec<Cell>); 2],
     seed: u64,
     say: &dyn Fn(&str),
 ) -> Chosen {
-    let mut best: Option<Chosen> = None;
+    let mut best: Option<((bool, f64), Chosen)> = None;
     for (dim, regularization, alpha) in [(32, 1.0, 5.0), (64, 5.0, 5.0), (32, 5.0, 10.0)] {
         let als = TrainParams {
             dim,
@@ -228,28 +388,43 @@ fn tune(
             seed,
         };
         for window in [20, 50] {
-            let mut fitted = Fitted::new(
-                data,
-                fit,
-                &als,
-                TransitionParams {
-                    window,
-                    ..Default::default()
-                },
-            );
-            for half_life in [3.0, 5.0, 10.0] {
-                fitted.transitions.params.half_life = half_life;
-                for cf_weight in [0.3, 0.4, 0.5, 0.6, 0.7] {
-                    let ndcg = fitted
-                        .metrics(Model::Hybrid(cf_weight), fit, validation)
-                        .ndcg;
-                    if best.as_ref().is_none_or(|b| ndcg > b.validation_ndcg) {
-                        best = Some(Chosen {
-                            als: als.clone(),
-                            transitions: fitted.transitions.params,
-                            cf_weight,
-                            validation_ndcg: ndcg,
-                        });
+            let transitions = TransitionParams {
+                window,
+                ..Default::default()
+            };
+            let mut fitted: Vec<(Fitted, f64)> = splits
+                .iter()
+                .map(|(fit, validation)| {
+                    let f = Fitted::new(data, fit, &als, transitions);
+                    let als_ndcg = f.metrics(Model::Als, fit, validation).ndcg;
+                    (f, als_ndcg.max(1e-9))
+                })
+                .collect();
+            for half_life in [3.0, 10.0] {
+                for (f, _) in &mut fitted {
+                    f.transitions.params.half_life = half_life;
+                }
+                for cf_weight in [0.4, 0.5, 0.6, 0.7] {
+                    let ndcgs: Vec<f64> = fitted
+                        .iter()
+                        .zip(splits)
+                        .map(|((f, _), (fit, validation))| {
+                            f.metrics(Model::Hybrid(cf_weight), fit, validation).ndcg
+                        })
+                        .collect();
+                    let robust = ndcgs[1] >= fitted[1].1;
+                    // Robust points first, then by temporal NDCG.
+                    let rank = (robust, ndcgs[0]);
+                    if best.as_ref().is_none_or(|(r, _)| rank > *r) {
+                        best = Some((
+                            rank,
+                            Chosen {
+                                als: als.clone(),
+                                transitions: fitted[0].0.transitions.params,
+                                cf_weight,
+                                validation_ndcg: ndcgs[0],
+                            },
+                        ));
                     }
                 }
             }
@@ -258,7 +433,7 @@ fn tune(
             "ALS d={dim} reg={regularization} alpha={alpha} searched"
         ));
     }
-    best.expect("the grid is not empty")
+    best.expect("the grid is not empty").1
 }
 
 /// The report as a text table.
@@ -269,7 +444,7 @@ pub fn table(report: &Report) -> String {
         report.users, report.items, report.positives, report.evaluated_users, report.seconds
     );
     out += &format!(
-        "{:<12} {:>12} {:>10} {:>8} {:>11} {:>12}\n",
+        "{:<17} {:>12} {:>10} {:>8} {:>11} {:>12}\n",
         "model",
         format!("precision@{k}"),
         format!("recall@{k}"),
@@ -279,10 +454,25 @@ pub fn table(report: &Report) -> String {
     );
     for r in &report.results {
         out += &format!(
-            "{:<12} {:>12.4} {:>10.4} {:>8.4} {:>11.4} {:>12.4}\n",
+            "{:<17} {:>12.4} {:>10.4} {:>8.4} {:>11.4} {:>12.4}\n",
             r.model, r.precision, r.recall, r.ndcg, r.hit_rate, r.coverage
         );
     }
+    let rows = |out: &mut String, rows: &[Row]| {
+        for r in rows {
+            *out += &format!(
+                "{:<17} {:>12.4} {:>10.4} {:>8.4} {:>11.4} {:>12.4}\n",
+                r.model, r.precision, r.recall, r.ndcg, r.hit_rate, r.coverage
+            );
+        }
+    };
+    out += "\nthe same models on a random 20% hold-out per user:\n";
+    rows(&mut out, &report.random_split);
+    out += &format!(
+        "\ncold items: {} items held out of training, {} users ranked among them only:\n",
+        report.cold_items.held_out_items, report.cold_items.evaluated_users
+    );
+    rows(&mut out, &report.cold_items.results);
     let c = &report.chosen;
     out += &format!(
         "chosen on validation (ndcg@{k} {:.4}): ALS d={} reg={} alpha={} iterations={}; transitions window={} half_life={}; cf_weight={}\n",

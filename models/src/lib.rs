@@ -5,6 +5,7 @@
 
 pub mod als;
 pub mod artifact;
+pub mod content;
 pub mod eval;
 pub mod linalg;
 pub mod onnx;

@@ -1,7 +1,9 @@
 //! Sequential item-to-item transitions: what people went on to like after an item.
 //!
 //! For every user's positives in time order, each later item within `window` steps counts as a
-//! successor of an earlier one, weighted `decay^(gap-1)`. Counts are normalised by the square
+//! successor of an earlier one, weighted `decay^(gap-1)`, and (weighted `backward` times that)
+//! the earlier one as a successor of the later: order matters, but taste that shows up in either
+//! order still counts, which keeps the model sound when "next" is not what is asked. Counts are normalised by the square
 //! roots of the predecessor's and the successor's totals, so neither very active items nor
 //! blockbusters dominate, and only the `top_k` strongest successors per item are kept: the model
 //! stays sparse (items × top_k) whatever the catalogue size.
@@ -17,23 +19,31 @@ use serde::{Deserialize, Serialize};
 /// Hyper-parameters of the transition model.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TransitionParams {
-    /// How many later items count as successors of an item. Default 50.
+    /// How many later items count as successors of an item. Default 20.
     pub window: usize,
     /// Weight of a successor `gap` steps later: `decay^(gap-1)`. Default 0.9.
     pub decay: f32,
     /// Successors kept per item. Default 100.
     pub top_k: usize,
-    /// Half-life, in steps back from the latest, of a history item's weight. Default 5.
+    /// Half-life, in steps back from the latest, of a history item's weight. Default 3.
     pub half_life: f32,
+    /// Weight of the reverse direction (an earlier item as successor of a later one). Default 0.5.
+    #[serde(default = "default_backward")]
+    pub backward: f32,
+}
+
+fn default_backward() -> f32 {
+    0.5
 }
 
 impl Default for TransitionParams {
     fn default() -> Self {
         Self {
-            window: 50,
+            window: 20,
             decay: 0.9,
             top_k: 100,
-            half_life: 5.0,
+            half_life: 3.0,
+            backward: default_backward(),
         }
     }
 }
@@ -55,9 +65,13 @@ impl Transitions {
             for (a, &from) in seq.iter().enumerate() {
                 let mut weight = 1.0;
                 for &to in seq.iter().skip(a + 1).take(params.window) {
-                    *counts[from as usize].entry(to).or_default() += weight;
-                    out_total[from as usize] += weight;
-                    in_total[to as usize] += weight;
+                    for (x, y, w) in [(from, to, weight), (to, from, weight * params.backward)] {
+                        if w > 0.0 && x != y {
+                            *counts[x as usize].entry(y).or_default() += w;
+                            out_total[x as usize] += w;
+                            in_total[y as usize] += w;
+                        }
+                    }
                     weight *= params.decay;
                 }
             }
@@ -139,6 +153,7 @@ mod tests {
             decay: 0.5,
             top_k: 10,
             half_life: 1.0,
+            backward: 0.0,
         };
         let t = Transitions::train(4, &[vec![0, 1, 2, 3]], params);
         // 0 → 1 (gap 1, weight 1) and 0 → 2 (gap 2, weight 0.5); 3 is beyond the window.
@@ -157,6 +172,7 @@ mod tests {
             decay: 1.0,
             top_k: 10,
             half_life: 1.0,
+            backward: 0.0,
         };
         // Two users: 0 → 2 and 1 → 3.
         let t = Transitions::train(4, &[vec![0, 2], vec![1, 3]], params);
@@ -167,6 +183,24 @@ mod tests {
         );
         let s = t.score(&[1, 0], 4);
         assert!(s[2] > s[3], "{s:?}");
+    }
+
+    #[test]
+    fn the_reverse_direction_counts_only_when_weighted() {
+        let train = |backward| {
+            let params = TransitionParams {
+                window: 1,
+                backward,
+                ..Default::default()
+            };
+            Transitions::train(3, &[vec![0, 1], vec![0, 1], vec![2, 1]], params)
+        };
+        assert!(train(0.0).successors[1].is_empty());
+        let t = train(0.5);
+        let back: Vec<u32> = t.successors[1].iter().map(|(i, _)| *i).collect();
+        // 1 came after 0 twice and after 2 once: 0 leads the reverse list.
+        assert_eq!(back, vec![0, 2], "{t:?}");
+        assert!(t.successors[1][0].1 > t.successors[1][1].1);
     }
 
     #[test]
