@@ -48,6 +48,9 @@ static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Reason given for items added to the catalogue after the model was trained, scored from their
+/// content.
+pub const REASON_NEW_ITEM: &str = "new_item_by_content";
 /// Reason given for items chosen because they are trending now (users with no history).
 pub const REASON_TRENDING: &str = "trending";
 /// Reason given for items chosen by popularity.
@@ -123,6 +126,7 @@ pub struct ModelState {
     args: ModelArgs,
     loaded: Option<Loaded>,
     masks: MaskCache,
+    unlisted: UnlistedCache,
     obs_state: ModelObs,
     obs: Arc<Obs<ModelObs>>,
 }
@@ -185,6 +189,7 @@ impl Actor for ModelActor {
             args,
             loaded: None,
             masks: MaskCache::default(),
+            unlisted: UnlistedCache::default(),
             obs_state: ModelObs::default(),
             obs,
         };
@@ -236,7 +241,11 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
     let popularity = state.args.popularity.clone();
     let trending = state.args.trending.clone();
     let Some(loaded) = &state.loaded else {
-        let items = fill(Vec::new(), &req, &catalog, &popularity, Some(&trending));
+        let fallback = Fallback {
+            popularity: &popularity,
+            trending: Some(&trending),
+        };
+        let items = fill(Vec::new(), &req, &catalog, fallback);
         return Ok(ModelResponse {
             model_version: "none".into(),
             items,
@@ -248,15 +257,19 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
     let mask = state
         .masks
         .get(&artifact, &catalog, req.category.as_deref());
+    let unlisted = state.unlisted.get(&artifact, &catalog);
     tokio::task::spawn_blocking(move || {
         let (items, vector) = score(
             &artifact,
             scorer.as_deref(),
             &mask,
+            &unlisted,
             &req,
             &catalog,
-            &popularity,
-            Some(&trending),
+            Fallback {
+                popularity: &popularity,
+                trending: Some(&trending),
+            },
         )?;
         Ok(ModelResponse {
             model_version: artifact.meta.version.clone(),
@@ -274,10 +287,10 @@ pub fn score(
     artifact: &ModelArtifact,
     scorer: Option<&Mutex<Scorer>>,
     base_mask: &[f32],
+    unlisted: &[UnlistedItem],
     req: &ModelRequest,
     catalog: &CatalogView,
-    popularity: &Popularity,
-    trending: Option<&Trending>,
+    fallback: Fallback<'_>,
 ) -> Result<(Vec<Recommendation>, UserVector), ApiError> {
     let version = &artifact.meta.version;
     let user = match &req.vector {
@@ -328,12 +341,46 @@ pub fn score(
                 reasons,
             });
         }
+        let fresh: Vec<&UnlistedItem> = unlisted
+            .iter()
+            .filter(|u| !req.exclude.contains(&u.item_id))
+            .filter(|u| {
+                req.category
+                    .as_deref()
+                    .is_none_or(|c| u.categories.iter().any(|x| x == c))
+            })
+            .collect();
+        if !fresh.is_empty() {
+            let vectors: Vec<&[f32]> = fresh.iter().map(|u| u.vector.as_slice()).collect();
+            let scores = artifact.score_unlisted(&user, &history, &vectors);
+            for (u, score) in fresh.into_iter().zip(scores) {
+                let nearest = liked
+                    .iter()
+                    .map(|(r, id)| (dot(&u.vector, artifact.item_vector(*r)), *id))
+                    .max_by(|a, b| a.0.total_cmp(&b.0));
+                let mut reasons = vec![REASON_NEW_ITEM.to_owned()];
+                if let Some((_, id)) = nearest {
+                    reasons.push(format!("similar_to:{id}"));
+                }
+                items.push(Recommendation {
+                    item_id: u.item_id.clone(),
+                    score,
+                    reasons,
+                });
+            }
+            items.sort_by(|a, b| {
+                b.score
+                    .total_cmp(&a.score)
+                    .then_with(|| a.item_id.cmp(&b.item_id))
+            });
+            items.truncate(req.k);
+        }
     }
     let vector = UserVector {
         model_version: version.clone(),
         values: user,
     };
-    Ok((fill(items, req, catalog, popularity, trending), vector))
+    Ok((fill(items, req, catalog, fallback), vector))
 }
 
 /// Tops `items` up to `k`: for a user with no history, with what is trending now first; then
@@ -342,10 +389,9 @@ pub fn fill(
     items: Vec<Recommendation>,
     req: &ModelRequest,
     catalog: &CatalogView,
-    popularity: &Popularity,
-    trending: Option<&Trending>,
+    fallback: Fallback<'_>,
 ) -> Vec<Recommendation> {
-    let items = match trending {
+    let items = match fallback.trending {
         Some(t) if req.interactions.is_empty() && items.len() < req.k => {
             let now = common::now_millis();
             let ranked: Vec<(String, f64)> = t
@@ -357,7 +403,30 @@ pub fn fill(
         }
         _ => items,
     };
-    fill_ranked(items, req, catalog, &popularity.ranked(), REASON_POPULAR)
+    fill_ranked(
+        items,
+        req,
+        catalog,
+        &fallback.popularity.ranked(),
+        REASON_POPULAR,
+    )
+}
+
+/// What fills a list the model leaves short.
+#[derive(Clone, Copy)]
+pub struct Fallback<'a> {
+    pub popularity: &'a Popularity,
+    /// Trending items come first for users with no history, when given.
+    pub trending: Option<&'a Trending>,
+}
+
+impl<'a> Fallback<'a> {
+    pub fn popular(popularity: &'a Popularity) -> Self {
+        Self {
+            popularity,
+            trending: None,
+        }
+    }
 }
 
 /// Trending candidates taken beyond `k`, for those the catalog filters out.
@@ -402,6 +471,46 @@ fn fill_ranked(
         }
     }
     items
+}
+
+/// A recommendable catalogued item the loaded version has no row for, with its content vector.
+pub struct UnlistedItem {
+    pub item_id: String,
+    pub categories: Vec<String>,
+    pub vector: Vec<f32>,
+}
+
+/// The unlisted items of the loaded version, rebuilt when the catalog or the version changes.
+#[derive(Default)]
+struct UnlistedCache {
+    key: Option<(String, u64)>,
+    items: Arc<Vec<UnlistedItem>>,
+}
+
+impl UnlistedCache {
+    fn get(&mut self, artifact: &ModelArtifact, catalog: &CatalogView) -> Arc<Vec<UnlistedItem>> {
+        let key = (artifact.meta.version.clone(), catalog.version());
+        if self.key.as_ref() != Some(&key) {
+            let items = catalog
+                .item_ids()
+                .into_iter()
+                .filter(|id| !artifact.item_index.contains_key(id))
+                .filter_map(|id| catalog.get(&id))
+                .filter(|item| item.available)
+                .map(|item| UnlistedItem {
+                    vector: artifact
+                        .content
+                        .embed(&models::content::tokens(item.as_ref().into())),
+                    item_id: item.item_id.clone(),
+                    categories: item.categories.clone(),
+                })
+                .filter(|u| u.vector.len() == artifact.meta.dim)
+                .collect();
+            self.items = Arc::new(items);
+            self.key = Some(key);
+        }
+        self.items.clone()
+    }
 }
 
 /// Availability and category masks of the loaded version, rebuilt when the catalog changes.
@@ -631,10 +740,10 @@ mod tests {
                     &artifact,
                     Some(&scorer),
                     &mask,
+                    &[],
                     &req,
                     &catalog,
-                    &popularity,
-                    None,
+                    Fallback::popular(&popularity),
                 )
                 .expect("score");
                 let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
@@ -670,10 +779,10 @@ mod tests {
             &artifact,
             Some(&scorer),
             &mask,
+            &[],
             &request(4, None),
             &catalog,
-            &popularity,
-            None,
+            Fallback::popular(&popularity),
         )
         .expect("score");
         let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
@@ -704,10 +813,10 @@ mod tests {
             &artifact,
             Some(&scorer),
             &mask,
+            &[],
             &req,
             &catalog,
-            &popularity,
-            None,
+            Fallback::popular(&popularity),
         )
         .expect("score");
         assert_eq!(items[0].item_id, "y1");
@@ -720,10 +829,10 @@ mod tests {
             &artifact,
             Some(&scorer),
             &mask,
+            &[],
             &req,
             &catalog,
-            &popularity,
-            None,
+            Fallback::popular(&popularity),
         )
         .expect("score");
         assert_eq!(items[0].item_id, "x2");
@@ -746,10 +855,10 @@ mod tests {
             &artifact,
             Some(&scorer),
             &mask,
+            &[],
             &req,
             &catalog,
-            &popularity,
-            None,
+            Fallback::popular(&popularity),
         )
         .expect("score");
         let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
@@ -776,10 +885,10 @@ mod tests {
             &artifact,
             Some(&scorer),
             &mask,
+            &[],
             &request(2, None),
             &catalog,
-            &popularity,
-            None,
+            Fallback::popular(&popularity),
         )
         .expect("score");
         assert_eq!(items[0].item_id, "y1", "{items:?}");

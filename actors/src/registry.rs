@@ -103,7 +103,20 @@ impl ModelRegistry {
             .get(&format!("models/{version}/transitions.bin"))
             .await
             .map_err(io)?;
-        ModelArtifact::from_files(&meta, &items, &factors, transitions.as_deref(), onnx).map_err(io)
+        let content = self
+            .objects
+            .get(&format!("models/{version}/content.json"))
+            .await
+            .map_err(io)?;
+        ModelArtifact::from_files(
+            &meta,
+            &items,
+            &factors,
+            transitions.as_deref(),
+            content.as_deref(),
+            onnx,
+        )
+        .map_err(io)
     }
 
     /// The object store the registry (and the archive) writes to.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::{ApiError, ErrorCode};
+use models::content::{ContentModel, ContentParams};
 use models::transitions::{TransitionParams, Transitions};
 use models::{HybridParams, Interactions, ModelArtifact, ModelMeta, TrainParams};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -158,7 +159,21 @@ impl Actor for TrainerActor {
 }
 
 async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<String, ApiError> {
-    let (data, range) = collect(services).await?;
+    let (mut data, range) = collect(services).await?;
+    // Every catalogued item is a candidate, interactions or not; its content describes it.
+    let mut catalogued = Vec::new();
+    for id in services.catalog.item_ids() {
+        if let Some(item) = services.catalog.get(&id) {
+            data.add_item(&item.item_id);
+            catalogued.push(item);
+        }
+    }
+    let mut tokens = vec![Vec::new(); data.items.len()];
+    for item in &catalogued {
+        if let Some(row) = data.item_index(&item.item_id) {
+            tokens[row as usize] = models::content::tokens(item.as_ref().into());
+        }
+    }
     let m = &services.config.model;
     let params = TrainParams {
         dim: m.dim,
@@ -177,12 +192,19 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
     };
     let progress = trainer.clone();
     let artifact = tokio::task::spawn_blocking(move || {
-        train(data, range, params, hybrid, |iteration, iterations| {
-            let _ = progress.cast(TrainerMsg::Progress {
-                iteration,
-                iterations,
-            });
-        })
+        train(
+            data,
+            tokens,
+            range,
+            params,
+            hybrid,
+            |iteration, iterations| {
+                let _ = progress.cast(TrainerMsg::Progress {
+                    iteration,
+                    iterations,
+                });
+            },
+        )
     })
     .await
     .map_err(ApiError::internal)?;
@@ -285,9 +307,12 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
     Ok((data, range))
 }
 
-/// Trains a version on `data`: hold-out metrics first, then the model on everything.
+/// Trains a version: hold-out metrics first, then ALS, the transition table and the content map
+/// on everything. `tokens[row]` are the content features of item `row` (empty if unknown); an
+/// item without interactions gets its factors from its content.
 pub fn train(
     data: Interactions,
+    tokens: Vec<Vec<String>>,
     range: Option<(i64, i64)>,
     params: TrainParams,
     hybrid: HybridParams,
@@ -296,11 +321,32 @@ pub fn train(
     let metrics = models::eval::holdout_metrics(&data, &params, &hybrid)
         .map(|m| m.to_map())
         .unwrap_or_default();
-    let factors = models::als::train(&data, &params, progress);
+    let mut factors = models::als::train(&data, &params, progress);
     let cells = data.cells();
     let mut popularity = vec![0.0f32; data.items.len()];
+    let mut interacted = vec![false; data.items.len()];
     for cell in &cells {
         popularity[cell.item as usize] += cell.weight.max(0.0);
+        interacted[cell.item as usize] = true;
+    }
+    let d = params.dim;
+    let known: Vec<u32> = (0..data.items.len() as u32)
+        .filter(|&r| interacted[r as usize] && !tokens.get(r as usize).is_none_or(Vec::is_empty))
+        .collect();
+    let known_tokens: Vec<Vec<String>> =
+        known.iter().map(|&r| tokens[r as usize].clone()).collect();
+    let content = ContentModel::fit(
+        &known_tokens,
+        &known,
+        &factors.items,
+        d,
+        ContentParams::default(),
+    );
+    for (row, was) in interacted.iter().enumerate() {
+        if !was {
+            let v = content.embed(tokens.get(row).map_or(&[][..], Vec::as_slice));
+            factors.items[row * d..(row + 1) * d].copy_from_slice(&v);
+        }
     }
     let sequences = models::eval::sequences(&cells, data.users.len());
     let transitions = Transitions::train(data.items.len(), &sequences, hybrid.transitions);
@@ -316,11 +362,13 @@ pub fn train(
         metrics,
         hybrid,
     };
-    ModelArtifact::build(
+    let mut artifact = ModelArtifact::build(
         meta,
         data.items,
         factors.items,
         popularity,
         transitions.successors,
-    )
+    );
+    artifact.content = content;
+    artifact
 }

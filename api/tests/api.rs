@@ -527,3 +527,89 @@ async fn trending_ranks_current_activity_and_greets_new_users_with_it() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_added_after_training_is_recommended_from_its_content() {
+    let api = Api::start().await;
+    let put = |id: String, category: &str, title: String| {
+        let body =
+            json!({"title": title, "categories": [category], "tags": [format!("{category}-tag")]});
+        (id, body)
+    };
+    let mut catalog = Vec::new();
+    for i in 0..12 {
+        catalog.push(put(format!("m{i}"), "music", format!("Song number {i}")));
+        catalog.push(put(format!("b{i}"), "books", format!("Novel volume {i}")));
+    }
+    for (id, body) in &catalog {
+        let (status, _) = api
+            .call(Method::PUT, &format!("/v1/items/{id}"), Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Music fans and book fans, each touching half of their kind.
+    let mut events = Vec::new();
+    for u in 0..30 {
+        let kind = if u % 2 == 0 { "m" } else { "b" };
+        for i in (0..12).filter(|i| (i + u) % 2 == 0) {
+            events.push(json!({"event_id": format!("e{u}-{i}"), "user_id": format!("u{u}"), "item_id": format!("{kind}{i}"), "kind": "click"}));
+        }
+    }
+    for chunk in events.chunks(50) {
+        let (status, _) = api
+            .call(Method::POST, "/v1/events", Some(json!({ "events": chunk })))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    api.settle().await;
+    api.node.train(true).await.expect("trained");
+
+    // After training: a new song, never interacted with.
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/v1/items/new-song",
+            Some(
+                json!({"title": "Song number 99", "categories": ["music"], "tags": ["music-tag"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let ranked = |recs: &Value| -> Vec<String> {
+        recs["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["item_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (_, fan) = api.get("/v1/users/u0/recommendations?k=20").await;
+    let ids = ranked(&fan);
+    let new_at = ids
+        .iter()
+        .position(|i| i == "new-song")
+        .unwrap_or_else(|| panic!("new item missing: {fan}"));
+    let first_book = ids
+        .iter()
+        .position(|i| i.starts_with('b'))
+        .unwrap_or(ids.len());
+    assert!(
+        new_at < first_book,
+        "a music fan should get the new song before any book: {ids:?}"
+    );
+    assert_eq!(
+        fan["items"][new_at]["reasons"][0], "new_item_by_content",
+        "{fan}"
+    );
+    let (_, reader) = api.get("/v1/users/u1/recommendations?k=20").await;
+    let ids = ranked(&reader);
+    let new_at = ids
+        .iter()
+        .position(|i| i == "new-song")
+        .unwrap_or(ids.len());
+    let last_book = ids.iter().rposition(|i| i.starts_with('b')).expect("books");
+    assert!(
+        new_at > last_book,
+        "a reader gets every book before the new song: {ids:?}"
+    );
+}

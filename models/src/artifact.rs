@@ -3,7 +3,8 @@
 //! Stored as objects under `models/<version>/`: `meta.json`, `items.json` (ids and popularity),
 //! `factors.bin` (little-endian f32, items × dim, for fold-in and reasons), `transitions.bin`
 //! (per item: u32 count, then (u32 row, f32 weight) successors; absent in versions from before
-//! the hybrid, which then score by CF alone) and `model.onnx`. A version without items (trained
+//! the hybrid, which then score by CF alone), `content.json` (the map from item content to
+//! factors, for items added after training; absent in older versions) and `model.onnx`. A version without items (trained
 //! on no data) has no graph and serves popularity only.
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::als::TrainParams;
+use crate::content::ContentModel;
 use crate::linalg::gram;
 use crate::transitions::TransitionParams;
 
@@ -69,6 +71,10 @@ pub struct ModelArtifact {
     pub gram: Vec<f64>,
     /// Per item row, its strongest successors (row, weight).
     pub successors: Vec<Vec<(u32, f32)>>,
+    /// Mean item vector, for the CF score statistics of items outside the graph.
+    pub mean_factor: Vec<f64>,
+    /// Content → factors, for items the version has no row for.
+    pub content: ContentModel,
     pub onnx: Vec<u8>,
 }
 
@@ -125,6 +131,13 @@ impl ModelArtifact {
             .map(|(i, id)| (id.clone(), i as u32))
             .collect();
         let gram = gram(&factors, meta.dim);
+        let n = item_ids.len().max(1) as f64;
+        let mut mean_factor = vec![0f64; meta.dim];
+        for row in factors.chunks_exact(meta.dim.max(1)) {
+            for (m, &f) in mean_factor.iter_mut().zip(row) {
+                *m += f64::from(f) / n;
+            }
+        }
         Self {
             meta,
             item_ids,
@@ -134,6 +147,8 @@ impl ModelArtifact {
             popularity,
             gram,
             successors,
+            mean_factor,
+            content: ContentModel::default(),
             onnx,
         }
     }
@@ -196,6 +211,52 @@ impl ModelArtifact {
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
+    /// Hybrid scores, on the graph's scale, of items the version has no row for (added to the
+    /// catalogue after training) from their content vectors: the CF part standardised with the
+    /// exact mean and spread of the user's CF scores over the version's items (from the mean
+    /// item vector and `YᵀY`), the transition part at 0 (nothing is known to lead to them)
+    /// standardised with the statistics of the user's transition scores.
+    pub fn score_unlisted(
+        &self,
+        user: &[f32],
+        history: &[(u32, f32)],
+        vectors: &[&[f32]],
+    ) -> Vec<f32> {
+        let n = self.num_items().max(1) as f64;
+        let d = self.meta.dim;
+        let u: Vec<f64> = user.iter().map(|&x| f64::from(x)).collect();
+        let mean: f64 = u.iter().zip(&self.mean_factor).map(|(a, b)| a * b).sum();
+        let mut second = 0.0;
+        for i in 0..d {
+            for j in 0..d {
+                second += u[i] * self.gram[i * d + j] * u[j];
+            }
+        }
+        let sd = (second / n - mean * mean).max(0.0).sqrt() + f64::from(crate::onnx::STD_EPSILON);
+        let mut next: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+        for &(h, w) in history {
+            for &(row, t) in self
+                .successors
+                .get(h as usize)
+                .map_or(&[][..], Vec::as_slice)
+            {
+                *next.entry(row).or_default() += f64::from(w) * f64::from(t);
+            }
+        }
+        let next_mean = next.values().sum::<f64>() / n;
+        let next_var = next.values().map(|v| v * v).sum::<f64>() / n - next_mean * next_mean;
+        let next_sd = next_var.max(0.0).sqrt() + f64::from(crate::onnx::STD_EPSILON);
+        let next_z = -next_mean / next_sd;
+        let w = f64::from(self.meta.hybrid.cf_weight);
+        vectors
+            .iter()
+            .map(|v| {
+                let cf: f64 = u.iter().zip(*v).map(|(a, &b)| a * f64::from(b)).sum();
+                (w * (cf - mean) / sd + (1.0 - w) * next_z) as f32
+            })
+            .collect()
+    }
+
     /// The objects to store, by file name.
     pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, ModelError> {
         let items = ItemTable {
@@ -209,6 +270,7 @@ impl ModelArtifact {
                 self.factors.iter().flat_map(|f| f.to_le_bytes()).collect(),
             ),
             ("transitions.bin", encode_successors(&self.successors)),
+            ("content.json", to_json(&self.content)?),
             ("model.onnx", self.onnx.clone()),
             // Last: a version whose meta exists is complete.
             ("meta.json", to_json(&self.meta)?),
@@ -220,6 +282,7 @@ impl ModelArtifact {
         items: &[u8],
         factors: &[u8],
         transitions: Option<&[u8]>,
+        content: Option<&[u8]>,
         onnx: Vec<u8>,
     ) -> Result<Self, ModelError> {
         let bad = |e: &dyn std::fmt::Display| ModelError::Artifact(e.to_string());
@@ -244,8 +307,16 @@ impl ModelArtifact {
             None => Vec::new(),
         };
         // Rebuild the bias exactly as at training time, so the graph and the tables agree.
+        let content = match content {
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| bad(&e))?,
+            None => ContentModel::default(),
+        };
         let rebuilt = Self::build(meta, table.item_ids, factors, table.popularity, successors);
-        Ok(Self { onnx, ..rebuilt })
+        Ok(Self {
+            onnx,
+            content,
+            ..rebuilt
+        })
     }
 }
 
@@ -329,6 +400,7 @@ mod tests {
             &files["items.json"],
             &files["factors.bin"],
             Some(&files["transitions.bin"]),
+            Some(&files["content.json"]),
             files["model.onnx"].clone(),
         )
         .expect("loads");
@@ -342,5 +414,54 @@ mod tests {
             "rows beyond the items"
         );
         assert_eq!(decode_successors(&[1, 0, 0], 2), None, "a torn file");
+    }
+
+    #[test]
+    fn items_outside_the_graph_score_on_the_graphs_scale() {
+        use rand::{Rng, SeedableRng};
+        let (n, dim) = (30, 4);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let factors: Vec<f32> = (0..n * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+        let mut successors = vec![Vec::new(); n];
+        successors[0] = vec![(1, 0.7), (2, 0.2)];
+        successors[5] = vec![(1, 0.1), (9, 0.4)];
+        let meta = ModelMeta {
+            version: "v".into(),
+            created_at: 0,
+            dim,
+            num_items: n,
+            num_users: 1,
+            num_interactions: 1,
+            data_range: None,
+            params: TrainParams {
+                dim,
+                iterations: 1,
+                regularization: 0.1,
+                alpha: 1.0,
+                seed: 1,
+            },
+            metrics: BTreeMap::new(),
+            hybrid: HybridParams {
+                cf_weight: 0.6,
+                transitions: TransitionParams::default(),
+            },
+        };
+        let ids: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
+        // No popularity: no bias, so the graph's score is the blend alone.
+        let a = ModelArtifact::build(meta, ids, factors, vec![0.0; n], successors);
+        let mut scorer = crate::Scorer::new(&a.onnx, n, dim, 1).expect("ONNX Runtime (make setup)");
+        let user = [0.3, -0.2, 0.5, 0.1];
+        let history = a.history(["i0", "i5"]);
+        let graph = scorer
+            .top_k(&user, &history, &vec![0.0; n], n)
+            .expect("run");
+        // Item 20 has no transition score: scored from its vector alone, it lands where the
+        // graph put it.
+        let from_graph = graph.iter().find(|(r, _)| *r == 20).expect("item 20").1;
+        let outside = a.score_unlisted(&user, &history, &[a.item_vector(20)])[0];
+        assert!(
+            (from_graph - outside).abs() < 1e-4,
+            "graph {from_graph}, outside {outside}"
+        );
     }
 }
