@@ -372,3 +372,93 @@ pub fn train(
     artifact.content = content;
     artifact
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> (Interactions, Vec<Vec<String>>) {
+        let mut data = Interactions::default();
+        for u in 0..12 {
+            for i in 0..8 {
+                if (u + i) % 3 != 0 {
+                    let item = format!("{}{i}", if u % 2 == 0 { "m" } else { "b" });
+                    data.add(&format!("u{u}"), &item, 1.0, i64::from(u * 10 + i));
+                }
+            }
+        }
+        data.add_item("cold-m");
+        let tokens = data
+            .items
+            .iter()
+            .map(|id| {
+                vec![
+                    if id.starts_with('b') {
+                        "c:books"
+                    } else {
+                        "c:music"
+                    }
+                    .to_owned(),
+                ]
+            })
+            .collect();
+        (data, tokens)
+    }
+
+    fn run() -> ModelArtifact {
+        let (data, tokens) = data();
+        let params = TrainParams {
+            dim: 4,
+            iterations: 5,
+            regularization: 0.1,
+            alpha: 4.0,
+            seed: 7,
+        };
+        train(
+            data,
+            tokens,
+            None,
+            params,
+            HybridParams::default(),
+            |_, _| {},
+        )
+    }
+
+    #[test]
+    fn the_same_data_and_seed_give_the_same_version() {
+        let (a, b) = (run(), run());
+        assert_eq!(a.factors, b.factors);
+        assert_eq!(a.successors, b.successors);
+        assert_eq!(a.content, b.content);
+        assert_eq!(a.meta.metrics, b.meta.metrics);
+        assert_eq!(a.onnx.len(), b.onnx.len());
+    }
+
+    #[test]
+    fn an_item_without_interactions_gets_factors_from_its_content() {
+        let a = run();
+        let row = a.item_index["cold-m"];
+        let cold = a.item_vector(row);
+        assert!(cold.iter().any(|v| *v != 0.0), "{cold:?}");
+        // It sits with the items that share its content ("m"), not the others ("b").
+        let mean_dot = |prefix: &str| {
+            let rows: Vec<u32> = a
+                .item_ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| id.starts_with(prefix) && id.as_str() != "cold-m")
+                .map(|(r, _)| r as u32)
+                .collect();
+            rows.iter()
+                .map(|&r| models::linalg::dot(cold, a.item_vector(r)))
+                .sum::<f32>()
+                / rows.len() as f32
+        };
+        assert!(
+            mean_dot("m") > mean_dot("b"),
+            "{} vs {}",
+            mean_dot("m"),
+            mean_dot("b")
+        );
+    }
+}

@@ -229,4 +229,28 @@ mod tests {
         standardize(&mut flat);
         assert_eq!(flat, vec![0.0; 3]);
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Scores are non-negative, positive exactly on successors of the history, and the same
+        /// sequences always give the same table (training is deterministic).
+        #[test]
+        fn scores_come_only_from_successors(
+            sequences in proptest::collection::vec(proptest::collection::vec(0u32..12, 0..10), 0..12),
+            history in proptest::collection::vec(0u32..12, 0..6),
+        ) {
+            let t = Transitions::train(12, &sequences, TransitionParams::default());
+            prop_assert_eq!(&t, &Transitions::train(12, &sequences, TransitionParams::default()));
+            let scores = t.score(&history, 12);
+            let reachable: std::collections::HashSet<u32> = history
+                .iter()
+                .flat_map(|&h| t.successors[h as usize].iter().map(|(i, _)| *i))
+                .collect();
+            for (i, s) in scores.iter().enumerate() {
+                prop_assert!(*s >= 0.0);
+                prop_assert_eq!(*s > 0.0, reachable.contains(&(i as u32)), "item {}", i);
+            }
+        }
+    }
 }
