@@ -128,6 +128,7 @@ impl Actor for TrainerActor {
                 iteration,
                 iterations,
             } => {
+                tracing::info!(iteration, iterations, "training");
                 state.obs_state.progress = Some(format!("iteration {iteration}/{iterations}"));
             }
             TrainerMsg::Done(result) => {
