@@ -104,6 +104,8 @@ pub struct ModelArgs {
     pub catalog: Arc<CatalogView>,
     pub popularity: Arc<Popularity>,
     pub trending: Arc<Trending>,
+    /// See [`Signals::trending_boost`].
+    pub trending_boost: f32,
     pub intra_threads: usize,
     pub obs: Arc<ObsRegistry>,
 }
@@ -240,10 +242,12 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
     let catalog = state.args.catalog.clone();
     let popularity = state.args.popularity.clone();
     let trending = state.args.trending.clone();
+    let trending_boost = state.args.trending_boost;
     let Some(loaded) = &state.loaded else {
-        let fallback = Fallback {
+        let fallback = Signals {
             popularity: &popularity,
             trending: Some(&trending),
+            trending_boost: 0.0,
         };
         let items = fill(Vec::new(), &req, &catalog, fallback);
         return Ok(ModelResponse {
@@ -266,9 +270,10 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
             &unlisted,
             &req,
             &catalog,
-            Fallback {
+            Signals {
                 popularity: &popularity,
                 trending: Some(&trending),
+                trending_boost,
             },
         )?;
         Ok(ModelResponse {
@@ -290,7 +295,7 @@ pub fn score(
     unlisted: &[UnlistedItem],
     req: &ModelRequest,
     catalog: &CatalogView,
-    fallback: Fallback<'_>,
+    fallback: Signals<'_>,
 ) -> Result<(Vec<Recommendation>, UserVector), ApiError> {
     let version = &artifact.meta.version;
     let user = match &req.vector {
@@ -304,6 +309,18 @@ pub fn score(
     let mut items = Vec::with_capacity(req.k);
     if let (true, Some(scorer)) = (known, scorer) {
         let mut mask = base_mask.to_vec();
+        if let (Some(trending), boost) = (fallback.trending, fallback.trending_boost)
+            && boost > 0.0
+        {
+            let top = trending.top(BOOSTED, common::now_millis(), false, |_| true);
+            let max = top.first().map_or(1.0, |e| e.score.max(f64::MIN_POSITIVE));
+            for e in &top {
+                if let Some(&row) = artifact.item_index.get(&e.id) {
+                    // The mask is -inf for filtered items: they stay filtered.
+                    mask[row as usize] += boost * (e.score / max) as f32;
+                }
+            }
+        }
         for id in &req.exclude {
             if let Some(&row) = artifact.item_index.get(id) {
                 mask[row as usize] = f32::NEG_INFINITY;
@@ -389,7 +406,7 @@ pub fn fill(
     items: Vec<Recommendation>,
     req: &ModelRequest,
     catalog: &CatalogView,
-    fallback: Fallback<'_>,
+    fallback: Signals<'_>,
 ) -> Vec<Recommendation> {
     let items = match fallback.trending {
         Some(t) if req.interactions.is_empty() && items.len() < req.k => {
@@ -412,22 +429,29 @@ pub fn fill(
     )
 }
 
-/// What fills a list the model leaves short.
+/// Live signals beside the model: popularity and trending fill lists the model leaves short;
+/// trending also lifts what is active now within the model's ranking.
 #[derive(Clone, Copy)]
-pub struct Fallback<'a> {
+pub struct Signals<'a> {
     pub popularity: &'a Popularity,
     /// Trending items come first for users with no history, when given.
     pub trending: Option<&'a Trending>,
+    /// Added to the score of the top trending item (others in proportion); 0 turns it off.
+    pub trending_boost: f32,
 }
 
-impl<'a> Fallback<'a> {
+impl<'a> Signals<'a> {
     pub fn popular(popularity: &'a Popularity) -> Self {
         Self {
             popularity,
             trending: None,
+            trending_boost: 0.0,
         }
     }
 }
+
+/// How many trending items the boost considers.
+const BOOSTED: usize = 100;
 
 /// Trending candidates taken beyond `k`, for those the catalog filters out.
 const FILL_SLACK: usize = 50;
@@ -743,7 +767,7 @@ mod tests {
                     &[],
                     &req,
                     &catalog,
-                    Fallback::popular(&popularity),
+                    Signals::popular(&popularity),
                 )
                 .expect("score");
                 let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
@@ -782,7 +806,7 @@ mod tests {
             &[],
             &request(4, None),
             &catalog,
-            Fallback::popular(&popularity),
+            Signals::popular(&popularity),
         )
         .expect("score");
         let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
@@ -816,7 +840,7 @@ mod tests {
             &[],
             &req,
             &catalog,
-            Fallback::popular(&popularity),
+            Signals::popular(&popularity),
         )
         .expect("score");
         assert_eq!(items[0].item_id, "y1");
@@ -832,7 +856,7 @@ mod tests {
             &[],
             &req,
             &catalog,
-            Fallback::popular(&popularity),
+            Signals::popular(&popularity),
         )
         .expect("score");
         assert_eq!(items[0].item_id, "x2");
@@ -858,7 +882,7 @@ mod tests {
             &[],
             &req,
             &catalog,
-            Fallback::popular(&popularity),
+            Signals::popular(&popularity),
         )
         .expect("score");
         let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
@@ -888,7 +912,7 @@ mod tests {
             &[],
             &request(2, None),
             &catalog,
-            Fallback::popular(&popularity),
+            Signals::popular(&popularity),
         )
         .expect("score");
         assert_eq!(items[0].item_id, "y1", "{items:?}");
@@ -902,5 +926,35 @@ mod tests {
                 .iter()
                 .any(|r| r.starts_with("often_next_after"))
         );
+    }
+
+    #[tokio::test]
+    async fn trending_items_are_lifted_within_the_ranking() {
+        let (artifact, scorer, catalog, popularity) = fixture().await;
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let trending = Trending::new(std::time::Duration::from_secs(300), 12);
+        let now = common::now_millis();
+        trending.record("y2", &[], 5.0, now, now);
+        let ranked = |boost: f32| {
+            let signals = Signals {
+                popularity: &popularity,
+                trending: Some(&trending),
+                trending_boost: boost,
+            };
+            let (items, _) = score(
+                &artifact,
+                Some(&scorer),
+                &mask,
+                &[],
+                &request(3, None),
+                &catalog,
+                signals,
+            )
+            .expect("score");
+            items.into_iter().map(|r| r.item_id).collect::<Vec<_>>()
+        };
+        // An x1 fan: CF puts the other x items first; a strong lift puts the trending y2 first.
+        assert_ne!(ranked(0.0)[0], "y2");
+        assert_eq!(ranked(10.0)[0], "y2");
     }
 }

@@ -151,6 +151,10 @@ pub struct TrendingConfig {
     pub window: Duration,
     /// Windows kept; older activity no longer counts. Default 12 (an hour of 5-minute windows).
     pub windows: usize,
+    /// Lift given to trending items within the model's ranking: the top trending item gains
+    /// this much (in standard deviations of the blended score), others in proportion to their
+    /// trending score. `0` turns it off. Default 0.1.
+    pub boost: f32,
 }
 
 impl Default for TrendingConfig {
@@ -158,6 +162,7 @@ impl Default for TrendingConfig {
         Self {
             window: Duration::from_secs(300),
             windows: 12,
+            boost: 0.1,
         }
     }
 }
@@ -415,6 +420,9 @@ impl Config {
         }
         if self.trending.window.is_zero() || self.trending.windows == 0 {
             return invalid("trending.window and trending.windows must be above 0");
+        }
+        if !(0.0..=10.0).contains(&self.trending.boost) {
+            return invalid("trending.boost must be between 0 and 10");
         }
         if !(0.0..=1.0).contains(&self.model.max_regression) {
             return invalid("model.max_regression must be in [0, 1]");

@@ -487,6 +487,7 @@ fn root_children(
                         catalog: s.catalog.clone(),
                         popularity: s.popularity.clone(),
                         trending: s.trending.clone(),
+                        trending_boost: s.config.trending.boost,
                         intra_threads: s.config.model.intra_threads,
                         obs: s.obs.clone(),
                     };
