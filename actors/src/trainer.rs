@@ -188,6 +188,7 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
         transitions: TransitionParams {
             window: m.transition_window,
             half_life: m.transition_half_life,
+            top_k: m.transition_top_k,
             ..Default::default()
         },
     };

@@ -191,13 +191,17 @@ pub struct ModelConfig {
     /// Path of `libonnxruntime.so`; found automatically when unset (see README). Default unset.
     pub onnxruntime_path: Option<PathBuf>,
     /// Weight of collaborative filtering in the hybrid score; the rest goes to sequential
-    /// transitions (what tends to come next after the user's recent items). Default 0.6.
+    /// transitions (what tends to come next after the user's recent items). Default 0.5 (what
+    /// `streamrec eval` chooses on MovieLens-100k validation splits).
     pub cf_weight: f32,
-    /// How many later items count as successors of an item in the transition model. Default 20.
+    /// How many later items count as successors of an item in the transition model. Default 50.
     pub transition_window: usize,
     /// Half-life, in interactions back from the latest, of a history item's weight in the
     /// transition score. Default 3.
     pub transition_half_life: f32,
+    /// Successors kept per item in the transition table. The graph holds items × this many
+    /// (row, weight) pairs, 8 bytes each: lower it for very large catalogues. Default 300.
+    pub transition_top_k: usize,
     /// How far a new version's hold-out NDCG@10 may fall below the active version's before it is
     /// kept out (stored, not activated). Default 0.05 (5%).
     pub max_regression: f64,
@@ -302,9 +306,10 @@ impl Default for ModelConfig {
             onnxruntime_path: None,
             train_source: "log".into(),
             max_regression: 0.05,
-            cf_weight: 0.6,
-            transition_window: 20,
+            cf_weight: 0.5,
+            transition_window: 50,
             transition_half_life: 3.0,
+            transition_top_k: 300,
         }
     }
 }
@@ -411,6 +416,7 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.model.cf_weight)
             || self.model.transition_window == 0
+            || self.model.transition_top_k == 0
             || self.model.transition_half_life.is_nan()
             || self.model.transition_half_life <= 0.0
         {

@@ -23,7 +23,7 @@ pub struct TransitionParams {
     pub window: usize,
     /// Weight of a successor `gap` steps later: `decay^(gap-1)`. Default 0.9.
     pub decay: f32,
-    /// Successors kept per item. Default 100.
+    /// Successors kept per item. Default 300.
     pub top_k: usize,
     /// Half-life, in steps back from the latest, of a history item's weight. Default 3.
     pub half_life: f32,
@@ -41,7 +41,7 @@ impl Default for TransitionParams {
         Self {
             window: 20,
             decay: 0.9,
-            top_k: 100,
+            top_k: 300,
             half_life: 3.0,
             backward: default_backward(),
         }
