@@ -35,9 +35,27 @@ pub struct VersionInfo {
     pub version: String,
     pub created_at: i64,
     pub metrics: BTreeMap<String, f64>,
+    /// Timestamps (epoch ms) of the oldest and newest training event.
+    #[serde(default)]
+    pub data_range: Option<(i64, i64)>,
+    /// What the version was trained on and with.
+    #[serde(default)]
+    pub features: Option<VersionFeatures>,
     /// Why the gate kept this version from being activated, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
+}
+
+/// The shape of a version: its data and its parts.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VersionFeatures {
+    pub num_items: usize,
+    pub num_users: usize,
+    pub num_interactions: usize,
+    pub dim: usize,
+    pub hybrid: models::HybridParams,
+    /// Content features the content map knows (categories, tags, attributes, title words).
+    pub content_features: usize,
 }
 
 /// What publishing a version did.
@@ -157,9 +175,21 @@ impl ModelRegistry {
             .and_then(|active| gate(&active.meta, &artifact.meta, max_regression));
         let mut manifest = self.manifest.lock().await;
         let mut next = manifest.clone();
+        let meta = &artifact.meta;
         next.versions.push(VersionInfo {
+            version: meta.version.clone(),
+            created_at: meta.created_at,
+            metrics: meta.metrics.clone(),
+            data_range: meta.data_range,
             rejected: verdict.clone(),
-            ..info(&artifact.meta)
+            features: Some(VersionFeatures {
+                num_items: meta.num_items,
+                num_users: meta.num_users,
+                num_interactions: meta.num_interactions,
+                dim: meta.dim,
+                hybrid: meta.hybrid,
+                content_features: artifact.content.features.len(),
+            }),
         });
         if verdict.is_none() {
             next.active = Some(version.clone());
@@ -226,15 +256,6 @@ fn gate(active: &ModelMeta, candidate: &ModelMeta, max_regression: f64) -> Optio
             max_regression * 100.0
         )
     })
-}
-
-fn info(meta: &ModelMeta) -> VersionInfo {
-    VersionInfo {
-        version: meta.version.clone(),
-        created_at: meta.created_at,
-        metrics: meta.metrics.clone(),
-        rejected: None,
-    }
 }
 
 #[cfg(test)]
@@ -312,6 +333,8 @@ mod tests {
             .find(|v| v.version == "v3")
             .expect("v3 kept");
         assert!(v3.rejected.is_some());
+        let features = v3.features.as_ref().expect("features recorded");
+        assert_eq!((features.num_items, features.dim), (1, 1));
         assert_eq!(r.previous().await.as_deref(), Some("v2"));
         r.activate("v3").await.expect("activate by hand");
         assert_eq!(r.active().expect("active").meta.version, "v3");

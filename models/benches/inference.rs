@@ -1,5 +1,5 @@
 //! Inference latency of the hybrid ONNX scoring graph at production scale: 100K items, d = 64,
-//! 100 successors per item, a 50-item history, top-20, with a realistic mask (a few hundred seen
+//! 300 successors per item (the default table), a 50-item history, top-20, with a realistic mask (a few hundred seen
 //! items filtered). Prints criterion's figures.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 
 const ITEMS: usize = 100_000;
 const DIM: usize = 64;
-const SUCCESSORS: usize = 100;
+const SUCCESSORS: usize = 300;
 
 fn bench(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
