@@ -48,6 +48,8 @@ static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Reason added when a user with no interactions is scored from their profile.
+pub const REASON_PROFILE: &str = "matches_profile";
 /// Reason given for items added to the catalogue after the model was trained, scored from their
 /// content.
 pub const REASON_NEW_ITEM: &str = "new_item_by_content";
@@ -65,6 +67,8 @@ pub struct ModelRequest {
     pub interactions: Vec<(String, f32)>,
     /// The user's recent positive interactions, oldest first: the input of the transition part.
     pub history: Vec<String>,
+    /// Profile features of a user with no interactions yet (empty otherwise).
+    pub profile: Vec<String>,
     /// Items never to return (everything the user interacted with).
     pub exclude: HashSet<String>,
     pub k: usize,
@@ -305,6 +309,15 @@ pub fn score(
         _ => Arc::new(artifact.fold_in(req.interactions.iter().map(|(id, w)| (id.as_str(), *w)))),
     };
     let history = artifact.history(req.history.iter().map(String::as_str));
+    let mut from_profile = false;
+    let mut user = user;
+    if user.iter().all(|v| *v == 0.0) && history.is_empty() && !req.profile.is_empty() {
+        let v = artifact.user_content.embed(&req.profile);
+        if v.len() == artifact.meta.dim && v.iter().any(|x| *x != 0.0) {
+            user = Arc::new(v);
+            from_profile = true;
+        }
+    }
     let known = user.iter().any(|v| *v != 0.0) || !history.is_empty();
     let mut items = Vec::with_capacity(req.k);
     if let (true, Some(scorer)) = (known, scorer) {
@@ -343,6 +356,9 @@ pub fn score(
                 .map(|(r, id)| (dot(v, artifact.item_vector(*r)), *id))
                 .max_by(|a, b| a.0.total_cmp(&b.0));
             let mut reasons = vec![REASON_CF.to_owned()];
+            if from_profile {
+                reasons.push(REASON_PROFILE.to_owned());
+            }
             if let Some((_, id)) = nearest {
                 reasons.push(format!("similar_to:{id}"));
             }
@@ -665,6 +681,9 @@ mod tests {
         async fn get_profile(&self, _: &str) -> storage::error::Result<Option<serde_json::Value>> {
             Ok(None)
         }
+        async fn profiles(&self) -> storage::error::Result<Vec<(String, serde_json::Value)>> {
+            Ok(Vec::new())
+        }
         async fn delete_profile(&self, _: &str) -> storage::error::Result<()> {
             Ok(())
         }
@@ -745,6 +764,7 @@ mod tests {
         ModelRequest {
             interactions: vec![("x1".into(), 3.0)],
             history: vec!["x1".into()],
+            profile: vec![],
             exclude: HashSet::from(["x1".to_owned()]),
             k,
             category: category.map(str::to_owned),
@@ -870,6 +890,7 @@ mod tests {
         let req = ModelRequest {
             interactions: vec![],
             history: vec![],
+            profile: vec![],
             exclude: HashSet::new(),
             k: 3,
             category: None,

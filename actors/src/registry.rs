@@ -126,12 +126,18 @@ impl ModelRegistry {
             .get(&format!("models/{version}/content.json"))
             .await
             .map_err(io)?;
+        let user_content = self
+            .objects
+            .get(&format!("models/{version}/user_content.json"))
+            .await
+            .map_err(io)?;
         ModelArtifact::from_files(
             &meta,
             &items,
             &factors,
             transitions.as_deref(),
             content.as_deref(),
+            user_content.as_deref(),
             onnx,
         )
         .map_err(io)

@@ -326,7 +326,22 @@ pub async fn recommend_for(
     vector: Option<UserVector>,
     query: &RecQuery,
 ) -> Result<(Arc<Recommendations>, Option<UserVector>), ApiError> {
+    // A user with no interactions yet may still have a profile to start from. A store that is
+    // down only means starting without it.
+    let profile = if data.items.is_empty() {
+        match services.catalog.store().get_profile(user_id).await {
+            Ok(Some(profile)) => models::content::profile_tokens(&profile),
+            Ok(None) => Vec::new(),
+            Err(error) => {
+                tracing::debug!(%error, "profile unavailable");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let req = ModelRequest {
+        profile,
         interactions: data.items.iter().map(|(id, w)| (id.clone(), *w)).collect(),
         // `recent` is most recent first; the transition part wants the positives oldest first.
         history: data

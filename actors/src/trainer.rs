@@ -175,6 +175,19 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
             tokens[row as usize] = models::content::tokens(item.as_ref().into());
         }
     }
+    // Profiles let a user with no interactions start from users like them; without the store
+    // (PostgreSQL down) the version is trained without that part.
+    let mut user_tokens = vec![Vec::new(); data.users.len()];
+    match services.catalog.store().profiles().await {
+        Ok(profiles) => {
+            for (user_id, profile) in profiles {
+                if let Some(row) = data.user_index(&user_id) {
+                    user_tokens[row as usize] = models::content::profile_tokens(&profile);
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "training without user profiles"),
+    }
     let m = &services.config.model;
     let params = TrainParams {
         dim: m.dim,
@@ -193,10 +206,14 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
         },
     };
     let progress = trainer.clone();
+    let content = Content {
+        items: tokens,
+        users: user_tokens,
+    };
     let artifact = tokio::task::spawn_blocking(move || {
         train(
             data,
-            tokens,
+            content,
             range,
             params,
             hybrid,
@@ -309,12 +326,34 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
     Ok((data, range))
 }
 
-/// Trains a version: hold-out metrics first, then ALS, the transition table and the content map
-/// on everything. `tokens[row]` are the content features of item `row` (empty if unknown); an
-/// item without interactions gets its factors from its content.
+/// Content features by row: `items[row]` of item `row`, `users[row]` of user `row`'s profile
+/// (empty where unknown).
+#[derive(Default)]
+pub struct Content {
+    pub items: Vec<Vec<String>>,
+    pub users: Vec<Vec<String>>,
+}
+
+/// Fits a content map on the rows that have both interactions and features.
+fn fit_content(
+    tokens: &[Vec<String>],
+    interacted: &[bool],
+    factors: &[f32],
+    dim: usize,
+) -> ContentModel {
+    let rows: Vec<u32> = (0..interacted.len() as u32)
+        .filter(|&r| interacted[r as usize] && !tokens.get(r as usize).is_none_or(Vec::is_empty))
+        .collect();
+    let features: Vec<Vec<String>> = rows.iter().map(|&r| tokens[r as usize].clone()).collect();
+    ContentModel::fit(&features, &rows, factors, dim, ContentParams::default())
+}
+
+/// Trains a version: hold-out metrics first, then ALS, the transition table and the content maps
+/// (items and user profiles) on everything. An item without interactions gets its factors from
+/// its content.
 pub fn train(
     data: Interactions,
-    tokens: Vec<Vec<String>>,
+    content: Content,
     range: Option<(i64, i64)>,
     params: TrainParams,
     hybrid: HybridParams,
@@ -332,24 +371,18 @@ pub fn train(
         interacted[cell.item as usize] = true;
     }
     let d = params.dim;
-    let known: Vec<u32> = (0..data.items.len() as u32)
-        .filter(|&r| interacted[r as usize] && !tokens.get(r as usize).is_none_or(Vec::is_empty))
-        .collect();
-    let known_tokens: Vec<Vec<String>> =
-        known.iter().map(|&r| tokens[r as usize].clone()).collect();
-    let content = ContentModel::fit(
-        &known_tokens,
-        &known,
-        &factors.items,
-        d,
-        ContentParams::default(),
-    );
+    let content_map = fit_content(&content.items, &interacted, &factors.items, d);
     for (row, was) in interacted.iter().enumerate() {
         if !was {
-            let v = content.embed(tokens.get(row).map_or(&[][..], Vec::as_slice));
+            let v = content_map.embed(content.items.get(row).map_or(&[][..], Vec::as_slice));
             factors.items[row * d..(row + 1) * d].copy_from_slice(&v);
         }
     }
+    let mut active_users = vec![false; data.users.len()];
+    for cell in &cells {
+        active_users[cell.user as usize] = true;
+    }
+    let user_map = fit_content(&content.users, &active_users, &factors.users, d);
     let sequences = models::eval::sequences(&cells, data.users.len());
     let transitions = Transitions::train(data.items.len(), &sequences, hybrid.transitions);
     let meta = ModelMeta {
@@ -371,7 +404,8 @@ pub fn train(
         popularity,
         transitions.successors,
     );
-    artifact.content = content;
+    artifact.content = content_map;
+    artifact.user_content = user_map;
     artifact
 }
 
@@ -379,7 +413,7 @@ pub fn train(
 mod tests {
     use super::*;
 
-    fn data() -> (Interactions, Vec<Vec<String>>) {
+    fn data() -> (Interactions, Content) {
         let mut data = Interactions::default();
         for u in 0..12 {
             for i in 0..8 {
@@ -390,7 +424,7 @@ mod tests {
             }
         }
         data.add_item("cold-m");
-        let tokens = data
+        let items = data
             .items
             .iter()
             .map(|id| {
@@ -404,11 +438,21 @@ mod tests {
                 ]
             })
             .collect();
-        (data, tokens)
+        let users = data
+            .users
+            .iter()
+            .map(|u| {
+                let n: u32 = u[1..].parse().unwrap_or(0);
+                models::content::profile_tokens(&serde_json::json!({
+                    "likes": if n.is_multiple_of(2) { "music" } else { "books" }
+                }))
+            })
+            .collect();
+        (data, Content { items, users })
     }
 
     fn run() -> ModelArtifact {
-        let (data, tokens) = data();
+        let (data, content) = data();
         let params = TrainParams {
             dim: 4,
             iterations: 5,
@@ -418,7 +462,7 @@ mod tests {
         };
         train(
             data,
-            tokens,
+            content,
             None,
             params,
             HybridParams::default(),
@@ -462,5 +506,27 @@ mod tests {
             mean_dot("m"),
             mean_dot("b")
         );
+    }
+
+    #[test]
+    fn a_profile_alone_places_a_user_near_users_like_them() {
+        let a = run();
+        let music_fan = a.user_content.embed(&models::content::profile_tokens(
+            &serde_json::json!({"likes": "music"}),
+        ));
+        let score = |prefix: &str| {
+            let rows: Vec<u32> = a
+                .item_ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| id.starts_with(prefix))
+                .map(|(r, _)| r as u32)
+                .collect();
+            rows.iter()
+                .map(|&r| models::linalg::dot(&music_fan, a.item_vector(r)))
+                .sum::<f32>()
+                / rows.len() as f32
+        };
+        assert!(score("m") > score("b"), "{} vs {}", score("m"), score("b"));
     }
 }

@@ -613,3 +613,67 @@ async fn an_item_added_after_training_is_recommended_from_its_content() {
         "a reader gets every book before the new song: {ids:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_only_a_profile_gets_what_users_like_them_like() {
+    let api = Api::start().await;
+    for i in 0..10 {
+        api.put_item(&format!("m{i}"), "music", true).await;
+        api.put_item(&format!("b{i}"), "books", true).await;
+    }
+    // Musicians click music, writers click books; each user's profile says which they are.
+    let mut events = Vec::new();
+    for u in 0..30 {
+        let (job, kind) = if u % 2 == 0 {
+            ("musician", "m")
+        } else {
+            ("writer", "b")
+        };
+        api.node
+            .put_profile(&format!("u{u}"), &json!({"occupation": job, "age": 20 + u}))
+            .await
+            .expect("profile");
+        for i in (0..10).filter(|i| (i + u) % 3 != 0) {
+            events.push(json!({"event_id": format!("e{u}-{i}"), "user_id": format!("u{u}"), "item_id": format!("{kind}{i}"), "kind": "click"}));
+        }
+    }
+    for chunk in events.chunks(50) {
+        let (status, _) = api
+            .call(Method::POST, "/v1/events", Some(json!({ "events": chunk })))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    api.settle().await;
+    api.node.train(true).await.expect("trained");
+
+    let top = |recs: &Value| -> Vec<String> {
+        recs["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["item_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    for (user, job, kind) in [
+        ("new-musician", "musician", 'm'),
+        ("new-writer", "writer", 'b'),
+    ] {
+        api.node
+            .put_profile(user, &json!({"occupation": job, "age": 30}))
+            .await
+            .expect("profile");
+        let (status, recs) = api
+            .get(&format!("/v1/users/{user}/recommendations?k=5"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{recs}");
+        let ids = top(&recs);
+        assert!(ids.iter().all(|i| i.starts_with(kind)), "{user}: {ids:?}");
+        assert!(
+            recs["items"][0]["reasons"]
+                .as_array()
+                .expect("reasons")
+                .contains(&json!("matches_profile")),
+            "{recs}"
+        );
+    }
+}

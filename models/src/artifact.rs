@@ -75,6 +75,8 @@ pub struct ModelArtifact {
     pub mean_factor: Vec<f64>,
     /// Content → factors, for items the version has no row for.
     pub content: ContentModel,
+    /// Profile → user factors, for users with a profile and no interactions yet.
+    pub user_content: ContentModel,
     pub onnx: Vec<u8>,
 }
 
@@ -149,6 +151,7 @@ impl ModelArtifact {
             successors,
             mean_factor,
             content: ContentModel::default(),
+            user_content: ContentModel::default(),
             onnx,
         }
     }
@@ -271,6 +274,7 @@ impl ModelArtifact {
             ),
             ("transitions.bin", encode_successors(&self.successors)),
             ("content.json", to_json(&self.content)?),
+            ("user_content.json", to_json(&self.user_content)?),
             ("model.onnx", self.onnx.clone()),
             // Last: a version whose meta exists is complete.
             ("meta.json", to_json(&self.meta)?),
@@ -283,6 +287,7 @@ impl ModelArtifact {
         factors: &[u8],
         transitions: Option<&[u8]>,
         content: Option<&[u8]>,
+        user_content: Option<&[u8]>,
         onnx: Vec<u8>,
     ) -> Result<Self, ModelError> {
         let bad = |e: &dyn std::fmt::Display| ModelError::Artifact(e.to_string());
@@ -307,14 +312,17 @@ impl ModelArtifact {
             None => Vec::new(),
         };
         // Rebuild the bias exactly as at training time, so the graph and the tables agree.
-        let content = match content {
-            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| bad(&e))?,
-            None => ContentModel::default(),
+        let parse = |bytes: Option<&[u8]>| -> Result<ContentModel, ModelError> {
+            bytes.map_or(Ok(ContentModel::default()), |b| {
+                serde_json::from_slice(b).map_err(|e| bad(&e))
+            })
         };
+        let (content, user_content) = (parse(content)?, parse(user_content)?);
         let rebuilt = Self::build(meta, table.item_ids, factors, table.popularity, successors);
         Ok(Self {
             onnx,
             content,
+            user_content,
             ..rebuilt
         })
     }
@@ -401,6 +409,7 @@ mod tests {
             &files["factors.bin"],
             Some(&files["transitions.bin"]),
             Some(&files["content.json"]),
+            Some(&files["user_content.json"]),
             files["model.onnx"].clone(),
         )
         .expect("loads");

@@ -75,6 +75,18 @@ pub fn tokens(item: ItemContent<'_>) -> Vec<String> {
     out
 }
 
+/// The features of a user profile (a JSON object): its attribute values, as for items.
+pub fn profile_tokens(profile: &serde_json::Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let attributes = profile.as_object().unwrap_or(&empty);
+    tokens(ItemContent {
+        title: "",
+        categories: &[],
+        tags: &[],
+        attributes,
+    })
+}
+
 /// A number kept to three significant digits, rounded down (1995 → 1990, 0.1234 → 0.123), so
 /// that near values share a feature.
 fn coarse(key: &str, x: f64) -> Option<String> {

@@ -24,6 +24,8 @@ pub trait Catalog: Send + Sync + 'static {
     async fn put_profile(&self, user_id: &str, profile: &serde_json::Value) -> Result<()>;
     async fn get_profile(&self, user_id: &str) -> Result<Option<serde_json::Value>>;
     async fn delete_profile(&self, user_id: &str) -> Result<()>;
+    /// Every profile (training reads them all once per run).
+    async fn profiles(&self) -> Result<Vec<(String, serde_json::Value)>>;
     /// Whether the backing service answers (`Err` says why not).
     async fn health(&self) -> std::result::Result<(), String> {
         Ok(())
@@ -98,6 +100,19 @@ impl Catalog for RocksCatalog {
 
     async fn delete_profile(&self, user_id: &str) -> Result<()> {
         self.db.delete(Cf::Profiles, user_id.as_bytes())
+    }
+
+    async fn profiles(&self) -> Result<Vec<(String, serde_json::Value)>> {
+        self.db
+            .scan(Cf::Profiles)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    serde_json::from_slice(&v)?,
+                ))
+            })
+            .collect()
     }
 }
 

@@ -142,6 +142,14 @@ impl Catalog for PgCatalog {
         Ok(())
     }
 
+    async fn profiles(&self) -> Result<Vec<(String, serde_json::Value)>> {
+        let rows: Vec<(String, sqlx::types::Json<serde_json::Value>)> =
+            sqlx::query_as("SELECT user_id, profile FROM user_profiles")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(id, p)| (id, p.0)).collect())
+    }
+
     async fn health(&self) -> std::result::Result<(), String> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

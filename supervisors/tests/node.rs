@@ -133,6 +133,7 @@ async fn a_panicking_model_actor_fails_its_request_and_is_restarted() {
     let req = actors::model::ModelRequest {
         interactions: vec![],
         history: vec![],
+        profile: vec![],
         exclude: Default::default(),
         k: 5,
         category: None,
