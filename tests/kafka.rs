@@ -59,14 +59,26 @@ impl Topics {
             .expect("producer")
     }
 
+    /// Produces one message and waits for the broker's ack. A just-created topic can make the
+    /// broker fail a first request: the peer retries a few times, as an application would.
     async fn produce(&self, producer: &FutureProducer, topic: &str, key: &str, value: &[u8]) {
-        producer
-            .send(
-                FutureRecord::to(&self.name(topic)).key(key).payload(value),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("the broker acknowledges");
+        let name = self.name(topic);
+        for attempt in 0.. {
+            let sent = producer
+                .send(
+                    FutureRecord::to(&name).key(key).payload(value),
+                    Duration::from_secs(10),
+                )
+                .await;
+            match sent {
+                Ok(_) => return,
+                Err((error, _)) if attempt < 10 => {
+                    eprintln!("produce to {name} failed ({error}); retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err((error, _)) => panic!("the broker never acknowledged: {error}"),
+            }
+        }
     }
 
     /// Every message of `topic` from the beginning, read without a consumer group, until `n`

@@ -57,6 +57,48 @@ pub struct UserView {
     pub user_id: String,
     pub num_events: u64,
     pub recent: Vec<Interaction>,
+    /// The session's activity in the current trending window.
+    pub current_window: WindowFeatures,
+}
+
+/// Session features over the current tumbling window (`trending.window`): how active the user is
+/// now, and in which categories.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct WindowFeatures {
+    pub window_secs: u64,
+    pub events: u64,
+    pub categories: std::collections::BTreeMap<String, u64>,
+}
+
+impl WindowFeatures {
+    /// Features of `recent` (most recent first) in the window that holds `now`.
+    pub fn of(
+        recent: &VecDeque<Interaction>,
+        window: std::time::Duration,
+        now: i64,
+        catalog: &storage::CatalogView,
+    ) -> Self {
+        let window_ms = (window.as_millis() as i64).max(1);
+        let start = now.div_euclid(window_ms) * window_ms;
+        let view = catalog.read();
+        let mut features = Self {
+            window_secs: window.as_secs(),
+            ..Default::default()
+        };
+        // Event time, as the trending windows: a late event of this window still counts.
+        for i in recent
+            .iter()
+            .filter(|i| i.ts >= start && i.ts < start + window_ms)
+        {
+            features.events += 1;
+            if let ItemStatus::Catalogued(item) = view.status(&i.item_id) {
+                for c in &item.categories {
+                    *features.categories.entry(c.clone()).or_default() += 1;
+                }
+            }
+        }
+        features
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -309,10 +351,17 @@ impl SessionState {
     }
 
     fn view(&self) -> Option<UserView> {
+        let services = &self.args.services;
         (self.data.num_events > 0).then(|| UserView {
             user_id: self.args.user_id.clone(),
             num_events: self.data.num_events,
             recent: self.data.recent.iter().cloned().collect(),
+            current_window: WindowFeatures::of(
+                &self.data.recent,
+                services.trending.window(),
+                common::now_millis(),
+                &services.catalog,
+            ),
         })
     }
 }

@@ -494,6 +494,20 @@ async fn trending_ranks_current_activity_and_greets_new_users_with_it() {
     let (_, books) = api.get("/v1/trending?category=books").await;
     assert_eq!(books["items"], json!([]), "{books}");
 
+    // Session features over the current window: n0 clicked b, a (music) and gone (deleted since).
+    let (status, user) = api.get("/v1/users/n0").await;
+    assert_eq!(status, StatusCode::OK);
+    let window = &user["current_window"];
+    assert_eq!(window["window_secs"], 300, "{user}");
+    let same_window = now / 300_000 == common::now_millis() / 300_000;
+    if same_window {
+        assert_eq!(
+            (window["events"].clone(), window["categories"].clone()),
+            (json!(3), json!({"music": 2})),
+            "{user}"
+        );
+    }
+
     // A user with no history gets what is trending first, then what is popular.
     let (status, recs) = api.get("/v1/users/newcomer/recommendations?k=3").await;
     assert_eq!(status, StatusCode::OK);
