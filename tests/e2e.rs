@@ -668,3 +668,103 @@ async fn a_new_model_swaps_in_under_load_without_a_failed_request_and_rolls_back
         (404, Some("not_found"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_websocket_watches_several_users_and_drops_them_on_request() {
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    let history: Vec<Value> = (0..60)
+        .map(|i| {
+            click(
+                &format!("h{i}"),
+                &format!("u{}", i % 6),
+                &format!("m{}", (i * 5) % 20),
+            )
+        })
+        .collect();
+    assert_eq!(server.post_events(history).await.0, 202);
+    server.train().await;
+
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", server.addr))
+        .await
+        .expect("websocket");
+    let (mut tx, mut rx) = ws.split();
+    let send = |v: Value| tokio_tungstenite::tungstenite::Message::Text(v.to_string().into());
+    for user in ["ann", "bob"] {
+        tx.send(send(json!({"type": "subscribe", "user_id": user, "k": 3})))
+            .await
+            .expect("send");
+        assert_eq!(
+            next_json(&mut rx).await,
+            json!({"type": "subscribed", "user_id": user})
+        );
+        let current = next_json(&mut rx).await;
+        assert_eq!(
+            (current["type"].as_str(), current["user_id"].as_str()),
+            (Some("recommendations"), Some(user))
+        );
+        assert_eq!(current["items"].as_array().map(Vec::len), Some(3));
+    }
+
+    // A change for bob reaches this connection as bob's.
+    assert_eq!(
+        server
+            .post_events(vec![click("b1", "bob", "m3"), click("b2", "bob", "m7")])
+            .await
+            .0,
+        202
+    );
+    let push = next_json(&mut rx).await;
+    assert_eq!(
+        (push["type"].as_str(), push["user_id"].as_str()),
+        (Some("recommendations"), Some("bob")),
+        "{push}"
+    );
+
+    // After unsubscribing ann, her changes no longer arrive: the next message is our pong.
+    tx.send(send(json!({"type": "unsubscribe", "user_id": "ann"})))
+        .await
+        .expect("send");
+    assert_eq!(
+        next_json(&mut rx).await,
+        json!({"type": "unsubscribed", "user_id": "ann"})
+    );
+    assert_eq!(
+        server
+            .post_events(vec![click("a1", "ann", "m3"), click("a2", "ann", "m9")])
+            .await
+            .0,
+        202
+    );
+    eventually(&server, "/v1/users/ann", |s, b| {
+        s == 200 && b["num_events"] == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tx.send(send(json!({"type": "ping"}))).await.expect("send");
+    assert_eq!(next_json(&mut rx).await, json!({"type": "pong"}));
+
+    // Bad messages get an error with a stable code, and the connection stays up.
+    for (bad, code) in [
+        (json!({"type": "subscribe"}), "invalid_argument"),
+        (
+            json!({"type": "subscribe", "user_id": "x", "k": 0}),
+            "invalid_argument",
+        ),
+        (json!({"type": "teleport"}), "invalid_argument"),
+        (
+            json!({"type": "unsubscribe", "user_id": "nobody"}),
+            "not_found",
+        ),
+    ] {
+        tx.send(send(bad.clone())).await.expect("send");
+        let reply = next_json(&mut rx).await;
+        assert_eq!(
+            (reply["type"].as_str(), reply["error"]["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{bad}: {reply}"
+        );
+    }
+    tx.send(send(json!({"type": "ping"}))).await.expect("send");
+    assert_eq!(next_json(&mut rx).await, json!({"type": "pong"}));
+}

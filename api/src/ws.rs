@@ -1,6 +1,20 @@
-//! `GET /v1/ws?user_id=..[&k=..][&category=..]`: sends the user's current recommendations on
-//! connect, then `{"type":"recommendations", ...}` every time they change. The connection reads
-//! a watch channel from the push hub, so a slow client only ever receives the latest state.
+//! `GET /v1/ws[?user_id=..&k=..&category=..]`: live recommendations over one WebSocket, for as
+//! many users as the client subscribes to (up to [`MAX_SUBSCRIPTIONS`]).
+//!
+//! Client → server, JSON text messages:
+//! - `{"type":"subscribe","user_id":"u1","k":5,"category":"music"}` (`k`, `category` optional)
+//! - `{"type":"unsubscribe","user_id":"u1"}`
+//! - `{"type":"ping"}`
+//!
+//! Server → client: `{"type":"subscribed","user_id"}`, then the user's current
+//! `{"type":"recommendations", ...the body of GET recommendations...}` and one more every time
+//! they change; `{"type":"unsubscribed","user_id"}`, `{"type":"pong"}`, and
+//! `{"type":"error","error":{"code","message"}}` for a bad message (the connection stays up).
+//! A `user_id` in the URL subscribes at once, as the first message would.
+//!
+//! Each subscription is a task reading a watch channel from the push hub: a client that reads
+//! slowly holds up only its own tasks, and gets the latest state when it catches up, never a
+//! backlog. The server pings every 30 s and closes a connection silent for 2 minutes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,35 +23,43 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
-use common::Recommendations;
+use common::{ApiError, RecQuery, Recommendations};
+use serde::Deserialize;
+use serde_json::json;
 use supervisors::Node;
+use tokio::sync::mpsc;
 
 use crate::error::AppError;
 use crate::rest::rec_query;
 
-/// How often the server pings an idle connection.
+/// How often the server pings a connection.
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// A connection that sends nothing (not even a pong) for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most users one connection may watch.
+pub const MAX_SUBSCRIPTIONS: usize = 64;
 
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     Query(params): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
-    let user_id = params
-        .get("user_id")
-        .cloned()
-        .ok_or_else(|| AppError::invalid("`user_id` is required"))?;
-    common::validate_id("user_id", &user_id).map_err(AppError::invalid)?;
-    let query = rec_query(&params)?;
+    let first = match params.get("user_id") {
+        Some(user_id) => {
+            common::validate_id("user_id", user_id).map_err(AppError::invalid)?;
+            Some((user_id.clone(), rec_query(&params)?))
+        }
+        None => None,
+    };
     Ok(ws.on_upgrade(move |socket| async move {
-        if let Err(error) = serve(node, socket, user_id, query).await {
+        if let Err(error) = serve(node, socket, first).await {
             tracing::debug!(%error, "websocket closed with an error");
         }
     }))
 }
 
-/// `{"type":"recommendations", ...the body of GET recommendations...}`, serialised directly so
-/// that numbers render exactly as REST renders them.
+/// `{"type":"recommendations", ...}`, serialised directly so that numbers render exactly as REST
+/// renders them.
 #[derive(serde::Serialize)]
 struct Push<'a> {
     r#type: &'static str,
@@ -45,7 +67,7 @@ struct Push<'a> {
     recs: &'a Recommendations,
 }
 
-fn message(recs: &Recommendations) -> Message {
+fn recommendations(recs: &Recommendations) -> Message {
     let text = serde_json::to_string(&Push {
         r#type: "recommendations",
         recs,
@@ -54,40 +76,205 @@ fn message(recs: &Recommendations) -> Message {
     Message::Text(text.into())
 }
 
+fn event(value: serde_json::Value) -> Message {
+    Message::Text(value.to_string().into())
+}
+
+fn error(e: &ApiError) -> Message {
+    event(json!({"type": "error", "error": {"code": e.code.as_str(), "message": e.message}}))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe {
+        user_id: String,
+        #[serde(default)]
+        k: Option<usize>,
+        #[serde(default)]
+        category: Option<String>,
+    },
+    Unsubscribe {
+        user_id: String,
+    },
+    Ping,
+}
+
+/// One watched user: the push hub's subscription and the task forwarding its changes.
+struct Watch {
+    sub: u64,
+    task: tokio::task::AbortHandle,
+    last: Option<Arc<Recommendations>>,
+}
+
+struct Connection {
+    node: Arc<Node>,
+    watches: HashMap<String, Watch>,
+    changes: mpsc::Sender<(String, Arc<Recommendations>)>,
+}
+
+impl Connection {
+    async fn subscribe(
+        &mut self,
+        user_id: String,
+        query: RecQuery,
+    ) -> Result<Vec<Message>, ApiError> {
+        common::validate_id("user_id", &user_id).map_err(ApiError::invalid)?;
+        if !self.watches.contains_key(&user_id) && self.watches.len() >= MAX_SUBSCRIPTIONS {
+            return Err(ApiError::invalid(format!(
+                "a connection may watch at most {MAX_SUBSCRIPTIONS} users"
+            )));
+        }
+        self.unsubscribe(&user_id);
+        let (sub, mut updates) = self.node.subscribe(&user_id, query.clone()).await?;
+        let current = match self.node.recommend(&user_id, &query).await {
+            Ok(current) => current,
+            Err(e) => {
+                self.node.unsubscribe(sub);
+                return Err(e);
+            }
+        };
+        let (tx, user) = (self.changes.clone(), user_id.clone());
+        let task = tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                let latest = updates.borrow_and_update().clone();
+                if let Some(recs) = latest
+                    && tx.send((user.clone(), recs)).await.is_err()
+                {
+                    break;
+                }
+            }
+        })
+        .abort_handle();
+        self.watches.insert(
+            user_id.clone(),
+            Watch {
+                sub,
+                task,
+                last: Some(current.clone()),
+            },
+        );
+        Ok(vec![
+            event(json!({"type": "subscribed", "user_id": user_id})),
+            recommendations(&current),
+        ])
+    }
+
+    /// Whether the user was watched.
+    fn unsubscribe(&mut self, user_id: &str) -> bool {
+        let Some(watch) = self.watches.remove(user_id) else {
+            return false;
+        };
+        watch.task.abort();
+        self.node.unsubscribe(watch.sub);
+        true
+    }
+
+    async fn handle(&mut self, text: &str) -> Vec<Message> {
+        let parsed: Result<ClientMessage, _> = serde_json::from_str(text);
+        let result = match parsed {
+            Err(e) => Err(ApiError::invalid(format!("not a valid message: {e}"))),
+            Ok(ClientMessage::Ping) => Ok(vec![event(json!({"type": "pong"}))]),
+            Ok(ClientMessage::Unsubscribe { user_id }) => {
+                if self.unsubscribe(&user_id) {
+                    Ok(vec![event(
+                        json!({"type": "unsubscribed", "user_id": user_id}),
+                    )])
+                } else {
+                    Err(ApiError::not_found(format!("not watching {user_id:?}")))
+                }
+            }
+            Ok(ClientMessage::Subscribe {
+                user_id,
+                k,
+                category,
+            }) => {
+                let mut params = HashMap::new();
+                if let Some(k) = k {
+                    params.insert("k".to_owned(), k.to_string());
+                }
+                if let Some(c) = category {
+                    params.insert("category".to_owned(), c);
+                }
+                match rec_query(&params) {
+                    Ok(query) => self.subscribe(user_id, query).await,
+                    Err(e) => Err(e.error),
+                }
+            }
+        };
+        result.unwrap_or_else(|e| vec![error(&e)])
+    }
+
+    /// The message for a change, unless it changes nothing the client has seen.
+    fn change(&mut self, user_id: &str, recs: Arc<Recommendations>) -> Option<Message> {
+        let watch = self.watches.get_mut(user_id)?;
+        let same = watch
+            .last
+            .as_ref()
+            .is_some_and(|l| l.items == recs.items && l.model_version == recs.model_version);
+        if same {
+            return None;
+        }
+        let message = recommendations(&recs);
+        watch.last = Some(recs);
+        Some(message)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let users: Vec<String> = self.watches.keys().cloned().collect();
+        for user in users {
+            self.unsubscribe(&user);
+        }
+    }
+}
+
 async fn serve(
     node: Arc<Node>,
     mut socket: WebSocket,
-    user_id: String,
-    query: common::RecQuery,
+    first: Option<(String, RecQuery)>,
 ) -> anyhow::Result<()> {
-    let (sub, mut updates) = node.subscribe(&user_id, query.clone()).await?;
-    let result = async {
-        let mut last = node.recommend(&user_id, &query).await?;
-        socket.send(message(&last)).await?;
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                changed = updates.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let Some(recs) = updates.borrow_and_update().clone() else { continue };
-                    if recs.items != last.items || recs.model_version != last.model_version {
-                        socket.send(message(&recs)).await?;
-                        last = recs;
+    let (changes, mut incoming_changes) = mpsc::channel(MAX_SUBSCRIPTIONS);
+    let mut conn = Connection {
+        node,
+        watches: HashMap::new(),
+        changes,
+    };
+    if let Some((user_id, query)) = first {
+        // The URL form: its subscription's messages, without the `subscribed` acknowledgement.
+        let messages = conn.subscribe(user_id, query).await?;
+        for m in messages.into_iter().skip(1) {
+            socket.send(m).await?;
+        }
+    }
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            Some((user_id, recs)) = incoming_changes.recv() => {
+                if let Some(m) = conn.change(&user_id, recs) {
+                    socket.send(m).await?;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                None | Some(Ok(Message::Close(_))) | Some(Err(_)) => break,
+                Some(Ok(Message::Text(text))) => {
+                    last_heard = tokio::time::Instant::now();
+                    for m in conn.handle(&text).await {
+                        socket.send(m).await?;
                     }
                 }
-                incoming = socket.recv() => match incoming {
-                    None | Some(Ok(Message::Close(_))) | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
-                },
-                _ = ping.tick() => socket.send(Message::Ping(Vec::new().into())).await?,
+                Some(Ok(_)) => last_heard = tokio::time::Instant::now(),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > IDLE_TIMEOUT {
+                    break;
+                }
+                socket.send(Message::Ping(Vec::new().into())).await?;
             }
         }
-        anyhow::Ok(())
     }
-    .await;
-    node.unsubscribe(sub);
-    result
+    Ok(())
 }
