@@ -92,6 +92,36 @@ impl ObsRegistry {
         })
     }
 
+    /// Finds the actor with `id` (as the tree prints it) under `root`, with its parent.
+    pub fn find(&self, root: &ActorCell, id: &str) -> Option<(ActorCell, Option<ActorCell>)> {
+        fn walk(
+            cell: &ActorCell,
+            parent: Option<&ActorCell>,
+            id: &str,
+        ) -> Option<(ActorCell, Option<ActorCell>)> {
+            if cell.get_id().to_string() == id {
+                return Some((cell.clone(), parent.cloned()));
+            }
+            cell.get_children()
+                .iter()
+                .find_map(|child| walk(child, Some(cell), id))
+        }
+        walk(root, None, id)
+    }
+
+    /// The kind an actor registered as (`unknown` if it did not).
+    pub fn kind(&self, cell: &ActorCell) -> &'static str {
+        self.entries
+            .read()
+            .get(&cell.get_id())
+            .map_or("unknown", |e| e.kind)
+    }
+
+    /// The name a parent gave an actor, if any.
+    pub fn label_of(&self, cell: &ActorCell) -> Option<String> {
+        self.name(cell)
+    }
+
     /// The supervision tree under `root`, listing at most `max_children` children per actor.
     pub fn tree(&self, root: &ActorCell, max_children: usize) -> Value {
         let mut node = self.describe(root);

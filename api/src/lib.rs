@@ -45,6 +45,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/admin/models/rollback", post(rest::rollback))
         .route("/v1/admin/models/{version}/activate", post(rest::activate))
         .route("/v1/admin/actors", get(rest::actors))
+        .route("/v1/admin/actors/{id}", get(rest::actor))
+        .route("/v1/admin/actors/{id}/{action}", post(rest::act_on_actor))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))

@@ -207,6 +207,20 @@ pub async fn actors(
     Ok(Json(node.actors(max_children)).into_response())
 }
 
+/// `GET /v1/admin/actors/{id}`: one actor's snapshot.
+pub async fn actor(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Response> {
+    Ok(Json(node.actor(&id)?).into_response())
+}
+
+/// `POST /v1/admin/actors/{id}/{restart|stop|passivate}`.
+pub async fn act_on_actor(
+    State(node): State<Arc<Node>>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Response> {
+    node.act_on_actor(&id, &action).await?;
+    Ok(Json(json!({ "id": id, "action": action, "status": "done" })).into_response())
+}
+
 pub async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }

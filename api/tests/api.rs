@@ -691,3 +691,134 @@ async fn a_user_with_only_a_profile_gets_what_users_like_them_like() {
         );
     }
 }
+
+/// The first actor named `name` in the tree, as JSON.
+fn find_actor<'a>(tree: &'a Value, name: &str) -> Option<&'a Value> {
+    if tree["name"] == name {
+        return Some(tree);
+    }
+    tree["children"]
+        .as_array()?
+        .iter()
+        .find_map(|c| find_actor(c, name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_restart_stop_and_passivate_actors_by_id() {
+    let api = Api::start().await;
+    let (_, tree) = api.get("/v1/admin/actors").await;
+    let worker = find_actor(&tree, "model-0").expect("model-0").clone();
+    let id = worker["id"].as_str().expect("id").to_owned();
+    let (status, one) = api.get(&format!("/v1/admin/actors/{id}")).await;
+    assert_eq!(
+        (status, one["name"].clone()),
+        (StatusCode::OK, json!("model-0"))
+    );
+
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/admin/actors/{id}/restart"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, tree) = api.get("/v1/admin/actors").await;
+    let restarted = find_actor(&tree, "model-0").expect("model-0 again");
+    assert_ne!(restarted["id"], worker["id"], "a new actor took its place");
+    let new_id = restarted["id"].as_str().expect("id").to_owned();
+    let models = find_actor(&tree, "models").expect("models supervisor");
+    let child = models["state"]["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .find(|c| c["name"] == "model-0")
+        .expect("model-0 in its supervisor");
+    assert_eq!(child["num_restarts"], 1, "{models}");
+    // Recommendations still work across the restart.
+    assert_eq!(
+        api.get("/v1/users/x/recommendations").await.0,
+        StatusCode::OK
+    );
+
+    // A session can be passivated, and wakes on the next request.
+    let event = json!({"events": [{"event_id": "p1", "user_id": "sleepy", "item_id": "i", "kind": "click"}]});
+    assert_eq!(
+        api.call(Method::POST, "/v1/events", Some(event)).await.0,
+        StatusCode::ACCEPTED
+    );
+    api.settle().await;
+    let (_, tree) = api.get("/v1/admin/actors").await;
+    let session = find_actor(&tree, "sleepy").expect("live session")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/admin/actors/{session}/passivate"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, user) = api.get("/v1/users/sleepy").await;
+    assert_eq!(
+        (status, user["num_events"].clone()),
+        (StatusCode::OK, json!(1))
+    );
+
+    // Stopping takes an actor out for good; its supervisor notes the exit.
+    let trainer = find_actor(&tree, "trainer").expect("trainer")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/admin/actors/{trainer}/stop"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let root = tree["id"].as_str().expect("root id");
+    for (uri, expected, code) in [
+        (
+            format!("/v1/admin/actors/{root}/stop"),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            format!("/v1/admin/actors/{root}/restart"),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            format!("/v1/admin/actors/{new_id}/passivate"),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            format!("/v1/admin/actors/{id}/restart"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            format!("/v1/admin/actors/{root}/explode"),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            "/v1/admin/actors/0.999999/restart".to_owned(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ] {
+        let (status, body) = api.call(Method::POST, &uri, None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (expected, Some(code)),
+            "{uri}: {body}"
+        );
+    }
+}

@@ -356,6 +356,82 @@ impl Node {
         self.services.registry.manifest().await
     }
 
+    /// One actor's snapshot by id.
+    pub fn actor(&self, id: &str) -> Result<serde_json::Value, ApiError> {
+        let obs = &self.services.obs;
+        let (cell, _) = obs
+            .find(&self.root.get_cell(), id)
+            .ok_or_else(|| ApiError::not_found(format!("no actor {id}")))?;
+        Ok(obs.describe(&cell))
+    }
+
+    /// An operator action on a live actor:
+    /// - `restart`: its supervisor stops it and starts it again from its spec (children of a
+    ///   supervisor only);
+    /// - `stop`: it stops and stays stopped (its supervisor records the exit; the root cannot be
+    ///   stopped this way);
+    /// - `passivate`: a session writes its state out and stops; the next message wakes it.
+    pub async fn act_on_actor(&self, id: &str, action: &str) -> Result<(), ApiError> {
+        if !matches!(action, "restart" | "stop" | "passivate") {
+            return Err(ApiError::invalid(format!(
+                "unknown action {action:?}; use restart, stop or passivate"
+            )));
+        }
+        let obs = &self.services.obs;
+        let root = self.root.get_cell();
+        let (cell, parent) = obs
+            .find(&root, id)
+            .ok_or_else(|| ApiError::not_found(format!("no actor {id}")))?;
+        let conflict = |m: String| ApiError::new(common::ErrorCode::Conflict, m);
+        tracing::info!(
+            actor = id,
+            action,
+            kind = obs.kind(&cell),
+            "operator action"
+        );
+        match action {
+            "restart" => {
+                let parent = parent
+                    .filter(|p| obs.kind(p).ends_with("supervisor"))
+                    .ok_or_else(|| conflict(format!("{id} has no supervisor to restart it")))?;
+                let name = obs
+                    .label_of(&cell)
+                    .ok_or_else(|| conflict(format!("{id} has no name in its supervisor")))?;
+                let supervisor: ActorRef<SupervisorMsg> = parent.into();
+                match supervisor
+                    .call(
+                        |reply| SupervisorMsg::Restart(name, reply),
+                        Some(CALL_TIMEOUT),
+                    )
+                    .await
+                {
+                    Ok(ractor::rpc::CallResult::Success(Ok(()))) => Ok(()),
+                    Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(conflict(e)),
+                    _ => Err(ApiError::unavailable("the supervisor did not answer")),
+                }
+            }
+            "stop" => {
+                if parent.is_none() {
+                    return Err(conflict(
+                        "the root supervisor stops only with the node".into(),
+                    ));
+                }
+                cell.stop(Some("stopped by operator".into()));
+                Ok(())
+            }
+            "passivate" => {
+                if obs.kind(&cell) != "session" {
+                    return Err(conflict(format!("{id} is not a session")));
+                }
+                let session: ActorRef<actors::session::SessionMsg> = cell.into();
+                session
+                    .cast(actors::session::SessionMsg::Passivate)
+                    .map_err(|_| ApiError::unavailable("the session is stopping"))
+            }
+            _ => unreachable!("actions are checked above"),
+        }
+    }
+
     /// The live supervision tree as JSON.
     pub fn actors(&self, max_children: usize) -> serde_json::Value {
         self.services.obs.tree(&self.root.get_cell(), max_children)
