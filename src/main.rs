@@ -3,6 +3,7 @@
 
 mod demo;
 mod eval;
+mod inspect;
 mod movielens;
 
 use std::future::IntoFuture;
@@ -65,6 +66,14 @@ enum Command {
     Train {
         #[command(flatten)]
         node: NodeOpts,
+    },
+    /// Print a running node's supervision tree, or one actor's state as JSON.
+    Inspect {
+        /// The actor id (as the tree prints it); the whole tree when omitted.
+        actor: Option<String>,
+        /// Base URL of the node.
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "STREAMREC_URL")]
+        url: String,
     },
     /// Evaluate the models on MovieLens files (temporal hold-out of positives, metrics @10);
     /// prints a table, or JSON with --json.
@@ -142,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
+        Command::Inspect { actor, url } => inspect::run(&url, actor.as_deref()).await,
         Command::Eval { dir, json, seed } => {
             let report =
                 tokio::task::spawn_blocking(move || eval::run(&dir, seed, !json)).await??;

@@ -768,3 +768,42 @@ async fn one_websocket_watches_several_users_and_drops_them_on_request() {
     tx.send(send(json!({"type": "ping"}))).await.expect("send");
     assert_eq!(next_json(&mut rx).await, json!({"type": "pong"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_prints_a_running_nodes_tree_and_one_actors_state() {
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    let url = server.url("");
+    let inspect = |args: &[&str]| {
+        let out = streamrec()
+            .arg("inspect")
+            .args(args)
+            .args(["--url", &url])
+            .output()
+            .expect("inspect runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, tree, err) = tokio::task::block_in_place(|| inspect(&[]));
+    assert!(ok, "{err}");
+    let line = tree
+        .lines()
+        .find(|l| l.trim_start().starts_with("model-0 [model] running"))
+        .unwrap_or_else(|| panic!("{tree}"));
+    let id = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("id="))
+        .expect("an id");
+    let (ok, one, err) = tokio::task::block_in_place(|| inspect(&[id]));
+    assert!(ok, "{err}");
+    let actor: Value = serde_json::from_str(&one).expect("json");
+    assert_eq!(
+        (actor["name"].as_str(), actor["kind"].as_str()),
+        (Some("model-0"), Some("model"))
+    );
+    let (ok, _, err) = tokio::task::block_in_place(|| inspect(&["0.999999"]));
+    assert!(!ok && err.contains("404"), "{err}");
+}
