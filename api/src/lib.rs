@@ -5,6 +5,7 @@
 //! `{"error":{"code":"...","message":"..."}}` with the status of its code (see
 //! `common::error`), and a rejected request stores nothing.
 
+mod console;
 mod error;
 mod metrics;
 mod rest;
@@ -44,6 +45,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/admin/models", get(rest::models))
         .route("/v1/admin/models/rollback", post(rest::rollback))
         .route("/v1/admin/models/{version}/activate", post(rest::activate))
+        .route("/console", get(console::page))
+        .route("/v1/admin/stream", get(console::stream))
         .route("/v1/admin/actors", get(rest::actors))
         .route("/v1/admin/actors/{id}", get(rest::actor))
         .route("/v1/admin/actors/{id}/{action}", post(rest::act_on_actor))

@@ -822,3 +822,68 @@ async fn operators_restart_stop_and_passivate_actors_by_id() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_page_and_its_live_stream() {
+    use futures::StreamExt;
+    let api = Api::start().await;
+    let response = api::router(api.node.clone())
+        .oneshot(
+            Request::get("/console")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let html = String::from_utf8_lossy(&html);
+    for needle in [
+        "<title>streamrec console</title>",
+        "EventSource(\"/v1/admin/stream\")",
+        "/v1/admin/actors/",
+        "/v1/admin/models/rollback",
+    ] {
+        assert!(html.contains(needle), "{needle}");
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page must work offline"
+    );
+
+    let response = api::router(api.node.clone())
+        .oneshot(
+            Request::get("/v1/admin/stream")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body().into_data_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+            .await
+            .expect("a snapshot within 5 s")
+            .expect("stream open")
+            .expect("chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("event: snapshot\n"), "{text}");
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("data line");
+    let snapshot: Value = serde_json::from_str(data).expect("json");
+    assert_eq!(snapshot["tree"]["kind"], "root_supervisor");
+    assert!(snapshot["models"]["active"].is_string(), "{snapshot}");
+    assert_eq!(
+        snapshot["ingest"]["partitions"].as_array().map(Vec::len),
+        Some(4)
+    );
+    assert!(snapshot["cache"]["hits"].is_u64());
+}

@@ -20,6 +20,14 @@ pub(crate) static LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Lookups since start, over all tiers: (served from a cache, not served from any).
+pub fn lookup_totals() -> (u64, u64) {
+    let count = |tier: &str, result: &str| LOOKUPS.with_label_values(&[tier, result]).get();
+    let lookups = count("l1", "hit") + count("l1", "miss");
+    let hits = count("l1", "hit") + count("l2", "hit");
+    (hits, lookups.saturating_sub(hits))
+}
+
 #[async_trait]
 pub trait RecCache: Send + Sync + 'static {
     async fn get(

@@ -356,6 +356,45 @@ impl Node {
         self.services.registry.manifest().await
     }
 
+    /// What the console shows, in one JSON value: the tree, the models, ingestion per partition
+    /// and the cache.
+    pub async fn snapshot(&self) -> serde_json::Value {
+        let log = &self.services.log;
+        let partitions: Vec<serde_json::Value> = (0..log.num_partitions())
+            .map(|p| {
+                let end = *log.high_watermark(p).borrow();
+                let committed = log.committed(storage::INGEST, p).unwrap_or(0);
+                serde_json::json!({"partition": p, "committed": committed, "lag": end.saturating_sub(committed)})
+            })
+            .collect();
+        let events: u64 = partitions
+            .iter()
+            .filter_map(|p| p["committed"].as_u64())
+            .sum();
+        let lag: u64 = partitions.iter().filter_map(|p| p["lag"].as_u64()).sum();
+        let tree = self.actors(200);
+        fn dead_letters(node: &serde_json::Value) -> u64 {
+            if node["kind"] == "kafka_bridge" {
+                return node["state"]["num_dead_letters"].as_u64().unwrap_or(0);
+            }
+            node["children"]
+                .as_array()
+                .map_or(0, |c| c.iter().map(dead_letters).sum())
+        }
+        let (hits, misses) = storage::cache::lookup_totals();
+        serde_json::json!({
+            "tree": tree,
+            "models": self.models().await,
+            "ingest": {
+                "events": events,
+                "lag": lag,
+                "dead_letters": dead_letters(&tree),
+                "partitions": partitions,
+            },
+            "cache": {"hits": hits, "misses": misses},
+        })
+    }
+
     /// One actor's snapshot by id.
     pub fn actor(&self, id: &str) -> Result<serde_json::Value, ApiError> {
         let obs = &self.services.obs;
