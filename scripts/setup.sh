@@ -3,11 +3,14 @@
 # the package registries reachable. Idempotent: a second run only checks.
 #   - libclang (RocksDB's bindings are generated with bindgen) and a C/C++ toolchain, from apt;
 #   - ONNX Runtime ${ORT_VERSION}, taken from the PyPI `onnxruntime` wheel (no build step downloads
-#     a binary from anywhere else) into the tool cache, where `streamrec` finds it by itself.
+#     a binary from anywhere else) into the tool cache, where `streamrec` finds it by itself;
+#   - for the console's browser test: Debian's chromium, and playwright-core ${PLAYWRIGHT_VERSION}
+#     from npm into the tool cache (it drives the system chromium; it downloads no browser).
 # The tool cache is $STREAMREC_CACHE, else $XDG_CACHE_HOME/streamrec, else ~/.cache/streamrec.
 set -euo pipefail
 
 ORT_VERSION=1.31.1
+PLAYWRIGHT_VERSION=1.64.1
 CACHE="${STREAMREC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamrec}"
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -25,6 +28,8 @@ command -v cc >/dev/null && command -v c++ >/dev/null || missing+=(build-essenti
 # bindgen needs libclang itself (libclang.so*/libclang-N.so*); libclang-cpp is not enough.
 ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so' || missing+=(libclang-dev)
 command -v python3 >/dev/null || missing+=(python3)
+command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
+command -v chromium >/dev/null || missing+=(chromium)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
@@ -56,3 +61,11 @@ os.replace(tmp, os.path.join(dest, f"libonnxruntime.so.{version}"))
 PY
 fi
 say "ONNX Runtime: $lib"
+
+node_modules="$CACHE/tools/node/node_modules"
+if [ ! -d "$node_modules/playwright-core" ]; then
+    say "installing playwright-core $PLAYWRIGHT_VERSION from npm"
+    mkdir -p "$CACHE/tools/node"
+    npm install --prefix "$CACHE/tools/node" --silent --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
+fi
+say "playwright-core: $node_modules"

@@ -1,0 +1,32 @@
+//! The operator console in a real browser: headless Chromium (Debian's `chromium`) driven by
+//! playwright-core (from npm), both installed by `scripts/setup.sh`, against the real binary.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_tree_restarts_an_actor_and_finds_a_user() {
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.mjs");
+    let node_path = env("STREAMREC_TEST_NODE_PATH");
+    let url = server.url("");
+    let output = tokio::task::block_in_place(|| {
+        Command::new("node")
+            .arg(&script)
+            .arg(&url)
+            .env("NODE_PATH", &node_path)
+            .output()
+            .expect("node runs (make setup installs it)")
+    });
+    assert!(
+        output.status.success(),
+        "browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
