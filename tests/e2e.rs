@@ -807,3 +807,95 @@ async fn inspect_prints_a_running_nodes_tree_and_one_actors_state() {
     let (ok, _, err) = tokio::task::block_in_place(|| inspect(&["0.999999"]));
     assert!(!ok && err.contains("404"), "{err}");
 }
+
+/// The next graphql-transport-ws message that is not a keep-alive ping or pong.
+async fn next_operation(rx: &mut WsRead) -> Value {
+    loop {
+        let message = next_json(rx).await;
+        if !matches!(message["type"].as_str(), Some("ping" | "pong")) {
+            return message;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graphql_subscription_pushes_every_change() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    let history: Vec<Value> = (0..40)
+        .map(|i| {
+            click(
+                &format!("h{i}"),
+                &format!("u{}", i % 5),
+                &format!("m{}", (i * 3) % 16),
+            )
+        })
+        .collect();
+    assert_eq!(server.post_events(history).await.0, 202);
+    server.train().await;
+
+    let mut request = format!("ws://{}/graphql", server.addr)
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket");
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "graphql-transport-ws"
+    );
+    let (mut tx, mut rx) = ws.split();
+    let send = |v: Value| tokio_tungstenite::tungstenite::Message::Text(v.to_string().into());
+    tx.send(send(json!({"type": "connection_init"})))
+        .await
+        .expect("send");
+    assert_eq!(next_operation(&mut rx).await["type"], "connection_ack");
+    tx.send(send(json!({
+        "id": "1",
+        "type": "subscribe",
+        "payload": {"query": "subscription { recommendationsUpdated(userId: \"viewer\", k: 3) { userId modelVersion items { itemId reasons } } }"}
+    })))
+    .await
+    .expect("send");
+    let first = next_operation(&mut rx).await;
+    assert_eq!(
+        (first["type"].as_str(), first["id"].as_str()),
+        (Some("next"), Some("1")),
+        "{first}"
+    );
+    let recs = &first["payload"]["data"]["recommendationsUpdated"];
+    assert_eq!(recs["userId"], "viewer");
+    let top = recs["items"][0]["itemId"]
+        .as_str()
+        .expect("an item")
+        .to_owned();
+
+    assert_eq!(
+        server
+            .post_events(vec![click("v1", "viewer", &top)])
+            .await
+            .0,
+        202
+    );
+    let update = next_operation(&mut rx).await;
+    assert_eq!(update["type"], "next", "{update}");
+    let items: Vec<&str> = update["payload"]["data"]["recommendationsUpdated"]["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["itemId"].as_str())
+        .collect();
+    assert!(
+        !items.contains(&top.as_str()),
+        "the clicked item is still recommended: {items:?}"
+    );
+
+    tx.send(send(json!({"id": "1", "type": "complete"})))
+        .await
+        .expect("send");
+}

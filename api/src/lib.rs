@@ -7,6 +7,7 @@
 
 mod console;
 mod error;
+pub mod graphql;
 mod metrics;
 mod rest;
 mod ws;
@@ -45,6 +46,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/admin/models", get(rest::models))
         .route("/v1/admin/models/rollback", post(rest::rollback))
         .route("/v1/admin/models/{version}/activate", post(rest::activate))
+        .route("/graphql", get(graphql::graphql).post(graphql::graphql))
+        .route("/graphiql", graphql::graphiql())
         .route("/console", get(console::page))
         .route("/v1/admin/stream", get(console::stream))
         .route("/v1/admin/actors", get(rest::actors))
@@ -62,5 +65,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::Extension(graphql::schema()))
         .with_state(node)
 }
