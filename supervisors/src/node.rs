@@ -411,11 +411,16 @@ impl Node {
     ///   stopped this way);
     /// - `passivate`: a session writes its state out and stops; the next message wakes it.
     pub async fn act_on_actor(&self, id: &str, action: &str) -> Result<(), ApiError> {
-        if !matches!(action, "restart" | "stop" | "passivate") {
-            return Err(ApiError::invalid(format!(
-                "unknown action {action:?}; use restart, stop or passivate"
-            )));
-        }
+        let action = match action {
+            "restart" => ActorAction::Restart,
+            "stop" => ActorAction::Stop,
+            "passivate" => ActorAction::Passivate,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown action {other:?}; use restart, stop or passivate"
+                )));
+            }
+        };
         let obs = &self.services.obs;
         let root = self.root.get_cell();
         let (cell, parent) = obs
@@ -424,12 +429,12 @@ impl Node {
         let conflict = |m: String| ApiError::new(common::ErrorCode::Conflict, m);
         tracing::info!(
             actor = id,
-            action,
+            action = ?action,
             kind = obs.kind(&cell),
             "operator action"
         );
         match action {
-            "restart" => {
+            ActorAction::Restart => {
                 let parent = parent
                     .filter(|p| obs.kind(p).ends_with("supervisor"))
                     .ok_or_else(|| conflict(format!("{id} has no supervisor to restart it")))?;
@@ -449,7 +454,7 @@ impl Node {
                     _ => Err(ApiError::unavailable("the supervisor did not answer")),
                 }
             }
-            "stop" => {
+            ActorAction::Stop => {
                 if parent.is_none() {
                     return Err(conflict(
                         "the root supervisor stops only with the node".into(),
@@ -458,7 +463,7 @@ impl Node {
                 cell.stop(Some("stopped by operator".into()));
                 Ok(())
             }
-            "passivate" => {
+            ActorAction::Passivate => {
                 if obs.kind(&cell) != "session" {
                     return Err(conflict(format!("{id} is not a session")));
                 }
@@ -467,7 +472,6 @@ impl Node {
                     .cast(actors::session::SessionMsg::Passivate)
                     .map_err(|_| ApiError::unavailable("the session is stopping"))
             }
-            _ => unreachable!("actions are checked above"),
         }
     }
 
@@ -555,6 +559,14 @@ impl Node {
             tracing::error!(%error, "failed to flush RocksDB on shutdown");
         }
     }
+}
+
+/// What an operator can do to a live actor.
+#[derive(Clone, Copy, Debug)]
+enum ActorAction {
+    Restart,
+    Stop,
+    Passivate,
 }
 
 /// `up`, or `down: <why>`, within a second.
