@@ -387,19 +387,23 @@ fn tune(
             alpha,
             seed,
         };
+        // ALS does not depend on the transition window: train it once per split.
+        let mut fitted: Vec<(Fitted, f64)> = splits
+            .iter()
+            .map(|(fit, validation)| {
+                let f = Fitted::new(data, fit, &als, TransitionParams::default());
+                let als_ndcg = f.metrics(Model::Als, fit, validation).ndcg;
+                (f, als_ndcg.max(1e-9))
+            })
+            .collect();
         for window in [20, 50] {
             let transitions = TransitionParams {
                 window,
                 ..Default::default()
             };
-            let mut fitted: Vec<(Fitted, f64)> = splits
-                .iter()
-                .map(|(fit, validation)| {
-                    let f = Fitted::new(data, fit, &als, transitions);
-                    let als_ndcg = f.metrics(Model::Als, fit, validation).ndcg;
-                    (f, als_ndcg.max(1e-9))
-                })
-                .collect();
+            for (f, _) in &mut fitted {
+                f.transitions = Transitions::train(f.num_items, &f.sequences, transitions);
+            }
             for half_life in [3.0, 10.0] {
                 for (f, _) in &mut fitted {
                     f.transitions.params.half_life = half_life;

@@ -238,18 +238,13 @@ impl Query {
         #[graphql(default = 10)] k: i32,
     ) -> FieldResult<Vec<Item>> {
         let query = query(k, category)?;
-        let trending = ctx.node.trending(&query);
-        Ok(trending["items"]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|i| i["item_id"].as_str())
-                    .filter_map(|id| ctx.node.get_item(id))
-                    .map(|i| Item::from(i.as_ref()))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(ctx
+            .node
+            .trending_items(&query)
+            .into_iter()
+            .filter_map(|e| ctx.node.get_item(&e.id))
+            .map(|i| Item::from(i.as_ref()))
+            .collect())
     }
 }
 

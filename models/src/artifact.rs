@@ -189,17 +189,8 @@ impl ModelArtifact {
             .into_iter()
             .filter_map(|id| self.item_index.get(id).copied())
             .collect();
-        let half = self
-            .meta
-            .hybrid
-            .transitions
-            .half_life
-            .max(f32::MIN_POSITIVE);
-        let n = rows.len();
-        rows.into_iter()
-            .enumerate()
-            .map(|(p, row)| (row, 0.5f32.powf((n - 1 - p) as f32 / half)))
-            .collect()
+        let weights = self.meta.hybrid.transitions.history_weights(rows.len());
+        rows.into_iter().zip(weights).collect()
     }
 
     /// The history item that most makes `row` a likely next item, with its contribution.

@@ -36,6 +36,15 @@ fn default_backward() -> f32 {
     0.5
 }
 
+impl TransitionParams {
+    /// The recency weight of each item of a history in time order (latest last): the latest
+    /// weighs 1, each `half_life` steps back half as much.
+    pub fn history_weights(&self, len: usize) -> impl Iterator<Item = f32> + use<> {
+        let half = self.half_life.max(f32::MIN_POSITIVE);
+        (0..len).map(move |p| 0.5f32.powf((len - 1 - p) as f32 / half))
+    }
+}
+
 impl Default for TransitionParams {
     fn default() -> Self {
         Self {
@@ -94,9 +103,8 @@ impl Transitions {
     }
 
     /// The recency weight of each item of a history in time order (latest last).
-    pub fn history_weights(&self, len: usize) -> impl Iterator<Item = f32> + '_ {
-        let half = self.params.half_life.max(f32::MIN_POSITIVE);
-        (0..len).map(move |p| 0.5f32.powf((len - 1 - p) as f32 / half))
+    pub fn history_weights(&self, len: usize) -> impl Iterator<Item = f32> + use<> {
+        self.params.history_weights(len)
     }
 
     /// Scores every item for a user whose positives, in time order, are `history`.

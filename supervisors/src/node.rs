@@ -310,29 +310,36 @@ impl Node {
 
     /// The trending items (recommendable, in the query's category if any) and categories.
     pub fn trending(&self, query: &RecQuery) -> serde_json::Value {
-        let now = common::now_millis();
-        let trending = &self.services.trending;
-        let catalog = self.services.catalog.read();
-        let items = trending.top(query.k, now, false, |id| {
-            let status = catalog.status(id);
-            status.recommendable()
-                && query
-                    .category
-                    .as_deref()
-                    .is_none_or(|c| status.in_category(c))
-        });
-        let categories = trending.top(query.k, now, true, |_| true);
         let entries = |entries: Vec<actors::trending::TrendingEntry>, key: &str| {
             entries
                 .into_iter()
                 .map(|e| serde_json::json!({ key: e.id, "score": e.score, "current_window": e.current }))
                 .collect::<Vec<_>>()
         };
+        let categories = self
+            .services
+            .trending
+            .top(query.k, common::now_millis(), true, |_| true);
         serde_json::json!({
-            "window_secs": trending.window().as_secs(),
-            "items": entries(items, "item_id"),
+            "window_secs": self.services.trending.window().as_secs(),
+            "items": entries(self.trending_items(query), "item_id"),
             "categories": entries(categories, "category"),
         })
+    }
+
+    /// The trending items that may be recommended (in the query's category if any), best first.
+    pub fn trending_items(&self, query: &RecQuery) -> Vec<actors::trending::TrendingEntry> {
+        let catalog = self.services.catalog.read();
+        self.services
+            .trending
+            .top(query.k, common::now_millis(), false, |id| {
+                let status = catalog.status(id);
+                status.recommendable()
+                    && query
+                        .category
+                        .as_deref()
+                        .is_none_or(|c| status.in_category(c))
+            })
     }
 
     /// Makes a stored model version the active one on every model actor.
