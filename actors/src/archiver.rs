@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use storage::{ARCHIVE, ObjectStore, Record};
 
 use crate::Services;
+use crate::mailbox;
 use crate::obs::Obs;
 
 /// The topic name archived objects carry (the embedded log holds the `user-events` stream).
@@ -76,7 +77,7 @@ impl Actor for ArchiverActor {
             .register(&myself.get_cell(), "archiver", &ArchiverObs::default());
         let interval = services.config.objects.archive_interval;
         if !interval.is_zero() {
-            myself.send_interval(interval, || ArchiverMsg::Run(None));
+            mailbox::tell_every(myself.clone(), interval, || ArchiverMsg::Run(None));
         }
         Ok(ArchiverState {
             services,
@@ -100,6 +101,7 @@ impl Actor for ArchiverActor {
         ArchiverMsg::Run(reply): ArchiverMsg,
         state: &mut ArchiverState,
     ) -> Result<(), ActorProcessingErr> {
+        state.obs.handled();
         let result = archive_once(&state.services).await;
         let obs = &mut state.obs_state;
         obs.num_runs += 1;
@@ -196,7 +198,10 @@ fn encode(records: Vec<Record>) -> std::io::Result<Vec<u8>> {
     gz.finish()
 }
 
-/// Every archived record, in (partition, offset) order.
+/// Every archived record, once, in (partition, offset) order. An upload whose answer was lost
+/// (the store took it, the network dropped the reply) is retried from the last committed offset
+/// with whatever has arrived since, so objects may overlap; a record is its (partition, offset),
+/// and overlaps read back once.
 pub async fn read_archive(objects: &dyn ObjectStore) -> Result<Vec<Record>, ApiError> {
     let mut records = Vec::new();
     for key in objects.list(PREFIX).await.map_err(ApiError::from)? {
@@ -218,6 +223,7 @@ pub async fn read_archive(objects: &dyn ObjectStore) -> Result<Vec<Record>, ApiE
         }
     }
     records.sort_by_key(|r| (r.partition, r.offset));
+    records.dedup_by_key(|r| (r.partition, r.offset));
     Ok(records)
 }
 
@@ -231,5 +237,36 @@ mod tests {
         assert_eq!(hour_bucket(951_782_400_000), "2000022900"); // a leap day
         assert_eq!(hour_bucket(1_795_545_705_592), "2026112418");
         assert_eq!(hour_bucket(4_102_444_799_000), "2099123123");
+    }
+
+    #[tokio::test]
+    async fn overlapping_objects_from_a_retried_upload_read_back_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let objects = storage::LocalObjectStore::new(dir.path()).expect("store");
+        let record = |offset: u64| Record {
+            partition: 0,
+            offset,
+            event: common::Event {
+                event_id: format!("e{offset}"),
+                user_id: "u".into(),
+                item_id: "i".into(),
+                kind: common::EventKind::View,
+                value: None,
+                ts: 1,
+            },
+        };
+        // The first upload landed though its answer was lost; the retry covers 0..=4.
+        for (first, last) in [(0, 2), (0, 4)] {
+            let bytes = encode((first..=last).map(record).collect()).expect("encode");
+            let key = format!("{PREFIX}{TOPIC}/partition=0000/{first:020}-{last:020}.jsonl.gz");
+            objects.put(&key, bytes).await.expect("put");
+        }
+        let offsets: Vec<u64> = read_archive(&objects)
+            .await
+            .expect("read")
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(offsets, [0, 1, 2, 3, 4]);
     }
 }

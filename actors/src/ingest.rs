@@ -17,6 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use storage::Record;
 
+use crate::mailbox;
 use crate::obs::Obs;
 use crate::session_manager::SessionManagerMsg;
 use crate::{Services, call, slot_get};
@@ -106,7 +107,7 @@ impl Actor for IngestActor {
         myself: ActorRef<IngestMsg>,
         _: &mut IngestState,
     ) -> Result<(), ActorProcessingErr> {
-        myself.cast(IngestMsg::Poll)?;
+        mailbox::tell(&myself, IngestMsg::Poll)?;
         Ok(())
     }
 
@@ -125,6 +126,7 @@ impl Actor for IngestActor {
         IngestMsg::Poll: IngestMsg,
         state: &mut IngestState,
     ) -> Result<(), ActorProcessingErr> {
+        state.obs.handled();
         let services = &state.args.services;
         let partition = state.args.partition;
         let mut hw = services.log.high_watermark(partition);
@@ -136,7 +138,7 @@ impl Actor for IngestActor {
             let committed = state.committed;
             tokio::spawn(async move {
                 if hw.wait_for(|&h| h > committed).await.is_ok() {
-                    let _ = myself.cast(IngestMsg::Poll);
+                    let _ = mailbox::tell(&myself, IngestMsg::Poll);
                 }
             });
             return Ok(());
@@ -173,7 +175,7 @@ impl Actor for IngestActor {
         state.obs_state.num_duplicates += outcomes.iter().map(|o| o.duplicates as u64).sum::<u64>();
         EVENTS.inc_by(n as u64);
         state.publish();
-        myself.cast(IngestMsg::Poll)?;
+        mailbox::tell(&myself, IngestMsg::Poll)?;
         Ok(())
     }
 }

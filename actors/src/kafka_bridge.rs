@@ -23,6 +23,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 
 use crate::Services;
+use crate::mailbox;
 use crate::obs::Obs;
 
 static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -104,7 +105,7 @@ impl Actor for KafkaBridge {
         myself: ActorRef<BridgeMsg>,
         _: &mut BridgeState,
     ) -> Result<(), ActorProcessingErr> {
-        myself.cast(BridgeMsg::Poll)?;
+        mailbox::tell(&myself, BridgeMsg::Poll)?;
         Ok(())
     }
 
@@ -123,6 +124,7 @@ impl Actor for KafkaBridge {
         BridgeMsg::Poll: BridgeMsg,
         state: &mut BridgeState,
     ) -> Result<(), ActorProcessingErr> {
+        state.obs.handled();
         if state.consumer.is_none() {
             // Topics first: a consumer subscribed to a missing topic may not see it for minutes.
             match kafka::ensure_topics(&state.args.settings, Duration::from_secs(5)).await {
@@ -135,13 +137,13 @@ impl Actor for KafkaBridge {
                     tracing::warn!(%error, "cannot create Kafka topics yet; retrying");
                     state.obs_state.last_error = Some(error.to_string());
                     state.obs.publish(&state.obs_state);
-                    myself.send_after(Duration::from_secs(1), || BridgeMsg::Poll);
+                    mailbox::tell_after(myself.clone(), Duration::from_secs(1), || BridgeMsg::Poll);
                     return Ok(());
                 }
             }
         }
         state.run_batch().await?;
-        myself.cast(BridgeMsg::Poll)?;
+        mailbox::tell(&myself, BridgeMsg::Poll)?;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 pub mod archiver;
 pub mod ingest;
 pub mod kafka_bridge;
+pub mod mailbox;
 pub mod model;
 pub mod obs;
 pub mod popularity;
@@ -93,7 +94,7 @@ impl Services {
     fn catalog_filters_changed(&self) {
         self.cache.clear();
         if let Some(push) = self.push.load_full() {
-            let _ = push.cast(push::PushMsg::ChangedAll);
+            let _ = mailbox::tell(&push, push::PushMsg::ChangedAll);
         }
     }
 
@@ -119,7 +120,7 @@ where
     M: ractor::Message,
     T: Send + 'static,
 {
-    match actor.call(build, Some(timeout)).await {
+    match mailbox::ask(actor, build, Some(timeout)).await {
         Ok(ractor::rpc::CallResult::Success(result)) => result,
         Ok(ractor::rpc::CallResult::Timeout) => {
             Err(ApiError::unavailable(format!("{what} timed out")))

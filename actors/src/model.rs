@@ -218,6 +218,7 @@ impl Actor for ModelActor {
         msg: ModelMsg,
         state: &mut ModelState,
     ) -> Result<(), ActorProcessingErr> {
+        state.obs.handled();
         match msg {
             ModelMsg::Recommend(req, reply) => {
                 let started = Instant::now();

@@ -30,6 +30,7 @@ pub struct ObsRegistry {
 /// The publishing side of one actor's observable state.
 pub struct Obs<T> {
     tx: watch::Sender<Value>,
+    mailbox: Arc<crate::mailbox::Counters>,
     _kind: PhantomData<fn(T)>,
 }
 
@@ -37,6 +38,11 @@ impl<T: Serialize> Obs<T> {
     pub fn publish(&self, state: &T) {
         self.tx
             .send_replace(serde_json::to_value(state).unwrap_or(Value::Null));
+    }
+
+    /// Counts one message handled; every actor calls it first thing in `handle`.
+    pub fn handled(&self) {
+        self.mailbox.handled();
     }
 }
 
@@ -56,6 +62,7 @@ impl ObsRegistry {
         self.entries.write().insert(actor.get_id(), entry);
         Arc::new(Obs {
             tx,
+            mailbox: crate::mailbox::attach(actor),
             _kind: PhantomData,
         })
     }
@@ -63,6 +70,7 @@ impl ObsRegistry {
     pub fn deregister(&self, actor: &ActorCell) {
         self.entries.write().remove(&actor.get_id());
         self.labels.write().remove(&actor.get_id());
+        crate::mailbox::detach(actor);
     }
 
     /// Names an actor for the console.
@@ -75,7 +83,7 @@ impl ObsRegistry {
             .or_else(|| self.labels.read().get(&cell.get_id()).cloned())
     }
 
-    /// One actor's snapshot: kind, status, uptime and observable state.
+    /// One actor's snapshot: kind, status, uptime, mailbox and observable state.
     pub fn describe(&self, cell: &ActorCell) -> Value {
         let entry = self.entries.read().get(&cell.get_id()).cloned();
         let (kind, started_at, state) = match entry {
@@ -88,6 +96,11 @@ impl ObsRegistry {
             "kind": kind,
             "status": format!("{:?}", cell.get_status()).to_lowercase(),
             "uptime_ms": started_at.map(|t| common::now_millis() - t),
+            "mailbox": crate::mailbox::stats(cell).map(|m| json!({
+                "depth": m.depth,
+                "handled": m.handled,
+                "rate": (m.rate * 10.0).round() / 10.0,
+            })),
             "state": state,
         })
     }

@@ -15,6 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::mailbox;
 use crate::obs::Obs;
 use crate::session_manager::SessionManagerMsg;
 use crate::{CALL_TIMEOUT, Services, call, slot_get};
@@ -117,6 +118,7 @@ impl Actor for PushHub {
         msg: PushMsg,
         state: &mut PushState,
     ) -> Result<(), ActorProcessingErr> {
+        state.obs.handled();
         match msg {
             PushMsg::Subscribe {
                 user_id,
@@ -201,11 +203,14 @@ impl PushState {
                 (self.services.clone(), myself.clone(), user_id.to_owned());
             tokio::spawn(async move {
                 match recommend(&services, &user_id, &query).await {
-                    Ok(recs) => drop(hub.cast(PushMsg::Computed {
-                        user_id,
-                        query,
-                        recs,
-                    })),
+                    Ok(recs) => drop(mailbox::tell(
+                        &hub,
+                        PushMsg::Computed {
+                            user_id,
+                            query,
+                            recs,
+                        },
+                    )),
                     Err(error) => tracing::debug!(error = %error.message, "push recompute failed"),
                 }
             });

@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 
 const MANIFEST: &str = "models/manifest.json";
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
     pub active: Option<String>,
     pub versions: Vec<VersionInfo>,
@@ -30,13 +30,14 @@ pub struct Manifest {
     pub activations: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     pub version: String,
     pub created_at: i64,
     pub metrics: BTreeMap<String, f64>,
     /// Timestamps (epoch ms) of the oldest and newest training event.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<i64>>, min_items = 2, max_items = 2)]
     pub data_range: Option<(i64, i64)>,
     /// What the version was trained on and with.
     #[serde(default)]
@@ -47,12 +48,13 @@ pub struct VersionInfo {
 }
 
 /// The shape of a version: its data and its parts.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionFeatures {
     pub num_items: usize,
     pub num_users: usize,
     pub num_interactions: usize,
     pub dim: usize,
+    #[schema(value_type = Object)]
     pub hybrid: models::HybridParams,
     /// Content features the content map knows (categories, tags, attributes, title words).
     pub content_features: usize,

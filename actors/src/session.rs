@@ -20,13 +20,14 @@ use storage::catalog::ItemStatus;
 use storage::sessions::SessionCommit;
 
 use crate::Services;
+use crate::mailbox;
 use crate::model::{ModelRequest, UserVector};
 use crate::obs::Obs;
 use crate::push::PushMsg;
 use crate::session_manager::SessionManagerMsg;
 
 /// One interaction in the user's recent history.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Interaction {
     pub item_id: String,
     pub kind: EventKind,
@@ -52,7 +53,7 @@ impl SessionData {
 }
 
 /// `GET /v1/users/{id}`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub user_id: String,
     pub num_events: u64,
@@ -63,7 +64,7 @@ pub struct UserView {
 
 /// Session features over the current tumbling window (`trending.window`): how active the user is
 /// now, and in which categories.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct WindowFeatures {
     pub window_secs: u64,
     pub events: u64,
@@ -182,7 +183,7 @@ impl Actor for SessionActor {
             .register(&myself.get_cell(), "session", &obs_state);
         let period = (args.services.config.sessions.idle_timeout / 2)
             .max(std::time::Duration::from_millis(20));
-        myself.send_interval(period, || SessionMsg::IdleCheck);
+        mailbox::tell_every(myself.clone(), period, || SessionMsg::IdleCheck);
         Ok(SessionState {
             args,
             data,
@@ -209,6 +210,7 @@ impl Actor for SessionActor {
         msg: SessionMsg,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
+        state.obs.handled();
         match msg {
             SessionMsg::Apply(records, reply) => {
                 state.last_active = Instant::now();
@@ -230,10 +232,13 @@ impl Actor for SessionActor {
             SessionMsg::Passivate => myself.stop(Some("passivated".into())),
             SessionMsg::IdleCheck => {
                 if state.last_active.elapsed() >= state.args.services.config.sessions.idle_timeout {
-                    let _ = state.args.manager.cast(SessionManagerMsg::Idle {
-                        user_id: state.args.user_id.clone(),
-                        actor: myself.get_id(),
-                    });
+                    let _ = mailbox::tell(
+                        &state.args.manager,
+                        SessionManagerMsg::Idle {
+                            user_id: state.args.user_id.clone(),
+                            actor: myself.get_id(),
+                        },
+                    );
                 }
             }
         }
@@ -317,7 +322,7 @@ impl SessionState {
             self.vector = None;
             services.cache.invalidate(user);
             if let Some(push) = services.push.load_full() {
-                let _ = push.cast(PushMsg::Changed(user.to_owned()));
+                let _ = mailbox::tell(&push, PushMsg::Changed(user.to_owned()));
             }
         }
         self.obs_state.num_events = self.data.num_events;

@@ -15,6 +15,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use serde::Serialize;
 use storage::Record;
 
+use crate::mailbox;
 use crate::obs::Obs;
 use crate::session::{
     self, ApplyOutcome, SessionActor, SessionArgs, SessionData, SessionMsg, UserView,
@@ -106,6 +107,7 @@ impl Actor for SessionManager {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.obs.handled();
         match msg {
             SessionManagerMsg::Apply {
                 user_id,
@@ -170,7 +172,7 @@ impl Actor for SessionManager {
                     .is_some_and(|s| s.get_id() == actor)
                     && let Some(session) = state.remove(&user_id)
                 {
-                    let _ = session.cast(SessionMsg::Passivate);
+                    let _ = mailbox::tell(&session, SessionMsg::Passivate);
                     state.obs_state.num_passivated += 1;
                 }
             }
@@ -213,7 +215,7 @@ impl Actor for SessionManager {
 fn forward(session: &ActorRef<SessionMsg>, msg: SessionMsg) {
     // If the session died in between, the reply port inside `msg` is dropped with it and the
     // caller sees `unavailable`; it never waits forever.
-    let _ = session.send_message(msg);
+    let _ = mailbox::tell(session, msg);
 }
 
 impl SessionManagerState {
@@ -259,7 +261,7 @@ impl SessionManagerState {
                 break;
             };
             self.users_by_actor.remove(&evicted.get_id());
-            let _ = evicted.cast(SessionMsg::Passivate);
+            let _ = mailbox::tell(&evicted, SessionMsg::Passivate);
             self.obs_state.num_evicted += 1;
         }
         let args = SessionArgs {

@@ -17,6 +17,7 @@ use storage::Record;
 
 use crate::Services;
 use crate::archiver::read_archive;
+use crate::mailbox;
 use crate::obs::Obs;
 use crate::push::PushMsg;
 use crate::registry::Published;
@@ -70,7 +71,7 @@ impl Actor for TrainerActor {
             .register(&myself.get_cell(), "trainer", &TrainerObs::default());
         let interval = services.config.model.retrain_interval;
         if !interval.is_zero() {
-            myself.send_interval(interval, || TrainerMsg::Train {
+            mailbox::tell_every(myself.clone(), interval, || TrainerMsg::Train {
                 wait: false,
                 reply: None,
             });
@@ -99,6 +100,7 @@ impl Actor for TrainerActor {
         msg: TrainerMsg,
         state: &mut TrainerState,
     ) -> Result<(), ActorProcessingErr> {
+        state.obs.handled();
         match msg {
             TrainerMsg::Train { wait, reply } => {
                 if state.obs_state.running {
@@ -121,7 +123,7 @@ impl Actor for TrainerActor {
                 let services = state.services.clone();
                 tokio::spawn(async move {
                     let result = run(&services, &myself).await.map_err(|e| e.message);
-                    let _ = myself.cast(TrainerMsg::Done(result));
+                    let _ = mailbox::tell(&myself, TrainerMsg::Done(result));
                 });
             }
             TrainerMsg::Progress {
@@ -218,10 +220,13 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
             params,
             hybrid,
             |iteration, iterations| {
-                let _ = progress.cast(TrainerMsg::Progress {
-                    iteration,
-                    iterations,
-                });
+                let _ = mailbox::tell(
+                    &progress,
+                    TrainerMsg::Progress {
+                        iteration,
+                        iterations,
+                    },
+                );
             },
         )
     })
@@ -259,7 +264,7 @@ async fn swapped_in(services: &Services) -> Result<(), ApiError> {
     services.models.reload_all().await?;
     services.cache.clear();
     if let Some(push) = services.push.load_full() {
-        let _ = push.cast(PushMsg::ChangedAll);
+        let _ = mailbox::tell(&push, PushMsg::ChangedAll);
     }
     Ok(())
 }

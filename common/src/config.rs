@@ -28,6 +28,129 @@ pub struct Config {
     pub model: ModelConfig,
     pub trending: TrendingConfig,
     pub telemetry: TelemetryConfig,
+    pub auth: AuthConfig,
+    pub pii: PiiConfig,
+}
+
+/// A secret from configuration: never printed by `Debug` (configs are logged in places).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(#[serde(deserialize_with = "lenient_string")] pub String);
+
+/// A string that an environment variable may have made look like a number or a boolean
+/// (`STREAMREC__SERVER__TLS__MIN_VERSION=1.2` arrives as the float 1.2): taken as written.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Str(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match Raw::deserialize(deserializer)? {
+        Raw::Str(s) => s,
+        Raw::Int(i) => i.to_string(),
+        Raw::Float(f) => f.to_string(),
+        Raw::Bool(b) => b.to_string(),
+    })
+}
+
+fn lenient_opt_string<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "lenient_string")] String);
+    Ok(Option::<Wrap>::deserialize(deserializer)?.map(|w| w.0))
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Who may call the APIs: OAuth 2.0 bearer tokens (JWT) issued by an external provider.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Require `Authorization: Bearer <JWT>` on every API but `/healthz` and `/readyz`.
+    /// Default `true`; `streamrec demo` turns it off. Off, the node logs a warning at start.
+    pub enabled: bool,
+    /// Accept HS256 tokens signed with this shared secret (simple setups). Default none.
+    pub hs256_secret: Option<Secret>,
+    /// Accept RS256/ES256 tokens signed by a key of this JWKS (the provider's `jwks_uri`),
+    /// fetched at start and every `jwks_refresh`, and again when a token names an unknown key.
+    pub jwks_url: Option<String>,
+    /// The same, from a JWKS file (re-read every `jwks_refresh`).
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`, when set. Default none.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub issuer: Option<String>,
+    /// Required `aud`, when set. Default none.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`. Default 30s.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// How often keys are re-read. Default 10m.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// The claim holding the caller's roles (an array of strings, or a space-separated string
+    /// like `scope`). Default `roles`.
+    pub roles_claim: String,
+    /// Require the `operator` role for `/metrics` too. Default `false` (scrapers stay simple).
+    pub protect_metrics: bool,
+    /// Requests per second each caller (token subject, or client address without a token) may
+    /// make; beyond it, 429 with `Retry-After`. 0 turns the limit off. Default 200.
+    pub rate_limit_per_second: f64,
+    /// Requests a caller may make at once above that rate. Default 400.
+    pub rate_limit_burst: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            hs256_secret: None,
+            jwks_url: None,
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            jwks_refresh: Duration::from_secs(600),
+            roles_claim: "roles".into(),
+            protect_metrics: false,
+            rate_limit_per_second: 200.0,
+            rate_limit_burst: 400,
+        }
+    }
+}
+
+/// Personal data at rest: profile fields encrypted with AES-256-GCM.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PiiConfig {
+    /// Profile fields that are personal. Default `email`, `name`, `phone`, `address`, `notes`.
+    pub fields: Vec<String>,
+    /// Keys by id, each 32 bytes in base64 (`STREAMREC__PII__KEYS__<ID>=...`). The key id is
+    /// stored with every ciphertext, so old keys keep decrypting after a rotation. When empty, a
+    /// key is generated once into `data_dir/pii.key` (fine for one node, not for a cluster).
+    pub keys: std::collections::BTreeMap<String, Secret>,
+    /// The key new values are encrypted with. Default: the only key, or the last id in order.
+    pub active_key: Option<String>,
+}
+
+impl Default for PiiConfig {
+    fn default() -> Self {
+        Self {
+            fields: ["email", "name", "phone", "address", "notes"]
+                .map(String::from)
+                .to_vec(),
+            keys: Default::default(),
+            active_key: None,
+        }
+    }
 }
 
 /// The HTTP server.
@@ -46,6 +169,24 @@ pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests before closing. Default 30s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Serve HTTP, WebSocket and gRPC over TLS. Default off.
+    pub tls: TlsConfig,
+}
+
+/// TLS for the listener (rustls). On when `cert` and `key` are set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; re-read when the file changes.
+    pub cert: Option<PathBuf>,
+    /// PEM private key; re-read when the file changes.
+    pub key: Option<PathBuf>,
+    /// Lowest protocol version accepted: `1.3` (default) or `1.2`.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub min_version: Option<String>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS, for
+    /// node-to-node traffic).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The event log that feeds sessions.
@@ -230,6 +371,7 @@ impl Default for ServerConfig {
             max_batch_events: 1000,
             request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -370,6 +512,17 @@ impl Config {
         if self.sessions.max_live == 0 || self.sessions.max_recent == 0 {
             return invalid("sessions.max_live and sessions.max_recent must be at least 1");
         }
+        let tls = &self.server.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            return invalid("server.tls.cert and server.tls.key must be set together");
+        }
+        if !matches!(tls.min_version.as_deref(), None | Some("1.2" | "1.3")) {
+            return invalid("server.tls.min_version must be \"1.2\" or \"1.3\"");
+        }
+        let rate = self.auth.rate_limit_per_second;
+        if rate.is_nan() || rate < 0.0 {
+            return invalid("auth.rate_limit_per_second must be 0 (off) or more");
+        }
         if self.server.max_batch_events == 0 || self.events.consume_batch == 0 {
             return invalid("server.max_batch_events and events.consume_batch must be at least 1");
         }
@@ -448,6 +601,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../streamrec.example.toml");
+        let text = std::fs::read_to_string(&path).expect("example file");
+        let example: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(&text))
+            .extract()
+            .expect("every key in the example exists");
+        let defaults = serde_json::to_value(Config::default()).expect("json");
+        let example = serde_json::to_value(example).expect("json");
+        // `data_dir` is empty in the defaults and becomes `data` at start-up, as the file says.
+        assert_eq!(example["data_dir"], "data");
+        for (section, value) in defaults.as_object().expect("object") {
+            if section == "data_dir" {
+                continue;
+            }
+            assert_eq!(
+                &example[section], value,
+                "[{section}] differs from the defaults"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut config = Config::default();
+        config.auth.hs256_secret = Some(Secret("hunter2-hunter2".into()));
+        config
+            .pii
+            .keys
+            .insert("k1".into(), Secret("c2VjcmV0".into()));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("c2VjcmV0"));
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)] // figment's `Jail` fixes the closure's error type
     fn file_then_environment_override_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -463,6 +651,26 @@ mod tests {
             assert_eq!(config.sessions.idle_timeout, Duration::from_secs(90));
             assert_eq!(config.sessions.max_recent, 9);
             assert_eq!(config.events.num_partitions, 12);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn strings_that_look_like_numbers_stay_strings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STREAMREC__SERVER__TLS__MIN_VERSION", "1.2");
+            jail.set_env("STREAMREC__AUTH__HS256_SECRET", "987654321987654321");
+            jail.set_env("STREAMREC__AUTH__AUDIENCE", "42");
+            jail.set_env("STREAMREC__PII__KEYS__K1", "true");
+            let config = Config::load(None).expect("loads");
+            assert_eq!(config.server.tls.min_version.as_deref(), Some("1.2"));
+            assert_eq!(
+                config.auth.hs256_secret,
+                Some(Secret("987654321987654321".into()))
+            );
+            assert_eq!(config.auth.audience.as_deref(), Some("42"));
+            assert_eq!(config.pii.keys["k1"], Secret("true".into()));
             Ok(())
         });
     }

@@ -1,6 +1,6 @@
 //! One table of stable error codes. Every failure a client can see is one of these codes with a
-//! message; the code decides the HTTP status (and the gRPC status once the gRPC gateway lands),
-//! so the mapping lives here and nowhere else.
+//! message; the code decides the HTTP status and the gRPC status, so the mapping lives here and
+//! nowhere else.
 
 use serde::Serialize;
 
@@ -18,6 +18,14 @@ pub enum ErrorCode {
     Unavailable,
     /// A training run is already in progress.
     Conflict,
+    /// No valid credentials (missing, expired or forged token).
+    Unauthenticated,
+    /// Valid credentials that do not allow this.
+    PermissionDenied,
+    /// The caller sent too many requests; retry after the `Retry-After` delay.
+    RateLimited,
+    /// No such route, or the method is not allowed on it.
+    MethodNotAllowed,
     /// A bug or an unexpected failure; details are logged, never sent.
     Internal,
 }
@@ -30,6 +38,10 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -41,7 +53,27 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Unavailable => 503,
             ErrorCode::Conflict => 409,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The canonical gRPC status code (`google.rpc.Code`) for the same failure.
+    pub fn grpc_code(self) -> i32 {
+        match self {
+            ErrorCode::InvalidArgument => 3,
+            ErrorCode::PayloadTooLarge => 8,
+            ErrorCode::NotFound => 5,
+            ErrorCode::Unavailable => 14,
+            ErrorCode::Conflict => 10,
+            ErrorCode::Unauthenticated => 16,
+            ErrorCode::PermissionDenied => 7,
+            ErrorCode::RateLimited => 8,
+            ErrorCode::MethodNotAllowed => 12,
+            ErrorCode::Internal => 13,
         }
     }
 }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What a user did to an item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     View,
@@ -82,18 +82,98 @@ impl Event {
 }
 
 /// An event as a client sends it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventInput {
+    /// Makes retries idempotent; the server assigns one when absent.
     #[serde(default)]
+    #[schema(value_type = Option<crate::Id>)]
     pub event_id: Option<String>,
+    #[schema(value_type = crate::Id)]
     pub user_id: String,
+    #[schema(value_type = crate::Id)]
     pub item_id: String,
+    #[schema(value_type = EventKind)]
     pub kind: String,
+    /// A rating, a price: any finite number of magnitude at most 1e12.
     #[serde(default)]
+    #[schema(minimum = -1e12, maximum = 1e12)]
     pub value: Option<f64>,
-    #[serde(default)]
+    /// Epoch milliseconds (up to year 3000); now when absent. `1700000000000.0` is accepted: it
+    /// is an integer in JSON.
+    #[serde(default, deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 32_503_680_000_000_i64)]
     pub ts: Option<i64>,
+}
+
+/// Why a batch of events is refused before any of it is stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchError {
+    Empty,
+    /// More than this many events.
+    TooMany(usize),
+    /// The first bad event.
+    Invalid {
+        index: usize,
+        message: String,
+    },
+}
+
+impl From<BatchError> for crate::ApiError {
+    fn from(error: BatchError) -> Self {
+        match error {
+            BatchError::Empty => Self::invalid("`events` must contain at least one event"),
+            BatchError::TooMany(max) => Self::new(
+                crate::ErrorCode::PayloadTooLarge,
+                format!("at most {max} events per request"),
+            ),
+            BatchError::Invalid { index, message } => {
+                Self::invalid(format!("events[{index}]: {message}"))
+            }
+        }
+    }
+}
+
+/// Validates a whole batch (1 to `max` events; `parse` turns each raw entry into an input) the
+/// same way on every interface: all or nothing, the first bad entry named by its index.
+pub fn validate_batch<T>(
+    raw: Vec<T>,
+    max: usize,
+    parse: impl Fn(T) -> Result<EventInput, String>,
+) -> Result<Vec<Event>, BatchError> {
+    if raw.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    if raw.len() > max {
+        return Err(BatchError::TooMany(max));
+    }
+    let now = crate::now_millis();
+    raw.into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            parse(entry)
+                .and_then(|input| input.validate(now, || uuid::Uuid::now_v7().to_string()))
+                .map_err(|message| BatchError::Invalid { index, message })
+        })
+        .collect()
+}
+
+/// An optional integer that JSON may spell with a zero fraction (`12.0`), as some clients do.
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Int(i64),
+        Float(f64),
+    }
+    match Option::<Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Number::Int(i)) => Ok(Some(i)),
+        Some(Number::Float(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        Some(Number::Float(f)) => Err(serde::de::Error::custom(format!(
+            "expected an integer, found {f}"
+        ))),
+    }
 }
 
 /// Latest accepted timestamp (year 3000) to catch seconds-vs-nanoseconds mistakes.
@@ -138,6 +218,24 @@ impl EventInput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timestamp_may_be_an_integral_float_but_nothing_else() {
+        let parse = |ts: &str| {
+            serde_json::from_str::<EventInput>(&format!(
+                r#"{{"user_id":"u","item_id":"i","kind":"view","ts":{ts}}}"#
+            ))
+            .map(|e| e.ts)
+        };
+        assert_eq!(
+            parse("1700000000000").expect("int"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(parse("1275.0").expect("integral float"), Some(1275));
+        assert_eq!(parse("null").expect("null"), None);
+        assert!(parse("12.5").is_err());
+        assert!(parse("\"12\"").is_err());
+    }
 
     fn input(json: &str) -> EventInput {
         serde_json::from_str(json).expect("valid json")

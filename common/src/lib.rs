@@ -1,6 +1,6 @@
 //! The vocabulary every streamrec crate shares: events and items with their validation, the
-//! error-code table that maps failures to HTTP (and later gRPC) statuses, typed configuration,
-//! the partitioner and telemetry set-up.
+//! error-code table that maps failures to HTTP and gRPC statuses, typed configuration, the
+//! partitioner and telemetry set-up.
 //!
 //! This crate is a leaf: it knows nothing of actors, storage engines or the model.
 
@@ -14,7 +14,7 @@ pub mod telemetry;
 
 pub use config::Config;
 pub use error::{ApiError, ErrorCode};
-pub use event::{Event, EventInput, EventKind};
+pub use event::{BatchError, Event, EventInput, EventKind, validate_batch};
 pub use item::{Item, ItemInput};
 pub use recs::{RecQuery, Recommendation, Recommendations};
 
@@ -26,14 +26,39 @@ pub fn now_millis() -> i64 {
         .unwrap_or_default()
 }
 
-/// Checks an identifier (user, item or event id): non-empty, at most 256 bytes, no control
-/// characters. Identifiers become storage keys, so a `\0` would break key prefixes.
+/// Longest identifier, in characters.
+pub const MAX_ID_CHARS: usize = 256;
+/// [`validate_id`] as a regular expression (JSON Schema / ECMA syntax).
+pub const ID_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]{1,256}$";
+
+/// The OpenAPI schema of an identifier, for `#[schema(value_type = common::Id)]` on fields that
+/// [`validate_id`] checks, so that the published schema and the validation cannot disagree.
+pub struct Id;
+
+impl utoipa::PartialSchema for Id {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_ID_CHARS))
+            .pattern(Some(ID_PATTERN))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Id {}
+
+/// Checks an identifier (user, item or event id): non-empty, at most [`MAX_ID_CHARS`]
+/// characters, no control characters. Identifiers become storage keys, so a `\0` would break key
+/// prefixes. [`ID_PATTERN`] says the same to OpenAPI clients.
 pub fn validate_id(field: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("`{field}` must not be empty"));
     }
-    if value.len() > 256 {
-        return Err(format!("`{field}` must be at most 256 bytes"));
+    if value.chars().count() > MAX_ID_CHARS {
+        return Err(format!(
+            "`{field}` must be at most {MAX_ID_CHARS} characters"
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(format!("`{field}` must not contain control characters"));

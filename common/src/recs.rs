@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Recommendation {
     pub item_id: String,
     pub score: f32,
@@ -10,7 +10,7 @@ pub struct Recommendation {
     pub reasons: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Recommendations {
     pub user_id: String,
     pub model_version: String,
@@ -26,3 +26,16 @@ pub struct RecQuery {
 
 /// Largest `k` a client may ask for.
 pub const MAX_K: usize = 100;
+
+impl RecQuery {
+    /// A checked query: `k` from 1 to [`MAX_K`], `category` a valid id.
+    pub fn new(k: usize, category: Option<String>) -> Result<Self, String> {
+        if !(1..=MAX_K).contains(&k) {
+            return Err(format!("`k` must be an integer from 1 to {MAX_K}"));
+        }
+        if let Some(c) = &category {
+            crate::validate_id("category", c)?;
+        }
+        Ok(Self { k, category })
+    }
+}

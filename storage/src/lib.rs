@@ -14,6 +14,7 @@ pub mod error;
 pub mod log;
 pub mod objects;
 pub mod pg_catalog;
+pub mod pii;
 pub mod redis_cache;
 pub mod s3;
 pub mod sessions;

@@ -12,7 +12,8 @@ use actors::session::UserView;
 use actors::session_manager::{SessionManager, SessionManagerMsg};
 use actors::trainer::{TrainerActor, TrainerMsg};
 use actors::{
-    CALL_TIMEOUT, ModelPool, ModelRegistry, ObsRegistry, Popularity, Services, Slot, call, slot_get,
+    CALL_TIMEOUT, ModelPool, ModelRegistry, ObsRegistry, Popularity, Services, Slot, call, mailbox,
+    slot_get,
 };
 use anyhow::Context;
 use common::{ApiError, Config, Event, Item, RecQuery, Recommendations};
@@ -37,7 +38,7 @@ pub struct Node {
 }
 
 /// `GET /readyz`: what is up and what is not.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// The node can serve: a model is loaded and sessions run. A dependency being down makes
     /// the node degraded (see `dependencies`), not unready: it keeps serving around it.
@@ -46,7 +47,33 @@ pub struct Readiness {
     pub model_workers: usize,
     pub sessions: bool,
     /// `up`, or `down: <why>`, for `events`, `catalog`, `cache` and `objects`.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub dependencies: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// `GET /v1/trending`: what is active now.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct TrendingView {
+    /// Length of the tumbling window.
+    pub window_secs: u64,
+    pub items: Vec<TrendingItem>,
+    pub categories: Vec<TrendingCategory>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct TrendingItem {
+    pub item_id: String,
+    /// Decayed activity over the retained windows.
+    pub score: f64,
+    /// Positive interaction weight in the current window.
+    pub current_window: f64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct TrendingCategory {
+    pub category: String,
+    pub score: f64,
+    pub current_window: f64,
 }
 
 fn slot<M>() -> Slot<M> {
@@ -109,9 +136,16 @@ impl Node {
             None => log.clone(),
         };
         let store = Arc::new(RocksSessionStore::new(db.clone()));
-        let catalog_store = backends::catalog(&config.catalog, &db)
-            .await
-            .context("connecting to the catalog store")?;
+        let pii = Arc::new(
+            storage::pii::PiiCipher::from_config(&config.pii, &config.data_dir)
+                .context("loading the PII keys")?,
+        );
+        let catalog_store: Arc<dyn storage::Catalog> = Arc::new(storage::pii::SealedCatalog::new(
+            backends::catalog(&config.catalog, &db)
+                .await
+                .context("connecting to the catalog store")?,
+            pii,
+        ));
         let catalog = Arc::new(
             CatalogView::open(catalog_store)
                 .await
@@ -223,6 +257,55 @@ impl Node {
         .await
     }
 
+    /// Everything held about a user (GDPR access): the session, the summed interactions, the
+    /// profile (decrypted), and the user's events still in the log. After an erasure, all of it
+    /// is empty: erased events are behind the user's tombstone.
+    pub async fn export_user(&self, user_id: &str) -> Result<serde_json::Value, ApiError> {
+        let session = self.user(user_id).await?;
+        let services = &self.services;
+        let stored = services.store.load(user_id).map_err(ApiError::from)?;
+        let interactions = match stored {
+            Some(bytes) => actors::session::SessionData::decode(&bytes)?.items,
+            None => Default::default(),
+        };
+        let profile = services
+            .catalog
+            .store()
+            .get_profile(user_id)
+            .await
+            .map_err(ApiError::from)?;
+        let log = &services.log;
+        let partition = common::partition::partition_for(user_id, log.num_partitions());
+        let end = *log.high_watermark(partition).borrow();
+        let mut offset = services
+            .store
+            .erased_at(user_id)
+            .map_err(ApiError::from)?
+            .unwrap_or(0);
+        let mut events = Vec::new();
+        while offset < end {
+            let records = log
+                .read(partition, offset, 10_000)
+                .await
+                .map_err(ApiError::from)?;
+            let Some(last) = records.last() else { break };
+            offset = last.offset + 1;
+            events.extend(
+                records
+                    .into_iter()
+                    .filter(|r| r.event.user_id == user_id)
+                    .map(|r| r.event),
+            );
+        }
+        Ok(serde_json::json!({
+            "user_id": user_id,
+            "session": session,
+            "interactions": interactions,
+            "profile": profile,
+            "events": events,
+        }))
+    }
+
     /// Applies all events already in the log to sessions right now (for tests and tools):
     /// returns once every partition's committed offset reaches its end, or after `timeout`.
     pub async fn wait_caught_up(&self, timeout: Duration) -> bool {
@@ -309,22 +392,31 @@ impl Node {
     }
 
     /// The trending items (recommendable, in the query's category if any) and categories.
-    pub fn trending(&self, query: &RecQuery) -> serde_json::Value {
-        let entries = |entries: Vec<actors::trending::TrendingEntry>, key: &str| {
-            entries
-                .into_iter()
-                .map(|e| serde_json::json!({ key: e.id, "score": e.score, "current_window": e.current }))
-                .collect::<Vec<_>>()
-        };
+    pub fn trending(&self, query: &RecQuery) -> TrendingView {
         let categories = self
             .services
             .trending
             .top(query.k, common::now_millis(), true, |_| true);
-        serde_json::json!({
-            "window_secs": self.services.trending.window().as_secs(),
-            "items": entries(self.trending_items(query), "item_id"),
-            "categories": entries(categories, "category"),
-        })
+        TrendingView {
+            window_secs: self.services.trending.window().as_secs(),
+            items: self
+                .trending_items(query)
+                .into_iter()
+                .map(|e| TrendingItem {
+                    item_id: e.id,
+                    score: e.score,
+                    current_window: e.current,
+                })
+                .collect(),
+            categories: categories
+                .into_iter()
+                .map(|e| TrendingCategory {
+                    category: e.id,
+                    score: e.score,
+                    current_window: e.current,
+                })
+                .collect(),
+        }
     }
 
     /// The trending items that may be recommended (in the query's category if any), best first.
@@ -449,12 +541,12 @@ impl Node {
                     .label_of(&cell)
                     .ok_or_else(|| conflict(format!("{id} has no name in its supervisor")))?;
                 let supervisor: ActorRef<SupervisorMsg> = parent.into();
-                match supervisor
-                    .call(
-                        |reply| SupervisorMsg::Restart(name, reply),
-                        Some(CALL_TIMEOUT),
-                    )
-                    .await
+                match mailbox::ask(
+                    &supervisor,
+                    |reply| SupervisorMsg::Restart(name, reply),
+                    Some(CALL_TIMEOUT),
+                )
+                .await
                 {
                     Ok(ractor::rpc::CallResult::Success(Ok(()))) => Ok(()),
                     Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(conflict(e)),
@@ -475,8 +567,7 @@ impl Node {
                     return Err(conflict(format!("{id} is not a session")));
                 }
                 let session: ActorRef<actors::session::SessionMsg> = cell.into();
-                session
-                    .cast(actors::session::SessionMsg::Passivate)
+                mailbox::tell(&session, actors::session::SessionMsg::Passivate)
                     .map_err(|_| ApiError::unavailable("the session is stopping"))
             }
         }
@@ -494,16 +585,16 @@ impl Node {
     ) -> Result<(u64, RecsWatch), ApiError> {
         let push = slot_get(&self.services.push, "push hub")?;
         let user_id = user_id.to_owned();
-        match push
-            .call(
-                |reply| PushMsg::Subscribe {
-                    user_id,
-                    query,
-                    reply,
-                },
-                Some(CALL_TIMEOUT),
-            )
-            .await
+        match mailbox::ask(
+            &push,
+            |reply| PushMsg::Subscribe {
+                user_id,
+                query,
+                reply,
+            },
+            Some(CALL_TIMEOUT),
+        )
+        .await
         {
             Ok(ractor::rpc::CallResult::Success(sub)) => Ok(sub),
             _ => Err(ApiError::unavailable("push hub is not available")),
@@ -512,7 +603,7 @@ impl Node {
 
     pub fn unsubscribe(&self, id: u64) {
         if let Some(push) = self.services.push.load_full() {
-            let _ = push.cast(PushMsg::Unsubscribe(id));
+            let _ = mailbox::tell(&push, PushMsg::Unsubscribe(id));
         }
     }
 

@@ -190,6 +190,7 @@ impl Actor for Supervisor {
         msg: SupervisorMsg,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
+        state.obs.handled();
         match msg {
             SupervisorMsg::Respawn(index) => {
                 if state.children[index].cell.is_none()
@@ -276,7 +277,9 @@ fn schedule_restart(
         Decision::RestartAfter(delay) => {
             obs.num_restarts += 1;
             state.obs_state.num_restarts += 1;
-            myself.send_after(delay, move || SupervisorMsg::Respawn(index));
+            actors::mailbox::tell_after(myself.clone(), delay, move || {
+                SupervisorMsg::Respawn(index)
+            });
             Ok(())
         }
         Decision::Escalate => {
