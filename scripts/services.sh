@@ -185,6 +185,7 @@ case "${1:-}" in
     env)
         echo "export STREAMREC_TEST_KAFKA=kafka://127.0.0.1:$KAFKA_PORT"
         echo "export STREAMREC_TEST_NODE_PATH=$TOOLS/node/node_modules"
+        echo "export STREAMREC_TEST_SCHEMATHESIS=$TOOLS/schemathesis/bin/st"
         echo "export STREAMREC_TEST_POSTGRES=postgres://postgres@127.0.0.1:$PG_PORT/streamrec"
         echo "export STREAMREC_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT"
         echo "export STREAMREC_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"

@@ -5,12 +5,15 @@
 #   - ONNX Runtime ${ORT_VERSION}, taken from the PyPI `onnxruntime` wheel (no build step downloads
 #     a binary from anywhere else) into the tool cache, where `streamrec` finds it by itself;
 #   - for the console's browser test: Debian's chromium, and playwright-core ${PLAYWRIGHT_VERSION}
-#     from npm into the tool cache (it drives the system chromium; it downloads no browser).
+#     from npm into the tool cache (it drives the system chromium; it downloads no browser);
+#   - for the OpenAPI fuzz test: schemathesis ${SCHEMATHESIS_VERSION} from PyPI, in a virtualenv
+#     in the tool cache.
 # The tool cache is $STREAMREC_CACHE, else $XDG_CACHE_HOME/streamrec, else ~/.cache/streamrec.
 set -euo pipefail
 
 ORT_VERSION=1.31.1
 PLAYWRIGHT_VERSION=1.64.1
+SCHEMATHESIS_VERSION=4.32.5
 CACHE="${STREAMREC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamrec}"
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -31,6 +34,7 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 command -v chromium >/dev/null || missing+=(chromium)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
@@ -69,3 +73,11 @@ if [ ! -d "$node_modules/playwright-core" ]; then
     npm install --prefix "$CACHE/tools/node" --silent --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
 fi
 say "playwright-core: $node_modules"
+
+venv="$CACHE/tools/schemathesis"
+if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    say "installing schemathesis $SCHEMATHESIS_VERSION from PyPI"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+say "schemathesis: $venv/bin/st"

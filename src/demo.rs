@@ -116,8 +116,13 @@ pub async fn run(mut config: Config, rate: u32) -> anyhow::Result<()> {
          a user's state   {base}/v1/users/user-1\n  \
          actor tree       {base}/v1/admin/actors\n  \
          model versions   {base}/v1/admin/models\n  \
+         console          {base}/console\n  \
+         GraphQL          {base}/graphiql\n  \
+         REST docs        {base}/docs\n  \
+         gRPC             grpcurl -plaintext {addr} list\n  \
          metrics          {base}/metrics\n  \
          readiness        {base}/readyz\n\n\
+         Authentication is off in the demo; `streamrec serve` requires bearer tokens.\n\
          {rate} synthetic events per second are streaming in; user-1 likes {fav}.\n",
         data = node.config.data_dir.display(),
         fav = CATEGORIES[1],

@@ -1,17 +1,23 @@
-//! `streamrec inspect [ACTOR] [--url URL]`: the operator's view of a running node from a shell,
-//! over the same admin API the console uses. Without an actor, one line per actor in the
-//! supervision tree (name, kind, status, id, restarts, uptime); with one, its snapshot as JSON.
+//! `streamrec inspect [ACTOR] [--url URL] [--token JWT]`: the operator's view of a running node
+//! from a shell, over the same admin API the console uses (the token needs the `operator` role).
+//! Without an actor, one line per actor in the supervision tree (name, kind, status, id,
+//! restarts, mailbox, uptime); with one, its snapshot as JSON.
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-pub async fn run(url: &str, actor: Option<&str>) -> anyhow::Result<()> {
+pub async fn run(url: &str, actor: Option<&str>, token: Option<&str>) -> anyhow::Result<()> {
     let base = url.trim_end_matches('/');
     let path = match actor {
         Some(id) => format!("{base}/v1/admin/actors/{id}"),
         None => format!("{base}/v1/admin/actors"),
     };
-    let response = reqwest::get(&path)
+    let mut request = reqwest::Client::new().get(&path);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
         .await
         .with_context(|| format!("no node answers at {base}"))?;
     let status = response.status();
@@ -37,12 +43,23 @@ pub fn tree(node: &Value) -> String {
             .as_u64()
             .map(|n| format!(" restarts={n}"))
             .unwrap_or_default();
+        let mailbox = &node["mailbox"];
+        let mailbox = mailbox["depth"]
+            .as_u64()
+            .map(|depth| {
+                format!(
+                    " mailbox={depth} msgs={} ({}/s)",
+                    mailbox["handled"].as_u64().unwrap_or(0),
+                    mailbox["rate"].as_f64().unwrap_or(0.0)
+                )
+            })
+            .unwrap_or_default();
         let uptime = node["uptime_ms"]
             .as_i64()
             .map(|ms| format!(" up={}s", ms / 1000))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{:indent$}{} [{}] {} id={}{restarts}{uptime}\n",
+            "{:indent$}{} [{}] {} id={}{restarts}{mailbox}{uptime}\n",
             "",
             node["name"].as_str().unwrap_or("-"),
             node["kind"].as_str().unwrap_or("?"),

@@ -74,6 +74,9 @@ enum Command {
         /// Base URL of the node.
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "STREAMREC_URL")]
         url: String,
+        /// A bearer token with the `operator` role (when the node requires authentication).
+        #[arg(long, env = "STREAMREC_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Evaluate the models on MovieLens files (temporal hold-out of positives, metrics @10);
     /// prints a table, or JSON with --json.
@@ -137,6 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
+            // The demo is for a laptop: no identity provider to issue tokens.
+            config.auth.enabled = false;
             common::telemetry::init(&config.telemetry);
             demo::run(config, rate).await
         }
@@ -151,7 +156,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
-        Command::Inspect { actor, url } => inspect::run(&url, actor.as_deref()).await,
+        Command::Inspect { actor, url, token } => {
+            inspect::run(&url, actor.as_deref(), token.as_deref()).await
+        }
         Command::Eval { dir, json, seed } => {
             let report =
                 tokio::task::spawn_blocking(move || eval::run(&dir, seed, !json)).await??;
@@ -198,15 +205,37 @@ pub async fn serve(
         let _ = ready.send(addr);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = api::router(node.clone());
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let mut stop_rx = stop_rx;
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
+    let app = api::router(node.clone())?;
+    if !node.config.auth.enabled {
+        tracing::warn!(
+            "authentication is OFF (auth.enabled = false): anyone who reaches this port may read \
+             every user's data and operate the node"
+        );
+    }
+    let stopping = async move {
+        let mut stop_rx = stop_rx;
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    let tls = &node.config.server.tls;
+    let mut server = if tls.cert.is_some() {
+        let reloader = api::tls::Reloader::new(tls)?;
+        reloader.spawn_watch(std::time::Duration::from_secs(5));
+        tracing::info!(
+            min_version = tls.min_version.as_deref().unwrap_or("1.3"),
+            mutual = tls.client_ca.is_some(),
+            "serving TLS"
+        );
+        tokio::spawn(api::tls::serve(listener, app, reloader, stopping))
+    } else {
+        tokio::spawn(
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopping)
             .into_future(),
-    );
+        )
+    };
     let tree_died = tokio::select! {
         _ = shutdown_signal() => false,
         _ = node.stopped() => true,

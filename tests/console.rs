@@ -20,6 +20,7 @@ async fn the_console_shows_the_tree_restarts_an_actor_and_finds_a_user() {
             .arg(&script)
             .arg(&url)
             .env("NODE_PATH", &node_path)
+            .env("STREAMREC_TOKEN", admin_token())
             .output()
             .expect("node runs (make setup installs it)")
     });

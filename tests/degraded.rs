@@ -62,8 +62,13 @@ async fn with_redis_down_recommendations_come_from_l1_and_the_model() {
         s == 200 && b["num_events"] == 10
     })
     .await;
-    server.train().await;
+    let version = server.train().await;
     let path = "/v1/users/u0/recommendations?k=3";
+    // Every model actor has swapped to the new version (a swap clears the cache).
+    eventually(&server, path, |s, b| {
+        s == 200 && b["model_version"] == version.as_str()
+    })
+    .await;
     let (status, first) = server.get(path).await;
     assert_eq!(status, 200, "{first}");
     let (_, again) = server.get(path).await;

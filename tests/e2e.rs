@@ -41,10 +41,9 @@ async fn serves_recommendations_and_pushes_changes_over_websocket() {
     .await;
     server.train().await;
 
-    let (ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?user_id=watcher&k=4", server.addr))
-            .await
-            .expect("websocket");
+    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/ws?user_id=watcher&k=4"))
+        .await
+        .expect("websocket");
     let (mut tx, mut rx) = ws.split();
     let first = next_json(&mut rx).await;
     assert_eq!(first["type"], "recommendations");
@@ -685,7 +684,7 @@ async fn one_websocket_watches_several_users_and_drops_them_on_request() {
     assert_eq!(server.post_events(history).await.0, 202);
     server.train().await;
 
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", server.addr))
+    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/ws"))
         .await
         .expect("websocket");
     let (mut tx, mut rx) = ws.split();
@@ -820,7 +819,6 @@ async fn next_operation(rx: &mut WsRead) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graphql_subscription_pushes_every_change() {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let (_guard, dir) = workdir();
     let server = Server::start(&dir).await;
     let history: Vec<Value> = (0..40)
@@ -835,14 +833,7 @@ async fn a_graphql_subscription_pushes_every_change() {
     assert_eq!(server.post_events(history).await.0, 202);
     server.train().await;
 
-    let mut request = format!("ws://{}/graphql", server.addr)
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().expect("header"),
-    );
-    let (ws, response) = tokio_tungstenite::connect_async(request)
+    let (ws, response) = tokio_tungstenite::connect_async(server.graphql_ws_request())
         .await
         .expect("websocket");
     assert_eq!(
@@ -851,9 +842,13 @@ async fn a_graphql_subscription_pushes_every_change() {
     );
     let (mut tx, mut rx) = ws.split();
     let send = |v: Value| tokio_tungstenite::tungstenite::Message::Text(v.to_string().into());
-    tx.send(send(json!({"type": "connection_init"})))
-        .await
-        .expect("send");
+    // The token comes in the init payload, as browsers' GraphQL clients send it.
+    let bearer = format!("Bearer {}", admin_token());
+    tx.send(send(
+        json!({"type": "connection_init", "payload": {"Authorization": bearer}}),
+    ))
+    .await
+    .expect("send");
     assert_eq!(next_operation(&mut rx).await["type"], "connection_ack");
     tx.send(send(json!({
         "id": "1",

@@ -5,7 +5,28 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::{ApiError, ErrorCode};
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `invalid_argument`, `payload_too_large`, `not_found`,
+    /// `method_not_allowed`, `unauthenticated`, `permission_denied`, `rate_limited`,
+    /// `unavailable`, `conflict`, `internal`.
+    pub code: String,
+    /// For people; may change between versions.
+    pub message: String,
+    /// For a batch: the index of the first bad entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+}
 
 #[derive(Debug)]
 pub struct AppError {
@@ -37,11 +58,13 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.error.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut body =
-            json!({ "error": { "code": self.error.code, "message": self.error.message } });
-        if let Some(index) = self.index {
-            body["error"]["index"] = json!(index);
-        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.error.code.as_str().to_owned(),
+                message: self.error.message,
+                index: self.index,
+            },
+        };
         (status, Json(body)).into_response()
     }
 }
@@ -50,9 +73,12 @@ pub async fn not_found() -> AppError {
     ApiError::not_found("no such route").into()
 }
 
-pub async fn method_not_allowed() -> Response {
-    let body = json!({ "error": { "code": "method_not_allowed", "message": "method not allowed on this route" } });
-    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+pub async fn method_not_allowed() -> AppError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
+    .into()
 }
 
 /// Maps a body that could not be read (too large, broken stream) to an error.
@@ -78,8 +104,12 @@ pub async fn timeout(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let grpc = is_grpc(&request);
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
+        Err(_) if grpc => {
+            crate::grpc::status(&ApiError::unavailable("request timed out")).into_http()
+        }
         Err(_) => AppError::from(ApiError::unavailable("request timed out")).into_response(),
     }
 }
@@ -89,7 +119,8 @@ pub async fn timeout(
 fn code_for(status: StatusCode) -> &'static str {
     match status.as_u16() {
         404 => ErrorCode::NotFound.as_str(),
-        405 => "method_not_allowed",
+        405 => ErrorCode::MethodNotAllowed.as_str(),
+        429 => ErrorCode::RateLimited.as_str(),
         408 | 503 => ErrorCode::Unavailable.as_str(),
         413 => ErrorCode::PayloadTooLarge.as_str(),
         400..=499 => ErrorCode::InvalidArgument.as_str(),
@@ -97,11 +128,22 @@ fn code_for(status: StatusCode) -> &'static str {
     }
 }
 
+/// Whether a request speaks gRPC (its errors are statuses in trailers, never JSON bodies).
+pub fn is_grpc(request: &axum::extract::Request) -> bool {
+    request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// Gives every error response the one JSON shape, whichever layer produced it.
 pub async fn json_errors(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if is_grpc(&request) {
+        return next.run(request).await;
+    }
     let response = next.run(request).await;
     let status = response.status();
     let is_json = response

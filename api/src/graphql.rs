@@ -3,7 +3,8 @@
 //!
 //! Resolvers call the same `Node` operations as REST, and errors carry the same stable codes
 //! (`extensions.code`: `invalid_argument`, `not_found`, `unavailable`, ...). A query nested
-//! deeper than [`MAX_DEPTH`] is refused before it runs.
+//! deeper than [`MAX_DEPTH`] or costing more than [`MAX_COMPLEXITY`] fields is refused before it
+//! runs (see `query_cost`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::{FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
-use common::{ApiError, EventInput, ItemInput, RecQuery};
+use common::{ApiError, BatchError, EventInput, ItemInput, RecQuery};
 use futures::Stream;
 use juniper::http::GraphQLBatchRequest;
 use juniper::{
@@ -23,16 +24,25 @@ use juniper_axum::response::JuniperResponse;
 use juniper_graphql_ws::ConnectionConfig;
 use supervisors::Node;
 
-/// Deepest selection nesting a query may have.
-pub const MAX_DEPTH: usize = 8;
+use crate::auth::{Action, Gate, Principal, authorize};
 
-/// What every resolver gets: the node.
+pub use crate::query_cost::{MAX_COMPLEXITY, MAX_DEPTH};
+
+/// What every resolver gets: the node and the caller.
 #[derive(Clone)]
 pub struct Ctx {
     pub node: Arc<Node>,
+    pub principal: Principal,
 }
 
 impl juniper::Context for Ctx {}
+
+impl Ctx {
+    /// Asks the policy table (the same as REST's) whether the caller may do `action`.
+    fn allow(&self, action: Action<'_>) -> FieldResult<()> {
+        authorize(&self.principal, action, "graphql").map_err(field_error)
+    }
+}
 
 fn field_error(e: ApiError) -> FieldError {
     let code = e.code.as_str();
@@ -48,19 +58,7 @@ fn check_id(field: &str, value: &str) -> FieldResult<()> {
 }
 
 fn query(k: i32, category: Option<String>) -> FieldResult<RecQuery> {
-    let k = usize::try_from(k)
-        .ok()
-        .filter(|k| (1..=common::recs::MAX_K).contains(k))
-        .ok_or_else(|| {
-            invalid(format!(
-                "`k` must be an integer from 1 to {}",
-                common::recs::MAX_K
-            ))
-        })?;
-    if let Some(c) = &category {
-        check_id("category", c)?;
-    }
-    Ok(RecQuery { k, category })
+    RecQuery::new(usize::try_from(k).unwrap_or(0), category).map_err(invalid)
 }
 
 #[derive(GraphQLObject, Clone)]
@@ -199,6 +197,7 @@ impl Query {
         category: Option<String>,
     ) -> FieldResult<Recommendations> {
         check_id("userId", &user_id)?;
+        ctx.allow(Action::ReadUser(&user_id))?;
         let query = query(k, category)?;
         let recs = ctx
             .node
@@ -210,11 +209,13 @@ impl Query {
 
     fn item(ctx: &Ctx, item_id: String) -> FieldResult<Option<Item>> {
         check_id("itemId", &item_id)?;
+        ctx.allow(Action::ReadCatalog)?;
         Ok(ctx.node.get_item(&item_id).map(|i| Item::from(i.as_ref())))
     }
 
     async fn user(ctx: &Ctx, user_id: String) -> FieldResult<Option<User>> {
         check_id("userId", &user_id)?;
+        ctx.allow(Action::ReadUser(&user_id))?;
         let view = ctx.node.user(&user_id).await.map_err(field_error)?;
         Ok(view.map(|v| User {
             user_id: v.user_id,
@@ -237,6 +238,7 @@ impl Query {
         category: Option<String>,
         #[graphql(default = 10)] k: i32,
     ) -> FieldResult<Vec<Item>> {
+        ctx.allow(Action::ReadCatalog)?;
         let query = query(k, category)?;
         Ok(ctx
             .node
@@ -255,25 +257,24 @@ impl Mutation {
     /// Stores events, as `POST /v1/events` does: all or nothing.
     async fn track_events(ctx: &Ctx, events: Vec<EventInputGql>) -> FieldResult<TrackResult> {
         let max = ctx.node.config.server.max_batch_events;
-        if events.is_empty() || events.len() > max {
-            return Err(invalid(format!("`events` must hold 1 to {max} events")));
-        }
-        let now = common::now_millis();
-        let mut valid = Vec::with_capacity(events.len());
-        for (i, e) in events.into_iter().enumerate() {
-            let input = EventInput {
+        let valid = common::validate_batch(events, max, |e| {
+            Ok(EventInput {
                 event_id: e.event_id,
                 user_id: e.user_id,
                 item_id: e.item_id,
                 kind: e.kind,
                 value: e.value,
                 ts: e.ts.map(|t| t as i64),
-            };
-            let event = input
-                .validate(now, || uuid::Uuid::now_v7().to_string())
-                .map_err(|m| invalid(format!("events[{i}]: {m}")))?;
-            valid.push(event);
-        }
+            })
+        })
+        .map_err(|error| match error {
+            BatchError::Empty | BatchError::TooMany(_) => {
+                invalid(format!("`events` must hold 1 to {max} events"))
+            }
+            invalid_event => field_error(invalid_event.into()),
+        })?;
+        let users: Vec<&str> = valid.iter().map(|e| e.user_id.as_str()).collect();
+        ctx.allow(Action::WriteEvents(&users))?;
         let outcome = ctx.node.post_events(valid).await.map_err(field_error)?;
         Ok(TrackResult {
             accepted: i32::try_from(outcome.accepted).unwrap_or(i32::MAX),
@@ -282,6 +283,7 @@ impl Mutation {
     }
 
     async fn upsert_item(ctx: &Ctx, item_id: String, item: ItemInputGql) -> FieldResult<Item> {
+        ctx.allow(Action::WriteCatalog)?;
         let input = ItemInput {
             title: item.title,
             categories: item.categories.unwrap_or_default(),
@@ -300,6 +302,7 @@ impl Mutation {
     /// Whether the item existed.
     async fn delete_item(ctx: &Ctx, item_id: String) -> FieldResult<bool> {
         check_id("itemId", &item_id)?;
+        ctx.allow(Action::WriteCatalog)?;
         ctx.node.delete_item(&item_id).await.map_err(field_error)
     }
 }
@@ -317,34 +320,14 @@ impl Subscription {
         #[graphql(default = 10)] k: i32,
     ) -> FieldResult<RecsStream> {
         check_id("userId", &user_id)?;
+        ctx.allow(Action::ReadUser(&user_id))?;
         let query = query(k, None)?;
-        let node = ctx.node.clone();
-        let current = node
-            .recommend(&user_id, &query)
+        let updates = crate::watch::recommendations(ctx.node.clone(), &user_id, query)
             .await
             .map_err(field_error)?;
-        let (sub, updates) = node.subscribe(&user_id, query).await.map_err(field_error)?;
-        /// Unsubscribes when the stream is dropped (the client stopped or went away).
-        struct Guard(Arc<Node>, u64);
-        impl Drop for Guard {
-            fn drop(&mut self) {
-                self.0.unsubscribe(self.1);
-            }
-        }
-        let guard = Guard(node, sub);
-        let first =
-            futures::stream::once(async move { Ok(Recommendations::from(current.as_ref())) });
-        let changes =
-            futures::stream::unfold((updates, guard), |(mut updates, guard)| async move {
-                loop {
-                    updates.changed().await.ok()?;
-                    let latest = updates.borrow_and_update().clone();
-                    if let Some(recs) = latest {
-                        return Some((Ok(Recommendations::from(recs.as_ref())), (updates, guard)));
-                    }
-                }
-            });
-        Ok(Box::pin(futures::StreamExt::chain(first, changes)))
+        Ok(Box::pin(futures::StreamExt::map(updates, |recs| {
+            Ok(Recommendations::from(recs.as_ref()))
+        })))
     }
 }
 
@@ -356,32 +339,7 @@ pub fn schema() -> Arc<Schema> {
 
 /// The deepest `{ ... }` nesting of a query document, outside strings and comments.
 pub fn depth(query: &str) -> usize {
-    let (mut depth, mut max) = (0usize, 0usize);
-    let (mut in_string, mut escaped, mut in_comment) = (false, false, false);
-    for c in query.chars() {
-        if in_comment {
-            in_comment = c != '\n';
-        } else if in_string {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-        } else {
-            match c {
-                '#' => in_comment = true,
-                '"' => in_string = true,
-                '{' => {
-                    depth += 1;
-                    max = max.max(depth);
-                }
-                '}' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-    }
-    max
+    crate::query_cost::cost(query).depth
 }
 
 /// `GET`/`POST /graphql`: a query or mutation, or (`GET` with an upgrade) a
@@ -391,20 +349,46 @@ pub async fn graphql(
     Extension(schema): Extension<Arc<Schema>>,
     request: Request,
 ) -> Response {
-    let ctx = Ctx { node };
     let (mut parts, body) = request.into_parts();
+    let principal = parts.extensions.get::<Principal>().cloned();
+    let gate = parts.extensions.get::<Arc<Gate>>().cloned();
     if let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        // The token came with the upgrade, or comes in `connection_init`'s payload.
+        let init = move |params: juniper::Variables| async move {
+            let principal = match (principal, gate.and_then(|g| g.auth.clone())) {
+                (Some(principal), _) => principal,
+                (None, Some(auth)) => {
+                    let token = ["Authorization", "authorization", "token"]
+                        .iter()
+                        .find_map(|k| {
+                            params
+                                .get(*k)
+                                .and_then(|v| v.as_scalar())
+                                .and_then(|s| juniper::ScalarValue::try_as_str(s))
+                        })
+                        .map(|t| t.trim_start_matches("Bearer ").trim().to_owned())
+                        .unwrap_or_default();
+                    auth.authenticate(&token).await.inspect_err(|e| {
+                        crate::policy::audit_unauthenticated(&e.message, "graphql-ws");
+                    })?
+                }
+                (None, None) => Principal::unauthenticated_admin(),
+            };
+            Ok::<_, ApiError>(
+                ConnectionConfig::new(Ctx { node, principal }).with_max_in_flight_operations(16),
+            )
+        };
         return ws
             .protocols(["graphql-transport-ws"])
             .on_upgrade(move |socket| {
-                juniper_axum::subscriptions::serve_graphql_transport_ws(
-                    socket,
-                    schema,
-                    ConnectionConfig::new(ctx).with_max_in_flight_operations(16),
-                )
+                juniper_axum::subscriptions::serve_graphql_transport_ws(socket, schema, init)
             })
             .into_response();
     }
+    let ctx = Ctx {
+        node,
+        principal: crate::auth::principal_of(&parts.extensions),
+    };
     let request = Request::from_parts(parts, body);
     let JuniperRequest(batch) =
         match JuniperRequest::<DefaultScalarValue>::from_request(request, &()).await {
@@ -421,16 +405,35 @@ pub async fn graphql(
         GraphQLBatchRequest::Single(r) => vec![r.query.as_str()],
         GraphQLBatchRequest::Batch(rs) => rs.iter().map(|r| r.query.as_str()).collect(),
     };
-    if let Some(deep) = queries.iter().map(|q| depth(q)).find(|d| *d > MAX_DEPTH) {
+    if let Some(Err(refused)) = queries
+        .iter()
+        .map(|q| crate::query_cost::check(q))
+        .find(Result::is_err)
+    {
         let body = serde_json::json!({
             "errors": [{
-                "message": format!("the query nests {deep} levels deep; at most {MAX_DEPTH} are allowed"),
+                "message": refused,
                 "extensions": { "code": "invalid_argument" },
             }]
         });
         return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
     }
-    JuniperResponse(batch.execute(&*schema, &ctx).await).into_response()
+    let response = batch.execute(&*schema, &ctx).await;
+    // A refusal by the policy is a 403, as on every other interface.
+    let denied = serde_json::to_value(&response).is_ok_and(|v| {
+        let errors = |r: &serde_json::Value| r["errors"].as_array().cloned().unwrap_or_default();
+        let all = match &v {
+            serde_json::Value::Array(batch) => batch.iter().flat_map(errors).collect(),
+            single => errors(single),
+        };
+        all.iter()
+            .any(|e| e["extensions"]["code"] == "permission_denied")
+    });
+    let mut response = JuniperResponse(response).into_response();
+    if denied {
+        *response.status_mut() = axum::http::StatusCode::FORBIDDEN;
+    }
+    response
 }
 
 /// `GET /graphiql`: the GraphiQL page.

@@ -1,15 +1,23 @@
-//! The HTTP gateway: REST, WebSocket push, admin and health endpoints over one axum router.
+//! The gateway: REST, GraphQL, gRPC, WebSocket push, admin and health endpoints over one axum
+//! router, so one port serves every protocol (gRPC is told apart by its path and content type).
 //!
 //! [`router`] builds the whole surface from a [`Node`], so tests drive it with
 //! `router(node).oneshot(request)` and no socket. Every error leaves as
 //! `{"error":{"code":"...","message":"..."}}` with the status of its code (see
 //! `common::error`), and a rejected request stores nothing.
 
+pub mod auth;
 mod console;
 mod error;
 pub mod graphql;
+pub mod grpc;
 mod metrics;
+pub mod openapi;
+mod policy;
+mod query_cost;
 mod rest;
+pub mod tls;
+mod watch;
 mod ws;
 
 use std::sync::Arc;
@@ -22,9 +30,12 @@ use supervisors::Node;
 pub use error::AppError;
 
 /// All routes of a node.
-pub fn router(node: Arc<Node>) -> Router {
+///
+/// Fails when the authentication settings cannot work (auth on without any key).
+pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
     let max_body = node.config.server.max_body_bytes;
-    Router::new()
+    let gate = Arc::new(auth::Gate::new(&node.config.auth)?);
+    Ok(Router::new()
         .route("/v1/events", post(rest::post_events))
         .route(
             "/v1/items/{item_id}",
@@ -40,6 +51,8 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/users/{user_id}/recommendations",
             get(rest::get_recommendations),
         )
+        .route("/v1/users/{user_id}/export", get(rest::export_user))
+        .route("/v1/users/{user_id}/profile", put(rest::put_profile))
         .route("/v1/trending", get(rest::trending))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/admin/train", post(rest::train))
@@ -56,8 +69,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))
+        .merge(grpc::routes(node.clone()))
+        .merge(openapi::routes(&node))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            (node.clone(), gate),
+            auth::gate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             node.config.server.request_timeout,
             error::timeout,
@@ -66,5 +85,5 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::Extension(graphql::schema()))
-        .with_state(node)
+        .with_state(node))
 }

@@ -1,5 +1,6 @@
 //! REST handlers. Each validates everything before touching a store, so a rejected request
-//! leaves nothing behind.
+//! leaves nothing behind. The `#[utoipa::path]` on each is its OpenAPI description (served at
+//! `/openapi.json`, see `openapi.rs`): the document comes from the code it describes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,13 +11,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use common::recs::MAX_K;
-use common::{ApiError, ErrorCode, EventInput, ItemInput, RecQuery};
-use serde::Deserialize;
-use serde_json::json;
+use common::{ApiError, BatchError, EventInput, ItemInput, RecQuery};
+use serde::{Deserialize, Serialize};
 use supervisors::Node;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{AppError, body_error};
+use crate::error::{AppError, ErrorBody, body_error};
 
 type Result<T, E = AppError> = std::result::Result<T, E>;
 
@@ -28,49 +28,57 @@ fn check_id(field: &str, id: &str) -> Result<()> {
     common::validate_id(field, id).map_err(AppError::invalid)
 }
 
-#[derive(Deserialize)]
+/// A batch of events; all are validated before any is stored.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EventsBody {
+pub struct EventsBody {
+    /// At least one event; at most `server.max_batch_events`.
+    #[schema(value_type = Vec<EventInput>, min_items = 1)]
     events: Vec<serde_json::Value>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// Events newly stored.
+    accepted: usize,
+    /// Events whose `event_id` was already stored (retries); not applied twice.
+    duplicates: usize,
+}
+
+/// Records user events.
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = EventsBody,
+    responses(
+        (status = 202, description = "Stored; applied to the user's session within milliseconds", body = Accepted),
+        (status = 400, description = "Invalid argument", body = ErrorBody), (status = 413, description = "Payload too large", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
 pub async fn post_events(
     State(node): State<Arc<Node>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let body = body.map_err(body_error)?;
     let batch: EventsBody = parse_json(&body)?;
-    let max = node.config.server.max_batch_events;
-    if batch.events.is_empty() {
-        return Err(AppError::invalid(
-            "`events` must contain at least one event",
-        ));
-    }
-    if batch.events.len() > max {
-        return Err(ApiError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("at most {max} events per request"),
-        )
-        .into());
-    }
-    let now = common::now_millis();
-    let mut events = Vec::with_capacity(batch.events.len());
-    for (i, value) in batch.events.into_iter().enumerate() {
-        let input: EventInput = serde_json::from_value(value).map_err(|e| AppError::at(i, e))?;
-        events.push(
-            input
-                .validate(now, || uuid::Uuid::now_v7().to_string())
-                .map_err(|e| AppError::at(i, e))?,
-        );
-    }
+    let events =
+        common::validate_batch(batch.events, node.config.server.max_batch_events, |value| {
+            serde_json::from_value::<EventInput>(value).map_err(|e| e.to_string())
+        })
+        .map_err(|error| match error {
+            BatchError::Invalid { index, message } => AppError::at(index, message),
+            other => ApiError::from(other).into(),
+        })?;
     let outcome = node.post_events(events).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "accepted": outcome.accepted, "duplicates": outcome.duplicates })),
+        Json(Accepted {
+            accepted: outcome.accepted,
+            duplicates: outcome.duplicates,
+        }),
     )
         .into_response())
 }
 
+/// Creates or replaces a catalog item.
+#[utoipa::path(put, path = "/v1/items/{item_id}", tag = "catalog", params(("item_id" = common::Id, Path, description = "Item id")),
+    request_body = ItemInput,
+    responses((status = 200, description = "The stored item", body = common::Item), (status = 400, description = "Invalid argument", body = ErrorBody), (status = 413, description = "Payload too large", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
 pub async fn put_item(
     State(node): State<Arc<Node>>,
     Path(item_id): Path<String>,
@@ -85,6 +93,8 @@ pub async fn put_item(
     Ok(Json(item).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/items/{item_id}", tag = "catalog", params(("item_id" = common::Id, Path, description = "Item id")),
+    responses((status = 200, description = "The item", body = common::Item), (status = 400, description = "Invalid argument", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get_item(
     State(node): State<Arc<Node>>,
     Path(item_id): Path<String>,
@@ -96,6 +106,9 @@ pub async fn get_item(
     Ok(Json(item.as_ref()).into_response())
 }
 
+/// Deletes an item; it is never recommended again.
+#[utoipa::path(delete, path = "/v1/items/{item_id}", tag = "catalog", params(("item_id" = common::Id, Path, description = "Item id")),
+    responses((status = 204, description = "Deleted (or never existed)"), (status = 400, description = "Invalid argument", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
 pub async fn delete_item(
     State(node): State<Arc<Node>>,
     Path(item_id): Path<String>,
@@ -105,6 +118,9 @@ pub async fn delete_item(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A user's live session: event count, recent interactions, current-window activity.
+#[utoipa::path(get, path = "/v1/users/{user_id}", tag = "users", params(("user_id" = common::Id, Path, description = "User id")),
+    responses((status = 200, description = "The session", body = actors::session::UserView), (status = 400, description = "Invalid argument", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
 pub async fn get_user(
     State(node): State<Arc<Node>>,
     Path(user_id): Path<String>,
@@ -117,6 +133,9 @@ pub async fn get_user(
     Ok(Json(user).into_response())
 }
 
+/// Erases everything held about a user.
+#[utoipa::path(delete, path = "/v1/users/{user_id}", tag = "users", params(("user_id" = common::Id, Path, description = "User id")),
+    responses((status = 204, description = "Erased"), (status = 400, description = "Invalid argument", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
 pub async fn delete_user(
     State(node): State<Arc<Node>>,
     Path(user_id): Path<String>,
@@ -126,31 +145,71 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Parses `k` (1..=100, default 10) and `category` from a query string.
-pub fn rec_query(params: &HashMap<String, String>) -> Result<RecQuery> {
-    let k = match params.get("k") {
-        None => 10,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(k) if (1..=MAX_K).contains(&k) => k,
-            _ => {
-                return Err(AppError::invalid(format!(
-                    "`k` must be an integer from 1 to {MAX_K}"
-                )));
-            }
-        },
-    };
-    let category = match params.get("category") {
-        None => None,
-        Some(c) => {
-            check_id("category", c)?;
-            Some(c.clone())
-        }
-    };
-    Ok(RecQuery { k, category })
+/// Everything held about a user, as JSON (GDPR access request): session, interactions,
+/// profile and events. Empty after an erasure.
+#[utoipa::path(get, path = "/v1/users/{user_id}/export", tag = "users", params(("user_id" = common::Id, Path, description = "User id")),
+    responses((status = 200, description = "The user's data", body = serde_json::Value), (status = 400, description = "Invalid argument", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
+pub async fn export_user(
+    State(node): State<Arc<Node>>,
+    Path(user_id): Path<String>,
+) -> Result<Response> {
+    check_id("user_id", &user_id)?;
+    Ok(Json(node.export_user(&user_id).await?).into_response())
 }
 
-/// `GET /v1/trending?k=&category=`: what is active now, by item (eligible ones, in `category` if
-/// given) and by category.
+/// Most fields a profile may have.
+const MAX_PROFILE_FIELDS: usize = 64;
+
+/// Sets a user's profile attributes (a JSON object). Fields named in `pii.fields` (email, name,
+/// phone, address, notes by default) are encrypted at rest and never logged.
+#[utoipa::path(put, path = "/v1/users/{user_id}/profile", tag = "users",
+    params(("user_id" = common::Id, Path, description = "User id")),
+    request_body(content = std::collections::HashMap<String, serde_json::Value>, description = "Profile attributes, at most 64"),
+    responses((status = 204, description = "Stored"),
+        (status = 400, description = "Invalid argument", body = ErrorBody),
+        (status = 413, description = "Payload too large", body = ErrorBody),
+        (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
+pub async fn put_profile(
+    State(node): State<Arc<Node>>,
+    Path(user_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode> {
+    check_id("user_id", &user_id)?;
+    let body = body.map_err(body_error)?;
+    let profile: serde_json::Map<String, serde_json::Value> = parse_json(&body)?;
+    if profile.len() > MAX_PROFILE_FIELDS {
+        return Err(AppError::invalid(format!(
+            "a profile has at most {MAX_PROFILE_FIELDS} fields"
+        )));
+    }
+    node.put_profile(&user_id, &serde_json::Value::Object(profile))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The query of a recommendation or trending request.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct RecParams {
+    /// How many results, 1 to 100.
+    #[param(minimum = 1, maximum = 100, default = 10)]
+    k: Option<u32>,
+    /// Only items of this category.
+    #[param(value_type = Option<common::Id>)]
+    category: Option<String>,
+}
+
+/// Parses `k` (1..=100, default 10) and `category` from a query string.
+pub fn rec_query(params: &HashMap<String, String>) -> Result<RecQuery> {
+    // Not a number: 0, which the range check refuses with the same message.
+    let k = params.get("k").map_or(10, |raw| raw.parse().unwrap_or(0));
+    RecQuery::new(k, params.get("category").cloned()).map_err(AppError::invalid)
+}
+
+/// What is active now, by item (eligible ones, in `category` if given) and by category.
+#[utoipa::path(get, path = "/v1/trending", tag = "recommendations", params(RecParams),
+    responses((status = 200, description = "Trending items and categories", body = supervisors::node::TrendingView), (status = 400, description = "Invalid argument", body = ErrorBody)))]
 pub async fn trending(
     State(node): State<Arc<Node>>,
     Query(params): Query<HashMap<String, String>>,
@@ -159,6 +218,10 @@ pub async fn trending(
     Ok(Json(node.trending(&query)).into_response())
 }
 
+/// The user's top-k recommendations, with the reasons for each.
+#[utoipa::path(get, path = "/v1/users/{user_id}/recommendations", tag = "recommendations",
+    params(("user_id" = common::Id, Path, description = "User id"), RecParams),
+    responses((status = 200, description = "Recommendations, best first", body = common::Recommendations), (status = 400, description = "Invalid argument", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
 pub async fn get_recommendations(
     State(node): State<Arc<Node>>,
     Path(user_id): Path<String>,
@@ -170,30 +233,66 @@ pub async fn get_recommendations(
     Ok(Json(recs.as_ref()).into_response())
 }
 
-pub async fn train(State(node): State<Arc<Node>>) -> Result<Response> {
-    node.train(false).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "started" }))).into_response())
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// `started`, `ok` or `done`.
+    status: &'static str,
 }
 
+/// Starts a training run now; the new version is activated if it passes the gate.
+#[utoipa::path(post, path = "/v1/admin/train", tag = "admin",
+    responses((status = 202, description = "Started", body = Status), (status = 409, description = "Conflict", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
+pub async fn train(State(node): State<Arc<Node>>) -> Result<Response> {
+    node.train(false).await?;
+    Ok((StatusCode::ACCEPTED, Json(Status { status: "started" })).into_response())
+}
+
+/// Model versions, their metrics, and the active one.
+#[utoipa::path(get, path = "/v1/admin/models", tag = "admin",
+    responses((status = 200, description = "The manifest", body = actors::registry::Manifest)))]
 pub async fn models(State(node): State<Arc<Node>>) -> Response {
     Json(node.models().await).into_response()
 }
 
-/// `POST /v1/admin/models/rollback`: back to the version active before the current one.
-pub async fn rollback(State(node): State<Arc<Node>>) -> Result<Response> {
-    let version = node.rollback().await?;
-    Ok(Json(json!({ "active": version })).into_response())
+#[derive(Serialize, ToSchema)]
+pub struct Active {
+    /// The version now active.
+    active: String,
 }
 
-/// `POST /v1/admin/models/{version}/activate`: any stored version, e.g. one the gate rejected.
+/// Back to the version active before the current one.
+#[utoipa::path(post, path = "/v1/admin/models/rollback", tag = "admin",
+    responses((status = 200, description = "Rolled back", body = Active), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
+pub async fn rollback(State(node): State<Arc<Node>>) -> Result<Response> {
+    let active = node.rollback().await?;
+    Ok(Json(Active { active }).into_response())
+}
+
+/// Activates any stored version, e.g. one the gate rejected.
+#[utoipa::path(post, path = "/v1/admin/models/{version}/activate", tag = "admin",
+    params(("version" = common::Id, Path, description = "Model version")),
+    responses((status = 200, description = "Activated", body = Active), (status = 400, description = "Invalid argument", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
 pub async fn activate(
     State(node): State<Arc<Node>>,
     Path(version): Path<String>,
 ) -> Result<Response> {
+    check_id("version", &version)?;
     node.activate(&version).await?;
-    Ok(Json(json!({ "active": version })).into_response())
+    Ok(Json(Active { active: version }).into_response())
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct TreeParams {
+    /// Most children listed per actor (the rest are counted).
+    #[param(minimum = 0, maximum = 100_000, default = 1000)]
+    max_children: Option<usize>,
+}
+
+/// The supervision tree: every actor with kind, status, mailbox, counters and restarts.
+#[utoipa::path(get, path = "/v1/admin/actors", tag = "admin", params(TreeParams),
+    responses((status = 200, description = "The tree from the root", body = serde_json::Value), (status = 400, description = "Invalid argument", body = ErrorBody)))]
 pub async fn actors(
     State(node): State<Arc<Node>>,
     Query(params): Query<HashMap<String, String>>,
@@ -201,30 +300,65 @@ pub async fn actors(
     let max_children = match params.get("max_children") {
         None => 1000,
         Some(raw) => raw
-            .parse()
-            .map_err(|_| AppError::invalid("`max_children` must be a non-negative integer"))?,
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 100_000)
+            .ok_or_else(|| {
+                AppError::invalid("`max_children` must be an integer from 0 to 100000")
+            })?,
     };
     Ok(Json(node.actors(max_children)).into_response())
 }
 
-/// `GET /v1/admin/actors/{id}`: one actor's snapshot.
+/// One actor's snapshot, with its observable state.
+#[utoipa::path(get, path = "/v1/admin/actors/{id}", tag = "admin",
+    params(("id" = String, Path, description = "Actor id, as in the tree")),
+    responses((status = 200, description = "The actor", body = serde_json::Value), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn actor(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Result<Response> {
     Ok(Json(node.actor(&id)?).into_response())
 }
 
-/// `POST /v1/admin/actors/{id}/{restart|stop|passivate}`.
+#[derive(Serialize, ToSchema)]
+pub struct ActionDone {
+    id: String,
+    action: String,
+    /// `done`.
+    status: &'static str,
+}
+
+/// An operator action on a live actor: restart, stop or passivate.
+#[utoipa::path(post, path = "/v1/admin/actors/{id}/{action}", tag = "admin",
+    params(
+        ("id" = String, Path, description = "Actor id, as in the tree"),
+        ("action" = String, Path, description = "What to do", example = "restart",
+            pattern = "^(restart|stop|passivate)$"),
+    ),
+    responses((status = 200, description = "Done", body = ActionDone), (status = 400, description = "Invalid argument", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "Conflict", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
 pub async fn act_on_actor(
     State(node): State<Arc<Node>>,
     Path((id, action)): Path<(String, String)>,
 ) -> Result<Response> {
     node.act_on_actor(&id, &action).await?;
-    Ok(Json(json!({ "id": id, "action": action, "status": "done" })).into_response())
+    Ok(Json(ActionDone {
+        id,
+        action,
+        status: "done",
+    })
+    .into_response())
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = Status)))]
 pub async fn healthz() -> Response {
-    Json(json!({ "status": "ok" })).into_response()
+    Json(Status { status: "ok" }).into_response()
 }
 
+/// Readiness: a model is loaded and sessions run; dependencies are listed.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = supervisors::node::Readiness),
+        (status = 503, description = "Not ready", body = supervisors::node::Readiness)))]
 pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     let readiness = node.readiness().await;
     let status = if readiness.ready {
@@ -235,6 +369,9 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     (status, Json(readiness)).into_response()
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -15,6 +15,10 @@
 //! Each subscription is a task reading a watch channel from the push hub: a client that reads
 //! slowly holds up only its own tasks, and gets the latest state when it catches up, never a
 //! backlog. The server pings every 30 s and closes a connection silent for 2 minutes.
+//!
+//! The caller is authenticated at the upgrade (`Authorization` header, or `?access_token=` since
+//! browsers cannot set headers on a WebSocket), and each subscription is authorized for them: a
+//! `user` may watch only themselves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use serde_json::json;
 use supervisors::Node;
 use tokio::sync::mpsc;
 
+use crate::auth::{Action, Principal, authorize};
 use crate::error::AppError;
 use crate::rest::rec_query;
 
@@ -42,17 +47,20 @@ pub const MAX_SUBSCRIPTIONS: usize = 64;
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     Query(params): Query<HashMap<String, String>>,
+    principal: Option<axum::Extension<Principal>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
+    let principal = principal.map_or_else(Principal::nobody, |p| p.0);
     let first = match params.get("user_id") {
         Some(user_id) => {
             common::validate_id("user_id", user_id).map_err(AppError::invalid)?;
+            authorize(&principal, Action::ReadUser(user_id), "websocket")?;
             Some((user_id.clone(), rec_query(&params)?))
         }
         None => None,
     };
     Ok(ws.on_upgrade(move |socket| async move {
-        if let Err(error) = serve(node, socket, first).await {
+        if let Err(error) = serve(node, principal, socket, first).await {
             tracing::debug!(%error, "websocket closed with an error");
         }
     }))
@@ -109,6 +117,8 @@ struct Watch {
 
 struct Connection {
     node: Arc<Node>,
+    /// Who connected: each subscription is authorized for them.
+    principal: Principal,
     watches: HashMap<String, Watch>,
     changes: mpsc::Sender<(String, Arc<Recommendations>)>,
 }
@@ -120,6 +130,7 @@ impl Connection {
         query: RecQuery,
     ) -> Result<Vec<Message>, ApiError> {
         common::validate_id("user_id", &user_id).map_err(ApiError::invalid)?;
+        authorize(&self.principal, Action::ReadUser(&user_id), "websocket")?;
         if !self.watches.contains_key(&user_id) && self.watches.len() >= MAX_SUBSCRIPTIONS {
             return Err(ApiError::invalid(format!(
                 "a connection may watch at most {MAX_SUBSCRIPTIONS} users"
@@ -232,12 +243,14 @@ impl Drop for Connection {
 
 async fn serve(
     node: Arc<Node>,
+    principal: Principal,
     mut socket: WebSocket,
     first: Option<(String, RecQuery)>,
 ) -> anyhow::Result<()> {
     let (changes, mut incoming_changes) = mpsc::channel(MAX_SUBSCRIPTIONS);
     let mut conn = Connection {
         node,
+        principal,
         watches: HashMap::new(),
         changes,
     };

@@ -23,6 +23,8 @@ impl Api {
             data_dir: dir.path().to_path_buf(),
             ..Config::default()
         };
+        // Behaviour, not access control (tests/authz.rs covers that): no token needed.
+        config.auth.enabled = false;
         config.events.num_partitions = 4;
         config.model.dim = 8;
         config.model.iterations = 6;
@@ -49,6 +51,7 @@ impl Api {
 
     async fn raw(&self, request: Request<Body>) -> (StatusCode, Value) {
         let response = api::router(self.node.clone())
+            .expect("router")
             .oneshot(request)
             .await
             .expect("infallible");
@@ -405,6 +408,7 @@ async fn operational_endpoints() {
     );
 
     let response = api::router(api.node.clone())
+        .expect("router")
         .oneshot(
             Request::get("/metrics")
                 .body(Body::empty())
@@ -828,6 +832,7 @@ async fn the_console_page_and_its_live_stream() {
     use futures::StreamExt;
     let api = Api::start().await;
     let response = api::router(api.node.clone())
+        .expect("router")
         .oneshot(
             Request::get("/console")
                 .body(Body::empty())
@@ -842,7 +847,7 @@ async fn the_console_page_and_its_live_stream() {
     let html = String::from_utf8_lossy(&html);
     for needle in [
         "<title>streamrec console</title>",
-        "EventSource(\"/v1/admin/stream\")",
+        "EventSource(`/v1/admin/stream",
         "/v1/admin/actors/",
         "/v1/admin/models/rollback",
     ] {
@@ -854,6 +859,7 @@ async fn the_console_page_and_its_live_stream() {
     );
 
     let response = api::router(api.node.clone())
+        .expect("router")
         .oneshot(
             Request::get("/v1/admin/stream")
                 .body(Body::empty())

@@ -17,6 +17,8 @@ async fn node() -> (Arc<Node>, tempfile::TempDir) {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
+    // Behaviour, not access control (tests/authz.rs covers that): no token needed.
+    config.auth.enabled = false;
     config.events.num_partitions = 4;
     config.model.dim = 8;
     config.model.iterations = 4;
@@ -26,6 +28,7 @@ async fn node() -> (Arc<Node>, tempfile::TempDir) {
 async fn gql(node: &Arc<Node>, query: &str, variables: Value) -> (StatusCode, Value) {
     let body = json!({ "query": query, "variables": variables }).to_string();
     let response = api::router(node.clone())
+        .expect("router")
         .oneshot(
             Request::post("/graphql")
                 .header("content-type", "application/json")
@@ -154,6 +157,30 @@ async fn errors_carry_the_rest_codes_and_deep_queries_are_refused() {
         "{body}"
     );
     let (status, _) = gql(&node, shallow, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    // Shallow but costly: six aliases of the largest trending list with item details.
+    let fields = "itemId title tags categories";
+    let costly = format!(
+        "{{ {} }}",
+        (0..6)
+            .map(|i| format!("t{i}: trending(k: 100) {{ {fields} }}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let (status, body) = gql(&node, &costly, json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("fields")),
+        "{body}"
+    );
+    let (status, _) = gql(
+        &node,
+        &format!("{{ trending(k: 100) {{ {fields} }} }}"),
+        json!({}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(api::graphql::depth(r#"{ a(s: "{{{{") { b } } # {{{{"#), 2);
 }

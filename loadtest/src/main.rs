@@ -43,6 +43,9 @@ struct Args {
     /// Stop after this many requests in total even if time remains.
     #[arg(long, default_value_t = 5_000_000)]
     max_requests: u64,
+    /// A bearer token sent with every request (admin, for seeding and training).
+    #[arg(long, env = "STREAMREC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 struct Stats {
@@ -185,8 +188,16 @@ fn line(name: &str, h: &Histogram<u64>, seconds: f64) -> serde_json::Value {
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     check_loopback(&args.target)?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &args.token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
+        .default_headers(headers)
         .build()?;
     if args.seed {
         seed(&client, &args).await?;

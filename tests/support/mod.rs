@@ -14,13 +14,66 @@ use serde_json::{Value, json};
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// A client that sends the admin token (and trusts the test CA for TLS nodes).
     pub http: reqwest::Client,
+    /// `http`, or `https` for a node serving TLS.
+    pub scheme: &'static str,
 }
 
-/// The binary under test, with settings that keep tests small and fast.
+/// A client sending `token`, optionally trusting `ca_pem`.
+pub fn client(token: &str, ca_pem: Option<&str>) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let mut builder = reqwest::Client::builder().default_headers(headers);
+    if let Some(ca) = ca_pem {
+        builder = builder
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).expect("pem"));
+    }
+    builder
+}
+
+/// The HS256 secret test nodes accept tokens signed with.
+pub const JWT_SECRET: &str = "streamrec-test-secret-0123456789abcdef";
+
+/// A token signed with [`JWT_SECRET`], valid for an hour, for `sub` with `roles`.
+pub fn token(sub: &str, roles: &[&str]) -> String {
+    token_with(json!({ "sub": sub, "roles": roles, "exp": now_secs() + 3600 }))
+}
+
+/// A token with exactly these claims, signed with [`JWT_SECRET`].
+pub fn token_with(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .expect("token")
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// What the tests act as unless they test access control: everything allowed.
+pub fn admin_token() -> String {
+    token("test-admin", &["admin"])
+}
+
+/// The binary under test, with settings that keep tests small and fast. It accepts tokens signed
+/// with [`JWT_SECRET`]; `inspect` runs with an admin token.
 pub fn streamrec() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_streamrec"));
     command
+        .env("STREAMREC__AUTH__HS256_SECRET", JWT_SECRET)
+        .env("STREAMREC__AUTH__RATE_LIMIT_PER_SECOND", "100000")
+        .env("STREAMREC_TOKEN", admin_token())
         .env("STREAMREC__EVENTS__NUM_PARTITIONS", "4")
         .env("STREAMREC__MODEL__DIM", "8")
         .env("STREAMREC__MODEL__ITERATIONS", "6");
@@ -40,6 +93,34 @@ impl Server {
 
     /// Starts a node on `data` with extra `STREAMREC__*` settings.
     pub async fn start_with(dir: &Path, data: &Path, settings: &[(&str, String)]) -> Self {
+        let http = client(&admin_token(), None).build().expect("client");
+        Self::launch(dir, data, settings, http, "http").await
+    }
+
+    /// Starts a node serving TLS with `cert`/`key` files (PEM), for clients trusting `ca_pem`.
+    pub async fn start_tls(dir: &Path, settings: &[(&str, String)], ca_pem: &str) -> Self {
+        let http = client(&admin_token(), Some(ca_pem))
+            .build()
+            .expect("client");
+        Self::start_tls_with(dir, settings, http).await
+    }
+
+    /// The same, with the HTTP client to use (one that presents a client certificate, say).
+    pub async fn start_tls_with(
+        dir: &Path,
+        settings: &[(&str, String)],
+        http: reqwest::Client,
+    ) -> Self {
+        Self::launch(dir, &dir.join("data"), settings, http, "https").await
+    }
+
+    async fn launch(
+        dir: &Path,
+        data: &Path,
+        settings: &[(&str, String)],
+        http: reqwest::Client,
+        scheme: &'static str,
+    ) -> Self {
         let addr = free_addr();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -58,7 +139,8 @@ impl Server {
         let server = Self {
             child,
             addr,
-            http: reqwest::Client::new(),
+            http,
+            scheme,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -77,7 +159,40 @@ impl Server {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let host = if self.scheme == "https" {
+            format!("localhost:{}", self.addr.port())
+        } else {
+            self.addr.to_string()
+        };
+        format!("{}://{host}{path}", self.scheme)
+    }
+
+    /// An upgrade request to `/graphql` asking for the graphql-transport-ws protocol (no
+    /// token: it goes in `connection_init`).
+    pub fn graphql_ws_request(&self) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{}/graphql", self.addr)
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "graphql-transport-ws".parse().expect("header"),
+        );
+        request
+    }
+
+    /// A WebSocket URL carrying the admin token (`?access_token=`, as browsers must).
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        let sep = if path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!(
+            "ws://{}{path_and_query}{sep}access_token={}",
+            self.addr,
+            admin_token()
+        )
     }
 
     pub async fn send(
@@ -110,12 +225,23 @@ impl Server {
 
     /// Starts a training run and waits for the new version to be active; returns it.
     pub async fn train(&self) -> String {
-        let (_, before) = self.get("/v1/admin/models").await;
-        let known = before["versions"].as_array().map_or(0, Vec::len);
-        let (status, body) = self
-            .send(reqwest::Method::POST, "/v1/admin/train", None)
-            .await;
-        assert_eq!(status, 202, "{body}");
+        // A run already in progress (the start-up one, say) answers 409: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let known = loop {
+            let (_, before) = self.get("/v1/admin/models").await;
+            let known = before["versions"].as_array().map_or(0, Vec::len);
+            let (status, body) = self
+                .send(reqwest::Method::POST, "/v1/admin/train", None)
+                .await;
+            if status == 202 {
+                break known;
+            }
+            assert!(
+                status == 409 && Instant::now() < deadline,
+                "{status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         let models = eventually(self, "/v1/admin/models", |_, b| {
             b["versions"].as_array().is_some_and(|v| v.len() > known)
         })
@@ -303,4 +429,35 @@ impl Drop for Proxy {
         self.accept.abort();
         self.cut();
     }
+}
+
+/// Adds a bearer token to every gRPC call.
+#[derive(Clone)]
+pub struct Bearer(pub tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type GrpcClient = api::grpc::pb::recommender_client::RecommenderClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// A gRPC client of the node on its HTTP port, calling with `token`.
+pub async fn grpc_client(server: &Server, token: &str) -> GrpcClient {
+    let channel = tonic::transport::Channel::from_shared(server.url(""))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("gRPC connects to the HTTP port");
+    let bearer = format!("Bearer {token}").parse().expect("ascii token");
+    api::grpc::pb::recommender_client::RecommenderClient::with_interceptor(channel, Bearer(bearer))
 }

@@ -195,6 +195,8 @@ async fn main() -> anyhow::Result<()> {
             args.partitions.to_string(),
         )
         .env("STREAMREC__EVENTS__CONSUME_BATCH", "4096")
+        // This measures ingestion; the gateway's token checks are not on its path.
+        .env("STREAMREC__AUTH__ENABLED", "false")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

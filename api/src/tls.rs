@@ -1,0 +1,188 @@
+//! TLS for the one listener (HTTP/1.1, HTTP/2, WebSocket and gRPC alike), with rustls: TLS 1.3
+//! only unless `server.tls.min_version = "1.2"`, ALPN `h2` and `http/1.1`, optional client
+//! certificates (mutual TLS, for node-to-node traffic). The certificate and key are re-read when
+//! their files change, so a renewed certificate is served without a restart; a broken
+//! replacement is logged and the previous one kept.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use common::config::TlsConfig;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("client CA: {0}")]
+    ClientCa(String),
+    #[error("server.tls.cert and server.tls.key must both be set")]
+    Missing,
+}
+
+fn read_err(path: &std::path::Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// A rustls server configuration from the settings.
+pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        return Err(TlsError::Missing);
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| read_err(cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_err(cert, e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| read_err(key, e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version.as_deref() {
+        Some("1.2") => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        _ => &[&rustls::version::TLS13],
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| read_err(ca, e))? {
+                roots
+                    .add(c.map_err(|e| read_err(ca, e))?)
+                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The acceptor in use, swapped when the certificate files change.
+pub struct Reloader {
+    settings: TlsConfig,
+    acceptor: ArcSwap<TlsAcceptor>,
+}
+
+fn stamps(tls: &TlsConfig) -> Vec<Option<SystemTime>> {
+    [&tls.cert, &tls.key, &tls.client_ca]
+        .into_iter()
+        .map(|p| {
+            p.as_ref()
+                .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        })
+        .collect()
+}
+
+impl Reloader {
+    pub fn new(settings: &TlsConfig) -> Result<Arc<Self>, TlsError> {
+        let acceptor = TlsAcceptor::from(Arc::new(server_config(settings)?));
+        Ok(Arc::new(Self {
+            settings: settings.clone(),
+            acceptor: ArcSwap::from_pointee(acceptor),
+        }))
+    }
+
+    /// Watches the files every `period` while the reloader is in use.
+    pub fn spawn_watch(self: &Arc<Self>, period: Duration) {
+        let weak = Arc::downgrade(self);
+        let mut seen = stamps(&self.settings);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(this) = weak.upgrade() else { return };
+                let now = stamps(&this.settings);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match server_config(&this.settings) {
+                    Ok(config) => {
+                        this.acceptor
+                            .store(Arc::new(TlsAcceptor::from(Arc::new(config))));
+                        tracing::info!("TLS certificate reloaded");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "TLS files changed but do not load; keeping the previous certificate");
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Serves `app` over TLS until `shutdown` resolves, then lets open connections finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Arc<Reloader>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let acceptor = tls.acceptor.load_full();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(
+                Duration::from_secs(10),
+                acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = app.map_request(
+                move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request.map(axum::body::Body::new)
+                },
+            );
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service),
+            );
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%peer, %error, "connection closed with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
