@@ -5,6 +5,10 @@
 //!
 //! A watch channel holds only the latest value, so a slow subscriber skips straight to the
 //! newest recommendations and never slows the hub or anyone else.
+//!
+//! Recomputations run concurrently and may finish out of order; each carries the sequence number
+//! it was started with, and a subscriber never takes a result older than the one it holds, so a
+//! slow recompute of an earlier state cannot overwrite a fresher list.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -52,6 +56,8 @@ pub enum PushMsg {
     Computed {
         user_id: String,
         query: RecQuery,
+        /// When the recompute started: results older than a subscriber's latest are dropped.
+        seq: u64,
         recs: Arc<Recommendations>,
     },
 }
@@ -70,12 +76,15 @@ struct Subscriber {
     id: u64,
     query: RecQuery,
     tx: watch::Sender<Option<Arc<Recommendations>>>,
+    /// The sequence number of the result the subscriber holds.
+    seq: u64,
 }
 
 pub struct PushState {
     services: Arc<Services>,
     subs: HashMap<String, Vec<Subscriber>>,
     next_id: u64,
+    next_seq: u64,
     obs_state: PushObs,
     obs: Arc<Obs<PushObs>>,
 }
@@ -97,6 +106,7 @@ impl Actor for PushHub {
             services,
             subs: HashMap::new(),
             next_id: 0,
+            next_seq: 0,
             obs_state: PushObs::default(),
             obs,
         })
@@ -131,6 +141,7 @@ impl Actor for PushHub {
                     id: state.next_id,
                     query,
                     tx,
+                    seq: state.next_seq,
                 });
                 let _ = reply.send((state.next_id, rx));
             }
@@ -150,25 +161,17 @@ impl Actor for PushHub {
             PushMsg::Computed {
                 user_id,
                 query,
+                seq,
                 recs,
             } => {
                 for sub in state
                     .subs
-                    .get(&user_id)
+                    .get_mut(&user_id)
                     .into_iter()
                     .flatten()
                     .filter(|s| s.query == query)
                 {
-                    let changed = sub.tx.send_if_modified(|current| {
-                        let same = current.as_ref().is_some_and(|c| {
-                            c.items == recs.items && c.model_version == recs.model_version
-                        });
-                        if !same {
-                            *current = Some(recs.clone());
-                        }
-                        !same
-                    });
-                    if changed {
+                    if sub.offer(seq, &recs) {
                         state.obs_state.num_updates += 1;
                         PUSHES.inc();
                     }
@@ -189,6 +192,24 @@ impl Actor for PushHub {
     }
 }
 
+impl Subscriber {
+    /// Publishes a recompute's result unless the subscriber holds a newer one or the same list.
+    /// Returns whether the subscriber was notified.
+    fn offer(&mut self, seq: u64, recs: &Arc<Recommendations>) -> bool {
+        if seq <= self.seq {
+            return false;
+        }
+        self.seq = seq;
+        self.tx.send_if_modified(|current| {
+            let same = current.as_deref() == Some(&**recs);
+            if !same {
+                *current = Some(recs.clone());
+            }
+            !same
+        })
+    }
+}
+
 impl PushState {
     /// Recomputes a subscribed user's recommendations once per distinct query, off the mailbox.
     fn recompute(&mut self, myself: &ActorRef<PushMsg>, user_id: &str) {
@@ -199,6 +220,8 @@ impl PushState {
             subs.iter().map(|s| s.query.clone()).collect();
         for query in queries {
             self.obs_state.num_recomputes += 1;
+            self.next_seq += 1;
+            let seq = self.next_seq;
             let (services, hub, user_id) =
                 (self.services.clone(), myself.clone(), user_id.to_owned());
             tokio::spawn(async move {
@@ -208,6 +231,7 @@ impl PushState {
                         PushMsg::Computed {
                             user_id,
                             query,
+                            seq,
                             recs,
                         },
                     )),
@@ -245,4 +269,44 @@ pub async fn recommend(
         CALL_TIMEOUT,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(items: &[&str]) -> Arc<Recommendations> {
+        Arc::new(Recommendations {
+            user_id: "u".into(),
+            model_version: "v1".into(),
+            items: items
+                .iter()
+                .map(|id| common::Recommendation {
+                    item_id: (*id).into(),
+                    score: 1.0,
+                    reasons: vec![],
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn a_slow_recompute_of_an_older_state_never_overwrites_a_newer_list() {
+        let (tx, mut rx) = watch::channel(None);
+        let mut sub = Subscriber {
+            id: 1,
+            query: RecQuery::new(3, None).expect("valid"),
+            tx,
+            seq: 1,
+        };
+        assert!(!sub.offer(1, &recs(&["a"])), "started before subscribing");
+        assert!(sub.offer(3, &recs(&["b"])));
+        assert!(rx.has_changed().expect("open"));
+        assert!(!sub.offer(2, &recs(&["a"])), "older than what it holds");
+        assert_eq!(rx.borrow_and_update().as_deref(), Some(&*recs(&["b"])));
+        assert!(!sub.offer(4, &recs(&["b"])), "the same list is no change");
+        assert!(!rx.has_changed().expect("open"));
+        assert!(sub.offer(5, &recs(&["c"])));
+        assert_eq!(rx.borrow_and_update().as_deref(), Some(&*recs(&["c"])));
+    }
 }

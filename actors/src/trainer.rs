@@ -33,17 +33,25 @@ pub enum TrainerMsg {
         iterations: usize,
     },
     Done(Result<String, String>),
+    /// The trainer's state: whether a run is going, and how the last one ended.
+    Status(RpcReplyPort<Result<TrainerObs, ApiError>>),
 }
 
 pub struct TrainerActor;
 
-#[derive(Clone, Debug, Default, Serialize)]
+/// `GET /v1/admin/train`, and the trainer's state in the console.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct TrainerObs {
+    /// Whether a run is in progress; a run ends after its version is activated (or rejected).
     pub running: bool,
+    /// The running run's stage (`reading events`, `iteration 3/10`).
     pub progress: Option<String>,
+    /// Runs ended since the node started, failed or rejected ones included.
     pub num_runs: u64,
     pub num_failures: u64,
+    /// The version the last successful run activated.
     pub last_version: Option<String>,
+    /// Why the last run failed or its version was rejected; cleared by a successful run.
     pub last_error: Option<String>,
     pub last_duration_ms: Option<u64>,
 }
@@ -154,6 +162,9 @@ impl Actor for TrainerActor {
                 for reply in state.waiting.drain(..) {
                     let _ = reply.send(result.clone().map_err(ApiError::unavailable));
                 }
+            }
+            TrainerMsg::Status(reply) => {
+                let _ = reply.send(Ok(state.obs_state.clone()));
             }
         }
         state.obs.publish(&state.obs_state);

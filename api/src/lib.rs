@@ -55,7 +55,7 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         .route("/v1/users/{user_id}/profile", put(rest::put_profile))
         .route("/v1/trending", get(rest::trending))
         .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/admin/train", post(rest::train))
+        .route("/v1/admin/train", post(rest::train).get(rest::training))
         .route("/v1/admin/models", get(rest::models))
         .route("/v1/admin/models/rollback", post(rest::rollback))
         .route("/v1/admin/models/{version}/activate", post(rest::activate))

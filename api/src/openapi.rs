@@ -40,6 +40,7 @@ use crate::rest;
         rest::get_recommendations,
         rest::trending,
         rest::train,
+        rest::training,
         rest::models,
         rest::rollback,
         rest::activate,

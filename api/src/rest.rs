@@ -247,6 +247,14 @@ pub async fn train(State(node): State<Arc<Node>>) -> Result<Response> {
     Ok((StatusCode::ACCEPTED, Json(Status { status: "started" })).into_response())
 }
 
+/// Whether a training run is going, and how the last one ended. A script that started a run polls
+/// this until `running` is false.
+#[utoipa::path(get, path = "/v1/admin/train", tag = "admin",
+    responses((status = 200, description = "The trainer's state", body = actors::trainer::TrainerObs), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
+pub async fn training(State(node): State<Arc<Node>>) -> Result<Response> {
+    Ok(Json(node.training().await?).into_response())
+}
+
 /// Model versions, their metrics, and the active one.
 #[utoipa::path(get, path = "/v1/admin/models", tag = "admin",
     responses((status = 200, description = "The manifest", body = actors::registry::Manifest)))]

@@ -30,7 +30,7 @@ use axum::response::Response;
 use common::{ApiError, RecQuery, Recommendations};
 use serde::Deserialize;
 use serde_json::json;
-use supervisors::Node;
+use supervisors::{Node, Subscription};
 use tokio::sync::mpsc;
 
 use crate::auth::{Action, Principal, authorize};
@@ -137,14 +137,11 @@ impl Connection {
             )));
         }
         self.unsubscribe(&user_id);
-        let (sub, mut updates) = self.node.subscribe(&user_id, query.clone()).await?;
-        let current = match self.node.recommend(&user_id, &query).await {
-            Ok(current) => current,
-            Err(e) => {
-                self.node.unsubscribe(sub);
-                return Err(e);
-            }
-        };
+        let Subscription {
+            id: sub,
+            current,
+            mut updates,
+        } = self.node.subscribe(&user_id, query).await?;
         let (tx, user) = (self.changes.clone(), user_id.clone());
         let task = tokio::spawn(async move {
             while updates.changed().await.is_ok() {
@@ -219,11 +216,7 @@ impl Connection {
     /// The message for a change, unless it changes nothing the client has seen.
     fn change(&mut self, user_id: &str, recs: Arc<Recommendations>) -> Option<Message> {
         let watch = self.watches.get_mut(user_id)?;
-        let same = watch
-            .last
-            .as_ref()
-            .is_some_and(|l| l.items == recs.items && l.model_version == recs.model_version);
-        if same {
+        if watch.last.as_ref() == Some(&recs) {
             return None;
         }
         let message = recommendations(&recs);

@@ -18,5 +18,5 @@ pub mod node;
 pub mod supervisor;
 
 pub use backoff::RestartPolicy;
-pub use node::Node;
+pub use node::{Node, Subscription};
 pub use supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};

@@ -10,7 +10,7 @@ use actors::model::{ModelActor, ModelArgs};
 use actors::push::{PushHub, PushMsg, RecsWatch};
 use actors::session::UserView;
 use actors::session_manager::{SessionManager, SessionManagerMsg};
-use actors::trainer::{TrainerActor, TrainerMsg};
+use actors::trainer::{TrainerActor, TrainerMsg, TrainerObs};
 use actors::{
     CALL_TIMEOUT, ModelPool, ModelRegistry, ObsRegistry, Popularity, Services, Slot, call, mailbox,
     slot_get,
@@ -38,6 +38,15 @@ pub struct Node {
 }
 
 /// `GET /readyz`: what is up and what is not.
+/// A live subscription to one user's recommendations (see [`Node::subscribe`]). Changes come on
+/// `updates`; one may equal `current` (a recompute that changed nothing visible). Pass `id` to
+/// [`Node::unsubscribe`] when done.
+pub struct Subscription {
+    pub id: u64,
+    pub current: Arc<Recommendations>,
+    pub updates: RecsWatch,
+}
+
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// The node can serve: a model is loaded and sessions run. A dependency being down makes
@@ -378,6 +387,12 @@ impl Node {
         .await
     }
 
+    /// Whether a training run is going, and how the last one ended.
+    pub async fn training(&self) -> Result<TrainerObs, ApiError> {
+        let trainer = slot_get(&self.trainer, "trainer")?;
+        call(&trainer, "trainer", TrainerMsg::Status, CALL_TIMEOUT).await
+    }
+
     /// Archives the event log to the object store now (it also runs every
     /// `objects.archive_interval`).
     pub async fn archive_now(&self) -> Result<ArchiveRun, ApiError> {
@@ -578,26 +593,38 @@ impl Node {
         self.services.obs.tree(&self.root.get_cell(), max_children)
     }
 
+    /// Subscribes to a user's recommendations: the list now, then its changes. The subscription
+    /// is registered before the current list is read, so no change in between is lost.
     pub async fn subscribe(
         &self,
         user_id: &str,
         query: RecQuery,
-    ) -> Result<(u64, RecsWatch), ApiError> {
+    ) -> Result<Subscription, ApiError> {
         let push = slot_get(&self.services.push, "push hub")?;
-        let user_id = user_id.to_owned();
-        match mailbox::ask(
+        let (id, updates) = match mailbox::ask(
             &push,
             |reply| PushMsg::Subscribe {
-                user_id,
-                query,
+                user_id: user_id.to_owned(),
+                query: query.clone(),
                 reply,
             },
             Some(CALL_TIMEOUT),
         )
         .await
         {
-            Ok(ractor::rpc::CallResult::Success(sub)) => Ok(sub),
-            _ => Err(ApiError::unavailable("push hub is not available")),
+            Ok(ractor::rpc::CallResult::Success(sub)) => sub,
+            _ => return Err(ApiError::unavailable("push hub is not available")),
+        };
+        match self.recommend(user_id, &query).await {
+            Ok(current) => Ok(Subscription {
+                id,
+                current,
+                updates,
+            }),
+            Err(e) => {
+                self.unsubscribe(id);
+                Err(e)
+            }
         }
     }
 

@@ -224,28 +224,29 @@ impl Server {
     }
 
     /// Starts a training run and waits for the new version to be active; returns it.
+    /// Trains a version and waits until the run has ended, its version activated (or rejected)
+    /// and swapped into every model actor; returns the active version.
     pub async fn train(&self) -> String {
         // A run already in progress (the start-up one, say) answers 409: wait for it.
         let deadline = Instant::now() + Duration::from_secs(60);
-        let known = loop {
-            let (_, before) = self.get("/v1/admin/models").await;
-            let known = before["versions"].as_array().map_or(0, Vec::len);
+        loop {
             let (status, body) = self
                 .send(reqwest::Method::POST, "/v1/admin/train", None)
                 .await;
             if status == 202 {
-                break known;
+                break;
             }
             assert!(
                 status == 409 && Instant::now() < deadline,
                 "{status} {body}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let models = eventually(self, "/v1/admin/models", |_, b| {
-            b["versions"].as_array().is_some_and(|v| v.len() > known)
+        }
+        eventually(self, "/v1/admin/train", |s, b| {
+            s == 200 && b["running"] == false
         })
         .await;
+        let (_, models) = self.get("/v1/admin/models").await;
         models["active"]
             .as_str()
             .expect("an active version")
