@@ -850,6 +850,28 @@ async fn a_graphql_subscription_pushes_every_change() {
     .await
     .expect("send");
     assert_eq!(next_operation(&mut rx).await["type"], "connection_ack");
+    // A subscription costs what a query costs: 100 items x 25 fields is over the limit. It is
+    // refused for its id; the connection stays open.
+    let fields: Vec<String> = (0..25).map(|i| format!("f{i}: itemId")).collect();
+    let costly = format!(
+        "subscription {{ recommendationsUpdated(userId: \"viewer\", k: 100) {{ items {{ {} }} }} }}",
+        fields.join(" ")
+    );
+    tx.send(send(
+        json!({"id": "0", "type": "subscribe", "payload": {"query": costly}}),
+    ))
+    .await
+    .expect("send");
+    let refused = next_operation(&mut rx).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["id"].as_str()),
+        (Some("error"), Some("0")),
+        "{refused}"
+    );
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"], "invalid_argument",
+        "{refused}"
+    );
     tx.send(send(json!({
         "id": "1",
         "type": "subscribe",

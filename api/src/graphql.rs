@@ -4,7 +4,7 @@
 //! Resolvers call the same `Node` operations as REST, and errors carry the same stable codes
 //! (`extensions.code`: `invalid_argument`, `not_found`, `unavailable`, ...). A query nested
 //! deeper than [`MAX_DEPTH`] or costing more than [`MAX_COMPLEXITY`] fields is refused before it
-//! runs (see `query_cost`).
+//! runs (see `query_cost`), over HTTP and, for subscriptions, over WebSocket (`graphql_ws`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -380,9 +380,7 @@ pub async fn graphql(
         };
         return ws
             .protocols(["graphql-transport-ws"])
-            .on_upgrade(move |socket| {
-                juniper_axum::subscriptions::serve_graphql_transport_ws(socket, schema, init)
-            })
+            .on_upgrade(move |socket| crate::graphql_ws::serve(socket, schema, init))
             .into_response();
     }
     let ctx = Ctx {

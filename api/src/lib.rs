@@ -10,6 +10,7 @@ pub mod auth;
 mod console;
 mod error;
 pub mod graphql;
+mod graphql_ws;
 pub mod grpc;
 mod metrics;
 pub mod openapi;

@@ -1,0 +1,100 @@
+//! GraphQL subscriptions over graphql-transport-ws, with the same cost limits as HTTP queries.
+//!
+//! juniper's connection runs whatever document a `subscribe` message carries, and offers no hook
+//! before it does; so frames are read here first. A `subscribe` whose document is too deep or too
+//! costly (`query_cost::check`) is answered with an `error` message for its id and never reaches
+//! juniper; every other frame passes through. WebSocket-level pings and pongs are the transport's
+//! business (axum answers pings) and are not handed to the protocol.
+
+use std::convert::Infallible;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt, future, stream};
+use juniper::DefaultScalarValue;
+use juniper_graphql_ws::Init;
+use juniper_graphql_ws::graphql_transport_ws::{ClientMessage, Connection, Input, Output};
+use serde_json::json;
+
+use crate::graphql::{Ctx, Schema};
+
+/// A client frame that could not be read as a protocol message: the connection closes (4400).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid message: {0}")]
+pub struct InvalidFrame(String);
+
+/// One client frame, already parsed (`Err` closes the connection with 4400, as the protocol says).
+struct Frame(Result<Input<DefaultScalarValue>, InvalidFrame>);
+
+impl TryFrom<Frame> for Input<DefaultScalarValue> {
+    type Error = InvalidFrame;
+
+    fn try_from(frame: Frame) -> Result<Self, InvalidFrame> {
+        frame.0
+    }
+}
+
+fn parse(message: Message) -> Option<Result<Input<DefaultScalarValue>, InvalidFrame>> {
+    let bytes = match message {
+        Message::Text(text) => text.as_bytes().to_vec(),
+        Message::Binary(bytes) => bytes.to_vec(),
+        Message::Close(_) => return Some(Ok(Input::Close)),
+        Message::Ping(_) | Message::Pong(_) => return None,
+    };
+    Some(
+        serde_json::from_slice(&bytes)
+            .map(Input::Message)
+            .map_err(|e| InvalidFrame(e.to_string())),
+    )
+}
+
+/// The `error` message refusing a subscription, in the shape juniper gives validation errors.
+fn refusal(id: &str, why: &str) -> Message {
+    let body = json!({
+        "id": id,
+        "type": "error",
+        "payload": [{"message": why, "extensions": {"code": "invalid_argument"}}],
+    });
+    Message::Text(body.to_string().into())
+}
+
+pub async fn serve<I>(socket: WebSocket, schema: std::sync::Arc<Schema>, init: I)
+where
+    I: Init<DefaultScalarValue, Ctx> + Send,
+{
+    let (ws_tx, ws_rx) = socket.split();
+    let (juniper_tx, juniper_rx) = Connection::new(schema, init).split();
+    let (refused_tx, refused_rx) = mpsc::unbounded();
+
+    let input = ws_rx
+        .take_while(|r| future::ready(r.is_ok()))
+        .filter_map(move |r| {
+            let frame = r.ok().and_then(parse);
+            if let Some(Ok(Input::Message(ClientMessage::Subscribe { id, payload }))) = &frame
+                && let Err(why) = crate::query_cost::check(&payload.query)
+            {
+                let _ = refused_tx.unbounded_send(refusal(id, &why));
+                return future::ready(None);
+            }
+            future::ready(frame.map(|f| Ok::<_, Infallible>(Frame(f))))
+        })
+        .forward(juniper_tx.sink_map_err(|e| match e {}));
+
+    let replies = juniper_rx.map(|output| match output {
+        Output::Message(message) => serde_json::to_string(&message)
+            .map(|text| Message::Text(text.into()))
+            .unwrap_or_else(|e| close(1011, format!("could not serialise a reply: {e}"))),
+        Output::Close { code, message } => close(code, message),
+    });
+    let output = stream::select(replies, refused_rx).map(Ok).forward(ws_tx);
+
+    // Either side ending ends the connection.
+    future::select(std::pin::pin!(input), std::pin::pin!(output)).await;
+}
+
+fn close(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
