@@ -494,6 +494,7 @@ async fn erase_leaves_nothing_and_a_replay_of_the_archive_does_not_resurrect() {
         "{export}"
     );
     assert_eq!(export["profile"]["email"], "gone@example.org");
+    let past = export["events"].as_array().expect("events").clone();
     // Let the archiver copy the events out before the erasure.
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.train().await;
@@ -531,6 +532,25 @@ async fn erase_leaves_nothing_and_a_replay_of_the_archive_does_not_resurrect() {
         Some(0),
         "{export}"
     );
+
+    // The same events delivered again (a client retrying an old batch, a topic consumed again by
+    // a reset consumer group) land at new offsets; their time keeps them out. A new event counts.
+    let mut again = past;
+    again.push(click("new", "gone", "m5"));
+    let (status, body) = server.post_events(again).await;
+    assert_eq!(status, 202, "{body}");
+    eventually(&server, "/v1/users/gone", |s, b| {
+        s == 200 && b["num_events"] == 1
+    })
+    .await;
+    let (_, export) = server.get("/v1/users/gone/export").await;
+    let ids: Vec<&str> = export["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["new"], "{export}");
 }
 
 async fn trained_users(server: &Server) -> u64 {

@@ -15,9 +15,9 @@ use common::partition::partition_for;
 use common::{ApiError, EventKind, RecQuery, Recommendations};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
-use storage::Record;
 use storage::catalog::ItemStatus;
 use storage::sessions::SessionCommit;
+use storage::{Record, Tombstone};
 
 use crate::Services;
 use crate::mailbox;
@@ -145,8 +145,8 @@ pub struct SessionObs {
 pub struct SessionState {
     args: SessionArgs,
     data: SessionData,
-    /// Events of this user at log offsets below this were erased.
-    erased_at: Option<u64>,
+    /// The user's last erasure: the events it covers are never applied.
+    tombstone: Option<Tombstone>,
     /// The real-time user vector, folded in from `data` by the model; dropped on every change.
     vector: Option<UserVector>,
     last_active: Instant,
@@ -169,7 +169,7 @@ impl Actor for SessionActor {
             Some(bytes) => SessionData::decode(&bytes)?,
             None => SessionData::default(),
         };
-        let erased_at = store.erased_at(&args.user_id)?;
+        let tombstone = store.tombstone(&args.user_id)?;
         let obs_state = SessionObs {
             user_id: args.user_id.clone(),
             num_events: data.num_events,
@@ -187,7 +187,7 @@ impl Actor for SessionActor {
         Ok(SessionState {
             args,
             data,
-            erased_at,
+            tombstone,
             vector: None,
             last_active: Instant::now(),
             obs_state,
@@ -258,7 +258,7 @@ impl SessionState {
         let mut deltas: HashMap<&str, f64> = HashMap::new();
         for record in &records {
             let e = &record.event;
-            let erased = self.erased_at.is_some_and(|at| record.offset < at);
+            let erased = self.tombstone.is_some_and(|t| t.covers(record));
             if erased
                 || !in_batch.insert(e.event_id.as_str())
                 || services
@@ -420,11 +420,14 @@ pub async fn recommend_for(
 }
 
 /// Erases a user everywhere: session state, profile, applied and accepted event ids, its share
-/// of item popularity and the cache; a tombstone at the current end of the user's log partition keeps
-/// replays from bringing the user back.
+/// of item popularity and the cache. A tombstone (the current end of the user's log partition, and
+/// now) keeps replays and redeliveries of the user's past events from bringing the user back.
 pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Result<(), ApiError> {
     let partition = partition_for(user_id, services.log.num_partitions());
-    let erased_at = *services.log.high_watermark(partition).borrow();
+    let tombstone = Tombstone {
+        offset: *services.log.high_watermark(partition).borrow(),
+        at_ms: common::now_millis(),
+    };
     let deltas: Vec<(String, f64)> = data
         .items
         .iter()
@@ -434,7 +437,7 @@ pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Re
     let borrowed: Vec<(&str, f64)> = deltas.iter().map(|(id, w)| (id.as_str(), *w)).collect();
     services
         .store
-        .erase(user_id, erased_at, &borrowed)
+        .erase(user_id, tombstone, &borrowed)
         .map_err(ApiError::internal)?;
     services
         .log

@@ -13,7 +13,7 @@ use models::transitions::{TransitionParams, Transitions};
 use models::{HybridParams, Interactions, ModelArtifact, ModelMeta, TrainParams};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
-use storage::Record;
+use storage::{Record, Tombstone};
 
 use crate::Services;
 use crate::archiver::read_archive;
@@ -288,23 +288,23 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
     let log = &services.log;
     let mut data = Interactions::default();
     let mut range: Option<(i64, i64)> = None;
-    let mut erased: HashMap<String, Option<u64>> = HashMap::new();
+    let mut tombstones: HashMap<String, Option<Tombstone>> = HashMap::new();
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let from_archive = services.config.model.train_source == "archive";
     let mut add = |r: Record| -> Result<(), ApiError> {
         let e = &r.event;
-        let erased_at = match erased.get(&e.user_id) {
-            Some(at) => *at,
+        let tombstone = match tombstones.get(&e.user_id) {
+            Some(t) => *t,
             None => {
-                let at = services
+                let t = services
                     .store
-                    .erased_at(&e.user_id)
+                    .tombstone(&e.user_id)
                     .map_err(ApiError::internal)?;
-                erased.insert(e.user_id.clone(), at);
-                at
+                tombstones.insert(e.user_id.clone(), t);
+                t
             }
         };
-        if erased_at.is_some_and(|at| r.offset < at) {
+        if tombstone.is_some_and(|t| t.covers(&r)) {
             return Ok(());
         }
         if from_archive && !seen.insert((e.user_id.clone(), e.event_id.clone())) {

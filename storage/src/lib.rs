@@ -29,4 +29,4 @@ pub use objects::{LocalObjectStore, ObjectStore};
 pub use pg_catalog::PgCatalog;
 pub use redis_cache::TieredCache;
 pub use s3::S3ObjectStore;
-pub use sessions::{RocksSessionStore, SessionStore};
+pub use sessions::{RocksSessionStore, SessionStore, Tombstone};

@@ -6,6 +6,7 @@ use rocksdb::WriteBatch;
 
 use crate::db::{Cf, Db, pair_key, pair_prefix};
 use crate::error::Result;
+use crate::log::Record;
 
 /// What one apply writes.
 pub struct SessionCommit<'a> {
@@ -16,16 +17,52 @@ pub struct SessionCommit<'a> {
     pub item_deltas: &'a [(&'a str, f64)],
 }
 
+/// What erasing a user leaves behind, so that nothing erased comes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    /// The end of the user's log partition at erasure: replays of the log or the archive.
+    pub offset: u64,
+    /// When the user was erased (epoch ms): events that happened before then, however they arrive
+    /// again (a client's retried batch, a Kafka topic consumed again by a reset group), are
+    /// journaled at new offsets and are caught by their time instead.
+    pub at_ms: i64,
+}
+
+impl Tombstone {
+    /// Whether the erasure covers this record: it must never count again.
+    pub fn covers(&self, record: &Record) -> bool {
+        record.offset < self.offset || record.event.ts <= self.at_ms
+    }
+
+    fn encode(&self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.offset.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.at_ms.to_be_bytes());
+        bytes
+    }
+
+    /// 16 bytes; 8 bytes (an offset alone) were written by earlier versions.
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let offset = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
+        let at_ms = match bytes.get(8..16) {
+            Some(at) => i64::from_be_bytes(at.try_into().ok()?),
+            None => i64::MIN,
+        };
+        Some(Self { offset, at_ms })
+    }
+}
+
 pub trait SessionStore: Send + Sync + 'static {
     fn load(&self, user_id: &str) -> Result<Option<Vec<u8>>>;
     fn is_applied(&self, user_id: &str, event_id: &str) -> Result<bool>;
     fn commit(&self, commit: SessionCommit<'_>) -> Result<()>;
-    /// Erases everything held about the user and records `erased_at` (the log offset of the
-    /// user's partition at erasure): older events of the user are never applied again.
-    /// `item_deltas` are the user's contributions to item popularity, taken back.
-    fn erase(&self, user_id: &str, erased_at: u64, item_deltas: &[(&str, f64)]) -> Result<()>;
-    /// The erasure offset of a user, if it was ever erased.
-    fn erased_at(&self, user_id: &str) -> Result<Option<u64>>;
+    /// Erases everything held about the user and records the tombstone: the events it covers
+    /// are never applied again. `item_deltas` are the user's contributions to item popularity,
+    /// taken back.
+    fn erase(&self, user_id: &str, tombstone: Tombstone, item_deltas: &[(&str, f64)])
+    -> Result<()>;
+    /// The user's latest erasure, if the user was ever erased.
+    fn tombstone(&self, user_id: &str) -> Result<Option<Tombstone>>;
     /// Popularity of every item (sum of positive weights).
     fn item_stats(&self) -> Result<Vec<(String, f64)>>;
 }
@@ -66,7 +103,12 @@ impl SessionStore for RocksSessionStore {
         self.db.write(batch)
     }
 
-    fn erase(&self, user_id: &str, erased_at: u64, item_deltas: &[(&str, f64)]) -> Result<()> {
+    fn erase(
+        &self,
+        user_id: &str,
+        tombstone: Tombstone,
+        item_deltas: &[(&str, f64)],
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (item, delta) in item_deltas {
             batch.merge_cf(
@@ -81,16 +123,16 @@ impl SessionStore for RocksSessionStore {
         batch.put_cf(
             self.db.cf(Cf::Erasures),
             user_id.as_bytes(),
-            erased_at.to_be_bytes(),
+            tombstone.encode(),
         );
         self.db.write(batch)
     }
 
-    fn erased_at(&self, user_id: &str) -> Result<Option<u64>> {
+    fn tombstone(&self, user_id: &str) -> Result<Option<Tombstone>> {
         Ok(self
             .db
             .get(Cf::Erasures, user_id.as_bytes())?
-            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes)))
+            .and_then(|v| Tombstone::decode(&v)))
     }
 
     fn item_stats(&self) -> Result<Vec<(String, f64)>> {
@@ -129,13 +171,49 @@ mod tests {
             store.item_stats().expect("stats"),
             vec![("i1".to_owned(), 5.0)]
         );
-        store.erase("u1", 7, &[("i1", 5.0)]).expect("erase");
+        let tombstone = Tombstone {
+            offset: 7,
+            at_ms: 1_000,
+        };
+        store.erase("u1", tombstone, &[("i1", 5.0)]).expect("erase");
         assert_eq!(
             store.item_stats().expect("stats"),
             vec![("i1".to_owned(), 0.0)]
         );
         assert!(store.load("u1").expect("load").is_none());
         assert!(!store.is_applied("u1", "e1").expect("get"));
-        assert_eq!(store.erased_at("u1").expect("erased"), Some(7));
+        assert_eq!(store.tombstone("u1").expect("erased"), Some(tombstone));
+        assert_eq!(store.tombstone("u2").expect("never erased"), None);
+    }
+
+    #[test]
+    fn a_tombstone_covers_earlier_offsets_and_earlier_events_at_any_offset() {
+        let tombstone = Tombstone {
+            offset: 10,
+            at_ms: 5_000,
+        };
+        let record = |offset, ts| Record {
+            partition: 0,
+            offset,
+            event: common::Event {
+                event_id: "e".into(),
+                user_id: "u".into(),
+                item_id: "i".into(),
+                kind: common::EventKind::View,
+                value: None,
+                ts,
+            },
+        };
+        assert!(tombstone.covers(&record(9, 9_000)), "journaled before");
+        assert!(
+            tombstone.covers(&record(50, 4_000)),
+            "happened before, delivered again"
+        );
+        assert!(tombstone.covers(&record(50, 5_000)));
+        assert!(!tombstone.covers(&record(50, 5_001)), "a new event");
+        // An offset alone, as earlier versions stored it, covers by offset only.
+        let legacy = Tombstone::decode(&10u64.to_be_bytes()).expect("decodes");
+        assert!(legacy.covers(&record(9, 9_000)));
+        assert!(!legacy.covers(&record(10, 1)));
     }
 }

@@ -286,11 +286,8 @@ impl Node {
         let log = &services.log;
         let partition = common::partition::partition_for(user_id, log.num_partitions());
         let end = *log.high_watermark(partition).borrow();
-        let mut offset = services
-            .store
-            .erased_at(user_id)
-            .map_err(ApiError::from)?
-            .unwrap_or(0);
+        let tombstone = services.store.tombstone(user_id).map_err(ApiError::from)?;
+        let mut offset = tombstone.map_or(0, |t| t.offset);
         let mut events = Vec::new();
         while offset < end {
             let records = log
@@ -302,7 +299,9 @@ impl Node {
             events.extend(
                 records
                     .into_iter()
-                    .filter(|r| r.event.user_id == user_id)
+                    .filter(|r| {
+                        r.event.user_id == user_id && !tombstone.is_some_and(|t| t.covers(r))
+                    })
                     .map(|r| r.event),
             );
         }

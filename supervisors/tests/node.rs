@@ -195,12 +195,17 @@ async fn replayed_events_change_nothing_and_erasure_is_final() {
 
     node.erase_user("bob").await.expect("erase");
     assert!(node.user("bob").await.expect("get").is_none());
-    // The same event ids are new again after erasure, and only they count.
+    // An event from before the erasure delivered again stays out; event ids are free again, so
+    // a new event under a used id counts, and only it.
+    let new = Event {
+        ts: common::now_millis(),
+        ..event("b", "bob", "i2")
+    };
     let after = node
-        .post_events(vec![event("a", "bob", "i1")])
+        .post_events(vec![event("a", "bob", "i1"), new])
         .await
         .expect("append");
-    assert_eq!(after.accepted, 1);
+    assert_eq!(after.accepted, 2);
     assert!(node.wait_caught_up(Duration::from_secs(10)).await);
     assert_eq!(num_events(&node, "bob").await, 1);
     node.shutdown().await;
