@@ -64,7 +64,9 @@ where
 {
     let (ws_tx, ws_rx) = socket.split();
     let (juniper_tx, juniper_rx) = Connection::new(schema, init).split();
-    let (refused_tx, refused_rx) = mpsc::unbounded();
+    // Bounded: a client that floods refused subscriptions without reading loses refusals, not
+    // the node's memory.
+    let (mut refused_tx, refused_rx) = mpsc::channel(16);
 
     let input = ws_rx
         .take_while(|r| future::ready(r.is_ok()))
@@ -73,7 +75,9 @@ where
             if let Some(Ok(Input::Message(ClientMessage::Subscribe { id, payload }))) = &frame
                 && let Err(why) = crate::query_cost::check(&payload.query)
             {
-                let _ = refused_tx.unbounded_send(refusal(id, &why));
+                if refused_tx.try_send(refusal(id, &why)).is_err() {
+                    tracing::debug!(id, "graphql-ws refusal dropped: the client is not reading");
+                }
                 return future::ready(None);
             }
             future::ready(frame.map(|f| Ok::<_, Infallible>(Frame(f))))
