@@ -7,11 +7,16 @@
 //! `GET /v1/trending`, fills the lists of users with no history before popularity does, and
 //! marks recommended items that are trending.
 //!
+//! Every model inference asks for the ranking (the trending lift), so the full ranking is kept
+//! per (contents, current window) and recomputed only after activity changed or a window turned:
+//! reads between two events share one sort instead of each rebuilding it under the lock.
+//!
 //! Windows go by event time, so a replay or an import of old events does not light up as
 //! trending: events older than the retained windows are ignored. The state is in memory per
 //! node; after a restart it refills within a window.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -24,10 +29,27 @@ struct Window {
     categories: HashMap<String, f64>,
 }
 
+#[derive(Default)]
+struct Windows {
+    windows: VecDeque<Window>,
+    /// Bumped by every change to `windows`: a ranking computed at another generation is stale.
+    generation: u64,
+    /// The last full rankings of items (`[0]`) and categories (`[1]`).
+    ranked: [Option<Ranking>; 2],
+}
+
+/// A full ranking, and what it was computed from.
+struct Ranking {
+    generation: u64,
+    /// The current window then (scores decay by window age).
+    window: i64,
+    entries: Arc<Vec<TrendingEntry>>,
+}
+
 pub struct Trending {
     window_ms: i64,
     retained: usize,
-    windows: Mutex<VecDeque<Window>>,
+    windows: Mutex<Windows>,
 }
 
 /// One trending entry.
@@ -44,7 +66,7 @@ impl Trending {
         Self {
             window_ms: (window.as_millis() as i64).max(1),
             retained: retained.max(1),
-            windows: Mutex::new(VecDeque::new()),
+            windows: Mutex::new(Windows::default()),
         }
     }
 
@@ -60,8 +82,10 @@ impl Trending {
         if weight <= 0.0 || current - id >= self.retained as i64 {
             return;
         }
-        let mut windows = self.windows.lock();
-        self.expire(&mut windows, current);
+        let mut state = self.windows.lock();
+        self.expire(&mut state, current);
+        state.generation += 1;
+        let windows = &mut state.windows;
         let pos = windows.partition_point(|w| w.id < id);
         if windows.get(pos).is_none_or(|w| w.id != id) {
             windows.insert(
@@ -79,12 +103,14 @@ impl Trending {
         }
     }
 
-    fn expire(&self, windows: &mut VecDeque<Window>, current: i64) {
-        while windows
+    fn expire(&self, state: &mut Windows, current: i64) {
+        while state
+            .windows
             .front()
             .is_some_and(|w| current - w.id >= self.retained as i64)
         {
-            windows.pop_front();
+            state.windows.pop_front();
+            state.generation += 1;
         }
     }
 
@@ -97,11 +123,28 @@ impl Trending {
         categories: bool,
         keep: impl Fn(&str) -> bool,
     ) -> Vec<TrendingEntry> {
-        let current = now.div_euclid(self.window_ms);
-        let mut windows = self.windows.lock();
-        self.expire(&mut windows, current);
+        let ranked = self.ranked(now.div_euclid(self.window_ms), categories);
+        ranked
+            .iter()
+            .filter(|e| keep(&e.id))
+            .take(k)
+            .cloned()
+            .collect()
+    }
+
+    /// Every item (or category) ranked at window `current`, reusing the last ranking if nothing
+    /// changed since.
+    fn ranked(&self, current: i64, categories: bool) -> Arc<Vec<TrendingEntry>> {
+        let mut state = self.windows.lock();
+        self.expire(&mut state, current);
+        let slot = usize::from(categories);
+        if let Some(r) = &state.ranked[slot]
+            && (r.generation, r.window) == (state.generation, current)
+        {
+            return r.entries.clone();
+        }
         let mut scores: HashMap<&str, (f64, f64)> = HashMap::new();
-        for w in windows.iter() {
+        for w in state.windows.iter() {
             let decay = 0.5f64.powi((current - w.id) as i32);
             let counts = if categories { &w.categories } else { &w.items };
             for (id, weight) in counts {
@@ -114,7 +157,6 @@ impl Trending {
         }
         let mut ranked: Vec<TrendingEntry> = scores
             .into_iter()
-            .filter(|(id, _)| keep(id))
             .map(|(id, (score, current))| TrendingEntry {
                 id: id.to_owned(),
                 score,
@@ -122,7 +164,12 @@ impl Trending {
             })
             .collect();
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
-        ranked.truncate(k);
+        let ranked = Arc::new(ranked);
+        state.ranked[slot] = Some(Ranking {
+            generation: state.generation,
+            window: current,
+            entries: ranked.clone(),
+        });
         ranked
     }
 }
@@ -160,6 +207,20 @@ mod tests {
             ids(&t.top(10, now, false, |id| id != "new")),
             vec!["tiny", "old"]
         );
+    }
+
+    #[test]
+    fn a_reused_ranking_never_hides_new_activity_or_a_turned_window() {
+        let t = Trending::new(Duration::from_secs(300), 12);
+        let now = 200 * 5 * MIN;
+        t.record("a", &[], 2.0, now, now);
+        assert_eq!(ids(&t.top(10, now, false, |_| true)), vec!["a"]);
+        t.record("b", &[], 3.0, now, now);
+        let top = t.top(10, now, false, |_| true);
+        assert_eq!(ids(&top), vec!["b", "a"]);
+        // One window later the same activity is half as hot and no longer current.
+        let later = t.top(10, now + 5 * MIN, false, |_| true);
+        assert_eq!((later[0].score, later[0].current), (1.5, 0.0));
     }
 
     #[test]
