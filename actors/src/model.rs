@@ -326,7 +326,7 @@ pub fn score(
         if let (Some(trending), boost) = (fallback.trending, fallback.trending_boost)
             && boost > 0.0
         {
-            let top = trending.top(BOOSTED, common::now_millis(), false, |_| true);
+            let top = trending.top_recent(BOOSTED, common::now_millis(), BOOST_MAX_AGE);
             let max = top.first().map_or(1.0, |e| e.score.max(f64::MIN_POSITIVE));
             for e in &top {
                 if let Some(&row) = artifact.item_index.get(&e.id) {
@@ -469,6 +469,9 @@ impl<'a> Signals<'a> {
 
 /// How many trending items the boost considers.
 const BOOSTED: usize = 100;
+/// How old a trending ranking the lift may use: a fraction of a second is nothing to a signal of
+/// minutes-long windows, and spares a full re-ranking per inference under a stream of events.
+const BOOST_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Trending candidates taken beyond `k`, for those the catalog filters out.
 const FILL_SLACK: usize = 50;

@@ -9,7 +9,9 @@
 //!
 //! Every model inference asks for the ranking (the trending lift), so the full ranking is kept
 //! per (contents, current window) and recomputed only after activity changed or a window turned:
-//! reads between two events share one sort instead of each rebuilding it under the lock.
+//! reads between two events share one sort instead of each rebuilding it under the lock. The lift
+//! may use a ranking up to a fraction of a second old ([`Trending::top_recent`]): under a steady
+//! stream of events it would otherwise rebuild the whole ranking for nearly every inference.
 //!
 //! Windows go by event time, so a replay or an import of old events does not light up as
 //! trending: events older than the retained windows are ignored. The state is in memory per
@@ -17,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -43,6 +45,7 @@ struct Ranking {
     generation: u64,
     /// The current window then (scores decay by window age).
     window: i64,
+    computed: Instant,
     entries: Arc<Vec<TrendingEntry>>,
 }
 
@@ -123,7 +126,7 @@ impl Trending {
         categories: bool,
         keep: impl Fn(&str) -> bool,
     ) -> Vec<TrendingEntry> {
-        let ranked = self.ranked(now.div_euclid(self.window_ms), categories);
+        let ranked = self.ranked(now.div_euclid(self.window_ms), categories, Duration::ZERO);
         ranked
             .iter()
             .filter(|e| keep(&e.id))
@@ -132,14 +135,22 @@ impl Trending {
             .collect()
     }
 
+    /// The `k` trending items at `now`, from a ranking computed at most `max_age` ago in the
+    /// current window: activity since then may be missing.
+    pub fn top_recent(&self, k: usize, now: i64, max_age: Duration) -> Vec<TrendingEntry> {
+        let ranked = self.ranked(now.div_euclid(self.window_ms), false, max_age);
+        ranked.iter().take(k).cloned().collect()
+    }
+
     /// Every item (or category) ranked at window `current`, reusing the last ranking if nothing
-    /// changed since.
-    fn ranked(&self, current: i64, categories: bool) -> Arc<Vec<TrendingEntry>> {
+    /// changed since, or if it is at most `max_age` old.
+    fn ranked(&self, current: i64, categories: bool, max_age: Duration) -> Arc<Vec<TrendingEntry>> {
         let mut state = self.windows.lock();
         self.expire(&mut state, current);
         let slot = usize::from(categories);
         if let Some(r) = &state.ranked[slot]
-            && (r.generation, r.window) == (state.generation, current)
+            && r.window == current
+            && (r.generation == state.generation || r.computed.elapsed() <= max_age)
         {
             return r.entries.clone();
         }
@@ -168,6 +179,7 @@ impl Trending {
         state.ranked[slot] = Some(Ranking {
             generation: state.generation,
             window: current,
+            computed: Instant::now(),
             entries: ranked.clone(),
         });
         ranked
@@ -221,6 +233,15 @@ mod tests {
         // One window later the same activity is half as hot and no longer current.
         let later = t.top(10, now + 5 * MIN, false, |_| true);
         assert_eq!((later[0].score, later[0].current), (1.5, 0.0));
+        // A recent ranking may miss the latest activity; an exact one never does.
+        t.record("c", &[], 9.0, now + 5 * MIN, now + 5 * MIN);
+        let recent = t.top_recent(10, now + 5 * MIN, Duration::from_secs(60));
+        assert_eq!(ids(&recent), vec!["b", "a"]);
+        assert_eq!(ids(&t.top(1, now + 5 * MIN, false, |_| true)), vec!["c"]);
+        assert_eq!(
+            ids(&t.top_recent(1, now + 5 * MIN, Duration::from_secs(60))),
+            vec!["c"]
+        );
     }
 
     #[test]
