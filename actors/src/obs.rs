@@ -83,6 +83,12 @@ impl ObsRegistry {
             .or_else(|| self.labels.read().get(&cell.get_id()).cloned())
     }
 
+    /// The observable state an actor last published (`None` for an actor not registered).
+    pub fn state(&self, cell: &ActorCell) -> Option<Value> {
+        let entries = self.entries.read();
+        Some(entries.get(&cell.get_id())?.state.borrow().clone())
+    }
+
     /// One actor's snapshot: kind, status, uptime, mailbox and observable state.
     pub fn describe(&self, cell: &ActorCell) -> Value {
         let entry = self.entries.read().get(&cell.get_id()).cloned();

@@ -12,7 +12,7 @@ use models::content::{ContentModel, ContentParams};
 use models::transitions::{TransitionParams, Transitions};
 use models::{HybridParams, Interactions, ModelArtifact, ModelMeta, TrainParams};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use storage::{Record, Tombstone};
 
 use crate::Services;
@@ -33,14 +33,12 @@ pub enum TrainerMsg {
         iterations: usize,
     },
     Done(Result<String, String>),
-    /// The trainer's state: whether a run is going, and how the last one ended.
-    Status(RpcReplyPort<Result<TrainerObs, ApiError>>),
 }
 
 pub struct TrainerActor;
 
 /// `GET /v1/admin/train`, and the trainer's state in the console.
-#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrainerObs {
     /// Whether a run is in progress; a run ends after its version is activated (or rejected).
     pub running: bool,
@@ -123,6 +121,9 @@ impl Actor for TrainerActor {
                 state.obs_state.running = true;
                 state.obs_state.progress = Some("reading events".into());
                 state.started = Some(Instant::now());
+                // Published before the caller hears "started": whoever then reads the state
+                // sees the run.
+                state.obs.publish(&state.obs_state);
                 match (wait, reply) {
                     (true, Some(reply)) => state.waiting.push(reply),
                     (false, Some(reply)) => drop(reply.send(Ok("started".into()))),
@@ -162,9 +163,6 @@ impl Actor for TrainerActor {
                 for reply in state.waiting.drain(..) {
                     let _ = reply.send(result.clone().map_err(ApiError::unavailable));
                 }
-            }
-            TrainerMsg::Status(reply) => {
-                let _ = reply.send(Ok(state.obs_state.clone()));
             }
         }
         state.obs.publish(&state.obs_state);
@@ -320,24 +318,13 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
         }
     }
     for partition in 0..log.num_partitions() {
-        let end = *log.high_watermark(partition).borrow();
-        let mut offset = if from_archive {
+        let from = if from_archive {
             log.committed(storage::ARCHIVE, partition)
                 .map_err(ApiError::internal)?
         } else {
             0
         };
-        while offset < end {
-            let records = log
-                .read(partition, offset, 10_000)
-                .await
-                .map_err(ApiError::internal)?;
-            let Some(last) = records.last() else { break };
-            offset = last.offset + 1;
-            for r in records {
-                add(r)?;
-            }
-        }
+        storage::log::scan(log.as_ref(), partition, from, &mut add).await?;
     }
     Ok((data, range))
 }

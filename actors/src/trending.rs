@@ -126,7 +126,7 @@ impl Trending {
         categories: bool,
         keep: impl Fn(&str) -> bool,
     ) -> Vec<TrendingEntry> {
-        let ranked = self.ranked(now.div_euclid(self.window_ms), categories, Duration::ZERO);
+        let ranked = self.ranked(now.div_euclid(self.window_ms), categories, None);
         ranked
             .iter()
             .filter(|e| keep(&e.id))
@@ -138,19 +138,25 @@ impl Trending {
     /// The `k` trending items at `now`, from a ranking computed at most `max_age` ago in the
     /// current window: activity since then may be missing.
     pub fn top_recent(&self, k: usize, now: i64, max_age: Duration) -> Vec<TrendingEntry> {
-        let ranked = self.ranked(now.div_euclid(self.window_ms), false, max_age);
+        let ranked = self.ranked(now.div_euclid(self.window_ms), false, Some(max_age));
         ranked.iter().take(k).cloned().collect()
     }
 
     /// Every item (or category) ranked at window `current`, reusing the last ranking if nothing
-    /// changed since, or if it is at most `max_age` old.
-    fn ranked(&self, current: i64, categories: bool, max_age: Duration) -> Arc<Vec<TrendingEntry>> {
+    /// changed since, or (with `max_age`) if it is at most that old.
+    fn ranked(
+        &self,
+        current: i64,
+        categories: bool,
+        max_age: Option<Duration>,
+    ) -> Arc<Vec<TrendingEntry>> {
         let mut state = self.windows.lock();
         self.expire(&mut state, current);
         let slot = usize::from(categories);
         if let Some(r) = &state.ranked[slot]
             && r.window == current
-            && (r.generation == state.generation || r.computed.elapsed() <= max_age)
+            && (r.generation == state.generation
+                || max_age.is_some_and(|m| r.computed.elapsed() <= m))
         {
             return r.entries.clone();
         }

@@ -116,14 +116,19 @@ impl Authenticator {
         Ok(())
     }
 
-    /// Keeps the JWKS fresh every `auth.jwks_refresh` until the node stops.
+    /// Keeps the JWKS fresh every `auth.jwks_refresh` until the node stops: fetched from the URL
+    /// at once, re-read from a file (already read at start) one period later.
     pub fn spawn_refresh(self: &Arc<Self>) {
         if self.config.jwks_url.is_none() && self.config.jwks_file.is_none() {
             return;
         }
         let auth = Arc::downgrade(self);
         let period = self.config.jwks_refresh.max(MIN_REFRESH);
+        let loaded = self.config.jwks_url.is_none();
         tokio::spawn(async move {
+            if loaded {
+                tokio::time::sleep(period).await;
+            }
             loop {
                 let Some(auth) = auth.upgrade() else { return };
                 if let Err(error) = auth.refresh().await {
@@ -320,15 +325,17 @@ fn is_public(path: &str, protect_metrics: bool) -> bool {
         || (path == "/metrics" && !protect_metrics)
 }
 
+/// The token of an `Authorization` value: `Bearer <token>`, the scheme in any case.
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// The bearer token of a request: the header, or `access_token` for WebSocket upgrades and
 /// event streams.
 fn token(request: &Request) -> Option<String> {
     if let Some(value) = request.headers().get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+        return bearer(value.to_str().ok()?).map(str::to_owned);
     }
     let streaming = request.headers().contains_key(header::UPGRADE)
         || request

@@ -366,7 +366,8 @@ pub async fn graphql(
                                 .and_then(|v| v.as_scalar())
                                 .and_then(|s| juniper::ScalarValue::try_as_str(s))
                         })
-                        .map(|t| t.trim_start_matches("Bearer ").trim().to_owned())
+                        // `Bearer <token>`, or the bare token.
+                        .map(|t| crate::auth::bearer(t).unwrap_or(t.trim()).to_owned())
                         .unwrap_or_default();
                     auth.authenticate(&token).await.inspect_err(|e| {
                         crate::policy::audit_unauthenticated(&e.message, "graphql-ws");

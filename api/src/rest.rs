@@ -252,7 +252,7 @@ pub async fn train(State(node): State<Arc<Node>>) -> Result<Response> {
 #[utoipa::path(get, path = "/v1/admin/train", tag = "admin",
     responses((status = 200, description = "The trainer's state", body = actors::trainer::TrainerObs), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
 pub async fn training(State(node): State<Arc<Node>>) -> Result<Response> {
-    Ok(Json(node.training().await?).into_response())
+    Ok(Json(node.training()?).into_response())
 }
 
 /// Model versions, their metrics, and the active one.

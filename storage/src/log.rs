@@ -56,6 +56,30 @@ pub trait EventLog: Send + Sync + 'static {
     fn forget_user(&self, user_id: &str) -> Result<()>;
 }
 
+/// Records read from the log a page at a time.
+const SCAN_PAGE: usize = 10_000;
+
+/// Hands every record of `partition` from `from` up to its end (as of the call) to `each`, reading
+/// a page at a time so that a long log is never held in memory at once.
+pub async fn scan<E: From<StorageError>>(
+    log: &dyn EventLog,
+    partition: u32,
+    from: u64,
+    mut each: impl FnMut(Record) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let end = *log.high_watermark(partition).borrow();
+    let mut offset = from;
+    while offset < end {
+        let records = log.read(partition, offset, SCAN_PAGE).await?;
+        let Some(last) = records.last() else { break };
+        offset = last.offset + 1;
+        for record in records {
+            each(record)?;
+        }
+    }
+    Ok(())
+}
+
 /// Where `POST /v1/events` writes: the embedded log itself, or a broker whose consumer path feeds
 /// the log. Acknowledging means stored: an `Ok` is returned only once every event is durable.
 #[async_trait]

@@ -285,26 +285,16 @@ impl Node {
             .map_err(ApiError::from)?;
         let log = &services.log;
         let partition = common::partition::partition_for(user_id, log.num_partitions());
-        let end = *log.high_watermark(partition).borrow();
         let tombstone = services.store.tombstone(user_id).map_err(ApiError::from)?;
-        let mut offset = tombstone.map_or(0, |t| t.offset);
         let mut events = Vec::new();
-        while offset < end {
-            let records = log
-                .read(partition, offset, 10_000)
-                .await
-                .map_err(ApiError::from)?;
-            let Some(last) = records.last() else { break };
-            offset = last.offset + 1;
-            events.extend(
-                records
-                    .into_iter()
-                    .filter(|r| {
-                        r.event.user_id == user_id && !tombstone.is_some_and(|t| t.covers(r))
-                    })
-                    .map(|r| r.event),
-            );
-        }
+        let from = tombstone.map_or(0, |t| t.offset);
+        storage::log::scan(log.as_ref(), partition, from, |r| {
+            if r.event.user_id == user_id && !tombstone.is_some_and(|t| t.covers(&r)) {
+                events.push(r.event);
+            }
+            Ok::<_, ApiError>(())
+        })
+        .await?;
         Ok(serde_json::json!({
             "user_id": user_id,
             "session": session,
@@ -386,10 +376,15 @@ impl Node {
         .await
     }
 
-    /// Whether a training run is going, and how the last one ended.
-    pub async fn training(&self) -> Result<TrainerObs, ApiError> {
+    /// Whether a training run is going, and how the last one ended: the trainer's observable
+    /// state, read without sending it a message.
+    pub fn training(&self) -> Result<TrainerObs, ApiError> {
         let trainer = slot_get(&self.trainer, "trainer")?;
-        call(&trainer, "trainer", TrainerMsg::Status, CALL_TIMEOUT).await
+        self.services
+            .obs
+            .state(&trainer.get_cell())
+            .and_then(|state| serde_json::from_value(state).ok())
+            .ok_or_else(|| ApiError::unavailable("the trainer is not available"))
     }
 
     /// Archives the event log to the object store now (it also runs every
