@@ -6,7 +6,6 @@ mod eval;
 mod inspect;
 mod movielens;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -217,7 +216,7 @@ pub async fn serve(
         let _ = stop_rx.wait_for(|s| *s).await;
     };
     let tls = &node.config.server.tls;
-    let mut server = if tls.cert.is_some() {
+    let reloader = if tls.cert.is_some() {
         let reloader = api::tls::Reloader::new(tls)?;
         reloader.spawn_watch(std::time::Duration::from_secs(5));
         tracing::info!(
@@ -225,17 +224,14 @@ pub async fn serve(
             mutual = tls.client_ca.is_some(),
             "serving TLS"
         );
-        tokio::spawn(api::tls::serve(listener, app, reloader, stopping))
+        Some(reloader)
     } else {
-        tokio::spawn(
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopping)
-            .into_future(),
-        )
+        None
     };
+    let limits = api::listener::Limits::from(&node.config.server);
+    let mut server = tokio::spawn(api::listener::serve(
+        listener, app, reloader, limits, stopping,
+    ));
     let tree_died = tokio::select! {
         _ = shutdown_signal() => false,
         _ = node.stopped() => true,

@@ -9,16 +9,17 @@
 //! an `EventSource`, so those two (and only those) may pass it as `?access_token=`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use axum::RequestExt;
 use axum::extract::{ConnectInfo, MatchedPath, RawPathParams, Request, State};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use common::Config;
 use common::config::AuthConfig;
 use common::{ApiError, ErrorCode};
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
@@ -26,7 +27,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::Mutex;
 use supervisors::Node;
 
+use crate::client::{BadProxy, TrustedProxies};
 use crate::error::{AppError, is_grpc};
+use crate::listener::ConnectionSlot;
+use crate::streams::{Caller, Streams};
 use crate::policy::audit_unauthenticated;
 pub use crate::policy::{Action, Principal, Role, authorize};
 
@@ -40,6 +44,8 @@ pub enum AuthError {
     NoKeys,
     #[error("reading the JWKS: {0}")]
     Jwks(String),
+    #[error(transparent)]
+    TrustedProxy(#[from] BadProxy),
 }
 
 type Keys = HashMap<String, (DecodingKey, Algorithm)>;
@@ -52,6 +58,13 @@ pub struct Authenticator {
     /// When a token with an unknown key id last made the node re-read the keys.
     last_forced: Mutex<Option<Instant>>,
     http: reqwest::Client,
+}
+
+/// A token that passed: who it proves, and until when it is accepted (`exp` plus the leeway).
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub principal: Principal,
+    pub expires_at: SystemTime,
 }
 
 /// The shortest interval between two JWKS fetches triggered by unknown key ids (so that tokens
@@ -155,6 +168,11 @@ impl Authenticator {
 
     /// The caller a token proves, or `unauthenticated`.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, ApiError> {
+        self.verify(token).await.map(|verified| verified.principal)
+    }
+
+    /// The caller a token proves and until when the token is accepted, or `unauthenticated`.
+    pub async fn verify(&self, token: &str) -> Result<Verified, ApiError> {
         let unauthenticated = |why: &str| ApiError::new(ErrorCode::Unauthenticated, why.to_owned());
         // `alg: none` and unknown algorithms fail here: they are not in `Algorithm`.
         let header = jsonwebtoken::decode_header(token)
@@ -173,29 +191,21 @@ impl Authenticator {
                 "the token's algorithm does not match its key",
             ));
         }
-        let mut validation = Validation::new(alg);
-        validation.leeway = self.config.leeway.as_secs();
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        match &self.config.audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(iss) = &self.config.issuer {
-            validation.set_issuer(&[iss]);
-        }
-        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &self.validation(alg))
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
-                unauthenticated(match e.kind() {
-                    ErrorKind::ExpiredSignature => "the token has expired",
-                    ErrorKind::ImmatureSignature => "the token is not valid yet",
-                    ErrorKind::InvalidAudience => "the token is for another audience",
-                    ErrorKind::InvalidIssuer => "the token is from another issuer",
-                    ErrorKind::InvalidSignature => "the token's signature is invalid",
-                    ErrorKind::MissingRequiredClaim(_) => "the token lacks `exp` or `sub`",
-                    _ => "the token is invalid",
-                })
+                let why = match e.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired".to_owned(),
+                    ErrorKind::ImmatureSignature => "the token is not valid yet".to_owned(),
+                    ErrorKind::InvalidAudience => "the token is for another audience".to_owned(),
+                    ErrorKind::InvalidIssuer => "the token is from another issuer".to_owned(),
+                    ErrorKind::InvalidSignature => "the token's signature is invalid".to_owned(),
+                    ErrorKind::MissingRequiredClaim(claim) => {
+                        format!("the token lacks the `{claim}` claim")
+                    }
+                    _ => "the token is invalid".to_owned(),
+                };
+                unauthenticated(&why)
             })?
             .claims;
         let sub = claims["sub"]
@@ -213,7 +223,38 @@ impl Authenticator {
             }
             _ => Vec::new(),
         };
-        Ok(Principal { sub, roles })
+        // `exp` is required and was validated as a number of seconds; one past what the clock
+        // can represent is as good as never.
+        let exp = Duration::from_secs(claims["exp"].as_u64().unwrap_or_default())
+            .saturating_add(self.config.leeway)
+            .min(Duration::from_secs(u64::from(u32::MAX)) * 4);
+        let expires_at = UNIX_EPOCH + exp;
+        Ok(Verified {
+            principal: Principal { sub, roles },
+            expires_at,
+        })
+    }
+
+    /// What a token must satisfy. A configured issuer or audience is required, not only
+    /// compared when present: a token without the claim is refused.
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.config.leeway.as_secs();
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &self.config.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.config.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        validation
     }
 
     fn may_force_refresh(&self) -> bool {
@@ -293,24 +334,38 @@ impl RateLimiter {
     }
 }
 
-/// What the gateway layer needs: the authenticator (none when auth is off) and the limiter.
+/// What the gateway layer needs: the authenticator (none when auth is off), the limiter, who
+/// may speak for clients, and the open streams per caller.
 pub struct Gate {
     pub auth: Option<Arc<Authenticator>>,
     pub limiter: Option<RateLimiter>,
     pub protect_metrics: bool,
+    pub trusted_proxies: TrustedProxies,
+    pub streams: Arc<Streams>,
 }
 
 impl Gate {
-    pub fn new(config: &AuthConfig) -> Result<Self, AuthError> {
-        let auth = Authenticator::from_config(config)?;
+    pub fn new(config: &Config) -> Result<Self, AuthError> {
+        let auth = Authenticator::from_config(&config.auth)?;
         if let Some(auth) = &auth {
             auth.spawn_refresh();
         }
         Ok(Self {
             auth,
-            limiter: RateLimiter::new(config.rate_limit_per_second, config.rate_limit_burst),
-            protect_metrics: config.protect_metrics,
+            limiter: RateLimiter::new(
+                config.auth.rate_limit_per_second,
+                config.auth.rate_limit_burst,
+            ),
+            protect_metrics: config.auth.protect_metrics,
+            trusted_proxies: TrustedProxies::parse(&config.auth.trusted_proxies)?,
+            streams: Streams::new(config.server.max_streams_per_caller),
         })
+    }
+
+    /// The client address of a request (see `client.rs`), when the listener attached the peer.
+    fn client(&self, request: &Request) -> Option<IpAddr> {
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        Some(self.trusted_proxies.client(peer, request.headers()))
     }
 }
 
@@ -331,13 +386,35 @@ pub fn bearer(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Whether a header lists `token` (comma-separated, any case), as `Connection: keep-alive,
+/// Upgrade` lists `upgrade`.
+fn lists(request: &Request, name: header::HeaderName, token: &str) -> bool {
+    request.headers().get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
+/// A real WebSocket opening handshake (RFC 6455): `GET` over HTTP/1.1 with `Connection:
+/// upgrade` and `Upgrade: websocket`. Anything else that merely carries an `Upgrade` header is an
+/// ordinary request.
+fn is_websocket_upgrade(request: &Request) -> bool {
+    request.method() == Method::GET
+        && request.version() == Version::HTTP_11
+        && lists(request, header::CONNECTION, "upgrade")
+        && lists(request, header::UPGRADE, "websocket")
+}
+
 /// The bearer token of a request: the header, or `access_token` for WebSocket upgrades and
 /// event streams.
 fn token(request: &Request) -> Option<String> {
     if let Some(value) = request.headers().get(header::AUTHORIZATION) {
         return bearer(value.to_str().ok()?).map(str::to_owned);
     }
-    let streaming = request.headers().contains_key(header::UPGRADE)
+    let streaming = is_websocket_upgrade(request)
         || request
             .headers()
             .get(header::ACCEPT)
@@ -371,6 +448,10 @@ fn reject(request: &Request, error: ApiError) -> Response {
 }
 
 /// The gateway layer: authenticate, rate-limit, and authorize REST routes.
+///
+/// Public routes (probes, static pages) need no token, but a valid one is still read (an
+/// operator's token shows `/readyz` details); an invalid one is ignored there. Every route is
+/// rate-limited: by the token's subject, or by the client address without a token.
 pub async fn gate(
     State((node, gate)): State<(Arc<Node>, Arc<Gate>)>,
     mut request: Request,
@@ -383,19 +464,13 @@ pub async fn gate(
     let public = path
         .as_deref()
         .is_some_and(|p| is_public(p, gate.protect_metrics));
-    if public {
-        return next.run(request).await;
-    }
-    let principal = match &gate.auth {
-        None => Principal::unauthenticated_admin(),
+    let verified = match &gate.auth {
+        None => None,
         Some(auth) => match token(&request) {
-            // graphql-transport-ws clients may send the token in `connection_init` instead.
-            None if path.as_deref() == Some("/graphql")
-                && request.headers().contains_key(header::UPGRADE) =>
-            {
-                request.extensions_mut().insert(gate.clone());
-                return next.run(request).await;
-            }
+            None if public => None,
+            // graphql-transport-ws clients may send the token in `connection_init` instead; only
+            // a real upgrade on the route that serves it may defer authentication.
+            None if path.as_deref() == Some("/graphql") && is_websocket_upgrade(&request) => None,
             None => {
                 audit_unauthenticated("no bearer token", "http");
                 let missing = ApiError::new(
@@ -404,8 +479,9 @@ pub async fn gate(
                 );
                 return reject(&request, missing);
             }
-            Some(token) => match auth.authenticate(&token).await {
-                Ok(principal) => principal,
+            Some(token) => match auth.verify(&token).await {
+                Ok(verified) => Some(verified),
+                Err(_) if public => None,
                 Err(error) => {
                     audit_unauthenticated(&error.message, "http");
                     return reject(&request, error);
@@ -413,26 +489,42 @@ pub async fn gate(
             },
         },
     };
-    if let Some(limiter) = &gate.limiter {
-        let key = if gate.auth.is_some() {
-            principal.sub.clone()
-        } else {
-            request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
-        };
-        if let Err(wait) = limiter.check(&key) {
-            let error = ApiError::new(ErrorCode::RateLimited, "too many requests; slow down");
-            let mut response = reject(&request, error);
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return response;
-        }
+    let caller = Caller::new(
+        match &verified {
+            Some(verified) => format!("sub:{}", verified.principal.sub),
+            None => format!(
+                "addr:{}",
+                gate.client(&request)
+                    .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+            ),
+        },
+        verified.as_ref().map(|v| v.expires_at),
+        gate.streams.clone(),
+        request.extensions().get::<ConnectionSlot>().cloned(),
+    );
+    if let Some(limiter) = &gate.limiter
+        && let Err(wait) = limiter.check(&caller.key)
+    {
+        let error = ApiError::new(ErrorCode::RateLimited, "too many requests; slow down");
+        let mut response = reject(&request, error);
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return response;
     }
-    if let Some(path) = path.as_deref()
+    request.extensions_mut().insert(caller);
+    let principal = match (&gate.auth, verified) {
+        (None, _) => Principal::unauthenticated_admin(),
+        (Some(_), Some(verified)) => verified.principal,
+        (Some(_), None) => {
+            // A public route, or a GraphQL WebSocket that authenticates in `connection_init`.
+            request.extensions_mut().insert(gate.clone());
+            return next.run(request).await;
+        }
+    };
+    if !public
+        && let Some(path) = path.as_deref()
         && let Err(error) = authorize_rest(&node, &principal, path, &mut request).await
     {
         return reject(&request, error);

@@ -6,11 +6,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::Html;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use supervisors::Node;
+
+use crate::error::AppError;
+use crate::streams::{Caller, until_expiry};
 
 /// How often the console's stream sends a snapshot.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
@@ -19,10 +22,13 @@ pub async fn page() -> Html<&'static str> {
     Html(include_str!("../assets/console.html"))
 }
 
-/// `GET /v1/admin/stream`: a `snapshot` event (tree, models, ingestion, cache) every second.
+/// `GET /v1/admin/stream`: a `snapshot` event (tree, models, ingestion, cache) every second,
+/// until the caller's token expires. It counts toward the caller's streams.
 pub async fn stream(
     State(node): State<Arc<Node>>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    caller: Option<Extension<Caller>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    let guard = caller.map(|c| c.open_stream()).transpose()?;
     let ticks = futures::stream::unfold(
         (node, tokio::time::interval(SNAPSHOT_EVERY)),
         |(node, mut interval)| async move {
@@ -34,5 +40,5 @@ pub async fn stream(
             Some((Ok(event), (node, interval)))
         },
     );
-    Sse::new(ticks).keep_alive(KeepAlive::default())
+    Ok(Sse::new(until_expiry(ticks, guard, None)).keep_alive(KeepAlive::default()))
 }

@@ -25,6 +25,7 @@ use juniper_graphql_ws::ConnectionConfig;
 use supervisors::Node;
 
 use crate::auth::{Action, Gate, Principal, authorize};
+use crate::streams::Caller;
 
 pub use crate::query_cost::{MAX_COMPLEXITY, MAX_DEPTH};
 
@@ -353,6 +354,19 @@ pub async fn graphql(
     let principal = parts.extensions.get::<Principal>().cloned();
     let gate = parts.extensions.get::<Arc<Gate>>().cloned();
     if let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        // The connection holds one of its caller's streams: taken now when the caller is known
+        // (429 before upgrading), or once `connection_init` says who it is.
+        let caller = parts.extensions.get::<Caller>().cloned();
+        let guard = match (&principal, &caller) {
+            (Some(_), Some(caller)) => match caller.open_stream() {
+                Ok(guard) => Some(guard),
+                Err(refused) => return crate::error::AppError::from(refused).into_response(),
+            },
+            _ => None,
+        };
+        let (mut admission, admitted) = crate::graphql_ws::Admission::new(caller, guard);
+        let limits = &node.config.server;
+        let (max_message, init_timeout) = (limits.max_body_bytes, limits.stream_init_timeout);
         // The token came with the upgrade, or comes in `connection_init`'s payload.
         let init = move |params: juniper::Variables| async move {
             let principal = match (principal, gate.and_then(|g| g.auth.clone())) {
@@ -369,19 +383,26 @@ pub async fn graphql(
                         // `Bearer <token>`, or the bare token.
                         .map(|t| crate::auth::bearer(t).unwrap_or(t.trim()).to_owned())
                         .unwrap_or_default();
-                    auth.authenticate(&token).await.inspect_err(|e| {
+                    let verified = auth.verify(&token).await.inspect_err(|e| {
                         crate::policy::audit_unauthenticated(&e.message, "graphql-ws");
-                    })?
+                    })?;
+                    admission.verified(&verified);
+                    verified.principal
                 }
                 (None, None) => Principal::unauthenticated_admin(),
             };
+            admission.admit()?;
             Ok::<_, ApiError>(
                 ConnectionConfig::new(Ctx { node, principal }).with_max_in_flight_operations(16),
             )
         };
         return ws
             .protocols(["graphql-transport-ws"])
-            .on_upgrade(move |socket| crate::graphql_ws::serve(socket, schema, init))
+            .max_message_size(max_message)
+            .max_frame_size(max_message)
+            .on_upgrade(move |socket| {
+                crate::graphql_ws::serve(socket, schema, init, admitted, init_timeout)
+            })
             .into_response();
     }
     let ctx = Ctx {

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
-use common::{ApiError, EventInput, ItemInput, RecQuery};
+use common::{ApiError, ErrorCode, EventInput, ItemInput, RecQuery};
 use futures::Stream;
 use supervisors::Node;
 use tonic::server::NamedService;
@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use tower::ServiceExt;
 
 use crate::auth::{Action, authorize};
+use crate::streams::{Caller, until_expiry};
 
 /// Generated messages and service traits.
 pub mod pb {
@@ -196,15 +197,25 @@ impl Recommender for Service {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<RecsStream>, Status> {
         allow(&request, Action::ReadUser(&request.get_ref().user_id))?;
+        let guard = request
+            .extensions()
+            .get::<Caller>()
+            .map(Caller::open_stream)
+            .transpose()
+            .map_err(|e| status(&e))?;
         let request = request.into_inner();
         check_id("user_id", &request.user_id)?;
         let query = rec_query(request.k, request.category)?;
         let updates = crate::watch::recommendations(self.node.clone(), &request.user_id, query)
             .await
             .map_err(|e| status(&e))?;
-        Ok(Response::new(Box::pin(futures::StreamExt::map(
+        let updates = futures::StreamExt::map(updates, |recs| Ok(recs.as_ref().into()));
+        // The stream ends with UNAUTHENTICATED when the caller's token expires.
+        let expired = ApiError::new(ErrorCode::Unauthenticated, "the token has expired");
+        Ok(Response::new(Box::pin(until_expiry(
             updates,
-            |recs| Ok(recs.as_ref().into()),
+            guard,
+            Some(Err(status(&expired))),
         ))))
     }
 }

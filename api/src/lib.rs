@@ -7,16 +7,20 @@
 //! `common::error`), and a rejected request stores nothing.
 
 pub mod auth;
+mod client;
 mod console;
 mod error;
 pub mod graphql;
 mod graphql_ws;
 pub mod grpc;
+pub mod listener;
 mod metrics;
 pub mod openapi;
 mod policy;
 mod query_cost;
+mod readiness;
 mod rest;
+mod streams;
 pub mod tls;
 mod watch;
 mod ws;
@@ -35,7 +39,8 @@ pub use error::AppError;
 /// Fails when the authentication settings cannot work (auth on without any key).
 pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
     let max_body = node.config.server.max_body_bytes;
-    let gate = Arc::new(auth::Gate::new(&node.config.auth)?);
+    let gate = Arc::new(auth::Gate::new(&node.config)?);
+    let readiness = Arc::new(readiness::Probes::new(node.config.server.readyz_cache_ttl));
     Ok(Router::new()
         .route("/v1/events", post(rest::post_events))
         .route(
@@ -86,5 +91,6 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::Extension(graphql::schema()))
+        .layer(axum::Extension(readiness))
         .with_state(node))
 }

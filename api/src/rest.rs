@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Json;
+use axum::{Extension, Json};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -362,13 +362,22 @@ pub async fn healthz() -> Response {
     Json(Status { status: "ok" }).into_response()
 }
 
-/// Readiness: a model is loaded and sessions run; dependencies are listed.
+/// Readiness: a model is loaded and sessions run; dependencies are listed, `up` or `down`, with
+/// the reason a dependency is down for operators only (send an operator's token). Dependency
+/// probes are reused for `server.readyz_cache_ttl`.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = supervisors::node::Readiness),
         (status = 503, description = "Not ready", body = supervisors::node::Readiness)))]
-pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
-    let readiness = node.readiness().await;
+pub async fn readyz(
+    State(node): State<Arc<Node>>,
+    Extension(probes): Extension<Arc<crate::readiness::Probes>>,
+    request: axum::extract::Request,
+) -> Response {
+    let principal = crate::auth::principal_of(request.extensions());
+    let dependencies = probes.dependencies(&node).await;
+    let readiness =
+        node.readiness_with(crate::readiness::visible_to(&principal, dependencies));
     let status = if readiness.ready {
         StatusCode::OK
     } else {

@@ -2,22 +2,16 @@
 //! only unless `server.tls.min_version = "1.2"`, ALPN `h2` and `http/1.1`, optional client
 //! certificates (mutual TLS, for node-to-node traffic). The certificate and key are re-read when
 //! their files change, so a renewed certificate is served without a restart; a broken
-//! replacement is logged and the previous one kept.
+//! replacement is logged and the previous one kept. The listener itself is `listener.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use axum::Router;
-use axum::extract::ConnectInfo;
 use common::config::TlsConfig;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -101,6 +95,11 @@ impl Reloader {
         }))
     }
 
+    /// The acceptor for a new connection (the current certificate).
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::clone(&self.acceptor.load())
+    }
+
     /// Watches the files every `period` while the reloader is in use.
     pub fn spawn_watch(self: &Arc<Self>, period: Duration) {
         let weak = Arc::downgrade(self);
@@ -127,62 +126,4 @@ impl Reloader {
             }
         });
     }
-}
-
-/// Serves `app` over TLS until `shutdown` resolves, then lets open connections finish.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    tls: Arc<Reloader>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let acceptor = tls.acceptor.load_full();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(
-                Duration::from_secs(10),
-                acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = app.map_request(
-                move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    request.map(axum::body::Body::new)
-                },
-            );
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service),
-            );
-            if let Err(error) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, %error, "connection closed with an error");
-            }
-        });
-    }
-    graceful.shutdown().await;
-    Ok(())
 }

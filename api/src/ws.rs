@@ -19,13 +19,19 @@
 //! The caller is authenticated at the upgrade (`Authorization` header, or `?access_token=` since
 //! browsers cannot set headers on a WebSocket), and each subscription is authorized for them: a
 //! `user` may watch only themselves.
+//!
+//! Limits (see `streams.rs`): messages and frames up to `server.max_body_bytes` (a larger one
+//! ends the connection); a connection whose URL names no user must send its first message
+//! within `server.stream_init_timeout` (else close 4408); it counts toward the caller's
+//! `server.max_streams_per_caller` (429 at the upgrade when over); it closes with 4401 when the
+//! caller's token expires.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, Query, State};
 use axum::response::Response;
 use common::{ApiError, RecQuery, Recommendations};
 use serde::Deserialize;
@@ -36,6 +42,7 @@ use tokio::sync::mpsc;
 use crate::auth::{Action, Principal, authorize};
 use crate::error::AppError;
 use crate::rest::rec_query;
+use crate::streams::{CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, Caller, StreamGuard, expiry};
 
 /// How often the server pings a connection.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -47,7 +54,8 @@ pub const MAX_SUBSCRIPTIONS: usize = 64;
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
     Query(params): Query<HashMap<String, String>>,
-    principal: Option<axum::Extension<Principal>>,
+    principal: Option<Extension<Principal>>,
+    caller: Option<Extension<Caller>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
     let principal = principal.map_or_else(Principal::nobody, |p| p.0);
@@ -59,11 +67,16 @@ pub async fn upgrade(
         }
         None => None,
     };
-    Ok(ws.on_upgrade(move |socket| async move {
-        if let Err(error) = serve(node, principal, socket, first).await {
-            tracing::debug!(%error, "websocket closed with an error");
-        }
-    }))
+    let guard = caller.map(|c| c.open_stream()).transpose()?;
+    let max_message = node.config.server.max_body_bytes;
+    Ok(ws
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| async move {
+            if let Err(error) = serve(node, principal, socket, first, guard).await {
+                tracing::debug!(%error, "websocket closed with an error");
+            }
+        }))
 }
 
 /// `{"type":"recommendations", ...}`, serialised directly so that numbers render exactly as REST
@@ -234,12 +247,21 @@ impl Drop for Connection {
     }
 }
 
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
 async fn serve(
     node: Arc<Node>,
     principal: Principal,
     mut socket: WebSocket,
     first: Option<(String, RecQuery)>,
+    guard: Option<StreamGuard>,
 ) -> anyhow::Result<()> {
+    let init_timeout = node.config.server.stream_init_timeout;
     let (changes, mut incoming_changes) = mpsc::channel(MAX_SUBSCRIPTIONS);
     let mut conn = Connection {
         node,
@@ -247,13 +269,18 @@ async fn serve(
         watches: HashMap::new(),
         changes,
     };
+    // Without a user in the URL the client must say what it wants, and soon.
+    let mut first_message_by = Some(tokio::time::Instant::now() + init_timeout);
     if let Some((user_id, query)) = first {
+        first_message_by = None;
         // The URL form: its subscription's messages, without the `subscribed` acknowledgement.
         let messages = conn.subscribe(user_id, query).await?;
         for m in messages.into_iter().skip(1) {
             socket.send(m).await?;
         }
     }
+    let expired = expiry(guard.as_ref());
+    tokio::pin!(expired);
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
@@ -268,6 +295,7 @@ async fn serve(
                 None | Some(Ok(Message::Close(_))) | Some(Err(_)) => break,
                 Some(Ok(Message::Text(text))) => {
                     last_heard = tokio::time::Instant::now();
+                    first_message_by = None;
                     for m in conn.handle(&text).await {
                         socket.send(m).await?;
                     }
@@ -280,7 +308,24 @@ async fn serve(
                 }
                 socket.send(Message::Ping(Vec::new().into())).await?;
             }
+            () = sleep_until_some(first_message_by) => {
+                socket.send(close(CLOSE_INIT_TIMEOUT, "no message within server.stream_init_timeout")).await?;
+                break;
+            }
+            () = &mut expired => {
+                socket.send(close(CLOSE_EXPIRED, "the token has expired")).await?;
+                break;
+            }
         }
     }
+    drop(guard);
     Ok(())
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

@@ -106,6 +106,11 @@ pub struct AuthConfig {
     pub rate_limit_per_second: f64,
     /// Requests a caller may make at once above that rate. Default 400.
     pub rate_limit_burst: u32,
+    /// Proxies (IP addresses or CIDR blocks, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` is
+    /// believed: a request from one of them is keyed (rate limit, per-caller stream cap) by the
+    /// right-most address in the header that is not itself a trusted proxy. From any other peer
+    /// the header is ignored. Default none.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -123,6 +128,7 @@ impl Default for AuthConfig {
             protect_metrics: false,
             rate_limit_per_second: 200.0,
             rate_limit_burst: 400,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -171,6 +177,28 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Serve HTTP, WebSocket and gRPC over TLS. Default off.
     pub tls: TlsConfig,
+    /// A connection must deliver a request's headers (after the TLS handshake, which has the
+    /// same limit) within this time, or it is closed; also how long an idle HTTP/1 keep-alive
+    /// connection stays open. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Most connections open at once (WebSockets included); past it, new connections wait in
+    /// the listen backlog. Default 4096.
+    pub max_connections: usize,
+    /// Most long-lived streams (WebSocket, GraphQL WebSocket, gRPC `WatchRecommendations`, the
+    /// console's event stream) one caller (token subject, or client address without a token)
+    /// may hold open at once; past it, 429 `rate_limited` (WebSocket close code 4429 once
+    /// upgraded). Default 16.
+    pub max_streams_per_caller: usize,
+    /// How long a new WebSocket may stay silent before its first message: `connection_init` on
+    /// GraphQL (closed with 4408, as graphql-transport-ws says), the first subscription on
+    /// `/v1/ws` when the URL names no user. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub stream_init_timeout: Duration,
+    /// How long `/readyz` reuses its dependency probes (database, cache, object store, broker)
+    /// before probing again; concurrent callers share one probe. Default 2s.
+    #[serde(with = "humantime_serde")]
+    pub readyz_cache_ttl: Duration,
 }
 
 /// TLS for the listener (rustls). On when `cert` and `key` are set.
@@ -372,6 +400,11 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             tls: TlsConfig::default(),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_streams_per_caller: 16,
+            stream_init_timeout: Duration::from_secs(10),
+            readyz_cache_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -518,6 +551,12 @@ impl Config {
         }
         if !matches!(tls.min_version.as_deref(), None | Some("1.2" | "1.3")) {
             return invalid("server.tls.min_version must be \"1.2\" or \"1.3\"");
+        }
+        if self.server.max_connections == 0 || self.server.max_streams_per_caller == 0 {
+            return invalid("server.max_connections and server.max_streams_per_caller must be at least 1");
+        }
+        if self.server.header_read_timeout.is_zero() || self.server.stream_init_timeout.is_zero() {
+            return invalid("server.header_read_timeout and server.stream_init_timeout must be more than 0");
         }
         let rate = self.auth.rate_limit_per_second;
         if rate.is_nan() || rate < 0.0 {

@@ -629,10 +629,13 @@ impl Node {
     }
 
     pub async fn readiness(&self) -> Readiness {
-        let model_loaded = self.services.registry.active().is_some();
-        let model_workers = self.services.models.workers().len();
-        let sessions = self.services.sessions.load().is_some();
-        let ready = model_loaded && model_workers > 0 && sessions;
+        let dependencies = self.probe_dependencies().await;
+        self.readiness_with(dependencies)
+    }
+
+    /// Each dependency's health, probed now (at most a second each, all at once): `up`, or
+    /// `down: <why>`, for `events`, `catalog`, `cache` and `objects`.
+    pub async fn probe_dependencies(&self) -> std::collections::BTreeMap<&'static str, String> {
         let s = &self.services;
         let (events, catalog, cache, objects) = tokio::join!(
             probe(s.sink.health()),
@@ -640,13 +643,24 @@ impl Node {
             probe(s.cache.health()),
             probe(s.registry.health()),
         );
-        let dependencies = [
+        [
             ("events", events),
             ("catalog", catalog),
             ("cache", cache),
             ("objects", objects),
         ]
-        .into();
+        .into()
+    }
+
+    /// Readiness now, with dependencies probed by the caller (`/readyz` reuses recent probes).
+    pub fn readiness_with(
+        &self,
+        dependencies: std::collections::BTreeMap<&'static str, String>,
+    ) -> Readiness {
+        let model_loaded = self.services.registry.active().is_some();
+        let model_workers = self.services.models.workers().len();
+        let sessions = self.services.sessions.load().is_some();
+        let ready = model_loaded && model_workers > 0 && sessions;
         Readiness {
             ready,
             model_loaded,
