@@ -613,3 +613,241 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
         "a client without a certificate got through"
     );
 }
+
+/// Whether the WebSocket ends (closed, reset, or a close frame) within 15 s; messages before
+/// that are skipped. The close code, when the server sent one.
+async fn ends(rx: &mut WsRead) -> Option<Option<u16>> {
+    let end = async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), end)
+        .await
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_websocket_messages_are_refused_and_the_node_stays_up() {
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    // A 20 MiB frame, and a 2 MiB message: both past server.max_body_bytes (1 MiB).
+    for size in [20 << 20, 2 << 20] {
+        for graphql in [false, true] {
+            let socket = if graphql {
+                tokio_tungstenite::connect_async(server.graphql_ws_request()).await
+            } else {
+                tokio_tungstenite::connect_async(server.ws_url("/v1/ws")).await
+            };
+            let (mut tx, mut rx) = socket.expect("upgrade").0.split();
+            // The server may hang up mid-send: that is the point.
+            let _ = tx.send(Message::Text("x".repeat(size).into())).await;
+            assert!(
+                ends(&mut rx).await.is_some(),
+                "a {size}-byte message left the connection open (graphql: {graphql})"
+            );
+        }
+    }
+    assert_eq!(server.get("/healthz").await.0, 200);
+    let (socket, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/ws?user_id=u1"))
+        .await
+        .expect("a new connection");
+    let (_, mut rx) = socket.split();
+    assert_eq!(next_json(&mut rx).await["type"], "recommendations");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_disconnected_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_guard, dir) = workdir();
+    let settings = [("STREAMREC__SERVER__HEADER_READ_TIMEOUT", "1s".to_owned())];
+    let server = Server::start_with(&dir, &dir.join("data"), &settings).await;
+    let connect = || tokio::net::TcpStream::connect(server.addr);
+    let mut silent = connect().await.expect("connect");
+    let mut half = connect().await.expect("connect");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nhost: streamrec\r\n")
+        .await
+        .expect("write");
+    for (what, stream) in [("silent", &mut silent), ("half a header", &mut half)] {
+        let mut buf = [0; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf)).await;
+        // Closed (0 bytes, or a reset), or at most an error response before closing.
+        let closed = match read {
+            Ok(Ok(0) | Err(_)) => true,
+            Ok(Ok(_)) => matches!(
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut Vec::new()))
+                    .await,
+                Ok(_)
+            ),
+            Err(_) => false,
+        };
+        assert!(closed, "a {what} connection was still open after 15 s");
+    }
+    assert_eq!(
+        server.get("/healthz").await.0,
+        200,
+        "the node serves others"
+    );
+}
+
+/// The HTTP status of an event-stream request with `token`, and the open response.
+async fn event_stream(server: &Server, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(server.url("/v1/admin/stream"))
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_cannot_hold_more_than_its_share_of_streams() {
+    let (_guard, dir) = workdir();
+    let settings = [
+        ("STREAMREC__SERVER__MAX_STREAMS_PER_CALLER", "2".to_owned()),
+        ("STREAMREC__SERVER__STREAM_INIT_TIMEOUT", "1s".to_owned()),
+    ];
+    let server = Server::start_with(&dir, &dir.join("data"), &settings).await;
+    let (alice, bob, ops) = (
+        token("alice", &["user"]),
+        token("bob", &["user"]),
+        token("ops", &["operator"]),
+    );
+    let ws = |user: &str, token: &str| {
+        format!(
+            "ws://{}/v1/ws?user_id={user}&access_token={token}",
+            server.addr
+        )
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (socket, _) = tokio_tungstenite::connect_async(ws("alice", &alice))
+            .await
+            .expect("within the cap");
+        held.push(socket);
+    }
+    assert_eq!(ws_status(&ws("alice", &alice)).await, 429);
+    assert_eq!(
+        ws_status(&ws("bob", &bob)).await,
+        101,
+        "bob has his own share"
+    );
+    // The same share over gRPC and GraphQL WebSocket.
+    let refused = grpc_client(&server, &alice)
+        .await
+        .watch_recommendations(pb::WatchRequest {
+            user_id: "alice".into(),
+            k: 3,
+            category: None,
+        })
+        .await
+        .map(drop)
+        .expect_err("over the cap");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let (socket, _) = tokio_tungstenite::connect_async(server.graphql_ws_request())
+        .await
+        .expect("upgrade");
+    let (mut tx, mut rx) = socket.split();
+    let init =
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {alice}")}});
+    tx.send(Message::Text(init.to_string().into()))
+        .await
+        .expect("send");
+    assert_eq!(ends(&mut rx).await, Some(Some(4429)));
+    // A place comes back when a stream closes.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ws_status(&ws("alice", &alice)).await != 101 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The console's event stream counts too.
+    let streams = [
+        event_stream(&server, &ops).await,
+        event_stream(&server, &ops).await,
+    ];
+    assert!(streams.iter().all(|s| s.status() == 200));
+    assert_eq!(event_stream(&server, &ops).await.status(), 429);
+
+    // A WebSocket that says nothing is closed after server.stream_init_timeout.
+    let (socket, _) = tokio_tungstenite::connect_async(server.graphql_ws_request())
+        .await
+        .expect("upgrade");
+    assert_eq!(ends(&mut socket.split().1).await, Some(Some(4408)));
+    let (socket, _) = tokio_tungstenite::connect_async(ws("", &bob).replace("user_id=&", ""))
+        .await
+        .expect("upgrade");
+    assert_eq!(ends(&mut socket.split().1).await, Some(Some(4408)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_their_token_expires() {
+    let (_guard, dir) = workdir();
+    let settings = [("STREAMREC__AUTH__LEEWAY", "0s".to_owned())];
+    let server = Server::start_with(&dir, &dir.join("data"), &settings).await;
+    let exp = now_secs() + 4;
+    let alice = token_with(json!({"sub": "alice", "roles": ["user"], "exp": exp}));
+    let ops = token_with(json!({"sub": "ops", "roles": ["operator"], "exp": exp}));
+    let started = std::time::Instant::now();
+
+    let (socket, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/ws?user_id=alice&access_token={alice}",
+        server.addr
+    ))
+    .await
+    .expect("upgrade");
+    let (_ws_tx, mut ws) = socket.split();
+    let (socket, _) = tokio_tungstenite::connect_async(server.graphql_ws_request())
+        .await
+        .expect("upgrade");
+    let (mut tx, mut gql) = socket.split();
+    let init =
+        json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {alice}")}});
+    tx.send(Message::Text(init.to_string().into()))
+        .await
+        .expect("send");
+    let mut grpc = grpc_client(&server, &alice)
+        .await
+        .watch_recommendations(pb::WatchRequest {
+            user_id: "alice".into(),
+            k: 3,
+            category: None,
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut sse = event_stream(&server, &ops).await;
+    assert_eq!(sse.status(), 200);
+
+    assert_eq!(ends(&mut ws).await, Some(Some(4401)), "/v1/ws");
+    assert_eq!(ends(&mut gql).await, Some(Some(4401)), "graphql-ws");
+    let status = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match grpc.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the gRPC stream ends");
+    assert_eq!(status, Some(Code::Unauthenticated));
+    tokio::time::timeout(Duration::from_secs(15), async {
+        while let Ok(Some(_)) = sse.chunk().await {}
+    })
+    .await
+    .expect("the event stream ends");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the token expired"
+    );
+}

@@ -30,9 +30,9 @@ use supervisors::Node;
 use crate::client::{BadProxy, TrustedProxies};
 use crate::error::{AppError, is_grpc};
 use crate::listener::ConnectionSlot;
-use crate::streams::{Caller, Streams};
 use crate::policy::audit_unauthenticated;
 pub use crate::policy::{Action, Principal, Role, authorize};
+use crate::streams::{Caller, Streams};
 
 /// Why configuration cannot produce an authenticator.
 #[derive(Debug, thiserror::Error)]
@@ -364,7 +364,11 @@ impl Gate {
 
     /// The client address of a request (see `client.rs`), when the listener attached the peer.
     fn client(&self, request: &Request) -> Option<IpAddr> {
-        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()?
+            .0
+            .ip();
         Some(self.trusted_proxies.client(peer, request.headers()))
     }
 }

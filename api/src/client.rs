@@ -144,7 +144,12 @@ mod tests {
 
     #[test]
     fn blocks_match_by_prefix() {
-        let trusted = proxies(&["10.0.0.0/8", "192.168.1.7", "fd00::/8", "::ffff:172.16.0.0/108"]);
+        let trusted = proxies(&[
+            "10.0.0.0/8",
+            "192.168.1.7",
+            "fd00::/8",
+            "::ffff:172.16.0.0/108",
+        ]);
         assert!(trusted.contains(ip("10.200.3.4")));
         assert!(!trusted.contains(ip("11.0.0.1")));
         assert!(trusted.contains(ip("192.168.1.7")));
@@ -156,10 +161,7 @@ mod tests {
         assert!(!trusted.contains(ip("172.32.0.1")));
         assert!(proxies(&["0.0.0.0/0"]).contains(ip("8.8.8.8")));
         for bad in ["10.0.0.0/33", "nonsense", "10.0.0/8", "::/129", ""] {
-            assert!(
-                TrustedProxies::parse(&[bad.to_owned()]).is_err(),
-                "{bad:?}"
-            );
+            assert!(TrustedProxies::parse(&[bad.to_owned()]).is_err(), "{bad:?}");
         }
     }
 
@@ -167,7 +169,10 @@ mod tests {
     fn forwarded_for_counts_only_from_trusted_peers() {
         let trusted = proxies(&["10.0.0.0/8"]);
         let spoofed = xff(&["6.6.6.6"]);
-        assert_eq!(trusted.client(ip("203.0.113.9"), &spoofed), ip("203.0.113.9"));
+        assert_eq!(
+            trusted.client(ip("203.0.113.9"), &spoofed),
+            ip("203.0.113.9")
+        );
         // The right-most untrusted hop, whatever the client wrote left of it.
         let chain = xff(&["6.6.6.6, 198.51.100.2", "10.1.1.1"]);
         assert_eq!(trusted.client(ip("10.0.0.1"), &chain), ip("198.51.100.2"));
@@ -180,7 +185,10 @@ mod tests {
             trusted.client(ip("10.0.0.1"), &xff(&["1.2.3.4, bogus, 10.9.9.9"])),
             ip("10.9.9.9")
         );
-        assert_eq!(trusted.client(ip("10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
+        assert_eq!(
+            trusted.client(ip("10.0.0.1"), &HeaderMap::new()),
+            ip("10.0.0.1")
+        );
         assert_eq!(
             TrustedProxies::default().client(ip("10.0.0.1"), &xff(&["1.2.3.4"])),
             ip("10.0.0.1")

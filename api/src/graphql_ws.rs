@@ -51,9 +51,10 @@ impl Admission {
 
     /// The caller proved who they are in `connection_init`: counted, and bounded by, that token.
     pub fn verified(&mut self, verified: &Verified) {
-        self.caller = self.caller.as_ref().map(|caller| {
-            caller.authenticated(&verified.principal.sub, Some(verified.expires_at))
-        });
+        self.caller = self
+            .caller
+            .as_ref()
+            .map(|caller| caller.authenticated(&verified.principal.sub, Some(verified.expires_at)));
     }
 
     /// Takes the caller's place (or refuses: the connection then closes with 4429).

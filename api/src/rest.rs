@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::{Extension, Json};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use common::{ApiError, BatchError, EventInput, ItemInput, RecQuery};
 use serde::{Deserialize, Serialize};
 use supervisors::Node;
@@ -376,8 +376,7 @@ pub async fn readyz(
 ) -> Response {
     let principal = crate::auth::principal_of(request.extensions());
     let dependencies = probes.dependencies(&node).await;
-    let readiness =
-        node.readiness_with(crate::readiness::visible_to(&principal, dependencies));
+    let readiness = node.readiness_with(crate::readiness::visible_to(&principal, dependencies));
     let status = if readiness.ready {
         StatusCode::OK
     } else {

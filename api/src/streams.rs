@@ -60,9 +60,7 @@ impl Streams {
         }
         *count += 1;
         let deadline = caller.expires_at.map(|at| {
-            let left = at
-                .duration_since(SystemTime::now())
-                .unwrap_or_default();
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
             tokio::time::Instant::now() + left
         });
         Ok(StreamGuard {
@@ -132,15 +130,8 @@ pub struct StreamGuard {
     _connection: Option<ConnectionSlot>,
 }
 
-impl StreamGuard {
-    /// Resolves when the caller's token expires (never, without a token).
-    pub fn expired(&self) -> impl Future<Output = ()> + Send + 'static {
-        expiry(Some(self))
-    }
-}
-
 /// Resolves when the guard's token expires; never without a guard or a token.
-pub fn expiry(guard: Option<&StreamGuard>) -> impl Future<Output = ()> + Send + 'static {
+pub fn expiry(guard: Option<&StreamGuard>) -> impl Future<Output = ()> + Send + use<> {
     let deadline = guard.and_then(|g| g.deadline);
     async move {
         match deadline {
@@ -209,30 +200,24 @@ mod tests {
         assert_eq!(streams.count("sub:bob"), 0, "freed when dropped");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_stream_expires_with_its_token() {
         let streams = Streams::new(4);
-        let soon = SystemTime::now() + Duration::from_secs(30);
+        let soon = SystemTime::now() + Duration::from_millis(400);
         let guard = caller(&streams, "sub:a", Some(soon))
             .open_stream()
             .expect("open");
-        let expired = guard.expired();
+        let expired = expiry(Some(&guard));
         tokio::pin!(expired);
-        assert!(
-            tokio::time::timeout(Duration::from_secs(29), &mut expired)
-                .await
-                .is_err()
-        );
-        tokio::time::timeout(Duration::from_secs(2), expired)
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut expired).await;
+        assert!(early.is_err(), "not before exp");
+        tokio::time::timeout(Duration::from_secs(5), expired)
             .await
             .expect("expired at exp");
         let forever = caller(&streams, "addr:1.2.3.4", None)
             .open_stream()
             .expect("open");
-        assert!(
-            tokio::time::timeout(Duration::from_secs(86_400), forever.expired())
-                .await
-                .is_err()
-        );
+        let never = tokio::time::timeout(Duration::from_millis(200), expiry(Some(&forever))).await;
+        assert!(never.is_err(), "no token, no expiry");
     }
 }

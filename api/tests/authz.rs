@@ -512,3 +512,229 @@ async fn jwks_from_a_url() {
         .expect("infallible");
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// The status of one request on `router`, with `headers`, from `peer` (what the listener's
+/// `ConnectInfo` would say) when given.
+async fn status_of(
+    router: &axum::Router,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    peer: Option<&str>,
+    body: Body,
+) -> StatusCode {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(body).expect("request");
+    if let Some(peer) = peer {
+        let addr = std::net::SocketAddr::new(peer.parse().expect("ip"), 40000);
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+    }
+    router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible")
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_upgrade_header_does_not_skip_the_token_check() {
+    let (node, _dir) = node().await;
+    let router = api::router(node).expect("router");
+    let deep = format!("{}{}", "{a".repeat(200), "}".repeat(200));
+    let query = || Body::from(json!({ "query": deep }).to_string());
+    let json = ("content-type", "application/json");
+    // Not a WebSocket handshake: a POST, a GET without `Connection: upgrade`, another protocol.
+    let cases: [(Method, &[(&str, &str)]); 4] = [
+        (
+            Method::POST,
+            &[json, ("upgrade", "websocket"), ("connection", "upgrade")],
+        ),
+        (Method::POST, &[json, ("upgrade", "h2c")]),
+        (Method::GET, &[("upgrade", "websocket")]),
+        (
+            Method::GET,
+            &[("upgrade", "h2c"), ("connection", "upgrade")],
+        ),
+    ];
+    for (method, headers) in cases {
+        let status = status_of(&router, method.clone(), "/graphql", headers, None, query()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {headers:?}");
+    }
+    // A real handshake still passes the gate without a token (it authenticates in
+    // `connection_init`); in-process it cannot upgrade, so the handler answers it as a query.
+    let handshake = [
+        ("upgrade", "websocket"),
+        ("connection", "keep-alive, Upgrade"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let status = status_of(
+        &router,
+        Method::GET,
+        "/graphql",
+        &handshake,
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_ne!(status, StatusCode::UNAUTHORIZED);
+    // Elsewhere an upgrade needs its token like anything else.
+    let status = status_of(
+        &router,
+        Method::GET,
+        "/v1/ws",
+        &handshake,
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_iss_or_aud_is_refused_when_they_are_configured() {
+    let (node, _dir) = node().await;
+    let router = api::router(node).expect("router");
+    let without = |claim: &str| {
+        let mut c = claims("svc", &["service"]);
+        c.as_object_mut().expect("object").remove(claim);
+        sign(&c, SECRET)
+    };
+    let call = |token: String| {
+        let router = router.clone();
+        async move {
+            let response = router
+                .oneshot(
+                    Request::get("/v1/trending")
+                        .header("authorization", format!("Bearer {token}"))
+                        .body(Body::empty())
+                        .expect("request"),
+                )
+                .await
+                .expect("infallible");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    for claim in ["iss", "aud"] {
+        let (status, body) = call(without(claim)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "no {claim}: {body}");
+        assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(claim)),
+            "{body}"
+        );
+    }
+    let (status, _) = call(sign(&claims("svc", &["service"]), SECRET)).await;
+    assert_eq!(status, StatusCode::OK, "both present and right");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iss_and_aud_are_optional_when_not_configured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    config.events.num_partitions = 2;
+    config.model.dim = 4;
+    config.auth.hs256_secret = Some(Secret(SECRET.into()));
+    let node = Node::start(config).await.expect("node");
+    let router = api::router(node).expect("router");
+    let token = sign(
+        &json!({"sub": "svc", "roles": ["service"], "exp": now() + 600}),
+        SECRET,
+    );
+    let bearer = format!("Bearer {token}");
+    let status = status_of(
+        &router,
+        Method::GET,
+        "/v1/trending",
+        &[("authorization", &bearer)],
+        None,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_callers_are_rate_limited_by_client_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    config.events.num_partitions = 2;
+    config.model.dim = 4;
+    config.auth.enabled = false;
+    config.auth.rate_limit_per_second = 0.001;
+    config.auth.rate_limit_burst = 2;
+    config.auth.trusted_proxies = vec!["192.0.2.0/24".into(), "2001:db8::/32".into()];
+    let node = Node::start(config).await.expect("node");
+    let router = api::router(node).expect("router");
+    let get = |peer: &'static str, xff: Option<&'static str>| {
+        let router = router.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                xff.map(|v| ("x-forwarded-for", v)).into_iter().collect();
+            status_of(
+                &router,
+                Method::GET,
+                "/v1/trending",
+                &headers,
+                Some(peer),
+                Body::empty(),
+            )
+            .await
+        }
+    };
+    let (ok, limited) = (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS);
+    // Each client address has its own bucket.
+    assert_eq!(get("198.51.100.1", None).await, ok);
+    assert_eq!(get("198.51.100.1", None).await, ok);
+    assert_eq!(get("198.51.100.1", None).await, limited);
+    assert_eq!(get("198.51.100.2", None).await, ok);
+    assert_eq!(get("198.51.100.2", None).await, ok);
+    // From an untrusted peer, X-Forwarded-For is ignored: no fresh bucket by claiming one.
+    assert_eq!(get("198.51.100.2", Some("203.0.113.7")).await, limited);
+    // From a trusted proxy it names the client: the right-most address that is not a proxy.
+    let via_proxy = Some("6.6.6.6, 203.0.113.7, 192.0.2.99");
+    assert_eq!(get("192.0.2.10", via_proxy).await, ok);
+    assert_eq!(get("192.0.2.11", Some("203.0.113.7")).await, ok);
+    assert_eq!(get("192.0.2.10", via_proxy).await, limited);
+    assert_eq!(get("192.0.2.10", Some("203.0.113.8")).await, ok);
+    assert_eq!(get("2001:db8::1", Some("198.51.100.1")).await, limited);
+    // Probes are limited by address too.
+    let probe = |peer: &'static str| {
+        let router = router.clone();
+        async move {
+            status_of(
+                &router,
+                Method::GET,
+                "/healthz",
+                &[],
+                Some(peer),
+                Body::empty(),
+            )
+            .await
+        }
+    };
+    assert_eq!(probe("198.51.100.9").await, ok);
+    assert_eq!(probe("198.51.100.9").await, ok);
+    assert_eq!(probe("198.51.100.9").await, limited);
+}

@@ -553,10 +553,14 @@ impl Config {
             return invalid("server.tls.min_version must be \"1.2\" or \"1.3\"");
         }
         if self.server.max_connections == 0 || self.server.max_streams_per_caller == 0 {
-            return invalid("server.max_connections and server.max_streams_per_caller must be at least 1");
+            return invalid(
+                "server.max_connections and server.max_streams_per_caller must be at least 1",
+            );
         }
         if self.server.header_read_timeout.is_zero() || self.server.stream_init_timeout.is_zero() {
-            return invalid("server.header_read_timeout and server.stream_init_timeout must be more than 0");
+            return invalid(
+                "server.header_read_timeout and server.stream_init_timeout must be more than 0",
+            );
         }
         let rate = self.auth.rate_limit_per_second;
         if rate.is_nan() || rate < 0.0 {
