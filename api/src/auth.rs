@@ -1,9 +1,12 @@
 //! Authentication: OAuth 2.0 bearer tokens (JWT) from an external provider, validated here
-//! (signature by HS256 secret or a JWKS key, `exp`/`nbf` with leeway, `iss`, `aud`), turned into a
+//! (signature by HS256 secret or a JWKS key, `exp`/`nbf` with leeway, `iss`, `aud`: a configured
+//! issuer or audience is required, not merely compared when present), turned into a
 //! [`Principal`]; and the one layer every HTTP request (REST, GraphQL, WebSocket upgrades,
-//! gRPC) passes: authenticate, rate-limit per caller, and authorize REST routes through the
-//! policy table (`policy.rs`). GraphQL resolvers, WebSocket subscriptions and gRPC methods
-//! authorize through the same table with the principal this layer attached to the request.
+//! gRPC) passes: authenticate, rate-limit per caller (the token's subject, or the client address
+//! without a token: `client.rs`), and authorize REST routes through the policy table
+//! (`policy.rs`). GraphQL resolvers, WebSocket subscriptions and gRPC methods authorize through
+//! the same table with the principal this layer attached to the request; long-lived streams take
+//! their place from the [`Caller`] it attached (`streams.rs`).
 //!
 //! The token comes in `Authorization: Bearer ...`; browsers cannot set headers on a WebSocket or
 //! an `EventSource`, so those two (and only those) may pass it as `?access_token=`.

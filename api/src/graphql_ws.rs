@@ -15,14 +15,13 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use common::ApiError;
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt, future, stream};
 use juniper::DefaultScalarValue;
 use juniper_graphql_ws::Init;
 use juniper_graphql_ws::graphql_transport_ws::{ClientMessage, Connection, Input, Output};
 use serde_json::json;
-
-use common::ApiError;
 use tokio::sync::oneshot;
 
 use crate::auth::Verified;
