@@ -4,15 +4,21 @@
 //! Resolvers call the same `Node` operations as REST, and errors carry the same stable codes
 //! (`extensions.code`: `invalid_argument`, `not_found`, `unavailable`, ...). A query nested
 //! deeper than [`MAX_DEPTH`] or costing more than [`MAX_COMPLEXITY`] fields is refused before it
-//! runs (see `query_cost`), over HTTP and, for subscriptions, over WebSocket (`graphql_ws`).
+//! runs (see `query_cost`), over HTTP and over WebSocket (`graphql_ws`). A batch (a JSON array of
+//! operations) holds at most `server.graphql_max_batch` of them, each costed, and spends one
+//! unit of the caller's rate limit per operation, as every operation over WebSocket does.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use axum::Extension;
-use axum::extract::{FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use common::{ApiError, BatchError, EventInput, ItemInput, RecQuery};
+use common::{ApiError, BatchError, ErrorCode, EventInput, ItemInput, RecQuery};
 use futures::Stream;
 use juniper::http::GraphQLBatchRequest;
 use juniper::{
@@ -21,10 +27,11 @@ use juniper::{
 };
 use juniper_axum::extract::JuniperRequest;
 use juniper_axum::response::JuniperResponse;
-use juniper_graphql_ws::ConnectionConfig;
 use supervisors::Node;
 
 use crate::auth::{Action, Gate, Principal, authorize};
+use crate::graphql_ws::Caller;
+use crate::query_cost::Sizes;
 
 pub use crate::query_cost::{MAX_COMPLEXITY, MAX_DEPTH};
 
@@ -337,57 +344,89 @@ pub fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(Query, Mutation, Subscription))
 }
 
-/// The deepest `{ ... }` nesting of a query document, outside strings and comments.
-pub fn depth(query: &str) -> usize {
-    crate::query_cost::cost(query).depth
+/// The caller's bucket in the gate's rate limiter, named as `auth::gate` names it: the token's
+/// subject, or without authentication the client's address.
+fn rate_key(gate: &Gate, principal: &Principal, address: String) -> String {
+    if gate.auth.is_some() {
+        principal.sub.clone()
+    } else {
+        address
+    }
 }
 
-/// `GET`/`POST /graphql`: a query or mutation, or (`GET` with an upgrade) a
-/// graphql-transport-ws subscription connection.
+/// The client's address, which keys callers without a token.
+fn client_address(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
+}
+
+/// The principal a graphql-transport-ws connection serves: the one the gate found on the upgrade
+/// request, or the one `connection_init`'s token proves.
+async fn ws_principal(
+    gate: &Gate,
+    upgraded: Option<Principal>,
+    params: &juniper::Variables,
+) -> Result<Principal, ApiError> {
+    let auth = match (upgraded, &gate.auth) {
+        (Some(principal), _) => return Ok(principal),
+        (None, None) => return Ok(Principal::unauthenticated_admin()),
+        (None, Some(auth)) => auth,
+    };
+    let token = ["Authorization", "authorization", "token"]
+        .iter()
+        .find_map(|k| {
+            params
+                .get(*k)
+                .and_then(|v| v.as_scalar())
+                .and_then(|s| juniper::ScalarValue::try_as_str(s))
+        })
+        // `Bearer <token>`, or the bare token.
+        .map(|t| crate::auth::bearer(t).unwrap_or(t.trim()).to_owned())
+        .unwrap_or_default();
+    auth.authenticate(&token).await.inspect_err(|e| {
+        crate::policy::audit_unauthenticated(&e.message, "graphql-ws");
+    })
+}
+
+/// A refused document, in GraphQL's error shape with the shared code.
+fn refuse(status: StatusCode, code: ErrorCode, message: String) -> Response {
+    let body = serde_json::json!({
+        "errors": [{ "message": message, "extensions": { "code": code.as_str() } }]
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// `GET`/`POST /graphql`: a query or mutation (or a batch of them), or (`GET` with an upgrade) a
+/// graphql-transport-ws connection.
 pub async fn graphql(
     State(node): State<Arc<Node>>,
     Extension(schema): Extension<Arc<Schema>>,
+    Extension(gate): Extension<Arc<Gate>>,
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let principal = parts.extensions.get::<Principal>().cloned();
-    let gate = parts.extensions.get::<Arc<Gate>>().cloned();
     if let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        // The token came with the upgrade, or comes in `connection_init`'s payload.
-        let init = move |params: juniper::Variables| async move {
-            let principal = match (principal, gate.and_then(|g| g.auth.clone())) {
-                (Some(principal), _) => principal,
-                (None, Some(auth)) => {
-                    let token = ["Authorization", "authorization", "token"]
-                        .iter()
-                        .find_map(|k| {
-                            params
-                                .get(*k)
-                                .and_then(|v| v.as_scalar())
-                                .and_then(|s| juniper::ScalarValue::try_as_str(s))
-                        })
-                        // `Bearer <token>`, or the bare token.
-                        .map(|t| crate::auth::bearer(t).unwrap_or(t.trim()).to_owned())
-                        .unwrap_or_default();
-                    auth.authenticate(&token).await.inspect_err(|e| {
-                        crate::policy::audit_unauthenticated(&e.message, "graphql-ws");
-                    })?
-                }
-                (None, None) => Principal::unauthenticated_admin(),
-            };
-            Ok::<_, ApiError>(
-                ConnectionConfig::new(Ctx { node, principal }).with_max_in_flight_operations(16),
-            )
+        // The token came with the upgrade (the gate checked it), or comes in `connection_init`'s
+        // payload.
+        let upgraded = parts.extensions.get::<Principal>().cloned();
+        let (keys, address) = (gate.clone(), client_address(&parts));
+        let authenticate = move |params: juniper::Variables| async move {
+            let principal = ws_principal(&keys, upgraded, &params).await?;
+            Ok::<_, ApiError>(Caller {
+                rate_key: rate_key(&keys, &principal, address),
+                ctx: Ctx { node, principal },
+            })
         };
         return ws
             .protocols(["graphql-transport-ws"])
-            .on_upgrade(move |socket| crate::graphql_ws::serve(socket, schema, init))
+            .on_upgrade(move |socket| crate::graphql_ws::serve(socket, schema, gate, authenticate))
             .into_response();
     }
-    let ctx = Ctx {
-        node,
-        principal: crate::auth::principal_of(&parts.extensions),
-    };
+    let principal = crate::auth::principal_of(&parts.extensions);
+    let key = rate_key(&gate, &principal, client_address(&parts));
+    let ctx = Ctx { node, principal };
     let request = Request::from_parts(parts, body);
     let JuniperRequest(batch) =
         match JuniperRequest::<DefaultScalarValue>::from_request(request, &()).await {
@@ -404,18 +443,43 @@ pub async fn graphql(
         GraphQLBatchRequest::Single(r) => vec![r.query.as_str()],
         GraphQLBatchRequest::Batch(rs) => rs.iter().map(|r| r.query.as_str()).collect(),
     };
+    let max_batch = ctx.node.config.server.graphql_max_batch;
+    if queries.len() > max_batch {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidArgument,
+            format!(
+                "a batch holds {} operations; at most {max_batch} are allowed (server.graphql_max_batch)",
+                queries.len()
+            ),
+        );
+    }
+    // The gate charged the request once; a batch pays for its other operations.
+    if let Some(limiter) = &gate.limiter
+        && let Some(Err(wait)) = (1..queries.len()).map(|_| limiter.check(&key)).find(Result::is_err)
+    {
+        let mut response = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many operations; slow down".to_owned(),
+        );
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return response;
+    }
+    let sizes = Sizes::of(&schema.schema);
     if let Some(Err(refused)) = queries
         .iter()
-        .map(|q| crate::query_cost::check(q))
+        .map(|q| crate::query_cost::check(q, &sizes))
         .find(Result::is_err)
     {
-        let body = serde_json::json!({
-            "errors": [{
-                "message": refused,
-                "extensions": { "code": "invalid_argument" },
-            }]
-        });
-        return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidArgument,
+            refused.to_string(),
+        );
     }
     let response = batch.execute(&*schema, &ctx).await;
     // A refusal by the policy is a 403, as on every other interface.
@@ -430,7 +494,7 @@ pub async fn graphql(
     });
     let mut response = JuniperResponse(response).into_response();
     if denied {
-        *response.status_mut() = axum::http::StatusCode::FORBIDDEN;
+        *response.status_mut() = StatusCode::FORBIDDEN;
     }
     response
 }

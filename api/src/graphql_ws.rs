@@ -1,22 +1,48 @@
-//! GraphQL subscriptions over graphql-transport-ws, with the same cost limits as HTTP queries.
+//! GraphQL subscriptions over graphql-transport-ws: the caller authenticates first, then every
+//! operation is rate-limited and costed like an HTTP request.
 //!
 //! juniper's connection runs whatever document a `subscribe` message carries, and offers no hook
-//! before it does; so frames are read here first. A `subscribe` whose document is too deep or too
-//! costly (`query_cost::check`) is answered with an `error` message for its id and never reaches
-//! juniper; every other frame passes through. WebSocket-level pings and pongs are the transport's
-//! business (axum answers pings) and are not handed to the protocol.
+//! before it does; so frames are read here first:
+//!
+//! - **Authentication before anything else.** The first message must be `connection_init`, and
+//!   its payload (or the token of the upgrade request) is authenticated here before any other
+//!   frame is read. Any other first message closes the socket with 4401 Unauthorized, as the
+//!   protocol answers operations before `connection_ack`, without reading it further (a document
+//!   from an unknown caller is never costed); a refused token closes it with 4403 Forbidden.
+//! - **Every operation is charged** to the caller's bucket of the gate's rate limiter, the one
+//!   HTTP requests spend, then costed (`query_cost::check`). An operation over the rate gets an
+//!   `error` message with `rate_limited`, one too deep or too costly `invalid_argument`; neither
+//!   reaches juniper, and the connection stays open.
+//!
+//! WebSocket-level pings and pongs are the transport's business (axum answers pings) and are
+//! not handed to the protocol.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use common::{ApiError, ErrorCode};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt, future, stream};
-use juniper::DefaultScalarValue;
-use juniper_graphql_ws::Init;
+use juniper::{DefaultScalarValue, Variables};
+use juniper_graphql_ws::ConnectionConfig;
 use juniper_graphql_ws::graphql_transport_ws::{ClientMessage, Connection, Input, Output};
 use serde_json::json;
 
+use crate::auth::Gate;
 use crate::graphql::{Ctx, Schema};
+use crate::query_cost::{self, Sizes};
+
+/// Operations one connection may run at once.
+const MAX_IN_FLIGHT: usize = 16;
+
+/// Who a connection serves, once authenticated.
+pub struct Caller {
+    pub ctx: Ctx,
+    /// The caller's bucket in the gate's rate limiter.
+    pub rate_key: String,
+}
 
 /// A client frame that could not be read as a protocol message: the connection closes (4400).
 #[derive(Debug, thiserror::Error)]
@@ -34,54 +60,133 @@ impl TryFrom<Frame> for Input<DefaultScalarValue> {
     }
 }
 
-fn parse(message: Message) -> Option<Result<Input<DefaultScalarValue>, InvalidFrame>> {
-    let bytes = match message {
-        Message::Text(text) => text.as_bytes().to_vec(),
-        Message::Binary(bytes) => bytes.to_vec(),
-        Message::Close(_) => return Some(Ok(Input::Close)),
-        Message::Ping(_) | Message::Pong(_) => return None,
-    };
-    Some(
-        serde_json::from_slice(&bytes)
-            .map(Input::Message)
-            .map_err(|e| InvalidFrame(e.to_string())),
-    )
+/// The bytes of a protocol message, or what the frame means to the connection.
+enum Raw {
+    Bytes(Vec<u8>),
+    Close,
+    /// A WebSocket ping or pong.
+    Control,
 }
 
-/// The `error` message refusing a subscription, in the shape juniper gives validation errors.
-fn refusal(id: &str, why: &str) -> Message {
+fn raw(message: Message) -> Raw {
+    match message {
+        Message::Text(text) => Raw::Bytes(text.as_bytes().to_vec()),
+        Message::Binary(bytes) => Raw::Bytes(bytes.to_vec()),
+        Message::Close(_) => Raw::Close,
+        Message::Ping(_) | Message::Pong(_) => Raw::Control,
+    }
+}
+
+fn parse(message: Message) -> Option<Result<Input<DefaultScalarValue>, InvalidFrame>> {
+    match raw(message) {
+        Raw::Bytes(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .map(Input::Message)
+                .map_err(|e| InvalidFrame(e.to_string())),
+        ),
+        Raw::Close => Some(Ok(Input::Close)),
+        Raw::Control => None,
+    }
+}
+
+/// The payload of the first message if it is `connection_init`; any other message is read no
+/// further than its `type`.
+fn connection_init(bytes: &[u8]) -> Result<Variables<DefaultScalarValue>, Message> {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    let kind = serde_json::from_slice::<Kind<'_>>(bytes)
+        .map_err(|e| close(4400, format!("invalid message: {e}")))?;
+    if kind.kind != "connection_init" {
+        return Err(close(4401, "Unauthorized".into()));
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(ClientMessage::ConnectionInit { payload }) => Ok(payload),
+        Ok(_) => Err(close(4401, "Unauthorized".into())),
+        Err(e) => Err(close(4400, format!("invalid message: {e}"))),
+    }
+}
+
+/// The `error` message refusing an operation, in the shape juniper gives validation errors.
+fn refusal(id: &str, code: ErrorCode, why: &str) -> Message {
     let body = json!({
         "id": id,
         "type": "error",
-        "payload": [{"message": why, "extensions": {"code": "invalid_argument"}}],
+        "payload": [{"message": why, "extensions": {"code": code.as_str()}}],
     });
     Message::Text(body.to_string().into())
 }
 
-pub async fn serve<I>(socket: WebSocket, schema: std::sync::Arc<Schema>, init: I)
+/// Serves one connection: `authenticate` gets the payload of `connection_init`.
+pub async fn serve<A, F>(socket: WebSocket, schema: Arc<Schema>, gate: Arc<Gate>, authenticate: A)
 where
-    I: Init<DefaultScalarValue, Ctx> + Send,
+    A: FnOnce(Variables<DefaultScalarValue>) -> F,
+    F: Future<Output = Result<Caller, ApiError>>,
 {
-    let (ws_tx, ws_rx) = socket.split();
-    let (juniper_tx, juniper_rx) = Connection::new(schema, init).split();
-    // Bounded: a client that floods refused subscriptions without reading loses refusals, not
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let payload = loop {
+        let Some(Ok(message)) = ws_rx.next().await else {
+            return;
+        };
+        match raw(message) {
+            Raw::Control => continue,
+            Raw::Close => return,
+            Raw::Bytes(bytes) => match connection_init(&bytes) {
+                Ok(payload) => break payload,
+                Err(close) => {
+                    let _ = ws_tx.send(close).await;
+                    return;
+                }
+            },
+        }
+    };
+    let Caller { ctx, rate_key } = match authenticate(payload).await {
+        Ok(caller) => caller,
+        Err(error) => {
+            let _ = ws_tx.send(close(4403, error.message)).await;
+            return;
+        }
+    };
+
+    let sizes = Sizes::of(&schema.schema);
+    let config = ConnectionConfig::new(ctx).with_max_in_flight_operations(MAX_IN_FLIGHT);
+    let (juniper_tx, juniper_rx) = Connection::new(schema, config).split();
+    // Bounded: a client that floods refused operations without reading loses refusals, not
     // the node's memory.
     let (mut refused_tx, refused_rx) = mpsc::channel(16);
 
-    let input = ws_rx
+    // juniper acknowledges the connection that was authenticated here.
+    let init = Input::Message(ClientMessage::ConnectionInit {
+        payload: Variables::new(),
+    });
+    let frames = ws_rx
         .take_while(|r| future::ready(r.is_ok()))
         .filter_map(move |r| {
             let frame = r.ok().and_then(parse);
-            if let Some(Ok(Input::Message(ClientMessage::Subscribe { id, payload }))) = &frame
-                && let Err(why) = crate::query_cost::check(&payload.query)
-            {
-                if refused_tx.try_send(refusal(id, &why)).is_err() {
-                    tracing::debug!(id, "graphql-ws refusal dropped: the client is not reading");
+            if let Some(Ok(Input::Message(ClientMessage::Subscribe { id, payload }))) = &frame {
+                let refused = match gate.limiter.as_ref().map(|l| l.check(&rate_key)) {
+                    Some(Err(_)) => Some(refusal(
+                        id,
+                        ErrorCode::RateLimited,
+                        "too many operations; slow down",
+                    )),
+                    _ => query_cost::check(&payload.query, &sizes)
+                        .err()
+                        .map(|why| refusal(id, ErrorCode::InvalidArgument, &why.to_string())),
+                };
+                if let Some(refused) = refused {
+                    if refused_tx.try_send(refused).is_err() {
+                        tracing::debug!(id, "graphql-ws refusal dropped: the client is not reading");
+                    }
+                    return future::ready(None);
                 }
-                return future::ready(None);
             }
             future::ready(frame.map(|f| Ok::<_, Infallible>(Frame(f))))
-        })
+        });
+    let input = stream::once(future::ready(Ok(Frame(Ok(init)))))
+        .chain(frames)
         .forward(juniper_tx.sink_map_err(|e| match e {}));
 
     let replies = juniper_rx.map(|output| match output {

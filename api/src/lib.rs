@@ -75,7 +75,7 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
-            (node.clone(), gate),
+            (node.clone(), gate.clone()),
             auth::gate,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -86,5 +86,7 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::Extension(graphql::schema()))
+        // GraphQL spends the gate's rate limiter per operation (batches, graphql-ws).
+        .layer(axum::Extension(gate))
         .with_state(node))
 }
