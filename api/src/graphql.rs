@@ -456,7 +456,9 @@ pub async fn graphql(
     }
     // The gate charged the request once; a batch pays for its other operations.
     if let Some(limiter) = &gate.limiter
-        && let Some(Err(wait)) = (1..queries.len()).map(|_| limiter.check(&key)).find(Result::is_err)
+        && let Some(Err(wait)) = (1..queries.len())
+            .map(|_| limiter.check(&key))
+            .find(Result::is_err)
     {
         let mut response = refuse(
             StatusCode::TOO_MANY_REQUESTS,

@@ -178,7 +178,10 @@ where
                 };
                 if let Some(refused) = refused {
                     if refused_tx.try_send(refused).is_err() {
-                        tracing::debug!(id, "graphql-ws refusal dropped: the client is not reading");
+                        tracing::debug!(
+                            id,
+                            "graphql-ws refusal dropped: the client is not reading"
+                        );
                     }
                     return future::ready(None);
                 }

@@ -57,9 +57,7 @@ pub enum Refusal {
     TooDeep,
     #[error("the query nests brackets more than {MAX_NESTING} levels deep")]
     TooNested,
-    #[error(
-        "the query would resolve {0} fields; at most {MAX_COMPLEXITY} are allowed (lower `k`)"
-    )]
+    #[error("the query would resolve {0} fields; at most {MAX_COMPLEXITY} are allowed (lower `k`)")]
     TooCostly(u64),
     #[error("fragment `{0}` spreads itself")]
     FragmentCycle(String),
@@ -152,7 +150,9 @@ impl<'a> Lexer<'a> {
                         }
                         self.i += 3;
                     } else {
-                        while self.i < bytes.len() && bytes[self.i] != b'"' && bytes[self.i] != b'\n'
+                        while self.i < bytes.len()
+                            && bytes[self.i] != b'"'
+                            && bytes[self.i] != b'\n'
                         {
                             self.i += if bytes[self.i] == b'\\' { 2 } else { 1 };
                         }
@@ -192,7 +192,9 @@ impl<'a> Lexer<'a> {
                     {
                         self.i += 1;
                     }
-                    return Some(Token::Name(self.source.get(start..self.i).unwrap_or_default()));
+                    return Some(Token::Name(
+                        self.source.get(start..self.i).unwrap_or_default(),
+                    ));
                 }
                 _ => {}
             }
@@ -223,8 +225,9 @@ struct Spread<'a> {
 #[derive(Debug, Default)]
 struct Document<'a> {
     operations: Vec<Summary<'a>>,
-    /// In document order.
-    fragments: Vec<(&'a str, Summary<'a>)>,
+    fragments: HashMap<&'a str, Summary<'a>>,
+    /// Fragment names in document order.
+    order: Vec<&'a str>,
 }
 
 struct Parser<'a, 's> {
@@ -377,10 +380,12 @@ impl<'a> Parser<'a, '_> {
                 Token::Punct('{') => {
                     let summary = self.selection_set()?;
                     match fragment.take() {
-                        Some(name) if document.fragments.iter().any(|(n, _)| *n == name) => {
-                            return Err(Refusal::DuplicateFragment(name.to_owned()));
+                        Some(name) => {
+                            if document.fragments.insert(name, summary).is_some() {
+                                return Err(Refusal::DuplicateFragment(name.to_owned()));
+                            }
+                            document.order.push(name);
                         }
-                        Some(name) => document.fragments.push((name, summary)),
                         None => document.operations.push(summary),
                     }
                 }
@@ -397,7 +402,7 @@ impl<'a> Parser<'a, '_> {
 
 /// Expands spreads, each fragment once.
 struct Expander<'d, 'a> {
-    fragments: HashMap<&'a str, &'d Summary<'a>>,
+    fragments: &'d HashMap<&'a str, Summary<'a>>,
     /// Expanded fragments: depth below the spread's selection set, fields at weight 1.
     done: HashMap<&'a str, Cost>,
     /// Fragments being expanded, outermost first.
@@ -411,7 +416,7 @@ impl<'d, 'a> Expander<'d, 'a> {
             return Ok(*cost);
         }
         // An unknown fragment: juniper refuses the document.
-        let Some(summary) = self.fragments.get(name).copied() else {
+        let Some(summary) = self.fragments.get(name) else {
             return Ok(Cost::default());
         };
         // Each spread nests a level: a longer chain is too deep, whatever it holds.
@@ -464,13 +469,13 @@ pub fn check(query: &str, sizes: &Sizes) -> Result<Cost, Refusal> {
     }
     let document = document?;
     let mut expander = Expander {
-        fragments: document.fragments.iter().map(|(n, s)| (*n, s)).collect(),
+        fragments: &document.fragments,
         done: HashMap::new(),
         open: HashSet::new(),
     };
     let mut cost = Cost::default();
     // Fragments that no operation spreads count for depth too: validation follows their spreads.
-    for (name, _) in &document.fragments {
+    for name in &document.order {
         cost.depth = cost.depth.max(expander.fragment(name, 0)?.depth);
     }
     for operation in &document.operations {
@@ -556,15 +561,23 @@ mod tests {
     #[test]
     fn fragment_bombs_are_costed_without_expanding_them() {
         // F20 expands to 2^20 fields: costed in linear time, refused for depth (each spread nests).
-        let mut q = String::from("{ ...F20 } fragment F0 on Query { item(itemId: \"i\") { title } }");
+        let mut q =
+            String::from("{ ...F20 } fragment F0 on Query { item(itemId: \"i\") { title } }");
         for i in 1..=20 {
-            q.push_str(&format!(" fragment F{i} on Query {{ ...F{j} ...F{j} }}", j = i - 1));
+            q.push_str(&format!(
+                " fragment F{i} on Query {{ ...F{j} ...F{j} }}",
+                j = i - 1
+            ));
         }
         assert_eq!(cost(&q), Err(Refusal::TooDeep));
         // Within the depth limit, the doubling is costed in full: F5 holds 2^5 items.
-        let mut q = String::from("{ ...F5 } fragment F0 on Query { item(itemId: \"i\") { title } }");
+        let mut q =
+            String::from("{ ...F5 } fragment F0 on Query { item(itemId: \"i\") { title } }");
         for i in 1..=5 {
-            q.push_str(&format!(" fragment F{i} on Query {{ ...F{j} ...F{j} }}", j = i - 1));
+            q.push_str(&format!(
+                " fragment F{i} on Query {{ ...F{j} ...F{j} }}",
+                j = i - 1
+            ));
         }
         assert_eq!(complexity(&q), 2 * 32);
         // G costs 1 + 100 x 5: three spreads pass, four do not.
@@ -572,7 +585,8 @@ mod tests {
             " fragment G on Query { a: trending(k: 100) { ...H } } \
              fragment H on Item { itemId title tags categories itemId }",
         );
-        let spreads = |n: usize| q.replace("{ ...F5 }", &format!("{{ ...F5 {} }}", "...G ".repeat(n)));
+        let spreads =
+            |n: usize| q.replace("{ ...F5 }", &format!("{{ ...F5 {} }}", "...G ".repeat(n)));
         assert_eq!(complexity(&spreads(3)), 64 + 3 * 501);
         assert_eq!(cost(&spreads(4)), Err(Refusal::TooCostly(64 + 4 * 501)));
     }
@@ -621,10 +635,18 @@ mod tests {
         let deep = "{a".repeat(300_000);
         assert_eq!(cost(&deep), Err(Refusal::TooDeep));
         for (open, close) in [("[", "]"), ("(a:", ")"), ("{a:", "}")] {
-            let value = format!("{{ a(x: {}1{}) }}", open.repeat(300_000), close.repeat(300_000));
+            let value = format!(
+                "{{ a(x: {}1{}) }}",
+                open.repeat(300_000),
+                close.repeat(300_000)
+            );
             assert_eq!(cost(&value), Err(Refusal::TooNested), "{open}");
         }
-        let types = format!("query($v: {}Int{}) {{ a }}", "[".repeat(300_000), "]".repeat(300_000));
+        let types = format!(
+            "query($v: {}Int{}) {{ a }}",
+            "[".repeat(300_000),
+            "]".repeat(300_000)
+        );
         assert_eq!(cost(&types), Err(Refusal::TooNested));
         // Spreads nest too: a long chain of fragments is as deep as a long chain of fields.
         let mut chain = String::from("{ ...F0 }");
@@ -742,7 +764,14 @@ mod properties {
         }
 
         /// The cost by expanding every spread, the way the definition reads.
-        fn walk(&self, set: &[Sel], owner: Option<usize>, depth: usize, weight: u64, acc: &mut Cost) {
+        fn walk(
+            &self,
+            set: &[Sel],
+            owner: Option<usize>,
+            depth: usize,
+            weight: u64,
+            acc: &mut Cost,
+        ) {
             acc.depth = acc.depth.max(depth);
             for sel in set {
                 match sel {
