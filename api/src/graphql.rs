@@ -8,10 +8,9 @@
 //! operations) holds at most `server.graphql_max_batch` of them, each costed, and spends one
 //! unit of the caller's rate limit per operation, as every operation over WebSocket does.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-
-use std::net::SocketAddr;
 
 use axum::Extension;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
@@ -390,12 +389,13 @@ async fn ws_principal(
     })
 }
 
-/// A refused document, in GraphQL's error shape with the shared code.
-fn refuse(status: StatusCode, code: ErrorCode, message: String) -> Response {
+/// A refused document: 400, in GraphQL's error shape with the shared code.
+fn refuse(message: String) -> Response {
+    let code = ErrorCode::InvalidArgument.as_str();
     let body = serde_json::json!({
-        "errors": [{ "message": message, "extensions": { "code": code.as_str() } }]
+        "errors": [{ "message": message, "extensions": { "code": code } }]
     });
-    (status, axum::Json(body)).into_response()
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
 /// `GET`/`POST /graphql`: a query or mutation (or a batch of them), or (`GET` with an upgrade) a
@@ -445,26 +445,21 @@ pub async fn graphql(
     };
     let max_batch = ctx.node.config.server.graphql_max_batch;
     if queries.len() > max_batch {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidArgument,
-            format!(
-                "a batch holds {} operations; at most {max_batch} are allowed (server.graphql_max_batch)",
-                queries.len()
-            ),
-        );
+        return refuse(format!(
+            "a batch holds {} operations; at most {max_batch} are allowed \
+             (server.graphql_max_batch)",
+            queries.len()
+        ));
     }
-    // The gate charged the request once; a batch pays for its other operations.
+    // The gate charged the request once; a batch pays for its other operations, and past the
+    // limit gets the gate's answer.
     if let Some(limiter) = &gate.limiter
         && let Some(Err(wait)) = (1..queries.len())
             .map(|_| limiter.check(&key))
             .find(Result::is_err)
     {
-        let mut response = refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            "too many operations; slow down".to_owned(),
-        );
+        let error = ApiError::new(ErrorCode::RateLimited, "too many requests; slow down");
+        let mut response = crate::error::AppError::from(error).into_response();
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         response
             .headers_mut()
@@ -477,11 +472,7 @@ pub async fn graphql(
         .map(|q| crate::query_cost::check(q, &sizes))
         .find(Result::is_err)
     {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidArgument,
-            refused.to_string(),
-        );
+        return refuse(refused.to_string());
     }
     let response = batch.execute(&*schema, &ctx).await;
     // A refusal by the policy is a 403, as on every other interface.
