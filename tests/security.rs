@@ -243,6 +243,143 @@ async fn websocket_and_grpc_apply_the_same_policy() {
     assert!(denials >= 10, "{denials} audit lines for denials");
 }
 
+/// How a WebSocket ended, or what it sent instead: the close code, if any.
+async fn close_code(rx: &mut WsRead) -> Option<u16> {
+    let ended = async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Text(text))) => panic!("answered instead of closing: {text}"),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), ended)
+        .await
+        .expect("closed within 15 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graphql_document_300000_levels_deep_leaves_the_node_up() {
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    // 900 kB, under the body limit.
+    let levels = 300_000;
+    let deep = format!("{}{}", "{a".repeat(levels), "}".repeat(levels));
+    let body = json!({ "query": deep });
+
+    // With a token: refused as too deep.
+    let (status, refused) = server
+        .send(reqwest::Method::POST, "/graphql", Some(body.clone()))
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(
+        refused["errors"][0]["extensions"]["code"],
+        "invalid_argument"
+    );
+
+    // Without a token, posing as an upgrade: refused, whether by the gate or by the cost check.
+    let response = reqwest::Client::new()
+        .post(server.url("/graphql"))
+        .header("upgrade", "websocket")
+        .json(&body)
+        .send()
+        .await
+        .expect("an answer");
+    assert!(
+        matches!(response.status().as_u16(), 400 | 401),
+        "{}",
+        response.status()
+    );
+
+    // A tokenless GraphQL WebSocket whose first frame is the document: closed unread, 4401.
+    let (socket, _) = tokio_tungstenite::connect_async(server.graphql_ws_request())
+        .await
+        .expect("upgrade");
+    let (mut tx, mut rx) = socket.split();
+    let subscribe = json!({"id": "1", "type": "subscribe", "payload": {"query": deep}});
+    tx.send(Message::Text(subscribe.to_string().into()))
+        .await
+        .expect("send");
+    assert_eq!(close_code(&mut rx).await, Some(4401));
+
+    // The node is up and answers.
+    let (status, body) = server.get("/v1/trending").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .send(
+            reqwest::Method::POST,
+            "/graphql",
+            Some(json!({"query": "{ trending(k: 2) { itemId } }"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_ws_operations_spend_the_callers_rate_limit() {
+    let (_guard, dir) = workdir();
+    // Three requests per caller, refilled too slowly to matter here.
+    let settings = [
+        ("STREAMREC__AUTH__RATE_LIMIT_PER_SECOND", "0.001".to_owned()),
+        ("STREAMREC__AUTH__RATE_LIMIT_BURST", "3".to_owned()),
+    ];
+    let server = Server::start_with(&dir, &dir.join("data"), &settings).await;
+    let (socket, _) = tokio_tungstenite::connect_async(server.graphql_ws_request())
+        .await
+        .expect("upgrade");
+    let (mut tx, mut rx) = socket.split();
+    let send = |v: Value| Message::Text(v.to_string().into());
+    let bearer = format!("Bearer {}", token("flood", &["service"]));
+    tx.send(send(
+        json!({"type": "connection_init", "payload": {"Authorization": bearer}}),
+    ))
+    .await
+    .expect("send");
+    let ack = loop {
+        let message = next_json(&mut rx).await;
+        if message["type"] != "pong" {
+            break message;
+        }
+    };
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+
+    let query = "{ trending(k: 1) { itemId } }";
+    for id in 1..=4 {
+        tx.send(send(
+            json!({"id": id.to_string(), "type": "subscribe", "payload": {"query": query}}),
+        ))
+        .await
+        .expect("send");
+    }
+    // The first three run to completion; the fourth is over the rate.
+    let (mut completed, mut limited) = (Vec::new(), Vec::new());
+    while completed.len() + limited.len() < 4 {
+        let message = next_json(&mut rx).await;
+        let id = message["id"].as_str().unwrap_or_default().to_owned();
+        match message["type"].as_str() {
+            Some("complete") => completed.push(id),
+            Some("error") => {
+                assert_eq!(
+                    message["payload"][0]["extensions"]["code"], "rate_limited",
+                    "{message}"
+                );
+                limited.push(id);
+            }
+            _ => {}
+        }
+    }
+    completed.sort();
+    assert_eq!(
+        (completed, limited),
+        (
+            vec!["1".to_owned(), "2".into(), "3".into()],
+            vec!["4".to_owned()]
+        )
+    );
+}
+
 /// A TLS handshake with the node trusting `ca_pem` and offering `alpn`: the negotiated version
 /// and protocol.
 async fn handshake(

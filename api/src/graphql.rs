@@ -4,15 +4,18 @@
 //! Resolvers call the same `Node` operations as REST, and errors carry the same stable codes
 //! (`extensions.code`: `invalid_argument`, `not_found`, `unavailable`, ...). A query nested
 //! deeper than [`MAX_DEPTH`] or costing more than [`MAX_COMPLEXITY`] fields is refused before it
-//! runs (see `query_cost`), over HTTP and, for subscriptions, over WebSocket (`graphql_ws`).
+//! runs (see `query_cost`), over HTTP and over WebSocket (`graphql_ws`). A batch (a JSON array of
+//! operations) holds at most `server.graphql_max_batch` of them, each costed, and spends one
+//! unit of the caller's rate limit per operation, as every operation over WebSocket does.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::{FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use common::{ApiError, BatchError, EventInput, ItemInput, RecQuery};
+use common::{ApiError, BatchError, ErrorCode, EventInput, ItemInput, RecQuery};
 use futures::Stream;
 use juniper::http::GraphQLBatchRequest;
 use juniper::{
@@ -21,10 +24,11 @@ use juniper::{
 };
 use juniper_axum::extract::JuniperRequest;
 use juniper_axum::response::JuniperResponse;
-use juniper_graphql_ws::ConnectionConfig;
 use supervisors::Node;
 
 use crate::auth::{Action, Gate, Principal, authorize};
+use crate::graphql_ws::Admitted;
+use crate::query_cost::Sizes;
 use crate::streams::Caller;
 
 pub use crate::query_cost::{MAX_COMPLEXITY, MAX_DEPTH};
@@ -338,77 +342,101 @@ pub fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(Query, Mutation, Subscription))
 }
 
-/// The deepest `{ ... }` nesting of a query document, outside strings and comments.
-pub fn depth(query: &str) -> usize {
-    crate::query_cost::cost(query).depth
+/// Who a graphql-transport-ws connection serves: the caller the gate found on the upgrade
+/// request, or the one `connection_init`'s token proves (then known by that token's subject,
+/// and bounded by its expiry).
+async fn ws_caller(
+    gate: &Gate,
+    upgraded: Option<Principal>,
+    caller: Caller,
+    params: &juniper::Variables,
+) -> Result<(Principal, Caller), ApiError> {
+    let auth = match (upgraded, &gate.auth) {
+        (Some(principal), _) => return Ok((principal, caller)),
+        (None, None) => return Ok((Principal::unauthenticated_admin(), caller)),
+        (None, Some(auth)) => auth,
+    };
+    let token = ["Authorization", "authorization", "token"]
+        .iter()
+        .find_map(|k| {
+            params
+                .get(*k)
+                .and_then(|v| v.as_scalar())
+                .and_then(|s| juniper::ScalarValue::try_as_str(s))
+        })
+        // `Bearer <token>`, or the bare token.
+        .map(|t| crate::auth::bearer(t).unwrap_or(t.trim()).to_owned())
+        .unwrap_or_default();
+    let verified = auth.verify(&token).await.inspect_err(|e| {
+        crate::policy::audit_unauthenticated(&e.message, "graphql-ws");
+    })?;
+    let caller = caller.authenticated(&verified.principal.sub, Some(verified.expires_at));
+    Ok((verified.principal, caller))
 }
 
-/// `GET`/`POST /graphql`: a query or mutation, or (`GET` with an upgrade) a
-/// graphql-transport-ws subscription connection.
+/// A refused document: 400, in GraphQL's error shape with the shared code.
+fn refuse(message: String) -> Response {
+    let code = ErrorCode::InvalidArgument.as_str();
+    let body = serde_json::json!({
+        "errors": [{ "message": message, "extensions": { "code": code } }]
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// `GET`/`POST /graphql`: a query or mutation (or a batch of them), or (`GET` with an upgrade) a
+/// graphql-transport-ws connection.
 pub async fn graphql(
     State(node): State<Arc<Node>>,
     Extension(schema): Extension<Arc<Schema>>,
+    Extension(gate): Extension<Arc<Gate>>,
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let principal = parts.extensions.get::<Principal>().cloned();
-    let gate = parts.extensions.get::<Arc<Gate>>().cloned();
     if let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        // The connection holds one of its caller's streams: taken now when the caller is known
-        // (429 before upgrading), or once `connection_init` says who it is.
-        let caller = parts.extensions.get::<Caller>().cloned();
-        let guard = match (&principal, &caller) {
-            (Some(_), Some(caller)) => match caller.open_stream() {
+        // The token came with the upgrade (the gate checked it), or comes in `connection_init`'s
+        // payload.
+        let upgraded = parts.extensions.get::<Principal>().cloned();
+        let Some(caller) = parts.extensions.get::<Caller>().cloned() else {
+            return crate::error::AppError::from(ApiError::internal("no caller on the request"))
+                .into_response();
+        };
+        // A caller known at the upgrade takes one of its stream places now (429 before
+        // upgrading); one known only by `connection_init`, then.
+        let placed = match upgraded {
+            Some(_) => match caller.open_stream() {
                 Ok(guard) => Some(guard),
                 Err(refused) => return crate::error::AppError::from(refused).into_response(),
             },
-            _ => None,
+            None => None,
         };
-        let (mut admission, admitted) = crate::graphql_ws::Admission::new(caller, guard);
         let limits = &node.config.server;
         let (max_message, init_timeout) = (limits.max_body_bytes, limits.stream_init_timeout);
-        // The token came with the upgrade, or comes in `connection_init`'s payload.
-        let init = move |params: juniper::Variables| async move {
-            let principal = match (principal, gate.and_then(|g| g.auth.clone())) {
-                (Some(principal), _) => principal,
-                (None, Some(auth)) => {
-                    let token = ["Authorization", "authorization", "token"]
-                        .iter()
-                        .find_map(|k| {
-                            params
-                                .get(*k)
-                                .and_then(|v| v.as_scalar())
-                                .and_then(|s| juniper::ScalarValue::try_as_str(s))
-                        })
-                        // `Bearer <token>`, or the bare token.
-                        .map(|t| crate::auth::bearer(t).unwrap_or(t.trim()).to_owned())
-                        .unwrap_or_default();
-                    let verified = auth.verify(&token).await.inspect_err(|e| {
-                        crate::policy::audit_unauthenticated(&e.message, "graphql-ws");
-                    })?;
-                    admission.verified(&verified);
-                    verified.principal
-                }
-                (None, None) => Principal::unauthenticated_admin(),
+        let keys = gate.clone();
+        let authenticate = move |params: juniper::Variables| async move {
+            let (principal, caller) = ws_caller(&keys, upgraded, caller, &params).await?;
+            let guard = match placed {
+                Some(guard) => guard,
+                None => caller.open_stream()?,
             };
-            admission.admit()?;
-            Ok::<_, ApiError>(
-                ConnectionConfig::new(Ctx { node, principal }).with_max_in_flight_operations(16),
-            )
+            Ok::<_, ApiError>(Admitted {
+                rate_key: caller.key.clone(),
+                ctx: Ctx { node, principal },
+                guard: Some(guard),
+            })
         };
         return ws
             .protocols(["graphql-transport-ws"])
             .max_message_size(max_message)
             .max_frame_size(max_message)
             .on_upgrade(move |socket| {
-                crate::graphql_ws::serve(socket, schema, init, admitted, init_timeout)
+                crate::graphql_ws::serve(socket, schema, gate, authenticate, init_timeout)
             })
             .into_response();
     }
-    let ctx = Ctx {
-        node,
-        principal: crate::auth::principal_of(&parts.extensions),
-    };
+    let principal = crate::auth::principal_of(&parts.extensions);
+    // The gate's name for the caller, whose bucket the batch spends.
+    let key = parts.extensions.get::<Caller>().map(|c| c.key.clone());
+    let ctx = Ctx { node, principal };
     let request = Request::from_parts(parts, body);
     let JuniperRequest(batch) =
         match JuniperRequest::<DefaultScalarValue>::from_request(request, &()).await {
@@ -425,18 +453,36 @@ pub async fn graphql(
         GraphQLBatchRequest::Single(r) => vec![r.query.as_str()],
         GraphQLBatchRequest::Batch(rs) => rs.iter().map(|r| r.query.as_str()).collect(),
     };
+    let max_batch = ctx.node.config.server.graphql_max_batch;
+    if queries.len() > max_batch {
+        return refuse(format!(
+            "a batch holds {} operations; at most {max_batch} are allowed \
+             (server.graphql_max_batch)",
+            queries.len()
+        ));
+    }
+    // The gate charged the request once; a batch pays for its other operations, and past the
+    // limit gets the gate's answer.
+    if let Some(limiter) = &gate.limiter
+        && let Some(Err(wait)) = (1..queries.len())
+            .map(|_| limiter.check(key.as_deref().unwrap_or_default()))
+            .find(Result::is_err)
+    {
+        let error = ApiError::new(ErrorCode::RateLimited, "too many requests; slow down");
+        let mut response = crate::error::AppError::from(error).into_response();
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return response;
+    }
+    let sizes = Sizes::of(&schema.schema);
     if let Some(Err(refused)) = queries
         .iter()
-        .map(|q| crate::query_cost::check(q))
+        .map(|q| crate::query_cost::check(q, &sizes))
         .find(Result::is_err)
     {
-        let body = serde_json::json!({
-            "errors": [{
-                "message": refused,
-                "extensions": { "code": "invalid_argument" },
-            }]
-        });
-        return (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        return refuse(refused.to_string());
     }
     let response = batch.execute(&*schema, &ctx).await;
     // A refusal by the policy is a 403, as on every other interface.
@@ -451,7 +497,7 @@ pub async fn graphql(
     });
     let mut response = JuniperResponse(response).into_response();
     if denied {
-        *response.status_mut() = axum::http::StatusCode::FORBIDDEN;
+        *response.status_mut() = StatusCode::FORBIDDEN;
     }
     response
 }

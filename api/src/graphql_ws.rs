@@ -1,72 +1,57 @@
-//! GraphQL subscriptions over graphql-transport-ws, with the same cost limits as HTTP queries.
+//! GraphQL subscriptions over graphql-transport-ws: the caller authenticates first, then every
+//! operation is rate-limited and costed like an HTTP request.
 //!
 //! juniper's connection runs whatever document a `subscribe` message carries, and offers no hook
-//! before it does; so frames are read here first. A `subscribe` whose document is too deep or too
-//! costly (`query_cost::check`) is answered with an `error` message for its id and never reaches
-//! juniper; every other frame passes through. WebSocket-level pings and pongs are the transport's
-//! business (axum answers pings) and are not handed to the protocol.
+//! before it does; so frames are read here first:
 //!
-//! Connection limits (`streams.rs`): `connection_init` must be handled within
-//! `server.stream_init_timeout` (else close 4408); the connection then holds one of its caller's
-//! streams ([`Admission`]: close 4429 when the caller holds too many), and closes with 4401 when
-//! the caller's token expires.
+//! - **Authentication before anything else.** The first message must be `connection_init`, and
+//!   its payload (or the token of the upgrade request) is authenticated here before any other
+//!   frame is read. Any other first message closes the socket with 4401 Unauthorized, as the
+//!   protocol answers operations before `connection_ack`, without reading it further (a document
+//!   from an unknown caller is never costed); a refused token closes it with 4403 Forbidden.
+//! - **Every operation is charged** to the caller's bucket of the gate's rate limiter, the one
+//!   HTTP requests spend, then costed (`query_cost::check`). An operation over the rate gets an
+//!   `error` message with `rate_limited`, one too deep or too costly `invalid_argument`; neither
+//!   reaches juniper, and the connection stays open.
+//!
+//! - **Connection limits** (`streams.rs`): `connection_init` must arrive within
+//!   `server.stream_init_timeout` (else close 4408); the connection then holds one of its
+//!   caller's streams (close 4429 when the caller holds too many) and closes with 4401 when the
+//!   caller's token expires.
+//!
+//! WebSocket-level pings and pongs are the transport's business (axum answers pings) and are
+//! not handed to the protocol.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use common::ApiError;
+use common::{ApiError, ErrorCode};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt, future, stream};
-use juniper::DefaultScalarValue;
-use juniper_graphql_ws::Init;
+use juniper::{DefaultScalarValue, Variables};
+use juniper_graphql_ws::ConnectionConfig;
 use juniper_graphql_ws::graphql_transport_ws::{ClientMessage, Connection, Input, Output};
 use serde_json::json;
-use tokio::sync::oneshot;
 
-use crate::auth::Verified;
+use crate::auth::Gate;
 use crate::graphql::{Ctx, Schema};
-use crate::streams::{
-    CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, CLOSE_TOO_MANY, Caller, StreamGuard, expiry,
-};
+use crate::query_cost::{self, Sizes};
+use crate::streams::{CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, CLOSE_TOO_MANY, StreamGuard, expiry};
 
-/// What `connection_init` decides about a connection's place among its caller's streams: made
-/// by the upgrade, completed by the init handler, read by [`serve`].
-pub struct Admission {
-    caller: Option<Caller>,
-    /// Taken at the upgrade when the caller was known then.
-    guard: Option<StreamGuard>,
-    tx: oneshot::Sender<Result<StreamGuard, ApiError>>,
-}
+/// Operations one connection may run at once.
+const MAX_IN_FLIGHT: usize = 16;
 
-/// The [`serve`] end of an [`Admission`].
-pub type Admitted = oneshot::Receiver<Result<StreamGuard, ApiError>>;
-
-impl Admission {
-    pub fn new(caller: Option<Caller>, guard: Option<StreamGuard>) -> (Self, Admitted) {
-        let (tx, rx) = oneshot::channel();
-        (Self { caller, guard, tx }, rx)
-    }
-
-    /// The caller proved who they are in `connection_init`: counted, and bounded by, that token.
-    pub fn verified(&mut self, verified: &Verified) {
-        self.caller = self
-            .caller
-            .as_ref()
-            .map(|caller| caller.authenticated(&verified.principal.sub, Some(verified.expires_at)));
-    }
-
-    /// Takes the caller's place (or refuses: the connection then closes with 4429).
-    pub fn admit(self) -> Result<(), ApiError> {
-        let guard = match (self.guard, &self.caller) {
-            (Some(guard), _) => Ok(guard),
-            (None, Some(caller)) => caller.open_stream(),
-            (None, None) => return Ok(()),
-        };
-        let refused = guard.as_ref().err().cloned();
-        let _ = self.tx.send(guard);
-        refused.map_or(Ok(()), Err)
-    }
+/// Who a connection serves, once authenticated.
+pub struct Admitted {
+    pub ctx: Ctx,
+    /// The caller's bucket in the gate's rate limiter.
+    pub rate_key: String,
+    /// The caller's place among its streams, held while the connection lives; it also says when
+    /// the caller's token expires. None when streams are not counted (no caller known).
+    pub guard: Option<StreamGuard>,
 }
 
 /// A client frame that could not be read as a protocol message: the connection closes (4400).
@@ -85,59 +70,158 @@ impl TryFrom<Frame> for Input<DefaultScalarValue> {
     }
 }
 
-fn parse(message: Message) -> Option<Result<Input<DefaultScalarValue>, InvalidFrame>> {
-    let bytes = match message {
-        Message::Text(text) => text.as_bytes().to_vec(),
-        Message::Binary(bytes) => bytes.to_vec(),
-        Message::Close(_) => return Some(Ok(Input::Close)),
-        Message::Ping(_) | Message::Pong(_) => return None,
-    };
-    Some(
-        serde_json::from_slice(&bytes)
-            .map(Input::Message)
-            .map_err(|e| InvalidFrame(e.to_string())),
-    )
+/// The bytes of a protocol message, or what the frame means to the connection.
+enum Raw {
+    Bytes(Vec<u8>),
+    Close,
+    /// A WebSocket ping or pong.
+    Control,
 }
 
-/// The `error` message refusing a subscription, in the shape juniper gives validation errors.
-fn refusal(id: &str, why: &str) -> Message {
+fn raw(message: Message) -> Raw {
+    match message {
+        Message::Text(text) => Raw::Bytes(text.as_bytes().to_vec()),
+        Message::Binary(bytes) => Raw::Bytes(bytes.to_vec()),
+        Message::Close(_) => Raw::Close,
+        Message::Ping(_) | Message::Pong(_) => Raw::Control,
+    }
+}
+
+fn parse(message: Message) -> Option<Result<Input<DefaultScalarValue>, InvalidFrame>> {
+    match raw(message) {
+        Raw::Bytes(bytes) => Some(
+            serde_json::from_slice(&bytes)
+                .map(Input::Message)
+                .map_err(|e| InvalidFrame(e.to_string())),
+        ),
+        Raw::Close => Some(Ok(Input::Close)),
+        Raw::Control => None,
+    }
+}
+
+/// The payload of the first message if it is `connection_init`; any other message is read no
+/// further than its `type`.
+fn connection_init(bytes: &[u8]) -> Result<Variables<DefaultScalarValue>, Message> {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    let kind = serde_json::from_slice::<Kind<'_>>(bytes)
+        .map_err(|e| close(4400, format!("invalid message: {e}")))?;
+    if kind.kind != "connection_init" {
+        return Err(close(4401, "Unauthorized".into()));
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(ClientMessage::ConnectionInit { payload }) => Ok(payload),
+        Ok(_) => Err(close(4401, "Unauthorized".into())),
+        Err(e) => Err(close(4400, format!("invalid message: {e}"))),
+    }
+}
+
+/// The `error` message refusing an operation, in the shape juniper gives validation errors.
+fn refusal(id: &str, code: ErrorCode, why: &str) -> Message {
     let body = json!({
         "id": id,
         "type": "error",
-        "payload": [{"message": why, "extensions": {"code": "invalid_argument"}}],
+        "payload": [{"message": why, "extensions": {"code": code.as_str()}}],
     });
     Message::Text(body.to_string().into())
 }
 
-pub async fn serve<I>(
+/// Serves one connection: `authenticate` gets the payload of `connection_init`, which must
+/// arrive within `init_timeout`.
+pub async fn serve<A, F>(
     socket: WebSocket,
-    schema: std::sync::Arc<Schema>,
-    init: I,
-    admitted: Admitted,
+    schema: Arc<Schema>,
+    gate: Arc<Gate>,
+    authenticate: A,
     init_timeout: Duration,
 ) where
-    I: Init<DefaultScalarValue, Ctx> + Send,
+    A: FnOnce(Variables<DefaultScalarValue>) -> F,
+    F: Future<Output = Result<Admitted, ApiError>>,
 {
-    let (mut ws_tx, ws_rx) = socket.split();
-    let (juniper_tx, juniper_rx) = Connection::new(schema, init).split();
-    // Bounded: a client that floods refused subscriptions without reading loses refusals, not
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let first = async {
+        loop {
+            let Some(Ok(message)) = ws_rx.next().await else {
+                return Err(None);
+            };
+            match raw(message) {
+                Raw::Control => continue,
+                Raw::Close => return Err(None),
+                Raw::Bytes(bytes) => return connection_init(&bytes).map_err(Some),
+            }
+        }
+    };
+    let admitted = match tokio::time::timeout(init_timeout, first).await {
+        Err(_) => Err(Some(close(
+            CLOSE_INIT_TIMEOUT,
+            "Connection initialisation timeout".into(),
+        ))),
+        Ok(Err(refused)) => Err(refused),
+        Ok(Ok(payload)) => authenticate(payload).await.map_err(|error| {
+            let code = match error.code {
+                ErrorCode::RateLimited => CLOSE_TOO_MANY,
+                _ => 4403,
+            };
+            Some(close(code, error.message))
+        }),
+    };
+    let Admitted {
+        ctx,
+        rate_key,
+        guard,
+    } = match admitted {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            if let Some(close) = refused {
+                let _ = ws_tx.send(close).await;
+            }
+            return;
+        }
+    };
+
+    let sizes = Sizes::of(&schema.schema);
+    let config = ConnectionConfig::new(ctx).with_max_in_flight_operations(MAX_IN_FLIGHT);
+    let (juniper_tx, juniper_rx) = Connection::new(schema, config).split();
+    // Bounded: a client that floods refused operations without reading loses refusals, not
     // the node's memory.
     let (mut refused_tx, refused_rx) = mpsc::channel(16);
 
-    let input = ws_rx
+    // juniper acknowledges the connection that was authenticated here.
+    let init = Input::Message(ClientMessage::ConnectionInit {
+        payload: Variables::new(),
+    });
+    let frames = ws_rx
         .take_while(|r| future::ready(r.is_ok()))
         .filter_map(move |r| {
             let frame = r.ok().and_then(parse);
-            if let Some(Ok(Input::Message(ClientMessage::Subscribe { id, payload }))) = &frame
-                && let Err(why) = crate::query_cost::check(&payload.query)
-            {
-                if refused_tx.try_send(refusal(id, &why)).is_err() {
-                    tracing::debug!(id, "graphql-ws refusal dropped: the client is not reading");
+            if let Some(Ok(Input::Message(ClientMessage::Subscribe { id, payload }))) = &frame {
+                let refused = match gate.limiter.as_ref().map(|l| l.check(&rate_key)) {
+                    Some(Err(_)) => Some(refusal(
+                        id,
+                        ErrorCode::RateLimited,
+                        "too many operations; slow down",
+                    )),
+                    _ => query_cost::check(&payload.query, &sizes)
+                        .err()
+                        .map(|why| refusal(id, ErrorCode::InvalidArgument, &why.to_string())),
+                };
+                if let Some(refused) = refused {
+                    if refused_tx.try_send(refused).is_err() {
+                        tracing::debug!(
+                            id,
+                            "graphql-ws refusal dropped: the client is not reading"
+                        );
+                    }
+                    return future::ready(None);
                 }
-                return future::ready(None);
             }
             future::ready(frame.map(|f| Ok::<_, Infallible>(Frame(f))))
-        })
+        });
+    let input = stream::once(future::ready(Ok(Frame(Ok(init)))))
+        .chain(frames)
         .forward(juniper_tx.sink_map_err(|e| match e {}));
 
     let replies = juniper_rx.map(|output| match output {
@@ -148,32 +232,10 @@ pub async fn serve<I>(
     });
     let output = async move {
         let mut replies = stream::select(replies, refused_rx);
-        let init_by = tokio::time::Instant::now() + init_timeout;
-        let mut admitted = Some(admitted);
-        // The caller's place, held until the connection ends.
-        let mut guard = None;
-        let expired = expiry(None);
+        let expired = expiry(guard.as_ref());
         tokio::pin!(expired);
         loop {
             let message = tokio::select! {
-                // First, so that a refusal's 4429 goes out before juniper's own 4403.
-                biased;
-                result = async { admitted.as_mut()?.await.ok() }, if admitted.is_some() => {
-                    admitted = None;
-                    match result {
-                        Some(Ok(admitted)) => {
-                            expired.set(expiry(Some(&admitted)));
-                            guard = Some(admitted);
-                            continue;
-                        }
-                        Some(Err(refused)) => close(CLOSE_TOO_MANY, refused.message),
-                        // Init failed (juniper closes with 4403), or admission is not counted.
-                        None => continue,
-                    }
-                }
-                () = tokio::time::sleep_until(init_by), if admitted.is_some() => {
-                    close(CLOSE_INIT_TIMEOUT, "Connection initialisation timeout".into())
-                }
                 () = &mut expired => close(CLOSE_EXPIRED, "the token has expired".into()),
                 message = replies.next() => match message {
                     Some(message) => message,
@@ -185,6 +247,7 @@ pub async fn serve<I>(
                 break;
             }
         }
+        // The caller's place is held until the connection ends.
         drop(guard);
     };
 

@@ -80,7 +80,7 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
-            (node.clone(), gate),
+            (node.clone(), gate.clone()),
             auth::gate,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -92,5 +92,7 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::Extension(graphql::schema()))
         .layer(axum::Extension(readiness))
+        // GraphQL spends the gate's rate limiter per operation (batches, graphql-ws).
+        .layer(axum::Extension(gate))
         .with_state(node))
 }

@@ -26,9 +26,18 @@ async fn node() -> (Arc<Node>, tempfile::TempDir) {
 }
 
 async fn gql(node: &Arc<Node>, query: &str, variables: Value) -> (StatusCode, Value) {
-    let body = json!({ "query": query, "variables": variables }).to_string();
-    let response = api::router(node.clone())
-        .expect("router")
+    post(node, json!({ "query": query, "variables": variables })).await
+}
+
+/// `POST /graphql` with this JSON body (a request, or an array of them).
+async fn post(node: &Arc<Node>, body: Value) -> (StatusCode, Value) {
+    post_to(api::router(node.clone()).expect("router"), body).await
+}
+
+/// The same, to this router (and its rate limiter).
+async fn post_to(router: axum::Router, body: Value) -> (StatusCode, Value) {
+    let body = body.to_string();
+    let response = router
         .oneshot(
             Request::post("/graphql")
                 .header("content-type", "application/json")
@@ -182,5 +191,180 @@ async fn errors_carry_the_rest_codes_and_deep_queries_are_refused() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(api::graphql::depth(r#"{ a(s: "{{{{") { b } } # {{{{"#), 2);
+    // Braces in strings and comments do not nest.
+    let braces = "{{{{{{{{{{";
+    let (status, body) = gql(
+        &node,
+        &format!("{{ item(itemId: \"{braces}\") {{ itemId }} }} # {braces}\n"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+fn code(body: &Value) -> Option<&str> {
+    body["errors"][0]["extensions"]["code"].as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_nested_300000_levels_deep_is_refused_without_overflowing_the_stack() {
+    let (node, _dir) = node().await;
+    // 900 kB: under the 1 MiB body limit, and far deeper than any stack takes by recursion.
+    let levels = 300_000;
+    let deep = [
+        format!("{}{}", "{a".repeat(levels), "}".repeat(levels)),
+        format!(
+            "{{ trending(category: {}\"c\"{}) {{ itemId }} }}",
+            "[".repeat(levels),
+            "]".repeat(levels)
+        ),
+        format!(
+            "query($c: {}String{}) {{ trending {{ itemId }} }}",
+            "[".repeat(levels),
+            "]".repeat(levels)
+        ),
+    ];
+    for query in &deep {
+        let (status, body) = gql(&node, query, json!({})).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+            "{body}"
+        );
+    }
+    // The node is still up.
+    let (status, body) = gql(&node, "{ trending(k: 3) { itemId } }", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Six lists of `k` items with four fields each: 6 x (1 + 4k) fields.
+fn six_lists(k: &str, selection: &str) -> String {
+    let lists: Vec<String> = (0..6)
+        .map(|i| format!("t{i}: trending(k: {k}) {{ {selection} }}"))
+        .collect();
+    format!("{{ {} }}", lists.join(" "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variable_k_is_costed_at_its_maximum() {
+    let (node, _dir) = node().await;
+    let fields = "itemId title tags categories";
+    let query = format!("query($k: Int!) {}", six_lists("$k", fields));
+    // Whatever value the variable has, it may have 100: 6 x 401 fields.
+    for k in [1, 100] {
+        let (status, body) = gql(&node, &query, json!({ "k": k })).await;
+        assert_eq!(
+            (status, code(&body)),
+            (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+            "{body}"
+        );
+    }
+    // Within the limit, a variable k is fine.
+    let (status, body) = gql(
+        &node,
+        &format!("query($k: Int!) {{ trending(k: $k) {{ {fields} }} }}"),
+        json!({ "k": 3 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["errors"].is_null(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragment_is_costed_at_every_spread_with_its_multiplier() {
+    let (node, _dir) = node().await;
+    let fragment = "fragment F on Item { itemId title tags categories }";
+    // Costed once, F would make this 6 x 1 + 4 fields; it is 6 x (1 + 100 x 4).
+    let (status, body) = gql(
+        &node,
+        &format!("{} {fragment}", six_lists("100", "...F")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+        "{body}"
+    );
+    // A fragment that spreads itself is refused before anything expands it.
+    let (status, body) = gql(
+        &node,
+        "{ trending { ...A } } fragment A on Item { ...B } fragment B on Item { itemId ...A }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+        "{body}"
+    );
+    // Fragments within the limits run.
+    let (status, body) = gql(
+        &node,
+        &format!("{} {fragment}", six_lists("10", "...F")),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["errors"].is_null(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_longer_than_graphql_max_batch_is_refused() {
+    let (node, _dir) = node().await;
+    let max = node.config.server.graphql_max_batch;
+    let batch = |n: usize| {
+        Value::Array(
+            (0..n)
+                .map(|_| json!({ "query": "{ trending(k: 2) { itemId } }" }))
+                .collect(),
+        )
+    };
+    let (status, body) = post(&node, batch(max + 1)).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+        "{body}"
+    );
+    let (status, body) = post(&node, batch(max)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(max), "{body}");
+    // Each operation is costed: one costly member refuses the batch.
+    let mut mixed = batch(2);
+    if let Value::Array(requests) = &mut mixed {
+        requests.push(json!({ "query": six_lists("100", "itemId title tags categories") }));
+    }
+    let (status, body) = post(&node, mixed).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_spends_the_rate_limit_once_per_operation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    config.auth.enabled = false;
+    config.auth.rate_limit_per_second = 0.001;
+    config.auth.rate_limit_burst = 6;
+    config.events.num_partitions = 2;
+    let node = Node::start(config).await.expect("node");
+    let batch = |n: usize| {
+        Value::Array(
+            (0..n)
+                .map(|_| json!({ "query": "{ trending(k: 2) { itemId } }" }))
+                .collect(),
+        )
+    };
+    let router = api::router(node).expect("router");
+    // Six operations: the whole burst.
+    let (status, body) = post_to(router.clone(), batch(6)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = post_to(router, batch(1)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
 }

@@ -169,6 +169,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most events in one `POST /v1/events`. Default 1000.
     pub max_batch_events: usize,
+    /// Most operations in one batched `POST /graphql` (a JSON array of requests); each is costed
+    /// and spends one unit of the caller's rate limit. Larger batches get 400. Default 10.
+    pub graphql_max_batch: usize,
     /// Longest a request may take before it fails with 503. Default 10s.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -390,6 +393,8 @@ pub struct TelemetryConfig {
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default of `server.graphql_max_batch`.
+pub const DEFAULT_GRAPHQL_MAX_BATCH: usize = 10;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -397,6 +402,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             max_body_bytes: 1 << 20,
             max_batch_events: 1000,
+            graphql_max_batch: DEFAULT_GRAPHQL_MAX_BATCH,
             request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             tls: TlsConfig::default(),
@@ -565,6 +571,9 @@ impl Config {
         let rate = self.auth.rate_limit_per_second;
         if rate.is_nan() || rate < 0.0 {
             return invalid("auth.rate_limit_per_second must be 0 (off) or more");
+        }
+        if self.server.graphql_max_batch == 0 {
+            return invalid("server.graphql_max_batch must be at least 1");
         }
         if self.server.max_batch_events == 0 || self.events.consume_batch == 0 {
             return invalid("server.max_batch_events and events.consume_batch must be at least 1");
