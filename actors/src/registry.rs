@@ -28,6 +28,11 @@ pub struct Manifest {
     /// Versions in the order they were activated, latest last (rollback walks it back).
     #[serde(default)]
     pub activations: Vec<String>,
+    /// Personal profile fields (lower case) that every stored version's profile map has been
+    /// rewritten without ([`ModelRegistry::scrub_personal_features`]); the rewrite runs again
+    /// only when `pii.fields` names one that is not here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub personal_fields_scrubbed: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -228,6 +233,65 @@ impl ModelRegistry {
         *manifest = next;
         self.active.store(Some(artifact.clone()));
         Ok(artifact)
+    }
+
+    /// A one-time migration: rewrites the profile map (`user_content.json`) of every stored
+    /// version without the features of personal fields, which versions trained before profiles
+    /// were filtered may hold (`a:email=…`, `a:name:…`). Dropping a feature drops its weight row;
+    /// every profile without personal fields embeds as before. A map that does not parse is
+    /// replaced by an empty one (the version then serves without profiles). The manifest records
+    /// the fields scrubbed, so this runs once per set of `pii.fields`; returns how many versions
+    /// were rewritten.
+    pub async fn scrub_personal_features(&self, fields: &[String]) -> Result<usize, ApiError> {
+        let personal = common::pii::PersonalFields::new(fields);
+        let mut manifest = self.manifest.lock().await;
+        let done = common::pii::PersonalFields::new(&manifest.personal_fields_scrubbed);
+        if fields.iter().all(|f| done.is_personal(f)) {
+            return Ok(0);
+        }
+        let mut rewritten = Vec::new();
+        // Every version in the store, listed or not (one written just before a crash, say).
+        for key in self.objects.list("models/").await.map_err(io)? {
+            let Some(version) = key
+                .strip_prefix("models/")
+                .and_then(|k| k.strip_suffix("/user_content.json"))
+            else {
+                continue;
+            };
+            let Some(bytes) = self.objects.get(&key).await.map_err(io)? else {
+                continue;
+            };
+            let clean = match serde_json::from_slice::<models::content::ContentModel>(&bytes) {
+                Ok(map) => map.without_features(|f| personal.is_personal_token(f)),
+                Err(error) => {
+                    tracing::warn!(%version, %error, "unreadable profile map replaced by an empty one");
+                    Some(models::content::ContentModel::default())
+                }
+            };
+            if let Some(clean) = clean {
+                let bytes = serde_json::to_vec_pretty(&clean).map_err(io)?;
+                self.objects.put(&key, bytes).await.map_err(io)?;
+                rewritten.push(version.to_owned());
+            }
+        }
+        let mut next = manifest.clone();
+        next.personal_fields_scrubbed
+            .extend(fields.iter().map(|f| f.to_lowercase()));
+        next.personal_fields_scrubbed.sort_unstable();
+        next.personal_fields_scrubbed.dedup();
+        self.write_manifest(&next).await?;
+        *manifest = next;
+        tracing::info!(
+            num_versions = rewritten.len(),
+            "stored profile maps scrubbed of personal fields"
+        );
+        // The artifact in memory is the stored one again.
+        if let Some(active) = manifest.active.as_deref()
+            && rewritten.iter().any(|v| v == active)
+        {
+            self.active.store(Some(Arc::new(self.load(active).await?)));
+        }
+        Ok(rewritten.len())
     }
 
     /// The version active before the current one, if any.
