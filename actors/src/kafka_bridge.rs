@@ -310,3 +310,44 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_catalog_change_the_store_refuses_is_a_dead_letter_not_a_retry() {
+        let attempts = AtomicUsize::new(0);
+        let refused = apply_catalog("catalog upsert", || {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            async {
+                Err::<(), _>(ApiError::invalid(
+                    "the store refused a value as invalid (SQLSTATE 22021)",
+                ))
+            }
+        })
+        .await
+        .expect("not a failure of the bridge");
+        let reason = refused.expect_err("a dead letter");
+        assert!(reason.contains("SQLSTATE 22021"), "{reason}");
+        assert_eq!(attempts.load(Ordering::Relaxed), 1, "never retried");
+
+        // An outage is retried until the store answers (with backoff: 0.7 s here).
+        let attempts = AtomicUsize::new(0);
+        let applied = apply_catalog("catalog upsert", || {
+            let n = attempts.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if n < 3 {
+                    Err(ApiError::unavailable("a backing store is unavailable"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .expect("applied in the end");
+        assert_eq!((applied, attempts.load(Ordering::Relaxed)), (Ok(()), 4));
+    }
+}

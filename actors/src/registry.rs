@@ -416,4 +416,59 @@ mod tests {
         };
         assert_eq!(missing.code, common::ErrorCode::NotFound);
     }
+
+    #[tokio::test]
+    async fn stored_versions_are_rewritten_once_without_personal_profile_features() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry(dir.path()).await;
+        // A version trained before profiles were filtered: its profile map learned from emails,
+        // names and notes (any case) beside a harmless field.
+        let mut old = artifact("v1", None);
+        let features: Vec<String> = [
+            "a:Email=ada@example.org",
+            "a:age=36",
+            "a:email:example",
+            "a:name:lovelace",
+            "a:notes~1990",
+        ]
+        .map(String::from)
+        .to_vec();
+        old.user_content = models::content::ContentModel {
+            dim: 1,
+            weights: (0..=features.len()).map(|i| i as f32).collect(),
+            features,
+        };
+        r.publish(old, 0.05).await.expect("v1");
+        let key = dir.path().join("models/v1/user_content.json");
+        let fields = ["email", "name", "notes"].map(String::from);
+
+        assert_eq!(r.scrub_personal_features(&fields).await.expect("scrub"), 1);
+        let stored = std::fs::read_to_string(&key).expect("user content");
+        for secret in ["ada@example.org", "example", "lovelace", "notes", "Email"] {
+            assert!(!stored.contains(secret), "{secret} in {stored}");
+        }
+        let map: models::content::ContentModel =
+            serde_json::from_str(&stored).expect("still a profile map");
+        assert_eq!(map.features, ["a:age=36"]);
+        // The harmless feature keeps its row, and the intercept its own.
+        assert_eq!(map.weights, [1.0, 5.0]);
+        assert_eq!(r.active().expect("active").user_content, map);
+        assert_eq!(r.manifest().await.personal_fields_scrubbed, fields);
+
+        // Recorded in the manifest: a restart does not rewrite again, a new field does.
+        let planted = models::content::ContentModel {
+            dim: 1,
+            features: vec!["a:phone=555".into()],
+            weights: vec![1.0, 2.0],
+        };
+        std::fs::write(&key, serde_json::to_vec(&planted).expect("json")).expect("plant");
+        let r = registry(dir.path()).await;
+        assert_eq!(r.scrub_personal_features(&fields).await.expect("scrub"), 0);
+        assert!(std::fs::read_to_string(&key).expect("kept").contains("555"));
+        let more = ["email", "name", "notes", "phone"].map(String::from);
+        assert_eq!(r.scrub_personal_features(&more).await.expect("scrub"), 1);
+        let map: models::content::ContentModel =
+            serde_json::from_slice(&std::fs::read(&key).expect("rewritten")).expect("parses");
+        assert_eq!((map.features.len(), map.weights), (0, vec![2.0]));
+    }
 }

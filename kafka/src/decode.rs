@@ -228,7 +228,7 @@ mod tests {
             "available",
             "deleted",
         ]);
-        let key = prop_oneof![fields.prop_map(str::to_owned), any::<String>()];
+        let key = prop_oneof![fields.prop_map(str::to_owned), any::<String>()].boxed();
         let text = prop_oneof![
             prop::sample::select(vec!["view", "purchase", "rating", "u1", "i1", "Lamp", " "])
                 .prop_map(str::to_owned),

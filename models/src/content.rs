@@ -212,11 +212,11 @@ impl ContentModel {
         }
     }
 
-    /// The model without the features `drop` names (their weight rows go with them), or `None`
+    /// The model without the features `unwanted` names (their weight rows go with them), or `None`
     /// when it has none of them. Embedding tokens without those features gives the same vector
     /// from either model.
-    pub fn without_features(&self, drop: impl Fn(&str) -> bool) -> Option<Self> {
-        if !self.features.iter().any(|f| drop(f)) {
+    pub fn without_features(&self, unwanted: impl Fn(&str) -> bool) -> Option<Self> {
+        if !self.features.iter().any(|f| unwanted(f.as_str())) {
             return None;
         }
         let rows = self.features.len() + 1;
@@ -224,7 +224,7 @@ impl ContentModel {
         let mut features = Vec::with_capacity(self.features.len());
         let mut weights = Vec::with_capacity(self.weights.len());
         for (i, feature) in self.features.iter().enumerate() {
-            if !drop(feature) {
+            if !unwanted(feature.as_str()) {
                 features.push(feature.clone());
                 if consistent {
                     weights.extend_from_slice(&self.weights[i * self.dim..(i + 1) * self.dim]);

@@ -328,4 +328,65 @@ mod tests {
         let unknown_active = config(&[("k", [0; 32])], Some("missing"));
         assert!(PiiCipher::from_config(&unknown_active, dir.path()).is_err());
     }
+
+    #[test]
+    fn names_match_ignoring_case_and_nested_personal_fields_are_sealed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pii =
+            PiiCipher::from_config(&config(&[("k1", [3; 32])], None), dir.path()).expect("cipher");
+        let profile = serde_json::json!({
+            "EMAIL": "ada@example.org",
+            "contact": {"Name": "Ada Lovelace", "city": "London"},
+            "age": 36,
+        });
+        let sealed = pii.seal("u1", &profile).expect("seal");
+        let text = sealed.to_string();
+        assert!(
+            !text.contains("ada@example.org") && !text.contains("Lovelace"),
+            "{text}"
+        );
+        assert_eq!(sealed["age"], 36);
+        assert_eq!(pii.open("u1", &sealed).expect("open"), profile);
+    }
+
+    #[tokio::test]
+    async fn a_value_that_only_looks_sealed_does_not_break_profiles_for_everyone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pii = Arc::new(
+            PiiCipher::from_config(&config(&[("k1", [5; 32])], None), dir.path())
+                .expect("cipher"),
+        );
+        let db = Arc::new(crate::db::Db::open(&dir.path().join("db")).expect("db"));
+        let inner: Arc<dyn Catalog> = Arc::new(crate::catalog::RocksCatalog::new(db));
+        let catalog = SealedCatalog::new(inner.clone(), pii);
+        // A client's own value shaped like ciphertext is sealed like a personal one: it opens
+        // back to exactly what the client sent.
+        let lookalike = serde_json::json!({"bio": {"$pii": "k1:bm90IHNlYWxlZA=="}, "age": 30});
+        catalog
+            .put_profile("mimic", &lookalike)
+            .await
+            .expect("stored");
+        assert_eq!(
+            catalog.get_profile("mimic").await.expect("opens"),
+            Some(lookalike)
+        );
+        // One written before that rule (straight to the store) does not open; the others load.
+        inner
+            .put_profile("legacy", &serde_json::json!({"bio": {"$pii": "nokey:AAAA"}}))
+            .await
+            .expect("stored");
+        catalog
+            .put_profile("ada", &serde_json::json!({"email": "ada@example.org", "age": 36}))
+            .await
+            .expect("stored");
+        let mut users: Vec<String> = catalog
+            .profiles()
+            .await
+            .expect("profiles load")
+            .into_iter()
+            .map(|(user, _)| user)
+            .collect();
+        users.sort();
+        assert_eq!(users, ["ada", "mimic"]);
+    }
 }
