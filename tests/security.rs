@@ -506,6 +506,7 @@ async fn objects_holding(store: &dyn storage::ObjectStore, needles: &[&str]) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_profile_fields_never_reach_model_artifacts_and_old_versions_are_rewritten() {
+    use storage::ObjectStore as _;
     let (_guard, dir) = workdir();
     let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
     let url = format!("s3://streamrec/t{}", uuid::Uuid::now_v7().simple());
