@@ -521,11 +521,14 @@ async fn personal_profile_fields_never_reach_model_artifacts_and_old_versions_ar
         let registry = actors::ModelRegistry::open(s3.clone())
             .await
             .expect("registry");
-        let old = version_with_personal_features(|n| {
-            json!({"Name": "Oldsecretname", "email": format!("u{n}@oldpiimail.example"), "age": 30})
-        });
+        let old = version_with_personal_features(
+            |n| json!({"Name": "Oldsecretname", "email": format!("u{n}@oldpiimail.example"), "age": 30}),
+        );
         assert!(
-            old.user_content.features.iter().any(|f| f.contains("oldsecretname")),
+            old.user_content
+                .features
+                .iter()
+                .any(|f| f.contains("oldsecretname")),
             "the old version must hold what the migration removes: {:?}",
             old.user_content.features
         );
@@ -573,17 +576,27 @@ async fn personal_profile_fields_never_reach_model_artifacts_and_old_versions_ar
         assert_eq!(status, 204, "{body}");
         let first = if u % 2 == 0 { 0 } else { 3 };
         for i in first..first + 3 {
-            events.push(click(&format!("e{u}-{i}"), &format!("u{u}"), &format!("p{i}")));
+            events.push(click(
+                &format!("e{u}-{i}"),
+                &format!("u{u}"),
+                &format!("p{i}"),
+            ));
         }
     }
     assert_eq!(server.post_events(events).await.0, 202);
-    eventually(&server, "/v1/users/u9", |s, b| s == 200 && b["num_events"] == 3).await;
+    eventually(&server, "/v1/users/u9", |s, b| {
+        s == 200 && b["num_events"] == 3
+    })
+    .await;
     let version = server.train().await;
 
     // No object in the store holds a personal value, in any case, old version or new.
     let all: Vec<&str> = secrets.iter().chain(&old_secrets).copied().collect();
     let found = objects_holding(s3.as_ref(), &all).await;
-    assert!(found.is_empty(), "personal data in model artifacts: {found:?}");
+    assert!(
+        found.is_empty(),
+        "personal data in model artifacts: {found:?}"
+    );
     // The harmless field is still a feature of the new version's profile map.
     let user_content = s3
         .get(&format!("models/{version}/user_content.json"))

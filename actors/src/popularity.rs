@@ -117,7 +117,8 @@ pub fn deltas<'a>(
             .filter(|k| !after.contains_key(*k))
             .map(String::as_str),
     );
-    let total = |map: &HashMap<String, f32>, id: &str| f64::from(map.get(id).copied().unwrap_or(0.0));
+    let total =
+        |map: &HashMap<String, f32>, id: &str| f64::from(map.get(id).copied().unwrap_or(0.0));
     let view = catalog.read();
     items
         .into_iter()

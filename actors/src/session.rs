@@ -287,8 +287,13 @@ impl SessionState {
             let state = serde_json::to_vec(&next).map_err(ApiError::internal)?;
             // Popularity: catalogued items only, each user's part capped (see `popularity`).
             let cap = services.config.trending.max_user_weight;
-            let deltas =
-                crate::popularity::deltas(touched, &self.data.items, &next.items, &services.catalog, cap);
+            let deltas = crate::popularity::deltas(
+                touched,
+                &self.data.items,
+                &next.items,
+                &services.catalog,
+                cap,
+            );
             services
                 .store
                 .commit(SessionCommit {

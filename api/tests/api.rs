@@ -247,7 +247,9 @@ async fn a_control_character_in_a_title_attribute_or_profile_is_refused_with_400
         json!({"title": "Lamp", "attributes": {"spec": {"parts": [{"name\u{0}": 1}]}}}),
         json!({"title": "Lamp", "attributes": {"spec": [["\u{1b}[31m"]]}}),
     ] {
-        let (status, body) = api.call(Method::PUT, "/v1/items/lamp", Some(bad.clone())).await;
+        let (status, body) = api
+            .call(Method::PUT, "/v1/items/lamp", Some(bad.clone()))
+            .await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
         assert!(
             body["error"]["message"]
@@ -302,17 +304,37 @@ async fn uncatalogued_or_one_users_purchases_never_make_an_item_popular_or_trend
     let mut events = Vec::new();
     // Many users buy "crowd" once each, and "plain" once or twice.
     for u in 0..12 {
-        events.extend(purchases(&format!("c{u}"), &format!("buyer{u}"), "crowd", 1));
-        events.extend(purchases(&format!("p{u}"), &format!("buyer{u}"), "plain", 1 + u % 2));
+        events.extend(purchases(
+            &format!("c{u}"),
+            &format!("buyer{u}"),
+            "crowd",
+            1,
+        ));
+        events.extend(purchases(
+            &format!("p{u}"),
+            &format!("buyer{u}"),
+            "plain",
+            1 + u % 2,
+        ));
     }
     // One user buys "hyped" a thousand times, and made-up ids that nobody catalogued, together
     // with "crowd" (so that the model would put them next to it).
     let mallory = "mallory";
     events.extend(purchases("h", mallory, "hyped", 1_000));
     for i in 0..40 {
-        events.extend(purchases(&format!("f{i}"), mallory, &format!("fake-{i}"), 5));
+        events.extend(purchases(
+            &format!("f{i}"),
+            mallory,
+            &format!("fake-{i}"),
+            5,
+        ));
         for u in 0..3 {
-            events.extend(purchases(&format!("f{i}-{u}"), &format!("buyer{u}"), &format!("fake-{i}"), 1));
+            events.extend(purchases(
+                &format!("f{i}-{u}"),
+                &format!("buyer{u}"),
+                &format!("fake-{i}"),
+                1,
+            ));
         }
     }
     events.extend(purchases("mc", mallory, "crowd", 1));

@@ -92,10 +92,7 @@ fn allowed_in_text(c: char) -> bool {
 
 /// Checks free text: no control character but tab, line feed and carriage return.
 pub fn validate_text(field: &str, value: &str) -> Result<(), String> {
-    if value
-        .chars()
-        .any(|c| c.is_control() && !allowed_in_text(c))
-    {
+    if value.chars().any(|c| c.is_control() && !allowed_in_text(c)) {
         return Err(format!(
             "`{field}` must not contain control characters other than tab and line breaks"
         ));

@@ -116,7 +116,13 @@ mod tests {
         for token in ["a:email=a@b.c", "a:Email:ada", "a:NOTES~1990", "a:name:x=y"] {
             assert!(p.is_personal_token(token), "{token}");
         }
-        for token in ["a:age=36", "a:username=x", "c:email", "w:name", "a:emails:x"] {
+        for token in [
+            "a:age=36",
+            "a:username=x",
+            "c:email",
+            "w:name",
+            "a:emails:x",
+        ] {
             assert!(!p.is_personal_token(token), "{token}");
         }
     }

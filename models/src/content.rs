@@ -430,7 +430,11 @@ mod tests {
         assert_eq!(clean.features.len() + 1, clean.weights.len() / 2);
         let tokens = vec!["a:k=1".to_owned()];
         assert_eq!(clean.embed(&tokens), model.embed(&tokens));
-        assert!(clean.without_features(|f| personal.is_personal_token(f)).is_none());
+        assert!(
+            clean
+                .without_features(|f| personal.is_personal_token(f))
+                .is_none()
+        );
     }
 
     #[test]

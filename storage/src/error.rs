@@ -41,7 +41,9 @@ impl From<sqlx::Error> for StorageError {
     fn from(error: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &error
             && let Some(code) = db.code()
-            && DATA_ERROR_CLASSES.iter().any(|class| code.starts_with(class))
+            && DATA_ERROR_CLASSES
+                .iter()
+                .any(|class| code.starts_with(class))
         {
             return StorageError::InvalidData {
                 sqlstate: code.into_owned(),

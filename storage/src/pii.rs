@@ -353,8 +353,7 @@ mod tests {
     async fn a_value_that_only_looks_sealed_does_not_break_profiles_for_everyone() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pii = Arc::new(
-            PiiCipher::from_config(&config(&[("k1", [5; 32])], None), dir.path())
-                .expect("cipher"),
+            PiiCipher::from_config(&config(&[("k1", [5; 32])], None), dir.path()).expect("cipher"),
         );
         let db = Arc::new(crate::db::Db::open(&dir.path().join("db")).expect("db"));
         let inner: Arc<dyn Catalog> = Arc::new(crate::catalog::RocksCatalog::new(db));
@@ -372,11 +371,17 @@ mod tests {
         );
         // One written before that rule (straight to the store) does not open; the others load.
         inner
-            .put_profile("legacy", &serde_json::json!({"bio": {"$pii": "nokey:AAAA"}}))
+            .put_profile(
+                "legacy",
+                &serde_json::json!({"bio": {"$pii": "nokey:AAAA"}}),
+            )
             .await
             .expect("stored");
         catalog
-            .put_profile("ada", &serde_json::json!({"email": "ada@example.org", "age": 36}))
+            .put_profile(
+                "ada",
+                &serde_json::json!({"email": "ada@example.org", "age": 36}),
+            )
             .await
             .expect("stored");
         let mut users: Vec<String> = catalog

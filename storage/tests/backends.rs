@@ -134,7 +134,9 @@ async fn postgres_data_errors_are_invalid_input_not_an_outage() {
         .attributes
         .insert("colour".into(), serde_json::json!("red\u{0}"));
     let mut nul_key = item("n3", true);
-    nul_key.attributes.insert("k\u{0}".into(), serde_json::json!(1));
+    nul_key
+        .attributes
+        .insert("k\u{0}".into(), serde_json::json!(1));
     let refused = [
         Item {
             title: "Lamp\u{0}".into(),
@@ -148,7 +150,10 @@ async fn postgres_data_errors_are_invalid_input_not_an_outage() {
         assert!(error.is_invalid_data(), "{}: {error}", bad.item_id);
         let api = common::ApiError::from(error);
         assert_eq!(api.code, common::ErrorCode::InvalidArgument, "{api:?}");
-        assert!(view.get(&bad.item_id).is_none(), "the view took a refused write");
+        assert!(
+            view.get(&bad.item_id).is_none(),
+            "the view took a refused write"
+        );
     }
     let error = catalog
         .put_profile("u1", &serde_json::json!({"bio": "hi\u{0}"}))
