@@ -28,8 +28,12 @@ pub struct Item {
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemInput {
-    /// Not blank; at most 1024 characters.
-    #[schema(min_length = 1, max_length = 1024, pattern = r"\S")]
+    /// Not blank; at most 1024 characters; no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub title: String,
     #[serde(default)]
     #[schema(value_type = Vec<crate::Id>, max_items = 64)]
@@ -37,8 +41,10 @@ pub struct ItemInput {
     #[serde(default)]
     #[schema(value_type = Vec<crate::Id>, max_items = 64)]
     pub tags: Vec<String>,
+    /// Any JSON values; keys without control characters, strings without control characters
+    /// but tab and line breaks, at any depth.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = JsonObject)]
     pub attributes: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub available: Option<bool>,
@@ -130,6 +136,74 @@ pub fn validate_json(
     }
     Ok(())
 }
+
+/// [`validate_label`] as a regular expression (JSON Schema / ECMA syntax).
+pub const LABEL_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
+/// [`validate_text`] as a regular expression.
+pub const TEXT_PATTERN: &str = r"^[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]*$";
+
+/// The OpenAPI schema of a JSON object [`validate_json`] accepts (item attributes, profiles),
+/// so that the published document and the validation cannot disagree: an object whose keys
+/// match [`LABEL_PATTERN`] and whose values are [`JsonValue`]s.
+pub struct JsonObject;
+
+impl JsonObject {
+    pub fn builder() -> utoipa::openapi::ObjectBuilder {
+        use utoipa::openapi::{ObjectBuilder, Ref, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(LABEL_PATTERN)),
+            ))
+            .additional_properties(Some(Ref::from_schema_name("JsonValue")))
+    }
+}
+
+impl utoipa::PartialSchema for JsonObject {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        Self::builder().into()
+    }
+}
+
+impl utoipa::ToSchema for JsonObject {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            <JsonValue as utoipa::ToSchema>::name().into_owned(),
+            <JsonValue as utoipa::PartialSchema>::schema(),
+        ));
+    }
+}
+
+/// Any JSON value inside a [`JsonObject`], recursively.
+pub struct JsonValue;
+
+impl utoipa::PartialSchema for JsonValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder};
+        use utoipa::openapi::{ObjectBuilder, Ref, Type};
+        AnyOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(TEXT_PATTERN)),
+            )
+            .item(ArrayBuilder::new().items(Ref::from_schema_name("JsonValue")))
+            .item(JsonObject::builder())
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for JsonValue {}
 
 fn dedup(mut labels: Vec<String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
