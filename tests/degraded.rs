@@ -48,6 +48,7 @@ async fn with_redis_down_recommendations_come_from_l1_and_the_model() {
         &[("STREAMREC__CACHE__URL", format!("redis://127.0.0.1:{port}"))],
     )
     .await;
+    server.catalog((0..17).map(|i| format!("i{i}"))).await;
     let events: Vec<Value> = (0..30)
         .map(|i| {
             click(

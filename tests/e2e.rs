@@ -672,6 +672,7 @@ async fn a_new_model_swaps_in_under_load_without_a_failed_request_and_rolls_back
 async fn one_websocket_watches_several_users_and_drops_them_on_request() {
     let (_guard, dir) = workdir();
     let server = Server::start(&dir).await;
+    server.catalog((0..20).map(|i| format!("m{i}"))).await;
     let history: Vec<Value> = (0..60)
         .map(|i| {
             click(
@@ -821,6 +822,7 @@ async fn next_operation(rx: &mut WsRead) -> Value {
 async fn a_graphql_subscription_pushes_every_change() {
     let (_guard, dir) = workdir();
     let server = Server::start(&dir).await;
+    server.catalog((0..16).map(|i| format!("m{i}"))).await;
     let history: Vec<Value> = (0..40)
         .map(|i| {
             click(

@@ -287,6 +287,68 @@ async fn a_peer_producers_events_change_recommendations_and_bad_messages_go_to_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_a_product_update_goes_to_the_dlq_and_the_partition_goes_on() {
+    let (_guard, dir) = workdir();
+    let topics = Topics::new(&env("STREAMREC_TEST_KAFKA"));
+    // The catalog in PostgreSQL, which refuses `\0` in TEXT and JSONB: the case that stalled.
+    let mut settings = topics.settings();
+    settings.push(("STREAMREC__CATALOG__URL", fresh_database().await));
+    let server = Server::start_with(&dir, &dir.join("data"), &settings).await;
+    let producer = topics.producer();
+    eventually(&server, "/readyz", |_, b| {
+        b["dependencies"]["events"] == "up"
+    })
+    .await;
+    // One key: every message on the same partition, in this order.
+    let poison: [&[u8]; 2] = [
+        br#"{"item_id":"lamp","title":"Lamp\u0000"}"#,
+        br#"{"item_id":"lamp","title":"Lamp","attributes":{"spec":{"colour":"red\u0000"}}}"#,
+    ];
+    for value in poison {
+        topics
+            .produce(&producer, "product-updates", "lamp", value)
+            .await;
+    }
+    let good = json!({"item_id": "lamp", "title": "Lamp", "attributes": {"colour": "red"}});
+    topics
+        .produce(
+            &producer,
+            "product-updates",
+            "lamp",
+            good.to_string().as_bytes(),
+        )
+        .await;
+
+    // The good update behind the poison ones is applied...
+    let item = eventually(&server, "/v1/items/lamp", |s, _| s == 200).await;
+    assert_eq!(item["attributes"]["colour"], "red", "{item}");
+    // ...the poison ones sit in the DLQ with their reason...
+    let letters = topics.read_all("product-updates.dlq", PARTITIONS, 2);
+    assert_eq!(letters.len(), 2);
+    for value in poison {
+        let letter = letters
+            .iter()
+            .find(|m| m.payload() == Some(value))
+            .unwrap_or_else(|| panic!("{} not in the DLQ", String::from_utf8_lossy(value)));
+        let reason = letter
+            .headers()
+            .expect("headers")
+            .iter()
+            .find(|h| h.key == "reason")
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .expect("a reason header");
+        assert!(reason.contains("control characters"), "{reason}");
+    }
+    // ...and every offset is committed: nothing is replayed for ever.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while topics.committed("product-updates", PARTITIONS) < 3 {
+        assert!(Instant::now() < deadline, "the partition is stuck");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posted_events_go_through_the_broker_on_the_java_clients_partition() {
     let (_guard, dir) = workdir();
     let topics = Topics::new(&env("STREAMREC_TEST_KAFKA"));

@@ -584,6 +584,184 @@ async fn personal_data_is_encrypted_at_rest_and_never_logged() {
     );
 }
 
+/// A version as the trainer wrote it before profiles were filtered: its profile map learned
+/// from every profile field, personal ones included.
+fn version_with_personal_features(profile: impl Fn(usize) -> Value) -> models::ModelArtifact {
+    let mut data = models::Interactions::default();
+    let mut users = Vec::new();
+    for u in 0..10usize {
+        for i in (0..6usize).filter(|i| (u + i) % 3 != 0) {
+            data.add(&format!("u{u}"), &format!("p{i}"), 2.0, (u * 10 + i) as i64);
+        }
+    }
+    for user in &data.users {
+        let n: usize = user[1..].parse().expect("u<n>");
+        let attributes = profile(n).as_object().cloned().expect("an object");
+        users.push(models::content::tokens(models::content::ItemContent {
+            title: "",
+            categories: &[],
+            tags: &[],
+            attributes: &attributes,
+        }));
+    }
+    let content = actors::trainer::Content {
+        items: vec![Vec::new(); data.items.len()],
+        users,
+    };
+    let params = models::TrainParams {
+        dim: 4,
+        iterations: 3,
+        regularization: 0.1,
+        alpha: 4.0,
+        seed: 1,
+    };
+    actors::trainer::train(
+        data,
+        content,
+        None,
+        params,
+        models::HybridParams::default(),
+        5.0,
+        |_, _| {},
+    )
+}
+
+/// Objects under `store` whose bytes hold any of `needles` (compared in lower case).
+async fn objects_holding(store: &dyn storage::ObjectStore, needles: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for key in store.list("").await.expect("list") {
+        let bytes = store.get(&key).await.expect("get").unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes).to_lowercase();
+        for needle in needles {
+            if text.contains(&needle.to_lowercase()) {
+                found.push(format!("{needle} in {key}"));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_profile_fields_never_reach_model_artifacts_and_old_versions_are_rewritten() {
+    use storage::ObjectStore as _;
+    let (_guard, dir) = workdir();
+    let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
+    let url = format!("s3://streamrec/t{}", uuid::Uuid::now_v7().simple());
+    let s3 = std::sync::Arc::new(
+        storage::S3ObjectStore::new(&url, Some(&endpoint))
+            .await
+            .expect("s3"),
+    );
+    // Shared by several users, so that each would be a feature of the profile map.
+    let old_secrets = ["oldsecretname", "oldpiimail"];
+    {
+        let registry = actors::ModelRegistry::open(s3.clone())
+            .await
+            .expect("registry");
+        let old = version_with_personal_features(
+            |n| json!({"Name": "Oldsecretname", "email": format!("u{n}@oldpiimail.example"), "age": 30}),
+        );
+        assert!(
+            old.user_content
+                .features
+                .iter()
+                .any(|f| f.contains("oldsecretname")),
+            "the old version must hold what the migration removes: {:?}",
+            old.user_content.features
+        );
+        registry.publish(old, 0.05).await.expect("old version");
+    }
+
+    let settings = [
+        ("STREAMREC__OBJECTS__URL", url.clone()),
+        ("STREAMREC__OBJECTS__ENDPOINT", endpoint.clone()),
+        ("STREAMREC__CATALOG__URL", fresh_database().await),
+        (
+            "STREAMREC__TELEMETRY__LOG_LEVEL",
+            "debug,ort=warn".to_owned(),
+        ),
+    ];
+    let server = Server::start_with(&dir, &dir.join("data"), &settings).await;
+    server.catalog((0..6).map(|i| format!("p{i}"))).await;
+    let secrets = [
+        "qqvzz",
+        "piimail",
+        "zyxwquo",
+        "pemberton",
+        "xylophonic",
+        "quokkas",
+        "5550199",
+    ];
+    let mut events = Vec::new();
+    for u in 0..10 {
+        let likes = if u % 2 == 0 { "music" } else { "books" };
+        let profile = json!({
+            "email": format!("u{u}.qqvzz@piimail.example"),
+            "name": "Zyxwquo Pemberton",
+            "Notes": "likes xylophonic quokkas",
+            "PHONE": "+44 5550199",
+            "contact": {"email": "qqvzz@piimail.example"},
+            "likes": likes,
+        });
+        let (status, body) = server
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/users/u{u}/profile"),
+                Some(profile),
+            )
+            .await;
+        assert_eq!(status, 204, "{body}");
+        let first = if u % 2 == 0 { 0 } else { 3 };
+        for i in first..first + 3 {
+            events.push(click(
+                &format!("e{u}-{i}"),
+                &format!("u{u}"),
+                &format!("p{i}"),
+            ));
+        }
+    }
+    assert_eq!(server.post_events(events).await.0, 202);
+    eventually(&server, "/v1/users/u9", |s, b| {
+        s == 200 && b["num_events"] == 3
+    })
+    .await;
+    let version = server.train().await;
+
+    // No object in the store holds a personal value, in any case, old version or new.
+    let all: Vec<&str> = secrets.iter().chain(&old_secrets).copied().collect();
+    let found = objects_holding(s3.as_ref(), &all).await;
+    assert!(
+        found.is_empty(),
+        "personal data in model artifacts: {found:?}"
+    );
+    // The harmless field is still a feature of the new version's profile map.
+    let user_content = s3
+        .get(&format!("models/{version}/user_content.json"))
+        .await
+        .expect("get")
+        .expect("the new version's profile map");
+    let map: models::content::ContentModel =
+        serde_json::from_slice(&user_content).expect("profile map");
+    assert!(
+        map.features.iter().any(|f| f == "a:likes=music"),
+        "{:?}",
+        map.features
+    );
+    // The migration is recorded, so it runs once.
+    let (_, models) = server.get("/v1/admin/models").await;
+    assert!(
+        models["personal_fields_scrubbed"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("name"))),
+        "{models}"
+    );
+    server.terminate(Duration::from_secs(30));
+    let log = std::fs::read_to_string(dir.join("node.log")).expect("log");
+    for secret in all {
+        assert!(!log.to_lowercase().contains(secret), "{secret} in the log");
+    }
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

@@ -2,8 +2,9 @@
 //! from the consumer group, and everything downstream (ingest actors, sessions, archive,
 //! training) stays as it is in embedded mode.
 //!
-//! Per batch: decode every message; catalog changes go to the catalog, malformed messages to
-//! `<topic>.dlq` (with the reason in a header), events to the journal (which drops event ids it
+//! Per batch: decode every message; catalog changes go to the catalog, malformed messages (and
+//! catalog changes the store refuses as invalid data) to `<topic>.dlq` (with the reason in a
+//! header), events to the journal (which drops event ids it
 //! already holds). Then the bridge waits until the ingest actors have applied the journaled
 //! events to session state in RocksDB, and only then commits the Kafka offsets. A crash anywhere
 //! replays the batch and changes nothing twice: at-least-once delivery, exactly-once effect.
@@ -17,6 +18,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use common::partition::partition_for;
+use common::{ApiError, ErrorCode};
 use kafka::{DeadLetter, Decoded, GroupConsumer, Producer, Settings, decode};
 use prometheus::{IntCounterVec, register_int_counter_vec};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -167,36 +169,37 @@ impl BridgeState {
         let mut events = Vec::new();
         for message in &batch {
             let topic = message.topic.base_name();
-            match decode(settings, message, now) {
+            let applied = match decode(settings, message, now) {
                 Ok(Decoded::Event(event)) => {
                     events.push(event);
                     MESSAGES.with_label_values(&[topic, "applied"]).inc();
                     continue;
                 }
                 Ok(Decoded::Upsert(item)) => {
-                    retry("catalog upsert", || services.upsert_item(item.clone())).await?;
+                    apply_catalog("catalog upsert", || services.upsert_item(item.clone())).await?
                 }
                 Ok(Decoded::Delete(item_id)) => {
-                    retry("catalog delete", || services.delete_item(&item_id)).await?;
+                    apply_catalog("catalog delete", || services.delete_item(&item_id)).await?
                 }
-                Err(reason) => {
-                    tracing::warn!(topic, partition = message.partition, offset = message.offset, %reason, "dead letter");
-                    let producer = &self.args.producer;
-                    retry("dead letter", || {
-                        producer.dead_letter(DeadLetter {
-                            topic: message.topic,
-                            partition: message.partition,
-                            offset: message.offset,
-                            key: message.key.as_deref(),
-                            payload: message.payload.as_deref(),
-                            reason: &reason,
-                        })
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = applied {
+                tracing::warn!(topic, partition = message.partition, offset = message.offset, %reason, "dead letter");
+                let producer = &self.args.producer;
+                retry("dead letter", || {
+                    producer.dead_letter(DeadLetter {
+                        topic: message.topic,
+                        partition: message.partition,
+                        offset: message.offset,
+                        key: message.key.as_deref(),
+                        payload: message.payload.as_deref(),
+                        reason: &reason,
                     })
-                    .await?;
-                    self.obs_state.num_dead_letters += 1;
-                    MESSAGES.with_label_values(&[topic, "dead_letter"]).inc();
-                    continue;
-                }
+                })
+                .await?;
+                self.obs_state.num_dead_letters += 1;
+                MESSAGES.with_label_values(&[topic, "dead_letter"]).inc();
+                continue;
             }
             self.obs_state.num_catalog_changes += 1;
             MESSAGES.with_label_values(&[topic, "applied"]).inc();
@@ -261,6 +264,32 @@ impl BridgeState {
     }
 }
 
+/// Applies a catalog change, retrying while the store is unavailable. A change the store refuses
+/// as invalid (`invalid_argument`: data PostgreSQL will never take) is not retried: the outer
+/// `Ok(Err(reason))` sends it to the dead-letter topic, and the partition goes on.
+async fn apply_catalog<T, F>(
+    what: &str,
+    mut step: impl FnMut() -> F,
+) -> Result<Result<(), String>, ActorProcessingErr>
+where
+    F: Future<Output = Result<T, ApiError>>,
+{
+    let outcome = retry(what, || {
+        let attempt = step();
+        async move {
+            match attempt.await {
+                Ok(_) => Ok(Ok(())),
+                Err(e) if e.code == ErrorCode::InvalidArgument => {
+                    Ok(Err(format!("invalid item: {}", e.message)))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    })
+    .await?;
+    Ok(outcome)
+}
+
 /// Runs `step` until it succeeds, with backoff, for at most [`RETRY_FOR`].
 async fn retry<T, E, F>(what: &str, mut step: impl FnMut() -> F) -> Result<T, ActorProcessingErr>
 where
@@ -279,5 +308,46 @@ where
             }
             Err(error) => return Err(format!("{what}: {error}").into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_catalog_change_the_store_refuses_is_a_dead_letter_not_a_retry() {
+        let attempts = AtomicUsize::new(0);
+        let refused = apply_catalog("catalog upsert", || {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            async {
+                Err::<(), _>(ApiError::invalid(
+                    "the store refused a value as invalid (SQLSTATE 22021)",
+                ))
+            }
+        })
+        .await
+        .expect("not a failure of the bridge");
+        let reason = refused.expect_err("a dead letter");
+        assert!(reason.contains("SQLSTATE 22021"), "{reason}");
+        assert_eq!(attempts.load(Ordering::Relaxed), 1, "never retried");
+
+        // An outage is retried until the store answers (with backoff: 0.7 s here).
+        let attempts = AtomicUsize::new(0);
+        let applied = apply_catalog("catalog upsert", || {
+            let n = attempts.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if n < 3 {
+                    Err(ApiError::unavailable("a backing store is unavailable"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .expect("applied in the end");
+        assert_eq!((applied, attempts.load(Ordering::Relaxed)), (Ok(()), 4));
     }
 }

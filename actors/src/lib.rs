@@ -86,6 +86,7 @@ impl Services {
     /// Deletes an item; it is never recommended again. Returns whether it existed.
     pub async fn delete_item(&self, item_id: &str) -> Result<bool, ApiError> {
         let existed = self.catalog.delete(item_id).await.map_err(ApiError::from)?;
+        self.popularity.forget(item_id);
         self.catalog_filters_changed();
         Ok(existed)
     }

@@ -957,9 +957,9 @@ mod tests {
     async fn trending_items_are_lifted_within_the_ranking() {
         let (artifact, scorer, catalog, popularity) = fixture().await;
         let mask = MaskCache::default().get(&artifact, &catalog, None);
-        let trending = Trending::new(std::time::Duration::from_secs(300), 12);
+        let trending = Trending::new(std::time::Duration::from_secs(300), 12, 5.0);
         let now = common::now_millis();
-        trending.record("y2", &[], 5.0, now, now);
+        trending.record("u", "y2", &[], 5.0, now, now);
         let ranked = |boost: f32| {
             let signals = Signals {
                 popularity: &popularity,

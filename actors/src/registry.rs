@@ -28,6 +28,11 @@ pub struct Manifest {
     /// Versions in the order they were activated, latest last (rollback walks it back).
     #[serde(default)]
     pub activations: Vec<String>,
+    /// Personal profile fields (lower case) that every stored version's profile map has been
+    /// rewritten without ([`ModelRegistry::scrub_personal_features`]); the rewrite runs again
+    /// only when `pii.fields` names one that is not here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub personal_fields_scrubbed: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -230,6 +235,65 @@ impl ModelRegistry {
         Ok(artifact)
     }
 
+    /// A one-time migration: rewrites the profile map (`user_content.json`) of every stored
+    /// version without the features of personal fields, which versions trained before profiles
+    /// were filtered may hold (`a:email=…`, `a:name:…`). Dropping a feature drops its weight row;
+    /// every profile without personal fields embeds as before. A map that does not parse is
+    /// replaced by an empty one (the version then serves without profiles). The manifest records
+    /// the fields scrubbed, so this runs once per set of `pii.fields`; returns how many versions
+    /// were rewritten.
+    pub async fn scrub_personal_features(&self, fields: &[String]) -> Result<usize, ApiError> {
+        let personal = common::pii::PersonalFields::new(fields);
+        let mut manifest = self.manifest.lock().await;
+        let done = common::pii::PersonalFields::new(&manifest.personal_fields_scrubbed);
+        if fields.iter().all(|f| done.is_personal(f)) {
+            return Ok(0);
+        }
+        let mut rewritten = Vec::new();
+        // Every version in the store, listed or not (one written just before a crash, say).
+        for key in self.objects.list("models/").await.map_err(io)? {
+            let Some(version) = key
+                .strip_prefix("models/")
+                .and_then(|k| k.strip_suffix("/user_content.json"))
+            else {
+                continue;
+            };
+            let Some(bytes) = self.objects.get(&key).await.map_err(io)? else {
+                continue;
+            };
+            let clean = match serde_json::from_slice::<models::content::ContentModel>(&bytes) {
+                Ok(map) => map.without_features(|f| personal.is_personal_token(f)),
+                Err(error) => {
+                    tracing::warn!(%version, %error, "unreadable profile map replaced by an empty one");
+                    Some(models::content::ContentModel::default())
+                }
+            };
+            if let Some(clean) = clean {
+                let bytes = serde_json::to_vec_pretty(&clean).map_err(io)?;
+                self.objects.put(&key, bytes).await.map_err(io)?;
+                rewritten.push(version.to_owned());
+            }
+        }
+        let mut next = manifest.clone();
+        next.personal_fields_scrubbed
+            .extend(fields.iter().map(|f| f.to_lowercase()));
+        next.personal_fields_scrubbed.sort_unstable();
+        next.personal_fields_scrubbed.dedup();
+        self.write_manifest(&next).await?;
+        *manifest = next;
+        tracing::info!(
+            num_versions = rewritten.len(),
+            "stored profile maps scrubbed of personal fields"
+        );
+        // The artifact in memory is the stored one again.
+        if let Some(active) = manifest.active.as_deref()
+            && rewritten.iter().any(|v| v == active)
+        {
+            self.active.store(Some(Arc::new(self.load(active).await?)));
+        }
+        Ok(rewritten.len())
+    }
+
     /// The version active before the current one, if any.
     pub async fn previous(&self) -> Option<String> {
         let manifest = self.manifest.lock().await;
@@ -351,5 +415,60 @@ mod tests {
             panic!("an unknown version was activated");
         };
         assert_eq!(missing.code, common::ErrorCode::NotFound);
+    }
+
+    #[tokio::test]
+    async fn stored_versions_are_rewritten_once_without_personal_profile_features() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry(dir.path()).await;
+        // A version trained before profiles were filtered: its profile map learned from emails,
+        // names and notes (any case) beside a harmless field.
+        let mut old = artifact("v1", None);
+        let features: Vec<String> = [
+            "a:Email=ada@example.org",
+            "a:age=36",
+            "a:email:example",
+            "a:name:lovelace",
+            "a:notes~1990",
+        ]
+        .map(String::from)
+        .to_vec();
+        old.user_content = models::content::ContentModel {
+            dim: 1,
+            weights: (0..=features.len()).map(|i| i as f32).collect(),
+            features,
+        };
+        r.publish(old, 0.05).await.expect("v1");
+        let key = dir.path().join("models/v1/user_content.json");
+        let fields = ["email", "name", "notes"].map(String::from);
+
+        assert_eq!(r.scrub_personal_features(&fields).await.expect("scrub"), 1);
+        let stored = std::fs::read_to_string(&key).expect("user content");
+        for secret in ["ada@example.org", "example", "lovelace", "notes", "Email"] {
+            assert!(!stored.contains(secret), "{secret} in {stored}");
+        }
+        let map: models::content::ContentModel =
+            serde_json::from_str(&stored).expect("still a profile map");
+        assert_eq!(map.features, ["a:age=36"]);
+        // The harmless feature keeps its row, and the intercept its own.
+        assert_eq!(map.weights, [1.0, 5.0]);
+        assert_eq!(r.active().expect("active").user_content, map);
+        assert_eq!(r.manifest().await.personal_fields_scrubbed, fields);
+
+        // Recorded in the manifest: a restart does not rewrite again, a new field does.
+        let planted = models::content::ContentModel {
+            dim: 1,
+            features: vec!["a:phone=555".into()],
+            weights: vec![1.0, 2.0],
+        };
+        std::fs::write(&key, serde_json::to_vec(&planted).expect("json")).expect("plant");
+        let r = registry(dir.path()).await;
+        assert_eq!(r.scrub_personal_features(&fields).await.expect("scrub"), 0);
+        assert!(std::fs::read_to_string(&key).expect("kept").contains("555"));
+        let more = ["email", "name", "notes", "phone"].map(String::from);
+        assert_eq!(r.scrub_personal_features(&more).await.expect("scrub"), 1);
+        let map: models::content::ContentModel =
+            serde_json::from_slice(&std::fs::read(&key).expect("rewritten")).expect("parses");
+        assert_eq!((map.features.len(), map.weights), (0, vec![2.0]));
     }
 }

@@ -255,7 +255,7 @@ impl SessionState {
         let mut outcome = ApplyOutcome::default();
         let mut applied_ids: Vec<&str> = Vec::new();
         let mut in_batch = HashSet::new();
-        let mut deltas: HashMap<&str, f64> = HashMap::new();
+        let mut touched: HashSet<&str> = HashSet::new();
         for record in &records {
             let e = &record.event;
             let erased = self.tombstone.is_some_and(|t| t.covers(record));
@@ -278,16 +278,22 @@ impl SessionState {
                 ts: e.ts,
             });
             next.recent.truncate(max_recent);
-            if w > 0.0 {
-                *deltas.entry(e.item_id.as_str()).or_default() += f64::from(w);
-            }
+            touched.insert(e.item_id.as_str());
             applied_ids.push(&e.event_id);
             outcome.applied += 1;
         }
         self.obs_state.num_duplicates += outcome.duplicates as u64;
         if outcome.applied > 0 {
             let state = serde_json::to_vec(&next).map_err(ApiError::internal)?;
-            let deltas: Vec<(&str, f64)> = deltas.into_iter().collect();
+            // Popularity: catalogued items only, each user's part capped (see `popularity`).
+            let cap = services.config.trending.max_user_weight;
+            let deltas = crate::popularity::deltas(
+                touched,
+                &self.data.items,
+                &next.items,
+                &services.catalog,
+                cap,
+            );
             services
                 .store
                 .commit(SessionCommit {
@@ -304,14 +310,14 @@ impl SessionState {
             let view = services.catalog.read();
             for r in &records {
                 let e = &r.event;
-                if applied_ids.contains(&e.event_id.as_str()) {
-                    let categories = match view.status(&e.item_id) {
-                        ItemStatus::Catalogued(item) => item.categories.as_slice(),
-                        _ => &[],
-                    };
+                // Ids nobody catalogued never trend.
+                if let ItemStatus::Catalogued(item) = view.status(&e.item_id)
+                    && applied_ids.contains(&e.event_id.as_str())
+                {
                     services.trending.record(
+                        user,
                         &e.item_id,
-                        categories,
+                        &item.categories,
                         f64::from(e.weight()),
                         e.ts,
                         now,
@@ -384,7 +390,10 @@ pub async fn recommend_for(
     // down only means starting without it.
     let profile = if data.items.is_empty() {
         match services.catalog.store().get_profile(user_id).await {
-            Ok(Some(profile)) => models::content::profile_tokens(&profile),
+            Ok(Some(profile)) => models::content::profile_tokens(
+                &profile,
+                common::pii::PersonalFields::new(&services.config.pii.fields),
+            ),
             Ok(None) => Vec::new(),
             Err(error) => {
                 tracing::debug!(%error, "profile unavailable");
@@ -428,12 +437,11 @@ pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Re
         offset: *services.log.high_watermark(partition).borrow(),
         at_ms: common::now_millis(),
     };
-    let deltas: Vec<(String, f64)> = data
-        .items
-        .iter()
-        .filter(|(_, w)| **w > 0.0)
-        .map(|(id, w)| (id.clone(), f64::from(*w)))
-        .collect();
+    let deltas = crate::popularity::contributions(
+        &data.items,
+        &services.catalog,
+        services.config.trending.max_user_weight,
+    );
     let borrowed: Vec<(&str, f64)> = deltas.iter().map(|(id, w)| (id.as_str(), *w)).collect();
     services
         .store

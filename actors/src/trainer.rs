@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::pii::PersonalFields;
 use common::{ApiError, ErrorCode};
 use models::content::{ContentModel, ContentParams};
 use models::transitions::{TransitionParams, Transitions};
@@ -75,6 +76,10 @@ impl Actor for TrainerActor {
         let obs = services
             .obs
             .register(&myself.get_cell(), "trainer", &TrainerObs::default());
+        // Versions stored before profiles were filtered may hold personal fields: rewrite them
+        // once, off the start path (the object store may be slow or away; a run tries again).
+        let migrating = services.clone();
+        tokio::spawn(async move { scrub_stored_versions(&migrating).await });
         let interval = services.config.model.retrain_interval;
         if !interval.is_zero() {
             mailbox::tell_every(myself.clone(), interval, || TrainerMsg::Train {
@@ -170,7 +175,20 @@ impl Actor for TrainerActor {
     }
 }
 
+/// Runs the registry's one-time rewrite of stored versions without personal profile features;
+/// a failure is logged and left for the next run.
+async fn scrub_stored_versions(services: &Services) {
+    if let Err(error) = services
+        .registry
+        .scrub_personal_features(&services.config.pii.fields)
+        .await
+    {
+        tracing::warn!(%error, "stored versions not yet scrubbed of personal profile fields");
+    }
+}
+
 async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<String, ApiError> {
+    scrub_stored_versions(services).await;
     let (mut data, range) = collect(services).await?;
     // Every catalogued item is a candidate, interactions or not; its content describes it.
     let mut catalogued = Vec::new();
@@ -187,13 +205,15 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
         }
     }
     // Profiles let a user with no interactions start from users like them; without the store
-    // (PostgreSQL down) the version is trained without that part.
+    // (PostgreSQL down) the version is trained without that part. Personal fields never become
+    // features (`profile_tokens` leaves them out), so no version holds them.
+    let personal = PersonalFields::new(&services.config.pii.fields);
     let mut user_tokens = vec![Vec::new(); data.users.len()];
     match services.catalog.store().profiles().await {
         Ok(profiles) => {
             for (user_id, profile) in profiles {
                 if let Some(row) = data.user_index(&user_id) {
-                    user_tokens[row as usize] = models::content::profile_tokens(&profile);
+                    user_tokens[row as usize] = models::content::profile_tokens(&profile, personal);
                 }
             }
         }
@@ -221,6 +241,7 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
         items: tokens,
         users: user_tokens,
     };
+    let max_user_weight = services.config.trending.max_user_weight;
     let artifact = tokio::task::spawn_blocking(move || {
         train(
             data,
@@ -228,6 +249,7 @@ async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<Stri
             range,
             params,
             hybrid,
+            max_user_weight,
             |iteration, iterations| {
                 let _ = mailbox::tell(
                     &progress,
@@ -353,13 +375,15 @@ fn fit_content(
 
 /// Trains a version: hold-out metrics first, then ALS, the transition table and the content maps
 /// (items and user profiles) on everything. An item without interactions gets its factors from
-/// its content.
+/// its content. An item's popularity (its bias) counts each user's weight up to
+/// `max_user_weight`, as live popularity does.
 pub fn train(
     data: Interactions,
     content: Content,
     range: Option<(i64, i64)>,
     params: TrainParams,
     hybrid: HybridParams,
+    max_user_weight: f64,
     progress: impl FnMut(usize, usize),
 ) -> ModelArtifact {
     let metrics = models::eval::holdout_metrics(&data, &params, &hybrid)
@@ -370,7 +394,8 @@ pub fn train(
     let mut popularity = vec![0.0f32; data.items.len()];
     let mut interacted = vec![false; data.items.len()];
     for cell in &cells {
-        popularity[cell.item as usize] += cell.weight.max(0.0);
+        popularity[cell.item as usize] +=
+            crate::popularity::contribution(f64::from(cell.weight), max_user_weight) as f32;
         interacted[cell.item as usize] = true;
     }
     let d = params.dim;
@@ -446,9 +471,12 @@ mod tests {
             .iter()
             .map(|u| {
                 let n: u32 = u[1..].parse().unwrap_or(0);
-                models::content::profile_tokens(&serde_json::json!({
-                    "likes": if n.is_multiple_of(2) { "music" } else { "books" }
-                }))
+                models::content::profile_tokens(
+                    &serde_json::json!({
+                        "likes": if n.is_multiple_of(2) { "music" } else { "books" }
+                    }),
+                    PersonalFields::new(&[]),
+                )
             })
             .collect();
         (data, Content { items, users })
@@ -469,6 +497,7 @@ mod tests {
             None,
             params,
             HybridParams::default(),
+            common::config::DEFAULT_MAX_USER_WEIGHT,
             |_, _| {},
         )
     }
@@ -516,6 +545,7 @@ mod tests {
         let a = run();
         let music_fan = a.user_content.embed(&models::content::profile_tokens(
             &serde_json::json!({"likes": "music"}),
+            PersonalFields::new(&[]),
         ));
         let score = |prefix: &str| {
             let rows: Vec<u32> = a

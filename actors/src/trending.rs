@@ -13,6 +13,13 @@
 //! may use a ranking up to a fraction of a second old ([`Trending::top_recent`]): under a steady
 //! stream of events it would otherwise rebuild the whole ranking for nearly every inference.
 //!
+//! No one user makes an item trend: within a window, a user's weight on an item counts up to
+//! `trending.max_user_weight` (one purchase by default), so an item's window activity is
+//! `Σ_users clamp(w, 0, cap)` as for popularity ([`crate::popularity::contribution`]), and a
+//! category's the sum over its items. Callers record catalogued items only: ids nobody
+//! catalogued never trend. A window's memory is bounded by the distinct (user, item) pairs active
+//! in it, and goes with the window.
+//!
 //! Windows go by event time, so a replay or an import of old events does not light up as
 //! trending: events older than the retained windows are ignored. The state is in memory per
 //! node; after a restart it refills within a window.
@@ -24,11 +31,15 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::popularity::contribution;
+
 #[derive(Default)]
 struct Window {
     id: i64,
     items: HashMap<String, f64>,
     categories: HashMap<String, f64>,
+    /// Per item, each user's weight on it in this window so far (before the cap).
+    by_user: HashMap<String, HashMap<String, f64>>,
 }
 
 #[derive(Default)]
@@ -52,6 +63,8 @@ struct Ranking {
 pub struct Trending {
     window_ms: i64,
     retained: usize,
+    /// The most one user's weight on one item counts in one window.
+    max_user_weight: f64,
     windows: Mutex<Windows>,
 }
 
@@ -65,10 +78,11 @@ pub struct TrendingEntry {
 }
 
 impl Trending {
-    pub fn new(window: Duration, retained: usize) -> Self {
+    pub fn new(window: Duration, retained: usize, max_user_weight: f64) -> Self {
         Self {
             window_ms: (window.as_millis() as i64).max(1),
             retained: retained.max(1),
+            max_user_weight,
             windows: Mutex::new(Windows::default()),
         }
     }
@@ -77,12 +91,21 @@ impl Trending {
         Duration::from_millis(self.window_ms as u64)
     }
 
-    /// Records `weight` of activity on `item` (and its `categories`) at `ts` (epoch ms), as seen
-    /// at `now`. Non-positive weights, and events outside the retained windows, count nothing.
-    pub fn record(&self, item: &str, categories: &[String], weight: f64, ts: i64, now: i64) {
+    /// Records `user`'s `weight` of activity on the catalogued `item` (and its `categories`) at
+    /// `ts` (epoch ms), as seen at `now`. Non-positive weights, and events outside the retained
+    /// windows, count nothing; a user's weight on an item counts up to the cap per window.
+    pub fn record(
+        &self,
+        user: &str,
+        item: &str,
+        categories: &[String],
+        weight: f64,
+        ts: i64,
+        now: i64,
+    ) {
         let current = now.div_euclid(self.window_ms);
         let id = ts.min(now).div_euclid(self.window_ms);
-        if weight <= 0.0 || current - id >= self.retained as i64 {
+        if !(weight > 0.0 && weight.is_finite()) || current - id >= self.retained as i64 {
             return;
         }
         let mut state = self.windows.lock();
@@ -100,9 +123,18 @@ impl Trending {
             );
         }
         let w = &mut windows[pos];
-        *w.items.entry(item.to_owned()).or_default() += weight;
+        let users = w.by_user.entry(item.to_owned()).or_default();
+        let before = users.get(user).copied().unwrap_or(0.0);
+        let delta = contribution(before + weight, self.max_user_weight)
+            - contribution(before, self.max_user_weight);
+        if delta <= 0.0 {
+            // The user's weight on the item is at the cap in this window: nothing changes.
+            return;
+        }
+        users.insert(user.to_owned(), before + weight);
+        *w.items.entry(item.to_owned()).or_default() += delta;
         for c in categories {
-            *w.categories.entry(c.clone()).or_default() += weight;
+            *w.categories.entry(c.clone()).or_default() += delta;
         }
     }
 
@@ -204,15 +236,15 @@ mod tests {
 
     #[test]
     fn recent_activity_outranks_older_activity_of_the_same_size() {
-        let t = Trending::new(Duration::from_secs(300), 12);
+        let t = Trending::new(Duration::from_secs(300), 12, 100.0);
         // Two minutes into a window.
         let now = 100 * 5 * MIN + 2 * MIN;
         let c = vec!["music".to_owned()];
         for _ in 0..4 {
-            t.record("old", &c, 1.0, now - 20 * MIN, now);
-            t.record("new", &[], 1.0, now - MIN, now);
+            t.record("u", "old", &c, 1.0, now - 20 * MIN, now);
+            t.record("u", "new", &[], 1.0, now - MIN, now);
         }
-        t.record("tiny", &c, 1.0, now, now);
+        t.record("u", "tiny", &c, 1.0, now, now);
         let top = t.top(10, now, false, |_| true);
         assert_eq!(ids(&top), vec!["new", "tiny", "old"]);
         assert_eq!((top[0].score, top[0].current), (4.0, 4.0));
@@ -229,18 +261,18 @@ mod tests {
 
     #[test]
     fn a_reused_ranking_never_hides_new_activity_or_a_turned_window() {
-        let t = Trending::new(Duration::from_secs(300), 12);
+        let t = Trending::new(Duration::from_secs(300), 12, 100.0);
         let now = 200 * 5 * MIN;
-        t.record("a", &[], 2.0, now, now);
+        t.record("u", "a", &[], 2.0, now, now);
         assert_eq!(ids(&t.top(10, now, false, |_| true)), vec!["a"]);
-        t.record("b", &[], 3.0, now, now);
+        t.record("u", "b", &[], 3.0, now, now);
         let top = t.top(10, now, false, |_| true);
         assert_eq!(ids(&top), vec!["b", "a"]);
         // One window later the same activity is half as hot and no longer current.
         let later = t.top(10, now + 5 * MIN, false, |_| true);
         assert_eq!((later[0].score, later[0].current), (1.5, 0.0));
         // A recent ranking may miss the latest activity; an exact one never does.
-        t.record("c", &[], 9.0, now + 5 * MIN, now + 5 * MIN);
+        t.record("u", "c", &[], 9.0, now + 5 * MIN, now + 5 * MIN);
         let recent = t.top_recent(10, now + 5 * MIN, Duration::from_secs(60));
         assert_eq!(ids(&recent), vec!["b", "a"]);
         assert_eq!(ids(&t.top(1, now + 5 * MIN, false, |_| true)), vec!["c"]);
@@ -251,12 +283,36 @@ mod tests {
     }
 
     #[test]
+    fn one_user_counts_at_most_the_cap_per_item_and_window() {
+        let t = Trending::new(Duration::from_secs(300), 12, 5.0);
+        let now = 300 * 5 * MIN;
+        let c = vec!["toys".to_owned()];
+        // One user buying the same item a thousand times...
+        for _ in 0..1_000 {
+            t.record("loud", "hyped", &c, 5.0, now, now);
+        }
+        // ...counts as one purchase; three users viewing twice outweigh it.
+        for user in ["a", "b", "c"] {
+            t.record(user, "liked", &[], 2.0, now, now);
+        }
+        let top = t.top(10, now, false, |_| true);
+        assert_eq!(ids(&top), vec!["liked", "hyped"]);
+        assert_eq!((top[0].current, top[1].current), (6.0, 5.0));
+        assert_eq!(t.top(10, now, true, |_| true)[0].current, 5.0);
+        // The next window the same user counts again, once.
+        let later = now + 5 * MIN;
+        t.record("loud", "hyped", &c, 5.0, later, later);
+        t.record("loud", "hyped", &c, 5.0, later, later);
+        assert_eq!(t.top(1, later, false, |id| id == "hyped")[0].current, 5.0);
+    }
+
+    #[test]
     fn old_and_negative_events_count_nothing_and_windows_expire() {
-        let t = Trending::new(Duration::from_secs(300), 3);
+        let t = Trending::new(Duration::from_secs(300), 3, 100.0);
         let now = 1_000 * 5 * MIN;
-        t.record("ancient", &[], 1.0, now - 60 * MIN, now);
-        t.record("disliked", &[], -1.0, now, now);
-        t.record("future", &[], 1.0, now + 60 * MIN, now);
+        t.record("u", "ancient", &[], 1.0, now - 60 * MIN, now);
+        t.record("u", "disliked", &[], -1.0, now, now);
+        t.record("u", "future", &[], 1.0, now + 60 * MIN, now);
         assert_eq!(ids(&t.top(10, now, false, |_| true)), vec!["future"]);
         // Three windows later the activity has left the retained windows.
         assert!(t.top(10, now + 15 * MIN, false, |_| true).is_empty());

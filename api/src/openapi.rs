@@ -12,7 +12,7 @@ use axum::Router;
 use common::Config;
 use supervisors::Node;
 use utoipa::OpenApi;
-use utoipa::openapi::schema::{AdditionalProperties, Array, ObjectBuilder, Schema};
+use utoipa::openapi::schema::{Array, Schema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa_swagger_ui::SwaggerUi;
@@ -76,7 +76,7 @@ pub fn document(config: &Config) -> utoipa::openapi::OpenApi {
     {
         *max_items = Some(config.server.max_batch_events);
     }
-    // A profile is an object of at most 64 attributes.
+    // A profile is an object of at most 64 attributes, with the text rules of item attributes.
     let profile = doc
         .paths
         .paths
@@ -86,13 +86,17 @@ pub fn document(config: &Config) -> utoipa::openapi::OpenApi {
         .and_then(|body| body.content.get_mut("application/json"));
     if let Some(content) = profile {
         content.schema = Some(
-            ObjectBuilder::new()
-                .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            common::item::JsonObject::builder()
                 .max_properties(Some(64))
                 .into(),
         );
     }
     if let Some(components) = doc.components.as_mut() {
+        // What the profile's schema refers to, whether or not an item schema brought it in.
+        components.schemas.insert(
+            "JsonValue".to_owned(),
+            <common::item::JsonValue as utoipa::PartialSchema>::schema(),
+        );
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
@@ -190,5 +194,20 @@ mod tests {
         );
         let id = &json["components"]["schemas"]["Id"];
         assert_eq!(id["pattern"], common::ID_PATTERN);
+        // Attributes and profiles say what validation accepts: no control characters in keys,
+        // none but tab and line breaks in strings, at any depth.
+        let attributes = &json["components"]["schemas"]["ItemInput"]["properties"]["attributes"];
+        assert_eq!(
+            json["components"]["schemas"]["JsonObject"]["propertyNames"]["pattern"],
+            common::item::LABEL_PATTERN,
+            "{attributes}"
+        );
+        let strings = json["components"]["schemas"]["JsonValue"]["anyOf"]
+            .as_array()
+            .expect("anyOf")
+            .iter()
+            .filter_map(|s| s["pattern"].as_str())
+            .collect::<Vec<_>>();
+        assert_eq!(strings, [common::item::TEXT_PATTERN]);
     }
 }

@@ -182,6 +182,7 @@ pub async fn put_profile(
             "a profile has at most {MAX_PROFILE_FIELDS} fields"
         )));
     }
+    common::validate_json("profile", &profile).map_err(AppError::invalid)?;
     node.put_profile(&user_id, &serde_json::Value::Object(profile))
         .await?;
     Ok(StatusCode::NO_CONTENT)

@@ -238,6 +238,158 @@ async fn items_round_trip_and_reject_bad_bodies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_character_in_a_title_attribute_or_profile_is_refused_with_400() {
+    let api = Api::start().await;
+    for bad in [
+        json!({"title": "Lamp\u{0}"}),
+        json!({"title": "Lamp\u{7}"}),
+        json!({"title": "Lamp", "attributes": {"colour": "red\u{0}"}}),
+        json!({"title": "Lamp", "attributes": {"spec": {"parts": [{"name\u{0}": 1}]}}}),
+        json!({"title": "Lamp", "attributes": {"spec": [["\u{1b}[31m"]]}}),
+    ] {
+        let (status, body) = api
+            .call(Method::PUT, "/v1/items/lamp", Some(bad.clone()))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("control characters")),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = api.get("/v1/items/lamp").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    // GraphQL takes the same rule from the same function.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/graphql",
+            Some(json!({"query": "mutation($t: String!) { upsertItem(itemId: \"lamp\", item: {title: $t}) { itemId } }", "variables": {"t": "Lamp\u{0}"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "invalid_argument",
+        "{body}"
+    );
+    // Profiles reach the same stores: the same rule.
+    let (status, body) = api
+        .call(
+            Method::PUT,
+            "/v1/users/u1/profile",
+            Some(json!({"bio": "hi\u{0}"})),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    // Free text keeps tabs and line breaks.
+    let ok = json!({"title": "Lamp", "attributes": {"description": "Bright.\r\n\tWarm."}});
+    let (status, body) = api.call(Method::PUT, "/v1/items/lamp", Some(ok)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// `n` purchases by `user` of `item`, as event bodies with ids unique to `tag`.
+fn purchases(tag: &str, user: &str, item: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"event_id": format!("{tag}-{i}"), "user_id": user, "item_id": item, "kind": "purchase"}))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncatalogued_or_one_users_purchases_never_make_an_item_popular_or_trending() {
+    let api = Api::start().await;
+    for id in ["crowd", "hyped", "plain"] {
+        api.put_item(id, "shop", true).await;
+    }
+    let mut events = Vec::new();
+    // Many users buy "crowd" once each, and "plain" once or twice.
+    for u in 0..12 {
+        events.extend(purchases(
+            &format!("c{u}"),
+            &format!("buyer{u}"),
+            "crowd",
+            1,
+        ));
+        events.extend(purchases(
+            &format!("p{u}"),
+            &format!("buyer{u}"),
+            "plain",
+            1 + u % 2,
+        ));
+    }
+    // One user buys "hyped" a thousand times, and made-up ids that nobody catalogued, together
+    // with "crowd" (so that the model would put them next to it).
+    let mallory = "mallory";
+    events.extend(purchases("h", mallory, "hyped", 1_000));
+    for i in 0..40 {
+        events.extend(purchases(
+            &format!("f{i}"),
+            mallory,
+            &format!("fake-{i}"),
+            5,
+        ));
+        for u in 0..3 {
+            events.extend(purchases(
+                &format!("f{i}-{u}"),
+                &format!("buyer{u}"),
+                &format!("fake-{i}"),
+                1,
+            ));
+        }
+    }
+    events.extend(purchases("mc", mallory, "crowd", 1));
+    for chunk in events.chunks(50) {
+        let (status, body) = api
+            .call(Method::POST, "/v1/events", Some(json!({ "events": chunk })))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    api.settle().await;
+    api.node.train(true).await.expect("trained");
+
+    let ids = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["item_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    // Trending: catalogued items only, the many buyers' item first.
+    let (status, trending) = api.get("/v1/trending?k=100").await;
+    assert_eq!(status, StatusCode::OK, "{trending}");
+    assert_eq!(ids(&trending)[0], "crowd", "{trending}");
+    assert!(
+        ids(&trending).iter().all(|id| !id.starts_with("fake-")),
+        "{trending}"
+    );
+    // Popularity: the same, and no larger than the catalogue.
+    let popularity = &api.node.services().popularity;
+    popularity.refresh();
+    let popular = popularity.ranked();
+    assert_eq!(popular[0].0, "crowd", "{popular:?}");
+    assert!(popular.len() <= 3, "{popular:?}");
+    // Nobody is recommended an uncatalogued id: not a newcomer (trending, popular), not a user
+    // whose history sits next to them in the model.
+    for user in ["newcomer", "buyer5", "buyer0"] {
+        let (status, recs) = api
+            .get(&format!("/v1/users/{user}/recommendations?k=50"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{recs}");
+        assert!(
+            ids(&recs).iter().all(|id| !id.starts_with("fake-")),
+            "{user}: {recs}"
+        );
+    }
+    let (_, newcomer) = api.get("/v1/users/newcomer/recommendations?k=3").await;
+    assert_eq!(ids(&newcomer), ["crowd", "plain", "hyped"], "{newcomer}");
+    // The poster's own history still records what it did.
+    let (status, own) = api.get("/v1/users/mallory").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(own["num_events"], 1_000 + 40 * 5 + 1, "{own}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recommendations_follow_tastes_and_never_return_excluded_items() {
     let api = Api::start().await;
     // Two taste groups over two categories; "gone" is deleted, "off" unavailable.

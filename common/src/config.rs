@@ -327,7 +327,15 @@ pub struct TrendingConfig {
     /// this much (in standard deviations of the blended score), others in proportion to their
     /// trending score. `0` turns it off. Default 0.1.
     pub boost: f32,
+    /// The most one user's activity on one item counts, in interaction weight (a view 1, a
+    /// click 2, a purchase 5): toward the item's popularity (the user's summed weight on it,
+    /// clamped to `[0, max_user_weight]`) and toward its trending activity in each window. No
+    /// single user can make an item popular or trending. Default 5 (one purchase).
+    pub max_user_weight: f64,
 }
+
+/// One purchase: a user's weight on an item counts at most this much.
+pub const DEFAULT_MAX_USER_WEIGHT: f64 = 5.0;
 
 impl Default for TrendingConfig {
     fn default() -> Self {
@@ -335,6 +343,7 @@ impl Default for TrendingConfig {
             window: Duration::from_secs(300),
             windows: 12,
             boost: 0.1,
+            max_user_weight: DEFAULT_MAX_USER_WEIGHT,
         }
     }
 }
@@ -634,6 +643,9 @@ impl Config {
         }
         if !(0.0..=10.0).contains(&self.trending.boost) {
             return invalid("trending.boost must be between 0 and 10");
+        }
+        if !(self.trending.max_user_weight.is_finite() && self.trending.max_user_weight > 0.0) {
+            return invalid("trending.max_user_weight must be a number above 0");
         }
         if !(0.0..=1.0).contains(&self.model.max_regression) {
             return invalid("model.max_regression must be in [0, 1]");

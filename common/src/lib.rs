@@ -9,13 +9,14 @@ pub mod error;
 pub mod event;
 pub mod item;
 pub mod partition;
+pub mod pii;
 pub mod recs;
 pub mod telemetry;
 
 pub use config::Config;
 pub use error::{ApiError, ErrorCode};
 pub use event::{BatchError, Event, EventInput, EventKind, validate_batch};
-pub use item::{Item, ItemInput};
+pub use item::{Item, ItemInput, validate_json, validate_label, validate_text};
 pub use recs::{RecQuery, Recommendation, Recommendations};
 
 /// Milliseconds since the Unix epoch, the one time unit on the wire and at rest.

@@ -197,4 +197,182 @@ mod tests {
             Err("the message has no value".into())
         );
     }
+
+    #[test]
+    fn a_nul_in_a_product_title_or_attribute_is_a_dead_letter_not_a_catalog_write() {
+        for payload in [
+            r#"{"item_id":"sku-1","title":"Lamp\u0000"}"#,
+            r#"{"item_id":"sku-1","title":"Lamp","attributes":{"colour":"red\u0000"}}"#,
+            r#"{"item_id":"sku-1","title":"Lamp","attributes":{"x":{"k\u0000":1}}}"#,
+        ] {
+            let error = decode_str(Topic::ProductUpdates, payload).expect_err(payload);
+            assert!(error.contains("control characters"), "{payload}: {error}");
+        }
+    }
+
+    /// Any JSON value, its strings drawn from every character (controls included) and its keys
+    /// often the fields decoding looks for, so that generated objects reach every branch.
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let fields = prop::sample::select(vec![
+            "event_id",
+            "user_id",
+            "item_id",
+            "kind",
+            "value",
+            "ts",
+            "title",
+            "categories",
+            "tags",
+            "attributes",
+            "available",
+            "deleted",
+        ]);
+        let key = prop_oneof![fields.prop_map(str::to_owned), any::<String>()].boxed();
+        let text = prop_oneof![
+            prop::sample::select(vec!["view", "purchase", "rating", "u1", "i1", "Lamp", " "])
+                .prop_map(str::to_owned),
+            any::<String>(),
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            (0i64..40_000_000_000_000).prop_map(Value::from),
+            text.prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 8, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Objects shaped like an event or a product update, with arbitrary values: most of them get
+    /// past parsing, so the validation behind it is what is exercised.
+    fn shaped() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let text = || {
+            prop_oneof![
+                3 => prop::sample::select(vec!["u1", "i1", "Lamp", "a b", ""]).prop_map(str::to_owned),
+                1 => any::<String>(),
+            ]
+        };
+        let kind = prop_oneof![
+            prop::sample::select(common::EventKind::ALL.map(|k| k.as_str()).to_vec())
+                .prop_map(str::to_owned),
+            any::<String>(),
+        ];
+        let event = (
+            proptest::option::of(text()),
+            text(),
+            text(),
+            kind,
+            proptest::option::of(any::<f64>()),
+            proptest::option::of(any::<i64>()),
+        )
+            .prop_map(|(id, user, item, kind, value, ts)| {
+                let mut e = serde_json::json!({"user_id": user, "item_id": item, "kind": kind});
+                if let Some(id) = id {
+                    e["event_id"] = id.into();
+                }
+                if let Some(v) = value {
+                    e["value"] = v.into();
+                }
+                if let Some(ts) = ts {
+                    e["ts"] = ts.into();
+                }
+                e
+            });
+        let product = (
+            text(),
+            text(),
+            prop::collection::vec(text(), 0..4),
+            json(),
+            proptest::option::of(any::<bool>()),
+        )
+            .prop_map(|(id, title, labels, attributes, deleted)| {
+                let mut p = serde_json::json!({"item_id": id, "title": title, "tags": labels});
+                if attributes.is_object() {
+                    p["attributes"] = attributes;
+                }
+                if let Some(d) = deleted {
+                    p["deleted"] = d.into();
+                }
+                p
+            });
+        prop_oneof![event, product]
+    }
+
+    fn topic() -> impl proptest::strategy::Strategy<Value = Topic> {
+        proptest::sample::select(vec![
+            Topic::UserEvents,
+            Topic::Transactions,
+            Topic::ProductUpdates,
+        ])
+    }
+
+    /// What decoding promises: an answer, never a panic; an event or item it hands on passes the
+    /// same validation again unchanged (so the log and the catalog only ever hold valid data); a
+    /// refusal says why.
+    fn check(decoded: Result<Decoded, String>) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::prop_assert;
+        use proptest::prop_assert_eq;
+        match decoded {
+            Ok(Decoded::Event(event)) => {
+                let again = EventInput {
+                    event_id: Some(event.event_id.clone()),
+                    user_id: event.user_id.clone(),
+                    item_id: event.item_id.clone(),
+                    kind: event.kind.as_str().to_owned(),
+                    value: event.value,
+                    ts: Some(event.ts),
+                }
+                .validate(0, || unreachable!("the event has an id"));
+                prop_assert_eq!(again, Ok(event));
+            }
+            Ok(Decoded::Upsert(item)) => {
+                let again = ItemInput {
+                    title: item.title.clone(),
+                    categories: item.categories.clone(),
+                    tags: item.tags.clone(),
+                    attributes: item.attributes.clone(),
+                    available: Some(item.available),
+                }
+                .validate(&item.item_id, item.updated_at);
+                prop_assert_eq!(again, Ok(item));
+            }
+            Ok(Decoded::Delete(id)) => prop_assert!(common::validate_id("item_id", &id).is_ok()),
+            Err(reason) => prop_assert!(!reason.is_empty()),
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        #[test]
+        fn arbitrary_bytes_decode_to_an_event_a_catalog_change_or_a_reason(
+            topic in topic(),
+            payload in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..256)),
+            timestamp in proptest::option::of(proptest::num::i64::ANY),
+        ) {
+            let message = Message { payload, timestamp, ..message(topic, "") };
+            check(decode(&settings(), &message, 1_700_000_000_000))?;
+        }
+
+        #[test]
+        fn arbitrary_json_decodes_to_an_event_a_catalog_change_or_a_reason(
+            topic in topic(),
+            value in proptest::prop_oneof![json(), shaped()],
+            timestamp in proptest::option::of(proptest::num::i64::ANY),
+        ) {
+            let payload = serde_json::to_vec(&value).expect("serialises");
+            let message = Message { payload: Some(payload), timestamp, ..message(topic, "") };
+            check(decode(&settings(), &message, 1_700_000_000_000))?;
+        }
+    }
 }

@@ -75,15 +75,30 @@ pub fn tokens(item: ItemContent<'_>) -> Vec<String> {
     out
 }
 
-/// The features of a user profile (a JSON object): its attribute values, as for items.
-pub fn profile_tokens(profile: &serde_json::Value) -> Vec<String> {
-    let empty = serde_json::Map::new();
-    let attributes = profile.as_object().unwrap_or(&empty);
+/// The features of a user profile (a JSON object): its attribute values, as for items, except
+/// its personal fields. This is the one place profiles become features, so nothing personal
+/// reaches a content map, a model artifact or a log through them: every field `personal` names
+/// (ignoring case), and everything under one at any depth, is left out.
+pub fn profile_tokens(
+    profile: &serde_json::Value,
+    personal: common::pii::PersonalFields<'_>,
+) -> Vec<String> {
+    let Some(fields) = profile.as_object() else {
+        return Vec::new();
+    };
+    // Only top-level scalars become features; a nested value is dropped whole, personal or not.
+    let attributes: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .filter(|(name, value)| {
+            !personal.is_personal(name) && !value.is_object() && !value.is_array()
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
     tokens(ItemContent {
         title: "",
         categories: &[],
         tags: &[],
-        attributes,
+        attributes: &attributes,
     })
 }
 
@@ -195,6 +210,36 @@ impl ContentModel {
             features,
             weights,
         }
+    }
+
+    /// The model without the features `unwanted` names (their weight rows go with them), or `None`
+    /// when it has none of them. Embedding tokens without those features gives the same vector
+    /// from either model.
+    pub fn without_features(&self, unwanted: impl Fn(&str) -> bool) -> Option<Self> {
+        if !self.features.iter().any(|f| unwanted(f.as_str())) {
+            return None;
+        }
+        let rows = self.features.len() + 1;
+        let consistent = self.weights.len() == rows * self.dim;
+        let mut features = Vec::with_capacity(self.features.len());
+        let mut weights = Vec::with_capacity(self.weights.len());
+        for (i, feature) in self.features.iter().enumerate() {
+            if !unwanted(feature.as_str()) {
+                features.push(feature.clone());
+                if consistent {
+                    weights.extend_from_slice(&self.weights[i * self.dim..(i + 1) * self.dim]);
+                }
+            }
+        }
+        if consistent {
+            // The intercept row.
+            weights.extend_from_slice(&self.weights[(rows - 1) * self.dim..]);
+        }
+        Some(Self {
+            dim: self.dim,
+            features,
+            weights,
+        })
     }
 
     /// The factor vector of an item from its tokens.
@@ -338,6 +383,58 @@ mod tests {
         let unknown = model.embed(&content("zzz", &["toys"]));
         assert!((unknown[0] - unknown[1]).abs() < 1e-4, "{unknown:?}");
         assert!(unknown[0] > 0.0 && unknown[0] < 0.5, "{unknown:?}");
+    }
+
+    #[test]
+    fn personal_profile_fields_never_become_features() {
+        let fields = ["email", "name", "notes"].map(String::from);
+        let personal = common::pii::PersonalFields::new(&fields);
+        let profile = serde_json::json!({
+            "Email": "ada@example.org",
+            "name": "Ada Lovelace",
+            "NOTES": "prefers evenings",
+            "contact": {"email": "ada@example.org"},
+            "age": 36,
+            "likes": "music",
+        });
+        let t = profile_tokens(&profile, personal);
+        assert!(t.contains(&"a:age=36".to_owned()), "{t:?}");
+        assert!(t.contains(&"a:likes=music".to_owned()), "{t:?}");
+        assert!(
+            t.iter()
+                .all(|f| f.starts_with("a:age") || f.starts_with("a:likes")),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn dropping_features_keeps_every_other_embedding() {
+        let (items, factors): (Vec<Vec<String>>, Vec<f32>) = (0..12)
+            .map(|i| {
+                let t = vec![format!("a:k={}", i % 3), format!("a:email={}", i % 2)];
+                (t, [(i % 3) as f32, (i % 2) as f32])
+            })
+            .fold((Vec::new(), Vec::new()), |(mut t, mut f), (ti, fi)| {
+                t.push(ti);
+                f.extend(fi);
+                (t, f)
+            });
+        let rows: Vec<u32> = (0..12).collect();
+        let model = ContentModel::fit(&items, &rows, &factors, 2, ContentParams::default());
+        let fields = ["email".to_owned()];
+        let personal = common::pii::PersonalFields::new(&fields);
+        let clean = model
+            .without_features(|f| personal.is_personal_token(f))
+            .expect("had personal features");
+        assert!(clean.features.iter().all(|f| !f.starts_with("a:email")));
+        assert_eq!(clean.features.len() + 1, clean.weights.len() / 2);
+        let tokens = vec!["a:k=1".to_owned()];
+        assert_eq!(clean.embed(&tokens), model.embed(&tokens));
+        assert!(
+            clean
+                .without_features(|f| personal.is_personal_token(f))
+                .is_none()
+        );
     }
 
     #[test]

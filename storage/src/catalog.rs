@@ -186,8 +186,8 @@ impl CatalogView {
         self.len() == 0
     }
 
-    /// Whether an item may be recommended: not deleted and, if catalogued, available. Items seen
-    /// only in events (not catalogued yet) may be recommended.
+    /// Whether an item may be recommended: catalogued and available. Items seen only in events
+    /// are never recommended: anyone may post events about any id.
     pub fn is_recommendable(&self, item_id: &str) -> bool {
         self.read().status(item_id).recommendable()
     }
@@ -236,7 +236,7 @@ impl ItemStatus<'_> {
     pub fn recommendable(&self) -> bool {
         match self {
             ItemStatus::Deleted => false,
-            ItemStatus::Uncatalogued => true,
+            ItemStatus::Uncatalogued => false,
             ItemStatus::Catalogued(item) => item.available,
         }
     }
@@ -279,7 +279,7 @@ mod tests {
         assert!(reopened.get("a").is_none());
         assert!(!reopened.is_recommendable("a"));
         assert!(!reopened.is_recommendable("b"));
-        assert!(reopened.is_recommendable("never-catalogued"));
+        assert!(!reopened.is_recommendable("never-catalogued"));
         reopened.upsert(item("a", true)).await.expect("upsert");
         assert!(reopened.is_recommendable("a"));
     }

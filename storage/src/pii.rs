@@ -5,9 +5,17 @@
 //! still open with theirs). The user id is the associated data, so a sealed value copied into
 //! another user's profile does not open.
 //!
+//! Which fields are personal is [`common::pii::PersonalFields`]: a top-level field is sealed
+//! whole when its name is personal (ignoring case) or when it holds a personal name at any depth
+//! (`{"contact": {"email": ..}}`). A field whose value merely looks sealed (a client's own
+//! `{"$pii": ..}`) is sealed too, so that what opens is always what was stored and a value shaped
+//! like ciphertext never reaches [`PiiCipher::open`] unsealed.
+//!
 //! [`SealedCatalog`] wraps any [`Catalog`]: items pass through, profiles are sealed and opened.
+//! Reading every profile (training) skips one that does not open, with a warning, rather than
+//! failing for everyone.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,6 +26,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::Item;
 use common::config::PiiConfig;
+use common::pii::PersonalFields;
 use serde_json::{Map, Value};
 
 use crate::catalog::Catalog;
@@ -31,7 +40,7 @@ const LOCAL_KEY_ID: &str = "local";
 pub struct PiiCipher {
     keys: BTreeMap<String, Aes256Gcm>,
     active: String,
-    fields: HashSet<String>,
+    fields: Vec<String>,
 }
 
 impl std::fmt::Debug for PiiCipher {
@@ -94,7 +103,7 @@ impl PiiCipher {
         Ok(Self {
             keys,
             active,
-            fields: config.fields.iter().cloned().collect(),
+            fields: config.fields.clone(),
         })
     }
 
@@ -104,9 +113,13 @@ impl PiiCipher {
             return Ok(profile.clone());
         };
         let key = &self.keys[&self.active];
+        let personal = PersonalFields::new(&self.fields);
         let mut out = Map::with_capacity(fields.len());
         for (name, value) in fields {
-            if !self.fields.contains(name) || value.is_null() {
+            let seal = personal.is_personal(name)
+                || personal.holds_personal(value)
+                || value.get(SEALED).is_some();
+            if !seal || value.is_null() {
                 out.insert(name.clone(), value.clone());
                 continue;
             }
@@ -143,10 +156,11 @@ impl PiiCipher {
             let (id, blob) = text
                 .split_once(':')
                 .ok_or_else(|| invalid("a sealed value lacks its key id"))?;
+            // The id is not quoted: in a value that only looks sealed it is the client's text.
             let key = self
                 .keys
                 .get(id)
-                .ok_or_else(|| invalid(format!("pii key {id:?} is not configured")))?;
+                .ok_or_else(|| invalid("a sealed value names a pii key that is not configured"))?;
             let blob = B64
                 .decode(blob)
                 .map_err(|_| invalid("a sealed value is not base64"))?;
@@ -216,13 +230,15 @@ impl Catalog for SealedCatalog {
     }
     async fn profiles(&self) -> Result<Vec<(String, Value)>> {
         let stored = self.inner.profiles().await?;
-        stored
-            .into_iter()
-            .map(|(user, p)| {
-                let open = self.pii.open(&user, &p)?;
-                Ok((user, open))
-            })
-            .collect()
+        let mut open = Vec::with_capacity(stored.len());
+        for (user, profile) in stored {
+            match self.pii.open(&user, &profile) {
+                Ok(profile) => open.push((user, profile)),
+                // Neither the user nor the value is logged: either may be personal.
+                Err(error) => tracing::warn!(%error, "skipping a profile that does not open"),
+            }
+        }
+        Ok(open)
     }
     async fn health(&self) -> std::result::Result<(), String> {
         self.inner.health().await
@@ -311,5 +327,71 @@ mod tests {
         assert_eq!(again.open("u", &sealed).expect("open")["name"], "N");
         let unknown_active = config(&[("k", [0; 32])], Some("missing"));
         assert!(PiiCipher::from_config(&unknown_active, dir.path()).is_err());
+    }
+
+    #[test]
+    fn names_match_ignoring_case_and_nested_personal_fields_are_sealed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pii =
+            PiiCipher::from_config(&config(&[("k1", [3; 32])], None), dir.path()).expect("cipher");
+        let profile = serde_json::json!({
+            "EMAIL": "ada@example.org",
+            "contact": {"Name": "Ada Lovelace", "city": "London"},
+            "age": 36,
+        });
+        let sealed = pii.seal("u1", &profile).expect("seal");
+        let text = sealed.to_string();
+        assert!(
+            !text.contains("ada@example.org") && !text.contains("Lovelace"),
+            "{text}"
+        );
+        assert_eq!(sealed["age"], 36);
+        assert_eq!(pii.open("u1", &sealed).expect("open"), profile);
+    }
+
+    #[tokio::test]
+    async fn a_value_that_only_looks_sealed_does_not_break_profiles_for_everyone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pii = Arc::new(
+            PiiCipher::from_config(&config(&[("k1", [5; 32])], None), dir.path()).expect("cipher"),
+        );
+        let db = Arc::new(crate::db::Db::open(&dir.path().join("db")).expect("db"));
+        let inner: Arc<dyn Catalog> = Arc::new(crate::catalog::RocksCatalog::new(db));
+        let catalog = SealedCatalog::new(inner.clone(), pii);
+        // A client's own value shaped like ciphertext is sealed like a personal one: it opens
+        // back to exactly what the client sent.
+        let lookalike = serde_json::json!({"bio": {"$pii": "k1:bm90IHNlYWxlZA=="}, "age": 30});
+        catalog
+            .put_profile("mimic", &lookalike)
+            .await
+            .expect("stored");
+        assert_eq!(
+            catalog.get_profile("mimic").await.expect("opens"),
+            Some(lookalike)
+        );
+        // One written before that rule (straight to the store) does not open; the others load.
+        inner
+            .put_profile(
+                "legacy",
+                &serde_json::json!({"bio": {"$pii": "nokey:AAAA"}}),
+            )
+            .await
+            .expect("stored");
+        catalog
+            .put_profile(
+                "ada",
+                &serde_json::json!({"email": "ada@example.org", "age": 36}),
+            )
+            .await
+            .expect("stored");
+        let mut users: Vec<String> = catalog
+            .profiles()
+            .await
+            .expect("profiles load")
+            .into_iter()
+            .map(|(user, _)| user)
+            .collect();
+        users.sort();
+        assert_eq!(users, ["ada", "mimic"]);
     }
 }

@@ -119,6 +119,67 @@ async fn postgres_catalog_round_trips_items_deletions_and_profiles() {
 }
 
 #[tokio::test]
+async fn postgres_data_errors_are_invalid_input_not_an_outage() {
+    let url = fresh_database().await;
+    let catalog = Arc::new(
+        PgCatalog::connect(&url, 2, Duration::from_secs(5))
+            .await
+            .expect("connect and migrate"),
+    );
+    let view = CatalogView::open(catalog.clone()).await.expect("view");
+    // What validation keeps out at the edges, written straight to the store: PostgreSQL refuses
+    // a NUL in TEXT (22021), in a JSONB string (22P05) and in a JSONB key.
+    let mut nul_attribute = item("n2", true);
+    nul_attribute
+        .attributes
+        .insert("colour".into(), serde_json::json!("red\u{0}"));
+    let mut nul_key = item("n3", true);
+    nul_key
+        .attributes
+        .insert("k\u{0}".into(), serde_json::json!(1));
+    let refused = [
+        Item {
+            title: "Lamp\u{0}".into(),
+            ..item("n1", true)
+        },
+        nul_attribute,
+        nul_key,
+    ];
+    for bad in refused {
+        let error = view.upsert(bad.clone()).await.expect_err("refused");
+        assert!(error.is_invalid_data(), "{}: {error}", bad.item_id);
+        let api = common::ApiError::from(error);
+        assert_eq!(api.code, common::ErrorCode::InvalidArgument, "{api:?}");
+        assert!(
+            view.get(&bad.item_id).is_none(),
+            "the view took a refused write"
+        );
+    }
+    let error = catalog
+        .put_profile("u1", &serde_json::json!({"bio": "hi\u{0}"}))
+        .await
+        .expect_err("refused");
+    assert!(error.is_invalid_data(), "{error}");
+    // The store is fine: the next write goes through, and health says so.
+    view.upsert(item("ok", true)).await.expect("upsert");
+    assert_eq!(catalog.health().await, Ok(()));
+    // A connection failure stays an outage.
+    let down = PgCatalog::connect(
+        "postgres://nobody@127.0.0.1:1/none",
+        1,
+        Duration::from_millis(200),
+    )
+    .await
+    .err()
+    .expect("no server on port 1");
+    assert!(!down.is_invalid_data());
+    assert_eq!(
+        common::ApiError::from(down).code,
+        common::ErrorCode::Unavailable
+    );
+}
+
+#[tokio::test]
 async fn s3_store_puts_gets_and_lists_under_its_prefix() {
     let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
     let prefix = unique("test-");

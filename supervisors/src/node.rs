@@ -160,9 +160,14 @@ impl Node {
                 .await
                 .context("loading the catalog")?,
         );
-        let popularity = Arc::new(Popularity::new(storage::SessionStore::item_stats(
-            store.as_ref(),
-        )?));
+        // Only catalogued items have a popularity: stats of ids nobody catalogued (or since
+        // deleted) stay out of the map.
+        let popularity = Arc::new(Popularity::new(
+            storage::SessionStore::item_stats(store.as_ref())?
+                .into_iter()
+                .filter(|(id, count)| *count > 0.0 && catalog.get(id).is_some())
+                .collect(),
+        ));
         let objects = backends::objects(&config.objects, dir)
             .await
             .context("opening the object store")?;
@@ -182,6 +187,7 @@ impl Node {
             trending: Arc::new(actors::trending::Trending::new(
                 config.trending.window,
                 config.trending.windows,
+                config.trending.max_user_weight,
             )),
             registry,
             models: ModelPool::default(),

@@ -223,6 +223,21 @@ impl Server {
         .await
     }
 
+    /// Puts `ids` in the catalog (title only): only catalogued items are recommended.
+    pub async fn catalog<S: AsRef<str>>(&self, ids: impl IntoIterator<Item = S>) {
+        for id in ids {
+            let id = id.as_ref();
+            let (status, body) = self
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/v1/items/{id}"),
+                    Some(json!({"title": format!("Item {id}")})),
+                )
+                .await;
+            assert_eq!(status, 200, "{id}: {body}");
+        }
+    }
+
     /// Starts a training run and waits for the new version to be active; returns it.
     /// Trains a version and waits until the run has ended, its version activated (or rejected)
     /// and swapped into every model actor; returns the active version.
