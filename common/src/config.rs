@@ -223,6 +223,20 @@ pub struct EventsConfig {
     /// Extra librdkafka client properties, e.g. `"security.protocol" = "SASL_SSL"`,
     /// `"sasl.mechanism"`, `"sasl.username"`, `"sasl.password"` for a managed cluster. Default none.
     pub kafka_options: std::collections::BTreeMap<String, String>,
+    /// How long a segment of the node's log is kept after its last write, once ingest and (with
+    /// archiving on) the archive have committed all of it; the segment being written is never
+    /// deleted. With archiving off, this bounds what `model.train_source = "log"` and the GDPR
+    /// export see. `0s` keeps every segment. Default 7d.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How long an event id is remembered: within it, an event delivered again (a client retry,
+    /// a Kafka topic consumed again) is recognised as a duplicate, also after its user was
+    /// erased; after it, the id is forgotten and the same event would count again. Ids are
+    /// dropped as storage compacts, so some stay up to about twice as long. An erasure tombstone
+    /// is dropped after it too, once nothing it covers is left to read (the log past it, and no
+    /// training from the archive). `0s` remembers for ever. Default 7d.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
 }
 
 /// The item catalog and user profiles.
@@ -254,6 +268,9 @@ pub struct CacheConfig {
     /// How long a cached entry lives if nothing invalidates it. Default 5m.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Most cached results per user (one per model version, `k` and category); past it the
+    /// oldest goes. Default 16.
+    pub max_variants_per_user: usize,
 }
 
 /// Where model artifacts are kept.
@@ -281,6 +298,10 @@ pub struct SessionsConfig {
     pub max_live: usize,
     /// Recent interactions kept per user. Default 50.
     pub max_recent: usize,
+    /// Most distinct items a session keeps weights for; past it the items least recently
+    /// interacted with, then the lightest, are evicted (and their share of popularity taken
+    /// back). Default 1000.
+    pub max_items: usize,
 }
 
 /// Real-time activity windows.
@@ -389,6 +410,8 @@ impl Default for EventsConfig {
             produce_timeout: Duration::from_secs(5),
             session_timeout: Duration::from_secs(10),
             kafka_options: Default::default(),
+            retention: Duration::from_secs(7 * 86_400),
+            dedupe_window: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -410,6 +433,7 @@ impl Default for CacheConfig {
             timeout: Duration::from_millis(100),
             max_users: 100_000,
             ttl: Duration::from_secs(300),
+            max_variants_per_user: 16,
         }
     }
 }
@@ -430,6 +454,7 @@ impl Default for SessionsConfig {
             idle_timeout: Duration::from_secs(300),
             max_live: 100_000,
             max_recent: 50,
+            max_items: 1000,
         }
     }
 }
@@ -511,6 +536,11 @@ impl Config {
         }
         if self.sessions.max_live == 0 || self.sessions.max_recent == 0 {
             return invalid("sessions.max_live and sessions.max_recent must be at least 1");
+        }
+        if self.sessions.max_items == 0 || self.cache.max_variants_per_user == 0 {
+            return invalid(
+                "sessions.max_items and cache.max_variants_per_user must be at least 1",
+            );
         }
         let tls = &self.server.tls;
         if tls.cert.is_some() != tls.key.is_some() {

@@ -176,7 +176,7 @@ fn recs(user: &str, item: &str) -> Arc<Recommendations> {
 fn tiered(url: &str) -> TieredCache {
     TieredCache::connect(
         url,
-        MemoryCache::new(1000, Duration::from_secs(60)),
+        MemoryCache::new(1000, 16, Duration::from_secs(60)),
         Duration::from_secs(60),
         Duration::from_millis(200),
     )

@@ -8,6 +8,7 @@ use std::time::Duration;
 use actors::archiver::{ArchiveRun, ArchiverActor, ArchiverMsg};
 use actors::model::{ModelActor, ModelArgs};
 use actors::push::{PushHub, PushMsg, RecsWatch};
+use actors::retention::{RetentionActor, RetentionMsg, RetentionRun};
 use actors::session::UserView;
 use actors::session_manager::{SessionManager, SessionManagerMsg};
 use actors::trainer::{TrainerActor, TrainerMsg, TrainerObs};
@@ -35,6 +36,7 @@ pub struct Node {
     root_exit: Mutex<Option<tokio::task::JoinHandle<()>>>,
     trainer: Slot<TrainerMsg>,
     archiver: Slot<ArchiverMsg>,
+    retention: Slot<RetentionMsg>,
 }
 
 /// `GET /readyz`: what is up and what is not.
@@ -120,15 +122,13 @@ impl Node {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating data dir {}", dir.display()))?;
-        let db = Arc::new(Db::open(&dir.join("db")).context("opening RocksDB")?);
+        let db = Arc::new(
+            Db::open_with(&dir.join("db"), config.events.dedupe_window)
+                .context("opening RocksDB")?,
+        );
         let log = Arc::new(
-            FileEventLog::open(
-                &dir.join("events"),
-                config.events.num_partitions,
-                config.events.fsync,
-                db.clone(),
-            )
-            .context("opening the event log")?,
+            FileEventLog::open_with(&dir.join("events"), log_options(&config), db.clone())
+                .context("opening the event log")?,
         );
         // Kafka, when configured, takes the writes; the log then journals what the node consumed.
         let kafka = match kafka::Settings::from_config(&config.events) {
@@ -189,8 +189,15 @@ impl Node {
             sessions: slot(),
             push: slot(),
         });
-        let (trainer, archiver) = (slot(), slot());
+        let (trainer, archiver, retention) = (slot(), slot(), slot());
         let mut children = root_children(&services, &trainer, &archiver);
+        let s = services.clone();
+        children.push(slotted(
+            "retention",
+            || RetentionActor,
+            move || s.clone(),
+            retention.clone(),
+        ));
         if let Some((settings, producer)) = kafka {
             children.push(kafka_bridge(&services, settings, producer));
         }
@@ -211,6 +218,7 @@ impl Node {
             root_exit: Mutex::new(Some(handle)),
             trainer,
             archiver,
+            retention,
         });
         if node.services.registry.active().is_none() {
             tracing::info!("no model yet: training a first one");
@@ -395,6 +403,18 @@ impl Node {
             &archiver,
             "archiver",
             |reply| ArchiverMsg::Run(Some(reply)),
+            Duration::from_secs(600),
+        )
+        .await
+    }
+
+    /// Deletes what retention allows now (it also runs every few minutes).
+    pub async fn retain_now(&self) -> Result<RetentionRun, ApiError> {
+        let retention = slot_get(&self.retention, "retention")?;
+        call(
+            &retention,
+            "retention",
+            |reply| RetentionMsg::Run(Some(reply)),
             Duration::from_secs(600),
         )
         .await
@@ -686,6 +706,21 @@ enum ActorAction {
     Restart,
     Stop,
     Passivate,
+}
+
+/// The log's layout and retention: segments go once ingest, and the archive when archiving is
+/// on, have committed them. With archiving off nothing else keeps history, and
+/// `events.retention` alone bounds what the log holds.
+fn log_options(config: &Config) -> storage::log::LogOptions {
+    let mut groups = vec![storage::INGEST.to_owned()];
+    if !config.objects.archive_interval.is_zero() {
+        groups.push(storage::ARCHIVE.to_owned());
+    }
+    storage::log::LogOptions {
+        retention: config.events.retention,
+        retention_groups: groups,
+        ..storage::log::LogOptions::new(config.events.num_partitions, config.events.fsync)
+    }
 }
 
 /// `up`, or `down: <why>`, within a second.
