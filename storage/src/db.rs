@@ -145,14 +145,15 @@ impl Db {
             }
             if matches!(cf, Cf::AppliedIds | Cf::AcceptedIds) && !dedupe_window.is_zero() {
                 let window_ms = i64::try_from(dedupe_window.as_millis()).unwrap_or(i64::MAX);
-                cf_opts.set_compaction_filter("dedupe_window", move |_, _: &[u8], value: &[u8]| {
-                    match id_time(value) {
+                cf_opts.set_compaction_filter(
+                    "dedupe_window",
+                    move |_level: u32, _key: &[u8], value: &[u8]| match id_time(value) {
                         Some(at) if at < common::now_millis().saturating_sub(window_ms) => {
                             Decision::Remove
                         }
                         _ => Decision::Keep,
-                    }
-                });
+                    },
+                );
                 // Files are rewritten (and filtered) at least once per window even when nothing
                 // else compacts them.
                 cf_opts.set_periodic_compaction_seconds(dedupe_window.as_secs().max(1));
