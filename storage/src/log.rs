@@ -1213,7 +1213,8 @@ mod tests {
                 assert!(names.len() < 50, "no roll was due");
             }
             assert_eq!(log.partitions[p as usize].active.load(Ordering::Acquire), 0);
-            assert_eq!(*log.high_watermark(p).borrow(), names.len() as u64);
+            let full = names.len();
+            assert_eq!(*log.high_watermark(p).borrow(), full as u64);
             for _ in 0..5 {
                 let name = format!("d{}", names.len());
                 log.append(vec![event("dave", &name)])
@@ -1223,6 +1224,15 @@ mod tests {
             }
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             assert_eq!(ids(&log, p).await, expected(0, &names));
+            // A consumer reading from where the roll failed finds what came after it.
+            let tail: Vec<(u64, String)> = log
+                .read(p, full as u64, 100)
+                .await
+                .expect("read after the failed roll")
+                .into_iter()
+                .map(|r| (r.offset, r.event.event_id))
+                .collect();
+            assert_eq!(tail, expected(full as u64, &names[full..]));
         }
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let log = open_with(dir.path(), small_segments());
