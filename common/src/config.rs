@@ -234,7 +234,9 @@ pub struct EventsConfig {
     /// erased; after it, the id is forgotten and the same event would count again. Ids are
     /// dropped as storage compacts, so some stay up to about twice as long. An erasure tombstone
     /// is dropped after it too, once nothing it covers is left to read (the log past it, and no
-    /// training from the archive). `0s` remembers for ever. Default 7d.
+    /// training from the archive). Keep Kafka's retention of `user-events` within it: an erased
+    /// user's events consumed again from the topic after it would count as new. `0s` remembers
+    /// for ever; otherwise at least 1m. Default 7d.
     #[serde(with = "humantime_serde")]
     pub dedupe_window: Duration,
 }
@@ -536,6 +538,10 @@ impl Config {
         }
         if self.sessions.max_live == 0 || self.sessions.max_recent == 0 {
             return invalid("sessions.max_live and sessions.max_recent must be at least 1");
+        }
+        let window = self.events.dedupe_window;
+        if !window.is_zero() && window < Duration::from_secs(60) {
+            return invalid("events.dedupe_window must be 0s (for ever) or at least 1m");
         }
         if self.sessions.max_items == 0 || self.cache.max_variants_per_user == 0 {
             return invalid(

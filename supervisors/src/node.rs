@@ -8,7 +8,7 @@ use std::time::Duration;
 use actors::archiver::{ArchiveRun, ArchiverActor, ArchiverMsg};
 use actors::model::{ModelActor, ModelArgs};
 use actors::push::{PushHub, PushMsg, RecsWatch};
-use actors::retention::{RetentionActor, RetentionMsg, RetentionRun};
+use actors::retention::RetentionActor;
 use actors::session::UserView;
 use actors::session_manager::{SessionManager, SessionManagerMsg};
 use actors::trainer::{TrainerActor, TrainerMsg, TrainerObs};
@@ -36,7 +36,6 @@ pub struct Node {
     root_exit: Mutex<Option<tokio::task::JoinHandle<()>>>,
     trainer: Slot<TrainerMsg>,
     archiver: Slot<ArchiverMsg>,
-    retention: Slot<RetentionMsg>,
 }
 
 /// `GET /readyz`: what is up and what is not.
@@ -189,14 +188,14 @@ impl Node {
             sessions: slot(),
             push: slot(),
         });
-        let (trainer, archiver, retention) = (slot(), slot(), slot());
+        let (trainer, archiver) = (slot(), slot());
         let mut children = root_children(&services, &trainer, &archiver);
         let s = services.clone();
         children.push(slotted(
             "retention",
             || RetentionActor,
             move || s.clone(),
-            retention.clone(),
+            slot(),
         ));
         if let Some((settings, producer)) = kafka {
             children.push(kafka_bridge(&services, settings, producer));
@@ -218,7 +217,6 @@ impl Node {
             root_exit: Mutex::new(Some(handle)),
             trainer,
             archiver,
-            retention,
         });
         if node.services.registry.active().is_none() {
             tracing::info!("no model yet: training a first one");
@@ -403,18 +401,6 @@ impl Node {
             &archiver,
             "archiver",
             |reply| ArchiverMsg::Run(Some(reply)),
-            Duration::from_secs(600),
-        )
-        .await
-    }
-
-    /// Deletes what retention allows now (it also runs every few minutes).
-    pub async fn retain_now(&self) -> Result<RetentionRun, ApiError> {
-        let retention = slot_get(&self.retention, "retention")?;
-        call(
-            &retention,
-            "retention",
-            |reply| RetentionMsg::Run(Some(reply)),
             Duration::from_secs(600),
         )
         .await
