@@ -211,6 +211,42 @@ async fn replayed_events_change_nothing_and_erasure_is_final() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_keeps_at_most_max_items_and_evicted_items_leave_popularity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.sessions.max_items = 3;
+    config.sessions.max_recent = 3;
+    let node = Node::start(config).await.expect("node starts");
+    let events: Vec<Event> = (0..10)
+        .map(|i| event(&format!("e{i}"), "many", &format!("item{i}")))
+        .collect();
+    for e in events {
+        node.post_events(vec![e]).await.expect("append");
+    }
+    assert!(node.wait_caught_up(Duration::from_secs(10)).await);
+    let stored = node
+        .services()
+        .store
+        .load("many")
+        .expect("load")
+        .expect("stored");
+    let data = actors::session::SessionData::decode(&stored).expect("decode");
+    let mut kept: Vec<&str> = data.items.keys().map(String::as_str).collect();
+    kept.sort_unstable();
+    assert_eq!(kept, ["item7", "item8", "item9"]);
+    let popularity = &node.services().popularity;
+    popularity.refresh();
+    let popular: Vec<String> = popularity
+        .ranked()
+        .iter()
+        .filter(|(_, w)| *w > 0.0)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(popular, ["item7", "item8", "item9"]);
+    node.shutdown().await;
+}
+
 const YEAR_MS: i64 = 365 * 86_400_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
