@@ -252,30 +252,20 @@ const YEAR_MS: i64 = 365 * 86_400_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_future_dated_event_delivered_again_after_erasure_stays_out() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(config(dir.path())).await.expect("node starts");
     let future = Event {
         ts: common::now_millis() + YEAR_MS,
         ..event("f1", "zoe", "i1")
     };
-    {
-        let node = Node::start(config(dir.path())).await.expect("node starts");
-        node.post_events(vec![future.clone()])
-            .await
-            .expect("append");
-        assert!(node.wait_caught_up(Duration::from_secs(10)).await);
-        node.erase_user("zoe").await.expect("erase");
-        let again = node
-            .post_events(vec![future.clone()])
-            .await
-            .expect("append");
-        assert_eq!(again.duplicates, 1);
-        node.shutdown().await;
-    }
-    // After a restart too: the ids are durable, and nothing brings the user back.
-    let node = Node::start(config(dir.path()))
+    node.post_events(vec![future.clone()])
         .await
-        .expect("node restarts");
+        .expect("append");
+    assert!(node.wait_caught_up(Duration::from_secs(10)).await);
+    node.erase_user("zoe").await.expect("erase");
+    // Delivered again after the erasure (its date is still ahead): the log knows its id.
+    // (tests/security.rs does the same across a restart of the process.)
     let again = node.post_events(vec![future]).await.expect("append");
-    assert_eq!(again.duplicates, 1);
+    assert_eq!((again.accepted, again.duplicates), (0, 1));
     assert!(node.wait_caught_up(Duration::from_secs(10)).await);
     assert!(node.user("zoe").await.expect("get").is_none());
     let export = node.export_user("zoe").await.expect("export");
