@@ -849,7 +849,8 @@ async fn erase_leaves_nothing_and_a_replay_of_the_archive_does_not_resurrect() {
     );
 
     // The same events delivered again (a client retrying an old batch, a topic consumed again by
-    // a reset consumer group) land at new offsets; their time keeps them out. A new event counts.
+    // a reset consumer group) are recognised by their ids, which the node keeps (hashed) for the
+    // dedupe window after the erasure. A new event counts.
     let mut again = past;
     again.push(click("new", "gone", "m5"));
     let (status, body) = server.post_events(again).await;

@@ -3,8 +3,8 @@
 //! offset (consumer group `archive`) to the end of the log as one gzip'd JSON-lines object,
 //! `archive/events/user-events/partition=PPPP/hour=YYYYMMDDHH/<first>-<last>.jsonl.gz`, and commits
 //! only after the object is stored: a crash rewrites at most one object, never skips records.
-//! [`read_archive`] reads it all back (training, replays), offsets included, so an erased user's
-//! tombstone still applies.
+//! [`read_archive`] reads it all back (training, replays), with each record's receive time, so an
+//! erased user's tombstone still applies to records from any node's log.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -31,6 +31,9 @@ const MAX_RECORDS_PER_OBJECT: usize = 50_000;
 struct ArchivedRecord {
     partition: u32,
     offset: u64,
+    /// When the node's log received the event; absent in objects of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    received_ms: Option<i64>,
     event: Event,
 }
 
@@ -190,6 +193,7 @@ fn encode(records: Vec<Record>) -> std::io::Result<Vec<u8>> {
         let line = ArchivedRecord {
             partition: r.partition,
             offset: r.offset,
+            received_ms: r.received_ms,
             event: r.event,
         };
         serde_json::to_writer(&mut gz, &line)?;
@@ -218,6 +222,7 @@ pub async fn read_archive(objects: &dyn ObjectStore) -> Result<Vec<Record>, ApiE
             records.push(Record {
                 partition: a.partition,
                 offset: a.offset,
+                received_ms: a.received_ms,
                 event: a.event,
             });
         }
@@ -246,6 +251,7 @@ mod tests {
         let record = |offset: u64| Record {
             partition: 0,
             offset,
+            received_ms: Some(1_000 + offset as i64),
             event: common::Event {
                 event_id: format!("e{offset}"),
                 user_id: "u".into(),
@@ -261,12 +267,14 @@ mod tests {
             let key = format!("{PREFIX}{TOPIC}/partition=0000/{first:020}-{last:020}.jsonl.gz");
             objects.put(&key, bytes).await.expect("put");
         }
-        let offsets: Vec<u64> = read_archive(&objects)
+        let read: Vec<(u64, Option<i64>)> = read_archive(&objects)
             .await
             .expect("read")
             .iter()
-            .map(|r| r.offset)
+            .map(|r| (r.offset, r.received_ms))
             .collect();
-        assert_eq!(offsets, [0, 1, 2, 3, 4]);
+        let expected: Vec<(u64, Option<i64>)> =
+            (0..5).map(|o| (o, Some(1_000 + o as i64))).collect();
+        assert_eq!(read, expected);
     }
 }

@@ -9,6 +9,7 @@
 //! - [`push::PushHub`]: fans recommendation changes out to live subscribers.
 //! - [`trainer::TrainerActor`]: retrains off the serving path and swaps the new version in.
 //! - [`archiver::ArchiverActor`]: copies the event log to the object store, hourly.
+//! - [`retention::RetentionActor`]: deletes log segments and tombstones nothing needs any more.
 //! - [`kafka_bridge::KafkaBridge`]: with Kafka configured, feeds the log from the consumer group.
 
 pub mod archiver;
@@ -20,6 +21,7 @@ pub mod obs;
 pub mod popularity;
 pub mod push;
 pub mod registry;
+pub mod retention;
 pub mod session;
 pub mod session_manager;
 pub mod trainer;

@@ -50,6 +50,34 @@ impl SessionData {
         serde_json::from_slice(bytes)
             .map_err(|e| ApiError::internal(format!("corrupt session state: {e}")))
     }
+
+    /// Keeps the weights of at most `max_items` items (`sessions.max_items`): those of the most
+    /// recent interactions first, then the heaviest (by absolute weight); returns the evicted ones.
+    pub fn evict_items(&mut self, max_items: usize) -> Vec<(String, f32)> {
+        if self.items.len() <= max_items {
+            return Vec::new();
+        }
+        let mut recency: HashMap<&str, usize> = HashMap::new();
+        for (i, interaction) in self.recent.iter().enumerate() {
+            recency.entry(interaction.item_id.as_str()).or_insert(i);
+        }
+        let mut order: Vec<(&String, f32)> = self.items.iter().map(|(id, w)| (id, *w)).collect();
+        order.sort_by(|a, b| {
+            let rank = |id: &String| recency.get(id.as_str()).copied().unwrap_or(usize::MAX);
+            rank(a.0)
+                .cmp(&rank(b.0))
+                .then(b.1.abs().total_cmp(&a.1.abs()))
+                .then(a.0.cmp(b.0))
+        });
+        let evicted: Vec<String> = order[max_items..]
+            .iter()
+            .map(|(id, _)| (*id).clone())
+            .collect();
+        evicted
+            .into_iter()
+            .filter_map(|id| self.items.remove_entry(&id))
+            .collect()
+    }
 }
 
 /// `GET /v1/users/{id}`.
@@ -284,6 +312,10 @@ impl SessionState {
         }
         self.obs_state.num_duplicates += outcome.duplicates as u64;
         if outcome.applied > 0 {
+            // Past `sessions.max_items` the least recent, then lightest, items go; `deltas` below
+            // takes back their share of popularity with them (an erasure, which takes back the
+            // session's items, then leaves nothing of the user behind).
+            next.evict_items(services.config.sessions.max_items);
             let state = serde_json::to_vec(&next).map_err(ApiError::internal)?;
             // Popularity: catalogued items only, each user's part capped (see `popularity`).
             let cap = services.config.trending.max_user_weight;
@@ -428,10 +460,19 @@ pub async fn recommend_for(
     Ok((Arc::new(recs), resp.vector))
 }
 
-/// Erases a user everywhere: session state, profile, applied and accepted event ids, its share
-/// of item popularity and the cache. A tombstone (the current end of the user's log partition, and
-/// now) keeps replays and redeliveries of the user's past events from bringing the user back.
+/// Erases a user everywhere: session state, profile, applied event ids, its share of item
+/// popularity and the cache. A tombstone (the current end of the user's log partition, and now)
+/// keeps replays of the user's past records from bringing the user back; the log keeps
+/// recognising the user's event ids (as keyed hashes, nothing personal) for the dedupe window, so
+/// that past events delivered again are not taken in again. Durable when it returns: the store's
+/// erase is fsynced, with the profile deletion before it when the catalog is embedded.
 pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Result<(), ApiError> {
+    services
+        .catalog
+        .store()
+        .delete_profile(user_id)
+        .await
+        .map_err(ApiError::from)?;
     let partition = partition_for(user_id, services.log.num_partitions());
     let tombstone = Tombstone {
         offset: *services.log.high_watermark(partition).borrow(),
@@ -447,17 +488,58 @@ pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Re
         .store
         .erase(user_id, tombstone, &borrowed)
         .map_err(ApiError::internal)?;
-    services
-        .log
-        .forget_user(user_id)
-        .map_err(ApiError::internal)?;
-    services
-        .catalog
-        .store()
-        .delete_profile(user_id)
-        .await
-        .map_err(ApiError::from)?;
     services.popularity.remove(&deltas);
     services.cache.invalidate(user_id);
+    // The tombstone covers what was received up to its millisecond: answer once the clock has
+    // passed it, so that whatever the client sends next counts as received after the erasure.
+    while common::now_millis() <= tombstone.at_ms {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interaction(item: &str) -> Interaction {
+        Interaction {
+            item_id: item.into(),
+            kind: EventKind::View,
+            ts: 1,
+        }
+    }
+
+    #[test]
+    fn a_session_keeps_at_most_max_items_the_most_recent_then_the_heaviest() {
+        let mut data = SessionData {
+            num_events: 6,
+            // Most recent first.
+            recent: ["r1", "r2"].map(interaction).into(),
+            items: [
+                ("r1", 0.5),
+                ("r2", 0.5),
+                ("heavy", 5.0),
+                ("disliked", -3.0),
+                ("light", 1.0),
+                ("lighter", 0.2),
+            ]
+            .into_iter()
+            .map(|(id, w)| (id.to_owned(), w))
+            .collect(),
+        };
+        assert!(data.evict_items(6).is_empty());
+        let mut evicted = data.evict_items(4);
+        evicted.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            evicted,
+            [("light".to_owned(), 1.0), ("lighter".to_owned(), 0.2)]
+        );
+        let mut kept: Vec<&str> = data.items.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["disliked", "heavy", "r1", "r2"]);
+        // Below the recent interactions, the most recent win.
+        data.evict_items(1);
+        assert_eq!(data.items.keys().collect::<Vec<_>>(), ["r1"]);
+    }
 }

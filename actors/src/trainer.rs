@@ -1,7 +1,8 @@
 //! The trainer: retrains the model on a schedule (`model.retrain_interval`) and on demand, off
-//! the serving path. It reads the whole event log (skipping erased users), trains on the blocking
-//! pool, measures the new version on a temporal hold-out, publishes it to the model registry and
-//! has every model actor load it; then it clears the cache and tells live subscribers.
+//! the serving path. It reads the event log (what retention keeps of it, or the archive plus the
+//! log's tail), skipping erased users, trains on the blocking pool, measures the new version on
+//! a temporal hold-out, publishes it to the model registry and has every model actor load it;
+//! then it clears the cache and tells live subscribers.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -311,7 +312,9 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
     let mut tombstones: HashMap<String, Option<Tombstone>> = HashMap::new();
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let from_archive = services.config.model.train_source == "archive";
-    let mut add = |r: Record| -> Result<(), ApiError> {
+    // Records of this node's log are judged by offset, archived ones (several nodes' logs) by
+    // their receive time.
+    let mut add = |r: Record, archived: bool| -> Result<(), ApiError> {
         let e = &r.event;
         let tombstone = match tombstones.get(&e.user_id) {
             Some(t) => *t,
@@ -324,7 +327,13 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
                 t
             }
         };
-        if tombstone.is_some_and(|t| t.covers(&r)) {
+        if tombstone.is_some_and(|t| {
+            if archived {
+                t.covers_archived(&r)
+            } else {
+                t.covers(&r)
+            }
+        }) {
             return Ok(());
         }
         if from_archive && !seen.insert((e.user_id.clone(), e.event_id.clone())) {
@@ -336,7 +345,7 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
     };
     if from_archive {
         for r in read_archive(services.registry.objects()).await? {
-            add(r)?;
+            add(r, true)?;
         }
     }
     for partition in 0..log.num_partitions() {
@@ -346,7 +355,7 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
         } else {
             0
         };
-        storage::log::scan(log.as_ref(), partition, from, &mut add).await?;
+        storage::log::scan(log.as_ref(), partition, from, |r| add(r, false)).await?;
     }
     Ok((data, range))
 }

@@ -254,6 +254,22 @@ pub struct EventsConfig {
     /// Extra librdkafka client properties, e.g. `"security.protocol" = "SASL_SSL"`,
     /// `"sasl.mechanism"`, `"sasl.username"`, `"sasl.password"` for a managed cluster. Default none.
     pub kafka_options: std::collections::BTreeMap<String, String>,
+    /// How long a segment of the node's log is kept after its last write, once ingest and (with
+    /// archiving on) the archive have committed all of it; the segment being written is never
+    /// deleted. With archiving off, this bounds what `model.train_source = "log"` and the GDPR
+    /// export see. `0s` keeps every segment. Default 7d.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How long an event id is remembered: within it, an event delivered again (a client retry,
+    /// a Kafka topic consumed again) is recognised as a duplicate, also after its user was
+    /// erased; after it, the id is forgotten and the same event would count again. Ids are
+    /// dropped as storage compacts, so some stay up to about twice as long. An erasure tombstone
+    /// is dropped after it too, once nothing it covers is left to read (the log past it, and no
+    /// training from the archive). Keep Kafka's retention of `user-events` within it: an erased
+    /// user's events consumed again from the topic after it would count as new. `0s` remembers
+    /// for ever; otherwise at least 1m. Default 7d.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
 }
 
 /// The item catalog and user profiles.
@@ -285,6 +301,9 @@ pub struct CacheConfig {
     /// How long a cached entry lives if nothing invalidates it. Default 5m.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Most cached results per user (one per model version, `k` and category); past it the
+    /// oldest goes. Default 16.
+    pub max_variants_per_user: usize,
 }
 
 /// Where model artifacts are kept.
@@ -312,6 +331,10 @@ pub struct SessionsConfig {
     pub max_live: usize,
     /// Recent interactions kept per user. Default 50.
     pub max_recent: usize,
+    /// Most distinct items a session keeps weights for; past it the items least recently
+    /// interacted with, then the lightest, are evicted (and their share of popularity taken
+    /// back). Default 1000.
+    pub max_items: usize,
 }
 
 /// Real-time activity windows.
@@ -437,6 +460,8 @@ impl Default for EventsConfig {
             produce_timeout: Duration::from_secs(5),
             session_timeout: Duration::from_secs(10),
             kafka_options: Default::default(),
+            retention: Duration::from_secs(7 * 86_400),
+            dedupe_window: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -458,6 +483,7 @@ impl Default for CacheConfig {
             timeout: Duration::from_millis(100),
             max_users: 100_000,
             ttl: Duration::from_secs(300),
+            max_variants_per_user: 16,
         }
     }
 }
@@ -478,6 +504,7 @@ impl Default for SessionsConfig {
             idle_timeout: Duration::from_secs(300),
             max_live: 100_000,
             max_recent: 50,
+            max_items: 1000,
         }
     }
 }
@@ -559,6 +586,15 @@ impl Config {
         }
         if self.sessions.max_live == 0 || self.sessions.max_recent == 0 {
             return invalid("sessions.max_live and sessions.max_recent must be at least 1");
+        }
+        let window = self.events.dedupe_window;
+        if !window.is_zero() && window < Duration::from_secs(60) {
+            return invalid("events.dedupe_window must be 0s (for ever) or at least 1m");
+        }
+        if self.sessions.max_items == 0 || self.cache.max_variants_per_user == 0 {
+            return invalid(
+                "sessions.max_items and cache.max_variants_per_user must be at least 1",
+            );
         }
         let tls = &self.server.tls;
         if tls.cert.is_some() != tls.key.is_some() {

@@ -22,7 +22,7 @@ pub async fn catalog(config: &CatalogConfig, db: &Arc<Db>) -> Result<Arc<dyn Cat
 }
 
 pub fn cache(config: &CacheConfig) -> Result<Arc<dyn RecCache>> {
-    let l1 = MemoryCache::new(config.max_users, config.ttl);
+    let l1 = MemoryCache::new(config.max_users, config.max_variants_per_user, config.ttl);
     if config.url == "memory" {
         return Ok(Arc::new(l1));
     }

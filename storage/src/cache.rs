@@ -1,9 +1,10 @@
 //! The recommendation cache. Entries are per user, holding one result per (model version,
 //! query), so invalidating a user (whose session changed) is one removal, and a new model
-//! version never serves results of the old one. [`MemoryCache`] is the in-process tier (L1);
+//! version never serves results of the old one. A user holds at most `max_variants_per_user`
+//! results (the oldest goes first), so a client cycling through `k` and categories cannot grow
+//! an entry without bound. [`MemoryCache`] is the in-process tier (L1);
 //! [`TieredCache`](crate::redis_cache::TieredCache) puts Redis behind it (L2).
 
-use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -47,21 +48,29 @@ pub trait RecCache: Send + Sync + 'static {
     }
 }
 
-type UserEntry = Arc<HashMap<(String, RecQuery), Arc<Recommendations>>>;
+/// A user's results, oldest first.
+type UserEntry = Arc<Vec<((String, RecQuery), Arc<Recommendations>)>>;
 
-/// The in-process cache (L1): bounded by users, entries expire after a TTL.
+/// The in-process cache (L1): bounded by users and results per user, entries expire after a TTL.
 pub struct MemoryCache {
     users: moka::sync::Cache<String, UserEntry>,
+    max_variants: usize,
 }
 
 impl MemoryCache {
-    pub fn new(max_users: u64, ttl: Duration) -> Self {
+    pub fn new(max_users: u64, max_variants_per_user: usize, ttl: Duration) -> Self {
         Self {
             users: moka::sync::Cache::builder()
                 .max_capacity(max_users)
                 .time_to_live(ttl)
                 .build(),
+            max_variants: max_variants_per_user.max(1),
         }
+    }
+
+    /// Most results kept per user.
+    pub fn max_variants_per_user(&self) -> usize {
+        self.max_variants
     }
 
     pub(crate) fn lookup(
@@ -70,9 +79,11 @@ impl MemoryCache {
         version: &str,
         query: &RecQuery,
     ) -> Option<Arc<Recommendations>> {
-        self.users
-            .get(user_id)
-            .and_then(|entry| entry.get(&(version.to_owned(), query.clone())).cloned())
+        let entry = self.users.get(user_id)?;
+        entry
+            .iter()
+            .find(|((v, q), _)| v == version && q == query)
+            .map(|(_, recs)| recs.clone())
     }
 
     pub(crate) fn store(
@@ -83,13 +94,17 @@ impl MemoryCache {
         recs: Arc<Recommendations>,
     ) {
         // Copy-on-write: a user has few distinct queries, and readers never lock.
-        let mut map = self
+        let mut entry = self
             .users
             .get(user_id)
             .map(|e| (*e).clone())
             .unwrap_or_default();
-        map.insert((version.to_owned(), query.clone()), recs);
-        self.users.insert(user_id.to_owned(), Arc::new(map));
+        entry.retain(|((v, q), _)| !(v == version && q == query));
+        if entry.len() >= self.max_variants {
+            entry.drain(..=entry.len() - self.max_variants);
+        }
+        entry.push(((version.to_owned(), query.clone()), recs));
+        self.users.insert(user_id.to_owned(), Arc::new(entry));
     }
 }
 
@@ -133,7 +148,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalidation_drops_every_query_of_the_user() {
-        let cache = MemoryCache::new(10, Duration::from_secs(60));
+        let cache = MemoryCache::new(10, 8, Duration::from_secs(60));
         let recs = Arc::new(Recommendations {
             user_id: "u".into(),
             model_version: "v".into(),
@@ -160,5 +175,25 @@ mod tests {
             cache.get("u", "v1", &q1).await.is_none() && cache.get("u", "v1", &q2).await.is_none()
         );
         assert!(cache.get("w", "v1", &q1).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_user_holds_at_most_max_variants_results_and_the_oldest_go() {
+        let cache = MemoryCache::new(10, 3, Duration::from_secs(60));
+        let recs = Arc::new(Recommendations {
+            user_id: "u".into(),
+            model_version: "v".into(),
+            items: vec![],
+        });
+        let query = |k| RecQuery { k, category: None };
+        for k in 1..=10 {
+            cache.put("u", "v1", &query(k), recs.clone()).await;
+        }
+        // Storing one again refreshes it instead of taking a second place.
+        cache.put("u", "v1", &query(9), recs.clone()).await;
+        let held: Vec<usize> = (1..=10)
+            .filter(|&k| cache.lookup("u", "v1", &query(k)).is_some())
+            .collect();
+        assert_eq!(held, [8, 9, 10]);
     }
 }

@@ -3,12 +3,22 @@
 //! Writes that must be atomic together (a session's state, the event ids it applied and the
 //! item counters they moved) go in one `WriteBatch`. Writes go through the WAL without fsync:
 //! they survive a process crash (`kill -9`), and on power loss the WAL loses a suffix only,
-//! never a write before one that survived; the event log is the fsynced source of truth.
+//! never a write before one that survived; the event log is the fsynced source of truth. The
+//! few writes that must survive a power loss before they are answered (an erasure) use
+//! [`Db::write_synced`], which also makes every earlier write durable.
+//!
+//! The id sets (`applied_ids`, `accepted_ids`) hold the time each id was recorded; a compaction
+//! filter drops ids older than the dedupe window, so the sets stay as large as the window's
+//! traffic instead of growing for ever.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, MergeOperands, Options,
+    WriteOptions,
 };
 
 use crate::error::{Result, StorageError};
@@ -18,11 +28,13 @@ use crate::error::{Result, StorageError};
 pub enum Cf {
     /// user id → serialized session state.
     Sessions,
-    /// user id \0 event id → () for every event applied to a session.
+    /// user id \0 event id → when it was applied (i64 BE epoch ms), for every event applied to
+    /// a session within the dedupe window.
     AppliedIds,
-    /// user id \0 event id → () for every event accepted into the embedded log.
+    /// keyed hash of (user id, event id) → when it was accepted (i64 BE epoch ms), for every
+    /// event accepted into the embedded log within the dedupe window (see `log`).
     AcceptedIds,
-    /// partition (u32 BE) → committed offset (u64 BE) of the ingest consumer.
+    /// group \0 partition (u32 BE) → committed offset (u64 BE) of a consumer group.
     Offsets,
     /// item id → item JSON.
     Items,
@@ -34,10 +46,12 @@ pub enum Cf {
     Erasures,
     /// user id → profile JSON (demographics, attributes).
     Profiles,
+    /// Bookkeeping of the stores themselves (the log's id-set position, migrations done).
+    Meta,
 }
 
 impl Cf {
-    const ALL: [Cf; 9] = [
+    const ALL: [Cf; 10] = [
         Cf::Sessions,
         Cf::AppliedIds,
         Cf::AcceptedIds,
@@ -47,6 +61,7 @@ impl Cf {
         Cf::ItemStats,
         Cf::Erasures,
         Cf::Profiles,
+        Cf::Meta,
     ];
 
     fn name(self) -> &'static str {
@@ -60,6 +75,7 @@ impl Cf {
             Cf::ItemStats => "item_stats",
             Cf::Erasures => "erasures",
             Cf::Profiles => "profiles",
+            Cf::Meta => "meta",
         }
     }
 }
@@ -69,7 +85,26 @@ pub type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 pub struct Db {
     db: rocksdb::DB,
+    num_synced_writes: AtomicU64,
 }
+
+/// How long an event id is remembered by default (`events.dedupe_window`).
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The value of an id-set entry: when the id was recorded.
+pub fn id_stamp(at_ms: i64) -> [u8; 8] {
+    at_ms.to_be_bytes()
+}
+
+/// When an id-set entry was recorded; `None` for entries written before times were kept.
+pub fn id_time(value: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(value.try_into().ok()?))
+}
+
+/// Marks that every `applied_ids` entry carries its time.
+const APPLIED_IDS_TIMED: &[u8] = b"applied_ids_timed";
+/// Entries per write batch when a migration rewrites a column family.
+const MIGRATION_BATCH: usize = 10_000;
 
 fn add_f64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
     let mut sum = existing.and_then(decode_f64).unwrap_or(0.0);
@@ -84,7 +119,15 @@ pub fn decode_f64(bytes: &[u8]) -> Option<f64> {
 }
 
 impl Db {
+    /// Opens (creating if needed) the database with the default dedupe window.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, DEFAULT_DEDUPE_WINDOW)
+    }
+
+    /// Opens the database; ids older than `dedupe_window` are dropped from the id sets as
+    /// compactions rewrite them (at least the window, at most about twice it). A zero window keeps
+    /// every id.
+    pub fn open_with(path: &Path, dedupe_window: Duration) -> Result<Self> {
         std::fs::create_dir_all(path)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -100,10 +143,50 @@ impl Db {
             if matches!(cf, Cf::ItemStats) {
                 cf_opts.set_merge_operator_associative("add_f64", add_f64);
             }
+            if matches!(cf, Cf::AppliedIds | Cf::AcceptedIds) && !dedupe_window.is_zero() {
+                let window_ms = i64::try_from(dedupe_window.as_millis()).unwrap_or(i64::MAX);
+                cf_opts.set_compaction_filter(
+                    "dedupe_window",
+                    move |_level: u32, _key: &[u8], value: &[u8]| match id_time(value) {
+                        Some(at) if at < common::now_millis().saturating_sub(window_ms) => {
+                            Decision::Remove
+                        }
+                        _ => Decision::Keep,
+                    },
+                );
+                // Files are rewritten (and filtered) at least once per window even when nothing
+                // else compacts them.
+                cf_opts.set_periodic_compaction_seconds(dedupe_window.as_secs().max(1));
+            }
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
         let db = rocksdb::DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(Self { db })
+        let db = Self {
+            db,
+            num_synced_writes: AtomicU64::new(0),
+        };
+        db.time_untimed_applied_ids()?;
+        Ok(db)
+    }
+
+    /// Earlier versions stored applied ids without a time: they count from now, once.
+    fn time_untimed_applied_ids(&self) -> Result<()> {
+        if self.contains(Cf::Meta, APPLIED_IDS_TIMED)? {
+            return Ok(());
+        }
+        let stamp = id_stamp(common::now_millis());
+        let mut batch = rocksdb::WriteBatch::default();
+        for kv in self.scan(Cf::AppliedIds) {
+            let (key, value) = kv?;
+            if id_time(&value).is_none() {
+                batch.put_cf(self.cf(Cf::AppliedIds), key, stamp);
+            }
+            if batch.len() >= MIGRATION_BATCH {
+                self.write(std::mem::take(&mut batch))?;
+            }
+        }
+        batch.put_cf(self.cf(Cf::Meta), APPLIED_IDS_TIMED, []);
+        self.write(batch)
     }
 
     pub(crate) fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -131,6 +214,27 @@ impl Db {
 
     pub fn write(&self, batch: rocksdb::WriteBatch) -> Result<()> {
         Ok(self.db.write(batch)?)
+    }
+
+    /// Writes `batch` and fsyncs the WAL before returning: the batch, and every write before it,
+    /// survives a power loss.
+    pub fn write_synced(&self, batch: rocksdb::WriteBatch) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        self.num_synced_writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes made durable by [`Db::write_synced`] since open.
+    pub fn num_synced_writes(&self) -> u64 {
+        self.num_synced_writes.load(Ordering::Relaxed)
+    }
+
+    /// Compacts a whole column family now (the dedupe window applies as it does).
+    pub fn compact(&self, cf: Cf) {
+        self.db
+            .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
     }
 
     /// Every key/value of a column family, in key order (start-up loads and training only).
@@ -169,4 +273,61 @@ pub fn pair_key(a: &str, b: &str) -> Vec<u8> {
 /// `a \0`, the prefix of every pair key of `a`.
 pub fn pair_prefix(a: &str) -> Vec<u8> {
     pair_key(a, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: i64 = 86_400_000;
+
+    #[test]
+    fn the_dedupe_window_drops_older_ids_and_nothing_newer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open_with(dir.path(), Duration::from_secs(7 * 86_400)).expect("db");
+        let now = common::now_millis();
+        for cf in [Cf::AppliedIds, Cf::AcceptedIds] {
+            db.put(cf, b"old", &id_stamp(now - 8 * DAY_MS))
+                .expect("put");
+            db.put(cf, b"edge", &id_stamp(now - 6 * DAY_MS))
+                .expect("put");
+            db.put(cf, b"new", &id_stamp(now)).expect("put");
+            db.compact(cf);
+            assert!(!db.contains(cf, b"old").expect("get"), "{cf:?}");
+            assert!(db.contains(cf, b"edge").expect("get"), "{cf:?}");
+            assert!(db.contains(cf, b"new").expect("get"), "{cf:?}");
+        }
+        // Other families are not id sets.
+        db.put(Cf::Sessions, b"old", &id_stamp(now - 8 * DAY_MS))
+            .expect("put");
+        db.compact(Cf::Sessions);
+        assert!(db.contains(Cf::Sessions, b"old").expect("get"));
+    }
+
+    #[test]
+    fn a_zero_window_keeps_every_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open_with(dir.path(), Duration::ZERO).expect("db");
+        db.put(Cf::AppliedIds, b"old", &id_stamp(1)).expect("put");
+        db.compact(Cf::AppliedIds);
+        assert!(db.contains(Cf::AppliedIds, b"old").expect("get"));
+    }
+
+    #[test]
+    fn applied_ids_stored_without_a_time_count_from_the_upgrade() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Db::open(dir.path()).expect("db");
+            db.put(Cf::AppliedIds, &pair_key("u", "e"), &[])
+                .expect("put");
+            db.delete(Cf::Meta, APPLIED_IDS_TIMED).expect("as before");
+        }
+        let before = common::now_millis();
+        let db = Db::open(dir.path()).expect("db");
+        let value = db
+            .get(Cf::AppliedIds, &pair_key("u", "e"))
+            .expect("get")
+            .expect("kept");
+        assert!(id_time(&value).is_some_and(|at| at >= before));
+    }
 }

@@ -1,9 +1,10 @@
 //! Redis as the shared recommendation cache (L2) behind the in-process one (L1).
 //!
 //! A user's entries are one Redis hash, `streamrec:recs:{user}`, with a field per (model
-//! version, k, category) and a TTL. When a session changes, its node drops the user from L1 at
-//! once, deletes the hash and publishes the user id on `streamrec:invalidate`; every other node
-//! drops it from its L1 on receipt. Redis being down never fails a request: L2 lookups time out
+//! version, k, category) and a TTL; past `cache.max_variants_per_user` fields the hash starts
+//! over. When a session changes, its node drops the user from L1 at once, deletes the hash and
+//! publishes the user id on `streamrec:invalidate`; every other node drops it from its L1 on
+//! receipt. Redis being down never fails a request: L2 lookups time out
 //! quickly, count as errors, and serving goes on from L1 and the model.
 
 use std::sync::Arc;
@@ -196,13 +197,33 @@ impl RecCache for TieredCache {
             return;
         };
         let mut conn = self.conn.clone();
-        let result: redis::RedisResult<()> = redis::pipe()
-            .hset(key(user_id), field(version, query), json)
-            .ignore()
-            .expire(key(user_id), self.ttl.as_secs().max(1) as i64)
-            .ignore()
-            .query_async(&mut conn)
-            .await;
+        let (key, field) = (key(user_id), field(version, query));
+        let ttl = self.ttl.as_secs().max(1) as i64;
+        let result: redis::RedisResult<()> = async {
+            let (len,): (usize,) = redis::pipe()
+                .hset(&key, &field, &json)
+                .ignore()
+                .expire(&key, ttl)
+                .ignore()
+                .hlen(&key)
+                .query_async(&mut conn)
+                .await?;
+            // Past the per-user cap the user's results start over with this one.
+            if len > self.l1.max_variants_per_user() {
+                redis::pipe()
+                    .atomic()
+                    .del(&key)
+                    .ignore()
+                    .hset(&key, &field, &json)
+                    .ignore()
+                    .expire(&key, ttl)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
         if let Err(error) = result {
             tracing::debug!(%error, "redis write failed");
         }

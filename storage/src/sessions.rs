@@ -1,10 +1,14 @@
 //! Durable session state. A session's state, the ids of the events it applied and the item
 //! counters those events moved are written in one atomic batch, which is what makes replays
-//! idempotent: an event id found here has already had its whole effect.
+//! idempotent: an event id found here has already had its whole effect (within the dedupe
+//! window, after which the id is forgotten; see `db`).
+//!
+//! An erasure is written in one batch fsynced before it returns: once answered, it survives a
+//! power loss.
 
 use rocksdb::WriteBatch;
 
-use crate::db::{Cf, Db, pair_key, pair_prefix};
+use crate::db::{Cf, Db, id_stamp, pair_key, pair_prefix};
 use crate::error::Result;
 use crate::log::Record;
 
@@ -17,21 +21,31 @@ pub struct SessionCommit<'a> {
     pub item_deltas: &'a [(&'a str, f64)],
 }
 
-/// What erasing a user leaves behind, so that nothing erased comes back.
+/// What erasing a user leaves behind, so that nothing erased comes back. It is based on when
+/// the node's log received events, never on the time a client wrote in them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tombstone {
-    /// The end of the user's log partition at erasure: replays of the log or the archive.
+    /// The end of the user's log partition at erasure: every record of this node's log before
+    /// it was received before the erasure.
     pub offset: u64,
-    /// When the user was erased (epoch ms): events that happened before then, however they arrive
-    /// again (a client's retried batch, a Kafka topic consumed again by a reset group), are
-    /// journaled at new offsets and are caught by their time instead.
+    /// When the user was erased (epoch ms, the node's clock): archived records, which come from
+    /// several nodes' logs whose offsets do not compare, are judged by their receive time.
     pub at_ms: i64,
 }
 
 impl Tombstone {
-    /// Whether the erasure covers this record: it must never count again.
+    /// Whether the erasure covers a record of this node's log: it must never count again.
+    /// Events delivered again after the erasure (a retried batch, a Kafka topic consumed again)
+    /// land at new offsets; the log recognises their ids within the dedupe window and does not
+    /// take them in.
     pub fn covers(&self, record: &Record) -> bool {
-        record.offset < self.offset || record.event.ts <= self.at_ms
+        record.offset < self.offset
+    }
+
+    /// Whether the erasure covers an archived record (from any node's log): received before the
+    /// erasure. Records archived before receive times were kept are judged by their event time.
+    pub fn covers_archived(&self, record: &Record) -> bool {
+        record.received_ms.unwrap_or(record.event.ts) <= self.at_ms
     }
 
     fn encode(&self) -> [u8; 16] {
@@ -58,11 +72,13 @@ pub trait SessionStore: Send + Sync + 'static {
     fn commit(&self, commit: SessionCommit<'_>) -> Result<()>;
     /// Erases everything held about the user and records the tombstone: the events it covers
     /// are never applied again. `item_deltas` are the user's contributions to item popularity,
-    /// taken back.
+    /// taken back. Durable (fsynced, with every write before it) when it returns.
     fn erase(&self, user_id: &str, tombstone: Tombstone, item_deltas: &[(&str, f64)])
     -> Result<()>;
     /// The user's latest erasure, if the user was ever erased.
     fn tombstone(&self, user_id: &str) -> Result<Option<Tombstone>>;
+    /// Removes the tombstones `expired` says cover nothing any more; returns how many.
+    fn prune_tombstones(&self, expired: &dyn Fn(&str, &Tombstone) -> bool) -> Result<u64>;
     /// Popularity of every item (sum of positive weights).
     fn item_stats(&self) -> Result<Vec<(String, f64)>>;
 }
@@ -90,8 +106,9 @@ impl SessionStore for RocksSessionStore {
     fn commit(&self, c: SessionCommit<'_>) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.db.cf(Cf::Sessions), c.user_id.as_bytes(), c.state);
+        let stamp = id_stamp(common::now_millis());
         for id in c.applied_event_ids {
-            batch.put_cf(self.db.cf(Cf::AppliedIds), pair_key(c.user_id, id), []);
+            batch.put_cf(self.db.cf(Cf::AppliedIds), pair_key(c.user_id, id), stamp);
         }
         for (item, delta) in c.item_deltas {
             batch.merge_cf(
@@ -125,7 +142,7 @@ impl SessionStore for RocksSessionStore {
             user_id.as_bytes(),
             tombstone.encode(),
         );
-        self.db.write(batch)
+        self.db.write_synced(batch)
     }
 
     fn tombstone(&self, user_id: &str) -> Result<Option<Tombstone>> {
@@ -133,6 +150,24 @@ impl SessionStore for RocksSessionStore {
             .db
             .get(Cf::Erasures, user_id.as_bytes())?
             .and_then(|v| Tombstone::decode(&v)))
+    }
+
+    fn prune_tombstones(&self, expired: &dyn Fn(&str, &Tombstone) -> bool) -> Result<u64> {
+        let mut batch = WriteBatch::default();
+        for kv in self.db.scan(Cf::Erasures) {
+            let (user, value) = kv?;
+            let Some(tombstone) = Tombstone::decode(&value) else {
+                continue;
+            };
+            if expired(&String::from_utf8_lossy(&user), &tombstone) {
+                batch.delete_cf(self.db.cf(Cf::Erasures), &user);
+            }
+        }
+        let pruned = batch.len() as u64;
+        if pruned > 0 {
+            self.db.write(batch)?;
+        }
+        Ok(pruned)
     }
 
     fn item_stats(&self) -> Result<Vec<(String, f64)>> {
@@ -187,14 +222,32 @@ mod tests {
     }
 
     #[test]
-    fn a_tombstone_covers_earlier_offsets_and_earlier_events_at_any_offset() {
+    fn an_erasure_is_synced_before_it_returns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = std::sync::Arc::new(Db::open(dir.path()).expect("db"));
+        let store = RocksSessionStore::new(db.clone());
+        store
+            .commit(SessionCommit {
+                user_id: "u1",
+                state: b"s",
+                applied_event_ids: &["e1"],
+                item_deltas: &[],
+            })
+            .expect("commit");
+        assert_eq!(db.num_synced_writes(), 0, "ordinary writes are not synced");
         let tombstone = Tombstone {
-            offset: 10,
-            at_ms: 5_000,
+            offset: 1,
+            at_ms: 1,
         };
-        let record = |offset, ts| Record {
+        store.erase("u1", tombstone, &[]).expect("erase");
+        assert_eq!(db.num_synced_writes(), 1);
+    }
+
+    fn record(offset: u64, received_ms: Option<i64>, ts: i64) -> Record {
+        Record {
             partition: 0,
             offset,
+            received_ms,
             event: common::Event {
                 event_id: "e".into(),
                 user_id: "u".into(),
@@ -203,17 +256,50 @@ mod tests {
                 value: None,
                 ts,
             },
+        }
+    }
+
+    #[test]
+    fn a_tombstone_goes_by_log_offset_and_receive_time_never_by_event_time() {
+        let tombstone = Tombstone {
+            offset: 10,
+            at_ms: 5_000,
         };
-        assert!(tombstone.covers(&record(9, 9_000)), "journaled before");
+        // This node's log: the offset decides, whatever the client wrote as `ts`.
         assert!(
-            tombstone.covers(&record(50, 4_000)),
-            "happened before, delivered again"
+            tombstone.covers(&record(9, Some(4_000), i64::MAX)),
+            "future-dated, before"
         );
-        assert!(tombstone.covers(&record(50, 5_000)));
-        assert!(!tombstone.covers(&record(50, 5_001)), "a new event");
-        // An offset alone, as earlier versions stored it, covers by offset only.
+        assert!(
+            !tombstone.covers(&record(10, Some(6_000), 1)),
+            "back-dated, after"
+        );
+        // The archive (several nodes' logs): the receive time decides.
+        assert!(tombstone.covers_archived(&record(500, Some(5_000), i64::MAX)));
+        assert!(!tombstone.covers_archived(&record(0, Some(5_001), 1)));
+        // Archived before receive times were kept: the event time, as then.
+        assert!(tombstone.covers_archived(&record(0, None, 4_000)));
+        assert!(!tombstone.covers_archived(&record(0, None, 6_000)));
+        // An offset alone, as earlier versions stored it, still covers by offset.
         let legacy = Tombstone::decode(&10u64.to_be_bytes()).expect("decodes");
-        assert!(legacy.covers(&record(9, 9_000)));
-        assert!(!legacy.covers(&record(10, 1)));
+        assert!(legacy.covers(&record(9, None, 9_000)));
+        assert!(!legacy.covers(&record(10, None, 1)));
+    }
+
+    #[test]
+    fn tombstones_are_pruned_only_where_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksSessionStore::new(std::sync::Arc::new(Db::open(dir.path()).expect("db")));
+        for (user, at_ms) in [("old", 1_000), ("new", 9_000)] {
+            store
+                .erase(user, Tombstone { offset: 3, at_ms }, &[])
+                .expect("erase");
+        }
+        let pruned = store
+            .prune_tombstones(&|_, t| t.at_ms < 5_000)
+            .expect("prune");
+        assert_eq!(pruned, 1);
+        assert_eq!(store.tombstone("old").expect("read"), None);
+        assert!(store.tombstone("new").expect("read").is_some());
     }
 }

@@ -237,7 +237,7 @@ fn recs(user: &str, item: &str) -> Arc<Recommendations> {
 fn tiered(url: &str) -> TieredCache {
     TieredCache::connect(
         url,
-        MemoryCache::new(1000, Duration::from_secs(60)),
+        MemoryCache::new(1000, 16, Duration::from_secs(60)),
         Duration::from_secs(60),
         Duration::from_millis(200),
     )
@@ -299,6 +299,34 @@ async fn redis_tier_is_shared_between_nodes_and_invalidated_everywhere() {
         .await
         .expect("exists");
     assert!(!exists);
+}
+
+#[tokio::test]
+async fn redis_holds_at_most_max_variants_per_user() {
+    let url = env("STREAMREC_TEST_REDIS");
+    let cache = tiered(&url);
+    let user = unique("user-");
+    // A client cycling through `k` would otherwise grow the user's hash without bound.
+    for k in 1..=100 {
+        let q = RecQuery { k, category: None };
+        cache.put(&user, "v1", &q, recs(&user, "i1")).await;
+    }
+    let mut redis = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let len: usize = redis::cmd("HLEN")
+        .arg(format!("streamrec:recs:{user}"))
+        .query_async(&mut redis)
+        .await
+        .expect("hlen");
+    assert!((1..=16).contains(&len), "{len} results held");
+    let last = RecQuery {
+        k: 100,
+        category: None,
+    };
+    assert!(tiered(&url).get(&user, "v1", &last).await.is_some());
 }
 
 fn free_port() -> u16 {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use actors::archiver::{ArchiveRun, ArchiverActor, ArchiverMsg};
 use actors::model::{ModelActor, ModelArgs};
 use actors::push::{PushHub, PushMsg, RecsWatch};
+use actors::retention::RetentionActor;
 use actors::session::UserView;
 use actors::session_manager::{SessionManager, SessionManagerMsg};
 use actors::trainer::{TrainerActor, TrainerMsg, TrainerObs};
@@ -120,15 +121,13 @@ impl Node {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating data dir {}", dir.display()))?;
-        let db = Arc::new(Db::open(&dir.join("db")).context("opening RocksDB")?);
+        let db = Arc::new(
+            Db::open_with(&dir.join("db"), config.events.dedupe_window)
+                .context("opening RocksDB")?,
+        );
         let log = Arc::new(
-            FileEventLog::open(
-                &dir.join("events"),
-                config.events.num_partitions,
-                config.events.fsync,
-                db.clone(),
-            )
-            .context("opening the event log")?,
+            FileEventLog::open_with(&dir.join("events"), log_options(&config), db.clone())
+                .context("opening the event log")?,
         );
         // Kafka, when configured, takes the writes; the log then journals what the node consumed.
         let kafka = match kafka::Settings::from_config(&config.events) {
@@ -197,6 +196,13 @@ impl Node {
         });
         let (trainer, archiver) = (slot(), slot());
         let mut children = root_children(&services, &trainer, &archiver);
+        let s = services.clone();
+        children.push(slotted(
+            "retention",
+            || RetentionActor,
+            move || s.clone(),
+            slot(),
+        ));
         if let Some((settings, producer)) = kafka {
             children.push(kafka_bridge(&services, settings, producer));
         }
@@ -706,6 +712,21 @@ enum ActorAction {
     Restart,
     Stop,
     Passivate,
+}
+
+/// The log's layout and retention: segments go once ingest, and the archive when archiving is
+/// on, have committed them. With archiving off nothing else keeps history, and
+/// `events.retention` alone bounds what the log holds.
+fn log_options(config: &Config) -> storage::log::LogOptions {
+    let mut groups = vec![storage::INGEST.to_owned()];
+    if !config.objects.archive_interval.is_zero() {
+        groups.push(storage::ARCHIVE.to_owned());
+    }
+    storage::log::LogOptions {
+        retention: config.events.retention,
+        retention_groups: groups,
+        ..storage::log::LogOptions::new(config.events.num_partitions, config.events.fsync)
+    }
 }
 
 /// `up`, or `down: <why>`, within a second.
