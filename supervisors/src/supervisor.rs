@@ -220,6 +220,8 @@ impl Actor for Supervisor {
                 let result = state.spawn(&myself, index).await.map_err(|e| e.to_string());
                 state.obs_state.num_restarts += 1;
                 state.obs_state.children[index].num_restarts += 1;
+                // Published before the reply, so that whoever asked sees the restart counted.
+                state.obs.publish(&state.obs_state);
                 let _ = reply.send(result);
             }
         }

@@ -218,6 +218,20 @@ async fn a_session_keeps_at_most_max_items_and_evicted_items_leave_popularity() 
     config.sessions.max_items = 3;
     config.sessions.max_recent = 3;
     let node = Node::start(config).await.expect("node starts");
+    // Only catalogued items count toward popularity.
+    for i in 0..10 {
+        node.upsert_item(common::Item {
+            item_id: format!("item{i}"),
+            title: format!("Item {i}"),
+            categories: Vec::new(),
+            tags: Vec::new(),
+            attributes: serde_json::Map::new(),
+            available: true,
+            updated_at: 1,
+        })
+        .await
+        .expect("catalogued");
+    }
     let events: Vec<Event> = (0..10)
         .map(|i| event(&format!("e{i}"), "many", &format!("item{i}")))
         .collect();
