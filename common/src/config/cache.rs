@@ -121,8 +121,10 @@ mod tests {
         assert_eq!(redis.to_string(), "rediss://u:hunter2@r:6380");
         assert!(!format!("{redis:?}").contains("hunter2"));
         assert!("memcached://m:11211".parse::<CacheBackend>().is_err());
-        let mut none = CacheConfig::default();
-        none.max_variants_per_user = 0;
+        let none = CacheConfig {
+            max_variants_per_user: 0,
+            ..Default::default()
+        };
         assert!(none.validate().is_err());
     }
 }

@@ -179,11 +179,15 @@ mod tests {
     #[test]
     fn events_need_sane_partitions_window_batch_and_kafka_group() {
         assert!(EventsConfig::default().validate().is_ok());
-        let mut partitions = EventsConfig::default();
-        partitions.num_partitions = 1025;
+        let partitions = EventsConfig {
+            num_partitions: 1025,
+            ..Default::default()
+        };
         assert!(partitions.validate().is_err());
-        let mut window = EventsConfig::default();
-        window.dedupe_window = Duration::from_secs(59);
+        let mut window = EventsConfig {
+            dedupe_window: Duration::from_secs(59),
+            ..Default::default()
+        };
         assert!(window.validate().is_err());
         window.dedupe_window = Duration::ZERO;
         assert!(window.validate().is_ok());

@@ -178,18 +178,17 @@ mod tests {
     #[test]
     fn model_sizes_and_weights_stay_in_range() {
         assert!(ModelConfig::default().validate().is_ok());
-        let mut m = ModelConfig::default();
-        m.dim = 1;
-        assert!(m.validate().is_err());
-        let mut m = ModelConfig::default();
-        m.cf_weight = 1.5;
-        assert!(m.validate().is_err());
-        let mut m = ModelConfig::default();
-        m.transition_half_life = f32::NAN;
-        assert!(m.validate().is_err());
-        let mut m = ModelConfig::default();
-        m.max_regression = -0.1;
-        assert!(m.validate().is_err());
+        for bad in [
+            |m: &mut ModelConfig| m.dim = 1,
+            |m: &mut ModelConfig| m.num_workers = 0,
+            |m: &mut ModelConfig| m.cf_weight = 1.5,
+            |m: &mut ModelConfig| m.transition_half_life = f32::NAN,
+            |m: &mut ModelConfig| m.max_regression = -0.1,
+        ] {
+            let mut model = ModelConfig::default();
+            bad(&mut model);
+            assert!(model.validate().is_err());
+        }
         assert_eq!("archive".parse(), Ok(TrainSource::Archive));
         assert!("kafka".parse::<TrainSource>().is_err());
     }

@@ -209,15 +209,16 @@ mod tests {
     #[test]
     fn server_limits_must_be_positive_and_tls_needs_cert_and_key() {
         assert!(ServerConfig::default().validate().is_ok());
-        let mut zero_streams = ServerConfig::default();
-        zero_streams.max_streams_per_caller = 0;
-        assert!(zero_streams.validate().is_err());
-        let mut zero_header = ServerConfig::default();
-        zero_header.header_read_timeout = Duration::ZERO;
-        assert!(zero_header.validate().is_err());
-        let mut cert_only = ServerConfig::default();
-        cert_only.tls.cert = Some("tls.crt".into());
-        assert!(cert_only.validate().is_err());
+        for bad in [
+            |s: &mut ServerConfig| s.max_streams_per_caller = 0,
+            |s: &mut ServerConfig| s.header_read_timeout = Duration::ZERO,
+            |s: &mut ServerConfig| s.graphql_max_batch = 0,
+            |s: &mut ServerConfig| s.tls.cert = Some("tls.crt".into()),
+        ] {
+            let mut server = ServerConfig::default();
+            bad(&mut server);
+            assert!(server.validate().is_err());
+        }
         assert_eq!("1.2".parse(), Ok(TlsVersion::V1_2));
         assert!("1.1".parse::<TlsVersion>().is_err());
     }

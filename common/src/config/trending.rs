@@ -73,14 +73,14 @@ mod tests {
     #[test]
     fn trending_needs_windows_a_bounded_boost_and_a_positive_cap() {
         assert!(TrendingConfig::default().validate().is_ok());
-        let mut t = TrendingConfig::default();
-        t.windows = 0;
-        assert!(t.validate().is_err());
-        let mut t = TrendingConfig::default();
-        t.boost = 11.0;
-        assert!(t.validate().is_err());
-        let mut t = TrendingConfig::default();
-        t.max_user_weight = f64::INFINITY;
-        assert!(t.validate().is_err());
+        for bad in [
+            |t: &mut TrendingConfig| t.windows = 0,
+            |t: &mut TrendingConfig| t.boost = 11.0,
+            |t: &mut TrendingConfig| t.max_user_weight = f64::INFINITY,
+        ] {
+            let mut trending = TrendingConfig::default();
+            bad(&mut trending);
+            assert!(trending.validate().is_err());
+        }
     }
 }
