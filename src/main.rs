@@ -220,7 +220,7 @@ pub async fn serve(
         let reloader = api::tls::Reloader::new(tls)?;
         reloader.spawn_watch(std::time::Duration::from_secs(5));
         tracing::info!(
-            min_version = tls.min_version.as_deref().unwrap_or("1.3"),
+            min_version = %tls.min_version.unwrap_or_default(),
             mutual = tls.client_ca.is_some(),
             "serving TLS"
         );

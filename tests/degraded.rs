@@ -211,7 +211,7 @@ async fn with_s3_cut_off_the_node_serves_and_archives_everything_once_it_returns
     })
     .await;
     // Every event, before and during the outage, reaches the archive exactly once.
-    let s3 = storage::S3ObjectStore::new(&format!("s3://streamrec/{prefix}"), Some(&endpoint))
+    let s3 = storage::S3ObjectStore::new("streamrec", &prefix, Some(&endpoint))
         .await
         .expect("s3");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -370,7 +370,7 @@ async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
         .await
         .expect("count");
     assert_eq!(count, 6);
-    let s3 = storage::S3ObjectStore::new(&format!("s3://streamrec/{prefix}"), Some(&endpoint))
+    let s3 = storage::S3ObjectStore::new("streamrec", &prefix, Some(&endpoint))
         .await
         .expect("s3");
     let keys = storage::ObjectStore::list(&s3, &format!("models/{version}/"))

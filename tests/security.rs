@@ -646,9 +646,10 @@ async fn personal_profile_fields_never_reach_model_artifacts_and_old_versions_ar
     use storage::ObjectStore as _;
     let (_guard, dir) = workdir();
     let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
-    let url = format!("s3://streamrec/t{}", uuid::Uuid::now_v7().simple());
+    let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
+    let url = format!("s3://streamrec/{prefix}");
     let s3 = std::sync::Arc::new(
-        storage::S3ObjectStore::new(&url, Some(&endpoint))
+        storage::S3ObjectStore::new("streamrec", &prefix, Some(&endpoint))
             .await
             .expect("s3"),
     );

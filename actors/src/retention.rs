@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::ApiError;
+use common::config::TrainSource;
 use common::partition::partition_for;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
@@ -117,7 +118,7 @@ pub fn retain_once(services: &Services, now: SystemTime) -> Result<RetentionRun,
     let log = &services.log;
     let segments_deleted = log.enforce_retention(now).map_err(ApiError::internal)?;
     let window = services.config.events.dedupe_window;
-    let reads_archive = services.config.model.train_source == "archive";
+    let reads_archive = services.config.model.train_source == TrainSource::Archive;
     let tombstones_pruned = if window.is_zero() || reads_archive {
         0
     } else {

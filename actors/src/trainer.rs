@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::config::TrainSource;
 use common::pii::PersonalFields;
 use common::{ApiError, ErrorCode};
 use models::content::{ContentModel, ContentParams};
@@ -311,7 +312,7 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
     let mut range: Option<(i64, i64)> = None;
     let mut tombstones: HashMap<String, Option<Tombstone>> = HashMap::new();
     let mut seen: HashSet<(String, String)> = HashSet::new();
-    let from_archive = services.config.model.train_source == "archive";
+    let from_archive = services.config.model.train_source == TrainSource::Archive;
     // Records of this node's log are judged by offset, archived ones (several nodes' logs) by
     // their receive time.
     let mut add = |r: Record, archived: bool| -> Result<(), ApiError> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use common::config::TlsConfig;
+use common::config::{TlsConfig, TlsVersion};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -43,8 +43,8 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> 
         .map_err(|e| read_err(cert, e))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| read_err(key, e))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version.as_deref() {
-        Some("1.2") => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version.unwrap_or_default() {
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         _ => &[&rustls::version::TLS13],
     };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())

@@ -49,7 +49,7 @@ async fn readyz_probes_once_per_ttl_and_shows_why_only_to_operators() {
     };
     config.events.num_partitions = 2;
     config.model.dim = 4;
-    config.cache.url = format!("redis://{closed}");
+    config.cache.url = format!("redis://{closed}").parse().expect("redis url");
     config.auth.hs256_secret = Some(Secret(SECRET.into()));
     config.auth.rate_limit_per_second = 0.0;
     config.server.readyz_cache_ttl = std::time::Duration::from_secs(600);

@@ -4,7 +4,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::TelemetryConfig;
+use crate::config::{LogFormat, TelemetryConfig};
 
 /// Installs the global `tracing` subscriber. `RUST_LOG` overrides the configured level.
 pub fn init(config: &TelemetryConfig) {
@@ -14,7 +14,7 @@ pub fn init(config: &TelemetryConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let result = if config.log_format == "json" {
+    let result = if config.log_format == LogFormat::Json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.compact().try_init()

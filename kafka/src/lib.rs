@@ -19,7 +19,7 @@ mod producer;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::config::EventsConfig;
+use common::config::{EventsBackend, EventsConfig};
 use rdkafka::ClientConfig;
 
 pub use admin::ensure_topics;
@@ -81,9 +81,11 @@ pub struct Settings {
 impl Settings {
     /// The Kafka settings of `config`, or `None` when events do not come from Kafka.
     pub fn from_config(config: &EventsConfig) -> Option<Self> {
-        let brokers = config.url.strip_prefix("kafka://")?;
+        let EventsBackend::Kafka { brokers } = &config.url else {
+            return None;
+        };
         Some(Self {
-            brokers: brokers.to_owned(),
+            brokers: brokers.clone(),
             group: config.group.clone(),
             prefix: config.topic_prefix.clone(),
             partitions: config.num_partitions as i32,
@@ -141,7 +143,7 @@ mod tests {
     #[test]
     fn topic_names_take_the_prefix_and_map_back() {
         let mut config = EventsConfig {
-            url: "kafka://127.0.0.1:9092".into(),
+            url: "kafka://127.0.0.1:9092".parse().expect("kafka url"),
             ..Default::default()
         };
         let plain = Settings::from_config(&config).expect("kafka");
@@ -157,7 +159,7 @@ mod tests {
         assert_eq!(prefixed.topic_of("product-updates"), None);
         assert_eq!(prefixed.topic_of("t1.user-events.dlq"), None);
         assert_eq!(prefixed.all_topics().len(), 6);
-        config.url = "embedded".into();
+        config.url = EventsBackend::Embedded;
         assert!(Settings::from_config(&config).is_none());
     }
 }

@@ -1,10 +1,13 @@
-//! Chooses each store's implementation from its configured URL. The one place where a URL
-//! scheme decides a backend: actors and gateways only ever see the traits.
+//! Chooses each store's implementation from its configured backend. The one place where a
+//! backend is picked: the URLs were parsed once, when the configuration was read, into the typed
+//! values matched here; actors and gateways only ever see the traits.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use common::config::{CacheConfig, CatalogConfig, EMBEDDED, ObjectsConfig};
+use common::config::{
+    CacheBackend, CacheConfig, CatalogBackend, CatalogConfig, ObjectsBackend, ObjectsConfig,
+};
 
 use crate::error::Result;
 use crate::{
@@ -13,32 +16,29 @@ use crate::{
 };
 
 pub async fn catalog(config: &CatalogConfig, db: &Arc<Db>) -> Result<Arc<dyn Catalog>> {
-    if config.url == EMBEDDED {
-        return Ok(Arc::new(RocksCatalog::new(db.clone())));
-    }
-    Ok(Arc::new(
-        PgCatalog::connect(&config.url, config.max_connections, config.acquire_timeout).await?,
-    ))
+    Ok(match &config.url {
+        CatalogBackend::Embedded => Arc::new(RocksCatalog::new(db.clone())),
+        CatalogBackend::Postgres(url) => {
+            Arc::new(PgCatalog::connect(url, config.max_connections, config.acquire_timeout).await?)
+        }
+    })
 }
 
 pub fn cache(config: &CacheConfig) -> Result<Arc<dyn RecCache>> {
     let l1 = MemoryCache::new(config.max_users, config.max_variants_per_user, config.ttl);
-    if config.url == "memory" {
-        return Ok(Arc::new(l1));
-    }
-    Ok(Arc::new(TieredCache::connect(
-        &config.url,
-        l1,
-        config.ttl,
-        config.timeout,
-    )?))
+    Ok(match &config.url {
+        CacheBackend::Memory => Arc::new(l1),
+        CacheBackend::Redis(url) => {
+            Arc::new(TieredCache::connect(url, l1, config.ttl, config.timeout)?)
+        }
+    })
 }
 
 pub async fn objects(config: &ObjectsConfig, data_dir: &Path) -> Result<Arc<dyn ObjectStore>> {
-    if config.url == EMBEDDED {
-        return Ok(Arc::new(LocalObjectStore::new(data_dir.join("objects"))?));
-    }
-    Ok(Arc::new(
-        S3ObjectStore::new(&config.url, config.endpoint.as_deref()).await?,
-    ))
+    Ok(match &config.url {
+        ObjectsBackend::Embedded => Arc::new(LocalObjectStore::new(data_dir.join("objects"))?),
+        ObjectsBackend::S3 { bucket, prefix } => {
+            Arc::new(S3ObjectStore::new(bucket, prefix, config.endpoint.as_deref()).await?)
+        }
+    })
 }

@@ -20,23 +20,10 @@ fn s3_error(e: impl std::error::Error) -> StorageError {
     StorageError::Backend(format!("s3: {}", DisplayErrorContext(e)))
 }
 
-/// Splits `s3://bucket[/prefix]`.
-pub fn parse_url(url: &str) -> Result<(String, String)> {
-    let rest = url.strip_prefix("s3://").ok_or_else(|| {
-        StorageError::Backend(format!("object store url {url:?} must start with s3://"))
-    })?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return Err(StorageError::Backend(format!(
-            "object store url {url:?} names no bucket"
-        )));
-    }
-    Ok((bucket.to_owned(), prefix.trim_matches('/').to_owned()))
-}
-
 impl S3ObjectStore {
-    pub async fn new(url: &str, endpoint: Option<&str>) -> Result<Self> {
-        let (bucket, prefix) = parse_url(url)?;
+    /// A client for `bucket`, every key under `prefix` (no slash at either end; may be empty),
+    /// as `objects.url` names them.
+    pub async fn new(bucket: &str, prefix: &str, endpoint: Option<&str>) -> Result<Self> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if std::env::var_os("AWS_REGION").is_none()
             && std::env::var_os("AWS_DEFAULT_REGION").is_none()
@@ -52,8 +39,8 @@ impl S3ObjectStore {
             .build();
         Ok(Self {
             client: aws_sdk_s3::Client::from_conf(config),
-            bucket,
-            prefix,
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
         })
     }
 
@@ -137,21 +124,5 @@ impl ObjectStore for S3ObjectStore {
             .await
             .map(drop)
             .map_err(|e| format!("s3: {}", DisplayErrorContext(e)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_bucket_and_prefix() {
-        assert_eq!(parse_url("s3://b").expect("url"), ("b".into(), "".into()));
-        assert_eq!(
-            parse_url("s3://b/models/prod/").expect("url"),
-            ("b".into(), "models/prod".into())
-        );
-        assert!(parse_url("s3:///x").is_err());
-        assert!(parse_url("http://b").is_err());
     }
 }

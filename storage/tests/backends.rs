@@ -183,7 +183,7 @@ async fn postgres_data_errors_are_invalid_input_not_an_outage() {
 async fn s3_store_puts_gets_and_lists_under_its_prefix() {
     let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
     let prefix = unique("test-");
-    let store = S3ObjectStore::new(&format!("s3://streamrec/{prefix}"), Some(&endpoint))
+    let store = S3ObjectStore::new("streamrec", &prefix, Some(&endpoint))
         .await
         .expect("client");
     store.health().await.expect("bucket reachable");
@@ -213,12 +213,9 @@ async fn s3_store_puts_gets_and_lists_under_its_prefix() {
         ]
     );
     // Another prefix in the same bucket sees none of it.
-    let other = S3ObjectStore::new(
-        &format!("s3://streamrec/{}", unique("other-")),
-        Some(&endpoint),
-    )
-    .await
-    .expect("client");
+    let other = S3ObjectStore::new("streamrec", &unique("other-"), Some(&endpoint))
+        .await
+        .expect("client");
     assert!(other.list("models/").await.expect("list").is_empty());
 }
 

@@ -291,7 +291,7 @@ async fn a_future_dated_event_delivered_again_after_erasure_stays_out() {
 async fn a_back_dated_new_event_after_erasure_counts_in_sessions_and_training() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config(dir.path());
-    config.model.train_source = "archive".into();
+    config.model.train_source = common::config::TrainSource::Archive;
     config.objects.archive_interval = Duration::ZERO;
     let node = Node::start(config).await.expect("node starts");
     let now = common::now_millis();
@@ -463,7 +463,7 @@ async fn training_reads_the_archive_other_nodes_wrote_plus_its_own_tail() {
     // Node b shares a's object store but has none of a's log.
     copy_tree(&a_dir.join("objects"), &b_dir.join("objects"));
     let mut from_archive = config(&b_dir);
-    from_archive.model.train_source = "archive".into();
+    from_archive.model.train_source = common::config::TrainSource::Archive;
     let b = Node::start(from_archive).await.expect("node b");
     let own: Vec<Event> = (0..6)
         .map(|i| event(&format!("b{i}"), "user9", &format!("item{i}")))
