@@ -405,14 +405,23 @@ fn lists(request: &Request, name: header::HeaderName, token: &str) -> bool {
     })
 }
 
-/// A real WebSocket opening handshake (RFC 6455): `GET` over HTTP/1.1 with `Connection:
-/// upgrade` and `Upgrade: websocket`. Anything else that merely carries an `Upgrade` header is an
-/// ordinary request.
+/// A real WebSocket opening handshake (RFC 6455), judged by the headers axum's
+/// `WebSocketUpgrade` needs: `GET` over HTTP/1.1 with `Connection: upgrade`, `Upgrade:
+/// websocket`, a `Sec-WebSocket-Key` and `Sec-WebSocket-Version: 13`. Anything else that merely
+/// carries an `Upgrade` header is an ordinary request (which the handler would serve over HTTP).
 fn is_websocket_upgrade(request: &Request) -> bool {
+    let headers = request.headers();
+    let is = |name: header::HeaderName, value: &str| {
+        headers
+            .get(name)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+    };
     request.method() == Method::GET
         && request.version() == Version::HTTP_11
         && lists(request, header::CONNECTION, "upgrade")
-        && lists(request, header::UPGRADE, "websocket")
+        && is(header::UPGRADE, "websocket")
+        && is(header::SEC_WEBSOCKET_VERSION, "13")
+        && headers.contains_key(header::SEC_WEBSOCKET_KEY)
 }
 
 /// The bearer token of a request: the header, or `access_token` for WebSocket upgrades and
@@ -451,6 +460,16 @@ fn reject(request: &Request, error: ApiError) -> Response {
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
+    response
+}
+
+/// 401 `unauthenticated` (with `WWW-Authenticate: Bearer`) for a request that needs a token.
+pub(crate) fn unauthenticated(message: &str) -> Response {
+    let error = ApiError::new(ErrorCode::Unauthenticated, message.to_owned());
+    let mut response = AppError::from(error).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -637,6 +656,37 @@ pub fn principal_of(extensions: &axum::http::Extensions) -> Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fake_upgrade_without_key_or_version_is_not_a_websocket_upgrade() {
+        let request = |headers: &[(&str, &str)]| {
+            let mut request = Request::get("/graphql?query=%7Ba%7D");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.body(axum::body::Body::empty()).expect("request")
+        };
+        let upgrade = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ];
+        let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        let version = ("sec-websocket-version", "13");
+        assert!(!is_websocket_upgrade(&request(&upgrade)));
+        assert!(!is_websocket_upgrade(&request(&[
+            upgrade[0], upgrade[1], key
+        ])));
+        assert!(!is_websocket_upgrade(&request(&[
+            upgrade[0], upgrade[1], version
+        ])));
+        let old = ("sec-websocket-version", "8");
+        assert!(!is_websocket_upgrade(&request(&[
+            upgrade[0], upgrade[1], key, old
+        ])));
+        assert!(is_websocket_upgrade(&request(&[
+            upgrade[0], upgrade[1], key, version
+        ])));
+    }
 
     #[test]
     fn the_bucket_refills_at_the_rate() {

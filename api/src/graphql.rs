@@ -433,6 +433,12 @@ pub async fn graphql(
             })
             .into_response();
     }
+    // Only a real upgrade passes the gate without a token; a request that could not upgrade
+    // after all runs nothing without one.
+    if gate.auth.is_some() && parts.extensions.get::<Principal>().is_none() {
+        crate::policy::audit_unauthenticated("no bearer token", "graphql");
+        return crate::auth::unauthenticated("this API needs `Authorization: Bearer <token>`");
+    }
     let principal = crate::auth::principal_of(&parts.extensions);
     // The gate's name for the caller, whose bucket the batch spends.
     let key = parts.extensions.get::<Caller>().map(|c| c.key.clone());
