@@ -104,6 +104,16 @@ impl Block {
     }
 }
 
+/// The network one client owns, as the per-client limits count it: an IPv4 address (IPv4-mapped
+/// IPv6 included) as itself, an IPv6 address by its /64, the smallest block a site is given (so a
+/// client cannot take a fresh budget with every address of its own prefix).
+pub fn network(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

@@ -188,6 +188,10 @@ pub struct ServerConfig {
     /// Most connections open at once (WebSockets included); past it, new connections wait in
     /// the listen backlog. Default 4096.
     pub max_connections: usize,
+    /// Most connections one client may hold open at once (WebSockets included), counted by peer
+    /// address (an IPv6 peer by its /64); past it, a new connection from that client is closed
+    /// at once. Peers in `auth.trusted_proxies` are exempt. Default 256.
+    pub max_connections_per_ip: usize,
     /// Most long-lived streams (WebSocket, GraphQL WebSocket, gRPC `WatchRecommendations`, the
     /// console's event stream) one caller (token subject, or client address without a token)
     /// may hold open at once; past it, 429 `rate_limited` (WebSocket close code 4429 once
@@ -395,6 +399,8 @@ pub struct TelemetryConfig {
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default of `server.graphql_max_batch`.
 pub const DEFAULT_GRAPHQL_MAX_BATCH: usize = 10;
+/// Default of `server.max_connections_per_ip`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -408,6 +414,7 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_streams_per_caller: 16,
             stream_init_timeout: Duration::from_secs(10),
             readyz_cache_ttl: Duration::from_secs(2),
