@@ -518,11 +518,7 @@ pub async fn gate(
     let caller = Caller::new(
         match &verified {
             Some(verified) => format!("sub:{}", verified.principal.sub),
-            None => format!(
-                "addr:{}",
-                gate.client(&request)
-                    .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
-            ),
+            None => anonymous_key(gate.client(&request)),
         },
         verified.as_ref().map(|v| v.expires_at),
         gate.streams.clone(),
@@ -557,6 +553,15 @@ pub async fn gate(
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// The rate-limit and stream key of a caller without a token: its client's network (an IPv6
+/// client by its /64, which it may fill with addresses at will; see `client::network`).
+fn anonymous_key(client: Option<IpAddr>) -> String {
+    client.map_or_else(
+        || "addr:unknown".to_owned(),
+        |ip| format!("addr:{}", crate::client::network(ip)),
+    )
 }
 
 /// The REST half of the policy: which action each route performs.
@@ -656,6 +661,20 @@ pub fn principal_of(extensions: &axum::http::Extensions) -> Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anonymous_ipv6_callers_are_keyed_by_their_64_not_their_full_address() {
+        let key = |ip: &str| anonymous_key(Some(ip.parse().expect("ip")));
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(key("2001:db8:1:2::1"), "addr:2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(anonymous_key(None), "addr:unknown");
+    }
 
     #[test]
     fn a_fake_upgrade_without_key_or_version_is_not_a_websocket_upgrade() {

@@ -1,4 +1,4 @@
-//! Who is calling when no token says so: the client's IP address. It keys the rate limit and the
+//! Who is calling when no token says so: the client's IP address (an IPv6 one by its /64). It keys the rate limit and the
 //! per-caller stream cap of anonymous callers (authentication off, probes, a GraphQL WebSocket
 //! before `connection_init`), so that one client cannot spend everybody's budget.
 //!
