@@ -1,6 +1,7 @@
-//! Who is calling when no token says so: the client's IP address (an IPv6 one by its /64). It keys the rate limit and the
-//! per-caller stream cap of anonymous callers (authentication off, probes, a GraphQL WebSocket
-//! before `connection_init`), so that one client cannot spend everybody's budget.
+//! Who is calling when no token says so: the client's IP address (an IPv6 one by its /64). It
+//! keys the rate limit and the per-caller stream cap of anonymous callers (authentication off,
+//! probes, a GraphQL WebSocket before `connection_init`), and the listener's per-client
+//! connection cap, so that one client cannot spend everybody's budget.
 //!
 //! The address is the connection's peer (`ConnectInfo`, which the listener attaches to every
 //! request). `X-Forwarded-For` is believed only when that peer is one of `auth.trusted_proxies`:
