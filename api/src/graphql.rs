@@ -400,26 +400,25 @@ pub async fn graphql(
             return crate::error::AppError::from(ApiError::internal("no caller on the request"))
                 .into_response();
         };
-        // A caller known at the upgrade takes one of its stream places now (429 before
-        // upgrading); one known only by `connection_init`, then.
-        let placed = match upgraded {
-            Some(_) => match caller.open_stream() {
-                Ok(guard) => Some(guard),
-                Err(refused) => return crate::error::AppError::from(refused).into_response(),
-            },
-            None => None,
+        // The caller takes one of its stream places now (429 before upgrading): by its token's
+        // subject, or by its address until `connection_init` names it.
+        let placed = match caller.open_stream() {
+            Ok(guard) => guard,
+            Err(refused) => return crate::error::AppError::from(refused).into_response(),
         };
         let limits = &node.config.server;
         let (max_message, init_timeout) = (limits.max_body_bytes, limits.stream_init_timeout);
         let keys = gate.clone();
         let authenticate = move |params: juniper::Variables| async move {
-            let (principal, caller) = ws_caller(&keys, upgraded, caller, &params).await?;
-            let guard = match placed {
-                Some(guard) => guard,
-                None => caller.open_stream()?,
+            let (principal, named) = ws_caller(&keys, upgraded, caller.clone(), &params).await?;
+            // Known by its token now: its place moves from the address to the subject.
+            let guard = if named.key == caller.key {
+                placed
+            } else {
+                named.open_stream()?
             };
             Ok::<_, ApiError>(Admitted {
-                rate_key: caller.key.clone(),
+                rate_key: named.key.clone(),
                 ctx: Ctx { node, principal },
                 guard: Some(guard),
             })
