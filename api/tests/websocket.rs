@@ -139,3 +139,29 @@ async fn a_tokenless_graphql_websocket_holds_a_stream_place_before_connection_in
     let second = connect(addr, "/graphql", None).await;
     assert!(second.is_ok(), "the address's place was not given back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_ws_subscriptions_spend_the_callers_rate_limit() {
+    let (addr, _node, _dir) = serve(|config| {
+        config.auth.rate_limit_per_second = 0.001;
+        config.auth.rate_limit_burst = 3;
+    })
+    .await;
+    let token = token("svc", &["service"]);
+    // The upgrade spends one unit, each subscription one more.
+    let mut ws = connect(addr, "/v1/ws", Some(&token))
+        .await
+        .expect("upgraded");
+    for user in ["u1", "u2"] {
+        send(&mut ws, json!({"type": "subscribe", "user_id": user})).await;
+        assert_eq!(next(&mut ws).await["type"], "subscribed");
+        assert_eq!(next(&mut ws).await["type"], "recommendations");
+    }
+    send(&mut ws, json!({"type": "subscribe", "user_id": "u3"})).await;
+    let refused = next(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["error"]["code"], "rate_limited", "{refused}");
+    // The connection stays open.
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut ws).await["type"], "pong");
+}
