@@ -463,6 +463,24 @@ fn reject(request: &Request, error: ApiError) -> Response {
     response
 }
 
+fn too_many_requests() -> ApiError {
+    ApiError::new(ErrorCode::RateLimited, "too many requests; slow down")
+}
+
+/// 429 `rate_limited` with `Retry-After`: how many whole seconds until the caller's bucket holds
+/// a token again.
+pub(crate) fn rate_limited(wait: Duration) -> Response {
+    with_retry_after(AppError::from(too_many_requests()).into_response(), wait)
+}
+
+fn with_retry_after(mut response: Response, wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
 /// 401 `unauthenticated` (with `WWW-Authenticate: Bearer`) for a request that needs a token.
 pub(crate) fn unauthenticated(message: &str) -> Response {
     let error = ApiError::new(ErrorCode::Unauthenticated, message.to_owned());
@@ -527,23 +545,14 @@ pub async fn gate(
     if let Some(limiter) = &gate.limiter
         && let Err(wait) = limiter.check(&caller.key)
     {
-        let error = ApiError::new(ErrorCode::RateLimited, "too many requests; slow down");
-        let mut response = reject(&request, error);
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return response;
+        return with_retry_after(reject(&request, too_many_requests()), wait);
     }
     request.extensions_mut().insert(caller);
     let principal = match (&gate.auth, verified) {
         (None, _) => Principal::unauthenticated_admin(),
         (Some(_), Some(verified)) => verified.principal,
-        (Some(_), None) => {
-            // A public route, or a GraphQL WebSocket that authenticates in `connection_init`.
-            request.extensions_mut().insert(gate.clone());
-            return next.run(request).await;
-        }
+        // A public route, or a GraphQL WebSocket that authenticates in `connection_init`.
+        (Some(_), None) => return next.run(request).await,
     };
     if !public
         && let Some(path) = path.as_deref()

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Query, State};
 use axum::response::Response;
 use common::{ApiError, ErrorCode, RecQuery, Recommendations};
@@ -44,7 +44,9 @@ use tokio::sync::mpsc;
 use crate::auth::{Action, Gate, Principal, authorize};
 use crate::error::AppError;
 use crate::rest::rec_query;
-use crate::streams::{CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, Caller, StreamGuard, expiry};
+use crate::streams::{
+    CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, Caller, StreamGuard, close, expiry, sleep_until,
+};
 
 /// How often the server pings a connection.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -267,13 +269,6 @@ impl Drop for Connection {
     }
 }
 
-fn close(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }))
-}
-
 async fn serve(
     node: Arc<Node>,
     principal: Principal,
@@ -330,7 +325,7 @@ async fn serve(
                 }
                 socket.send(Message::Ping(Vec::new().into())).await?;
             }
-            () = sleep_until_some(first_message_by) => {
+            () = sleep_until(first_message_by) => {
                 socket.send(close(CLOSE_INIT_TIMEOUT, "no message within server.stream_init_timeout")).await?;
                 break;
             }
@@ -342,12 +337,4 @@ async fn serve(
     }
     drop(guard);
     Ok(())
-}
-
-/// Sleeps until `deadline`, or for ever without one.
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }

@@ -165,3 +165,71 @@ async fn v1_ws_subscriptions_spend_the_callers_rate_limit() {
     send(&mut ws, json!({"type": "ping"})).await;
     assert_eq!(next(&mut ws).await["type"], "pong");
 }
+
+/// The close code and reason of the connection, past any other message (juniper's pongs).
+async fn closed(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let message = next(ws).await;
+        if message.get("closed").is_some() || message.get("error").is_some() {
+            let code = message["closed"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{message}"));
+            let reason = message["reason"].as_str().unwrap_or_default().to_owned();
+            return (code as u16, reason);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_ws_close_reasons_fit_in_a_close_frame_and_never_echo_the_client() {
+    let (addr, _node, _dir) = serve(|_| {}).await;
+    let echo = "x".repeat(300);
+    // A malformed first frame (serde's message would quote the payload).
+    let mut ws = connect(addr, "/graphql", None).await.expect("upgraded");
+    send(&mut ws, json!({"type": "connection_init", "payload": echo})).await;
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 4400);
+    assert!(reason.len() <= 123 && !reason.contains("xxx"), "{reason}");
+    // A malformed frame once admitted (juniper closes with what it was told).
+    let bearer = format!("Bearer {}", token("alice", &["user"]));
+    let init = json!({"type": "connection_init", "payload": {"Authorization": bearer}});
+    let mut ws = connect(addr, "/graphql", None).await.expect("upgraded");
+    send(&mut ws, init.clone()).await;
+    assert_eq!(next(&mut ws).await["type"], "connection_ack");
+    send(
+        &mut ws,
+        json!({"type": "subscribe", "id": "1", "payload": echo}),
+    )
+    .await;
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 4400);
+    assert!(reason.len() <= 123 && !reason.contains("xxx"), "{reason}");
+    // A reason of juniper's that names the client's operation id is cut to fit.
+    let mut ws = connect(addr, "/graphql", None).await.expect("upgraded");
+    send(&mut ws, init).await;
+    assert_eq!(next(&mut ws).await["type"], "connection_ack");
+    let subscribe = json!({"type": "subscribe", "id": echo, "payload": {
+        "query": "subscription { recommendationsUpdated(userId: \"alice\") { userId } }"
+    }});
+    send(&mut ws, subscribe.clone()).await;
+    send(&mut ws, subscribe).await;
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 4409, "{reason}");
+    assert_eq!(reason.len(), 123, "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graphql_ws_ping_before_connection_init_gets_a_pong() {
+    let (addr, _node, _dir) = serve(|_| {}).await;
+    let mut ws = connect(addr, "/graphql", None).await.expect("upgraded");
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(next(&mut ws).await["type"], "pong");
+    send(&mut ws, json!({"type": "pong"})).await;
+    let bearer = format!("Bearer {}", token("alice", &["user"]));
+    send(
+        &mut ws,
+        json!({"type": "connection_init", "payload": {"Authorization": bearer}}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["type"], "connection_ack");
+}
