@@ -4,20 +4,27 @@
 //! juniper's connection runs whatever document a `subscribe` message carries, and offers no hook
 //! before it does; so frames are read here first:
 //!
-//! - **Authentication before anything else.** The first message must be `connection_init`, and
-//!   its payload (or the token of the upgrade request) is authenticated here before any other
-//!   frame is read. Any other first message closes the socket with 4401 Unauthorized, as the
-//!   protocol answers operations before `connection_ack`, without reading it further (a document
-//!   from an unknown caller is never costed); a refused token closes it with 4403 Forbidden.
+//! - **Authentication before anything else.** Before `connection_init` only `ping` (answered with
+//!   `pong`, as the protocol allows at any time) and `pong` are read; `connection_init`'s payload
+//!   (or the token of the upgrade request) is authenticated here before any other frame is read.
+//!   A frame that is not a protocol message closes the socket with 4400; any other message closes
+//!   it with 4401 Unauthorized, as the protocol answers operations before `connection_ack`,
+//!   without reading it further (a document from an unknown caller is never costed); a refused
+//!   token closes it with 4403 Forbidden.
 //! - **Every operation is charged** to the caller's bucket of the gate's rate limiter, the one
 //!   HTTP requests spend, then costed (`query_cost::check`). An operation over the rate gets an
 //!   `error` message with `rate_limited`, one too deep or too costly `invalid_argument`; neither
 //!   reaches juniper, and the connection stays open.
 //!
-//! - **Connection limits** (`streams.rs`): `connection_init` must arrive within
-//!   `server.stream_init_timeout` (else close 4408); the connection then holds one of its
-//!   caller's streams (close 4429 when the caller holds too many) and closes with 4401 when the
-//!   caller's token expires.
+//! - **Connection limits** (`streams.rs`): the upgrade takes one of its caller's stream places
+//!   (429 before upgrading when it holds too many): its token's subject, or its address until
+//!   `connection_init` names it, when the place moves to the subject (close 4429, the protocol's
+//!   "too many requests" code reused for too many streams, when that subject holds too many).
+//!   `connection_init` must arrive within `server.stream_init_timeout` (else close 4408, the
+//!   protocol's initialisation timeout); the connection closes with 4401 when the caller's token
+//!   expires.
+//! - **Close frames** carry at most 123 bytes of reason (`streams::close`), in the server's
+//!   words: never the client's input.
 //!
 //! WebSocket-level pings and pongs are the transport's business (axum answers pings) and are
 //! not handed to the protocol.

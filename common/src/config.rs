@@ -180,9 +180,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Serve HTTP, WebSocket and gRPC over TLS. Default off.
     pub tls: TlsConfig,
-    /// A connection must deliver a request's headers (after the TLS handshake, which has the
-    /// same limit) within this time, or it is closed; also how long an idle HTTP/1 keep-alive
-    /// connection stays open. Default 10s.
+    /// One budget from accept for the TLS handshake plus the first request head: past it, the
+    /// connection is closed. Every later HTTP/1 request head must arrive within it too, and a
+    /// connection (HTTP/1 keep-alive or HTTP/2) with no request in flight for this long is shut
+    /// down gracefully (upgraded WebSockets are not affected). Default 10s.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Most connections open at once (WebSockets included); past it, new connections wait in
