@@ -228,7 +228,7 @@ pub async fn serve(
     } else {
         None
     };
-    let limits = api::listener::Limits::from(&node.config.server);
+    let limits = api::listener::Limits::try_from(&*node.config)?;
     let mut server = tokio::spawn(api::listener::serve(
         listener, app, reloader, limits, stopping,
     ));

@@ -405,14 +405,23 @@ fn lists(request: &Request, name: header::HeaderName, token: &str) -> bool {
     })
 }
 
-/// A real WebSocket opening handshake (RFC 6455): `GET` over HTTP/1.1 with `Connection:
-/// upgrade` and `Upgrade: websocket`. Anything else that merely carries an `Upgrade` header is an
-/// ordinary request.
+/// A real WebSocket opening handshake (RFC 6455), judged by the headers axum's
+/// `WebSocketUpgrade` needs: `GET` over HTTP/1.1 with `Connection: upgrade`, `Upgrade:
+/// websocket`, a `Sec-WebSocket-Key` and `Sec-WebSocket-Version: 13`. Anything else that merely
+/// carries an `Upgrade` header is an ordinary request (which the handler would serve over HTTP).
 fn is_websocket_upgrade(request: &Request) -> bool {
+    let headers = request.headers();
+    let is = |name: header::HeaderName, value: &str| {
+        headers
+            .get(name)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
+    };
     request.method() == Method::GET
         && request.version() == Version::HTTP_11
         && lists(request, header::CONNECTION, "upgrade")
-        && lists(request, header::UPGRADE, "websocket")
+        && is(header::UPGRADE, "websocket")
+        && is(header::SEC_WEBSOCKET_VERSION, "13")
+        && headers.contains_key(header::SEC_WEBSOCKET_KEY)
 }
 
 /// The bearer token of a request: the header, or `access_token` for WebSocket upgrades and
@@ -451,6 +460,34 @@ fn reject(request: &Request, error: ApiError) -> Response {
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
+    response
+}
+
+fn too_many_requests() -> ApiError {
+    ApiError::new(ErrorCode::RateLimited, "too many requests; slow down")
+}
+
+/// 429 `rate_limited` with `Retry-After`: how many whole seconds until the caller's bucket holds
+/// a token again.
+pub(crate) fn rate_limited(wait: Duration) -> Response {
+    with_retry_after(AppError::from(too_many_requests()).into_response(), wait)
+}
+
+fn with_retry_after(mut response: Response, wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// 401 `unauthenticated` (with `WWW-Authenticate: Bearer`) for a request that needs a token.
+pub(crate) fn unauthenticated(message: &str) -> Response {
+    let error = ApiError::new(ErrorCode::Unauthenticated, message.to_owned());
+    let mut response = AppError::from(error).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
@@ -499,11 +536,7 @@ pub async fn gate(
     let caller = Caller::new(
         match &verified {
             Some(verified) => format!("sub:{}", verified.principal.sub),
-            None => format!(
-                "addr:{}",
-                gate.client(&request)
-                    .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
-            ),
+            None => anonymous_key(gate.client(&request)),
         },
         verified.as_ref().map(|v| v.expires_at),
         gate.streams.clone(),
@@ -512,23 +545,14 @@ pub async fn gate(
     if let Some(limiter) = &gate.limiter
         && let Err(wait) = limiter.check(&caller.key)
     {
-        let error = ApiError::new(ErrorCode::RateLimited, "too many requests; slow down");
-        let mut response = reject(&request, error);
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return response;
+        return with_retry_after(reject(&request, too_many_requests()), wait);
     }
     request.extensions_mut().insert(caller);
     let principal = match (&gate.auth, verified) {
         (None, _) => Principal::unauthenticated_admin(),
         (Some(_), Some(verified)) => verified.principal,
-        (Some(_), None) => {
-            // A public route, or a GraphQL WebSocket that authenticates in `connection_init`.
-            request.extensions_mut().insert(gate.clone());
-            return next.run(request).await;
-        }
+        // A public route, or a GraphQL WebSocket that authenticates in `connection_init`.
+        (Some(_), None) => return next.run(request).await,
     };
     if !public
         && let Some(path) = path.as_deref()
@@ -538,6 +562,15 @@ pub async fn gate(
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// The rate-limit and stream key of a caller without a token: its client's network (an IPv6
+/// client by its /64, which it may fill with addresses at will; see `client::network`).
+fn anonymous_key(client: Option<IpAddr>) -> String {
+    client.map_or_else(
+        || "addr:unknown".to_owned(),
+        |ip| format!("addr:{}", crate::client::network(ip)),
+    )
 }
 
 /// The REST half of the policy: which action each route performs.
@@ -637,6 +670,51 @@ pub fn principal_of(extensions: &axum::http::Extensions) -> Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anonymous_ipv6_callers_are_keyed_by_their_64_not_their_full_address() {
+        let key = |ip: &str| anonymous_key(Some(ip.parse().expect("ip")));
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(key("2001:db8:1:2::1"), "addr:2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        assert_eq!(anonymous_key(None), "addr:unknown");
+    }
+
+    #[test]
+    fn a_fake_upgrade_without_key_or_version_is_not_a_websocket_upgrade() {
+        let request = |headers: &[(&str, &str)]| {
+            let mut request = Request::get("/graphql?query=%7Ba%7D");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.body(axum::body::Body::empty()).expect("request")
+        };
+        let upgrade = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ];
+        let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        let version = ("sec-websocket-version", "13");
+        assert!(!is_websocket_upgrade(&request(&upgrade)));
+        assert!(!is_websocket_upgrade(&request(&[
+            upgrade[0], upgrade[1], key
+        ])));
+        assert!(!is_websocket_upgrade(&request(&[
+            upgrade[0], upgrade[1], version
+        ])));
+        let old = ("sec-websocket-version", "8");
+        assert!(!is_websocket_upgrade(&request(&[
+            upgrade[0], upgrade[1], key, old
+        ])));
+        assert!(is_websocket_upgrade(&request(&[
+            upgrade[0], upgrade[1], key, version
+        ])));
+    }
 
     #[test]
     fn the_bucket_refills_at_the_rate() {

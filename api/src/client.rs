@@ -1,6 +1,7 @@
-//! Who is calling when no token says so: the client's IP address. It keys the rate limit and the
-//! per-caller stream cap of anonymous callers (authentication off, probes, a GraphQL WebSocket
-//! before `connection_init`), so that one client cannot spend everybody's budget.
+//! Who is calling when no token says so: the client's IP address (an IPv6 one by its /64). It
+//! keys the rate limit and the per-caller stream cap of anonymous callers (authentication off,
+//! probes, a GraphQL WebSocket before `connection_init`), and the listener's per-client
+//! connection cap, so that one client cannot spend everybody's budget.
 //!
 //! The address is the connection's peer (`ConnectInfo`, which the listener attaches to every
 //! request). `X-Forwarded-For` is believed only when that peer is one of `auth.trusted_proxies`:
@@ -101,6 +102,16 @@ impl Block {
             }
             _ => false,
         }
+    }
+}
+
+/// The network one client owns, as the per-client limits count it: an IPv4 address (IPv4-mapped
+/// IPv6 included) as itself, an IPv6 address by its /64, the smallest block a site is given (so a
+/// client cannot take a fresh budget with every address of its own prefix).
+pub fn network(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::{FromRequest, FromRequestParts, Request, State, WebSocketUpgrade};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::{ApiError, BatchError, ErrorCode, EventInput, ItemInput, RecQuery};
 use futures::Stream;
@@ -388,56 +388,89 @@ fn refuse(message: String) -> Response {
 pub async fn graphql(
     State(node): State<Arc<Node>>,
     Extension(schema): Extension<Arc<Schema>>,
+    Extension(sizes): Extension<Arc<Sizes>>,
     Extension(gate): Extension<Arc<Gate>>,
     request: Request,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
     if let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        // The token came with the upgrade (the gate checked it), or comes in `connection_init`'s
-        // payload.
-        let upgraded = parts.extensions.get::<Principal>().cloned();
-        let Some(caller) = parts.extensions.get::<Caller>().cloned() else {
-            return crate::error::AppError::from(ApiError::internal("no caller on the request"))
-                .into_response();
-        };
-        // A caller known at the upgrade takes one of its stream places now (429 before
-        // upgrading); one known only by `connection_init`, then.
-        let placed = match upgraded {
-            Some(_) => match caller.open_stream() {
-                Ok(guard) => Some(guard),
-                Err(refused) => return crate::error::AppError::from(refused).into_response(),
-            },
-            None => None,
-        };
-        let limits = &node.config.server;
-        let (max_message, init_timeout) = (limits.max_body_bytes, limits.stream_init_timeout);
-        let keys = gate.clone();
-        let authenticate = move |params: juniper::Variables| async move {
-            let (principal, caller) = ws_caller(&keys, upgraded, caller, &params).await?;
-            let guard = match placed {
-                Some(guard) => guard,
-                None => caller.open_stream()?,
-            };
-            Ok::<_, ApiError>(Admitted {
-                rate_key: caller.key.clone(),
-                ctx: Ctx { node, principal },
-                guard: Some(guard),
-            })
-        };
-        return ws
-            .protocols(["graphql-transport-ws"])
-            .max_message_size(max_message)
-            .max_frame_size(max_message)
-            .on_upgrade(move |socket| {
-                crate::graphql_ws::serve(socket, schema, gate, authenticate, init_timeout)
-            })
-            .into_response();
+        return upgrade(ws, &parts, node, schema, sizes, gate);
     }
-    let principal = crate::auth::principal_of(&parts.extensions);
+    // Only a real upgrade passes the gate without a token; a request that could not upgrade
+    // after all runs nothing without one.
+    if gate.auth.is_some() && parts.extensions.get::<Principal>().is_none() {
+        crate::policy::audit_unauthenticated("no bearer token", "graphql");
+        return crate::auth::unauthenticated("this API needs `Authorization: Bearer <token>`");
+    }
+    http(
+        Request::from_parts(parts, body),
+        node,
+        &schema,
+        &sizes,
+        &gate,
+    )
+    .await
+}
+
+/// A graphql-transport-ws connection. The token came with the upgrade (the gate checked it), or
+/// comes in `connection_init`'s payload.
+fn upgrade(
+    ws: WebSocketUpgrade,
+    parts: &axum::http::request::Parts,
+    node: Arc<Node>,
+    schema: Arc<Schema>,
+    sizes: Arc<Sizes>,
+    gate: Arc<Gate>,
+) -> Response {
+    let upgraded = parts.extensions.get::<Principal>().cloned();
+    let Some(caller) = parts.extensions.get::<Caller>().cloned() else {
+        return crate::error::AppError::from(ApiError::internal("no caller on the request"))
+            .into_response();
+    };
+    // The caller takes one of its stream places now (429 before upgrading): by its token's
+    // subject, or by its address until `connection_init` names it.
+    let placed = match caller.open_stream() {
+        Ok(guard) => guard,
+        Err(refused) => return crate::error::AppError::from(refused).into_response(),
+    };
+    let limits = &node.config.server;
+    let (max_message, init_timeout) = (limits.max_body_bytes, limits.stream_init_timeout);
+    let keys = gate.clone();
+    let authenticate = move |params: juniper::Variables| async move {
+        let (principal, named) = ws_caller(&keys, upgraded, caller.clone(), &params).await?;
+        // Known by its token now: its place moves from the address to the subject.
+        let guard = if named.key == caller.key {
+            placed
+        } else {
+            named.open_stream()?
+        };
+        Ok::<_, ApiError>(Admitted {
+            rate_key: named.key.clone(),
+            ctx: Ctx { node, principal },
+            guard: Some(guard),
+        })
+    };
+    ws.protocols(["graphql-transport-ws"])
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| {
+            crate::graphql_ws::serve(socket, schema, sizes, gate, authenticate, init_timeout)
+        })
+        .into_response()
+}
+
+/// A query or mutation over HTTP, or a batch of them: charged, costed, then run.
+async fn http(
+    request: Request,
+    node: Arc<Node>,
+    schema: &Schema,
+    sizes: &Sizes,
+    gate: &Gate,
+) -> Response {
+    let principal = crate::auth::principal_of(request.extensions());
     // The gate's name for the caller, whose bucket the batch spends.
-    let key = parts.extensions.get::<Caller>().map(|c| c.key.clone());
+    let key = request.extensions().get::<Caller>().map(|c| c.key.clone());
     let ctx = Ctx { node, principal };
-    let request = Request::from_parts(parts, body);
     let JuniperRequest(batch) =
         match JuniperRequest::<DefaultScalarValue>::from_request(request, &()).await {
             Ok(request) => request,
@@ -468,23 +501,16 @@ pub async fn graphql(
             .map(|_| limiter.check(key.as_deref().unwrap_or_default()))
             .find(Result::is_err)
     {
-        let error = ApiError::new(ErrorCode::RateLimited, "too many requests; slow down");
-        let mut response = crate::error::AppError::from(error).into_response();
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return response;
+        return crate::auth::rate_limited(wait);
     }
-    let sizes = Sizes::of(&schema.schema);
     if let Some(Err(refused)) = queries
         .iter()
-        .map(|q| crate::query_cost::check(q, &sizes))
+        .map(|q| crate::query_cost::check(q, sizes))
         .find(Result::is_err)
     {
         return refuse(refused.to_string());
     }
-    let response = batch.execute(&*schema, &ctx).await;
+    let response = batch.execute(schema, &ctx).await;
     // A refusal by the policy is a 403, as on every other interface.
     let denied = serde_json::to_value(&response).is_ok_and(|v| {
         let errors = |r: &serde_json::Value| r["errors"].as_array().cloned().unwrap_or_default();

@@ -41,6 +41,9 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
     let max_body = node.config.server.max_body_bytes;
     let gate = Arc::new(auth::Gate::new(&node.config)?);
     let readiness = Arc::new(readiness::Probes::new(node.config.server.readyz_cache_ttl));
+    let schema = graphql::schema();
+    // What the cost check reads from the schema, once.
+    let sizes = Arc::new(query_cost::Sizes::of(&schema.schema));
     Ok(Router::new()
         .route("/v1/events", post(rest::post_events))
         .route(
@@ -90,7 +93,8 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::Extension(graphql::schema()))
+        .layer(axum::Extension(schema))
+        .layer(axum::Extension(sizes))
         .layer(axum::Extension(readiness))
         // GraphQL spends the gate's rate limiter per operation (batches, graphql-ws).
         .layer(axum::Extension(gate))

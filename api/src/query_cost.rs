@@ -137,27 +137,19 @@ impl<'a> Lexer<'a> {
             let start = self.i;
             self.i += 1;
             match c {
+                // A comment ends at a line terminator, `\r` as well as `\n` (as juniper's
+                // lexer ends it: anything else would hide from the cost what juniper runs).
                 b'#' => {
-                    while self.i < bytes.len() && bytes[self.i] != b'\n' {
+                    while self.i < bytes.len() && !matches!(bytes[self.i], b'\n' | b'\r') {
                         self.i += 1;
                     }
                 }
                 b'"' => {
-                    if bytes[start..].starts_with(b"\"\"\"") {
-                        self.i = start + 3;
-                        while self.i < bytes.len() && !bytes[self.i..].starts_with(b"\"\"\"") {
-                            self.i += if bytes[self.i] == b'\\' { 2 } else { 1 };
-                        }
-                        self.i += 3;
+                    self.i = if bytes[start..].starts_with(b"\"\"\"") {
+                        block_string_end(bytes, start + 3)
                     } else {
-                        while self.i < bytes.len()
-                            && bytes[self.i] != b'"'
-                            && bytes[self.i] != b'\n'
-                        {
-                            self.i += if bytes[self.i] == b'\\' { 2 } else { 1 };
-                        }
-                        self.i += 1;
-                    }
+                        string_end(bytes, self.i)
+                    };
                     return Some(Token::Other);
                 }
                 b'.' if bytes[start..].starts_with(b"...") => {
@@ -201,6 +193,37 @@ impl<'a> Lexer<'a> {
         }
         None
     }
+}
+
+/// Where a string whose body starts at `i` ends (past its closing quote), as juniper's lexer
+/// reads it: at an unescaped `"`, or at a line terminator (where juniper refuses the document).
+fn string_end(bytes: &[u8], mut i: usize) -> usize {
+    while let Some(&c) = bytes.get(i) {
+        match c {
+            b'\\' => i += 2,
+            b'"' | b'\n' | b'\r' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    i
+}
+
+/// Where a block string whose body starts at `i` ends (past its closing `"""`), exactly as
+/// juniper's lexer reads it: a backslash escapes the quote right after it (`\\"""` does not
+/// end the string), and nothing else.
+fn block_string_end(bytes: &[u8], mut i: usize) -> usize {
+    let (mut quotes, mut escaped) = (0, false);
+    while let Some(&c) = bytes.get(i) {
+        i += 1;
+        match c {
+            b'\\' => (quotes, escaped) = (0, true),
+            b'"' if escaped => (quotes, escaped) = (0, false),
+            b'"' if quotes < 2 => quotes += 1,
+            b'"' => return i,
+            _ => (quotes, escaped) = (0, false),
+        }
+    }
+    i
 }
 
 /// A definition (operation or fragment) as read, spreads not yet expanded.
@@ -657,6 +680,28 @@ mod tests {
     }
 
     #[test]
+    fn a_comment_ended_by_a_carriage_return_does_not_hide_the_query() {
+        let costly = (1..=6)
+            .map(|i| format!("a{i}: trending(k: 100) {{ itemId title tags categories }}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        for end in ["\r", "\r\n", "\n"] {
+            let document = format!("# hidden?{end}{{ {costly} }}");
+            assert!(
+                matches!(cost(&document), Err(Refusal::TooCostly(_))),
+                "comment ended by {end:?}"
+            );
+        }
+        // Strings end where juniper ends them too: `\\"""` does not close a block string, so
+        // the `"""` after it does, and what follows is the query.
+        let document = format!("{{ t(x: \"\"\"\\\\\"\"\" \"\"\") {{ {costly} }} }}");
+        assert!(
+            matches!(cost(&document), Err(Refusal::TooCostly(_))),
+            "{document}"
+        );
+    }
+
+    #[test]
     fn malformed_input_has_a_finite_cost() {
         for junk in [
             "{",
@@ -929,7 +974,7 @@ mod properties {
             doc in document(),
             edits in prop::collection::vec(
                 (any::<prop::sample::Index>(), 0u8..3, prop::sample::select(
-                    vec!['{', '}', '[', ']', '(', ')', ':', '$', '.', '@', ' ', 'a', 'k', '5'],
+                    vec!["{", "}", "[", "]", "(", ")", ":", "$", ".", "@", " ", "a", "k", "5", "\r", "\r\n"],
                 )),
                 0..12,
             ),
@@ -938,7 +983,9 @@ mod properties {
             for (at, op, c) in edits {
                 let i = at.index(text.len() + 1);
                 match op {
-                    0 => text.insert(i, c),
+                    0 => {
+                        text.splice(i..i, c.chars());
+                    }
                     1 if i < text.len() => {
                         text.remove(i);
                     }
@@ -958,7 +1005,7 @@ mod properties {
         }
 
         #[test]
-        fn any_text_has_a_finite_cost(text in "[{}()\\[\\]a-z:.$@ \"#0-9\n-]{0,400}") {
+        fn any_text_has_a_finite_cost(text in "[{}()\\[\\]a-z:.$@ \"#0-9\r\n\\\\-]{0,400}") {
             let _ = check(&text, &Sizes::default());
         }
     }

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use axum::extract::ws::{CloseFrame, Message};
 use common::{ApiError, ErrorCode};
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
@@ -31,6 +32,24 @@ pub const CLOSE_TOO_MANY: u16 = 4429;
 /// WebSocket close code for a client that said nothing within `server.stream_init_timeout`
 /// (graphql-transport-ws: "Connection initialisation timeout").
 pub const CLOSE_INIT_TIMEOUT: u16 = 4408;
+
+/// The longest close reason a WebSocket close frame carries: a control frame's payload is at most
+/// 125 bytes (RFC 6455), two of which hold the code.
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// A close frame with `code` and `reason`, the reason cut to [`MAX_CLOSE_REASON`] bytes at a
+/// character boundary (a longer one would make the frame invalid). Reasons are the server's
+/// words: never echo the client's input in them.
+pub fn close(code: u16, reason: &str) -> Message {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason[..end].into(),
+    }))
+}
 
 /// Open streams per caller.
 pub struct Streams {
@@ -132,12 +151,14 @@ pub struct StreamGuard {
 
 /// Resolves when the guard's token expires; never without a guard or a token.
 pub fn expiry(guard: Option<&StreamGuard>) -> impl Future<Output = ()> + Send + use<> {
-    let deadline = guard.and_then(|g| g.deadline);
-    async move {
-        match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline).await,
-            None => std::future::pending().await,
-        }
+    sleep_until(guard.and_then(|g| g.deadline))
+}
+
+/// Resolves at `deadline`; never without one.
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -183,6 +204,23 @@ mod tests {
 
     fn caller(streams: &Arc<Streams>, key: &str, expires_at: Option<SystemTime>) -> Caller {
         Caller::new(key.to_owned(), expires_at, streams.clone(), None)
+    }
+
+    #[test]
+    fn a_close_reason_longer_than_123_bytes_is_cut_at_a_char_boundary() {
+        let reason = |message: Message| match message {
+            Message::Close(Some(frame)) => frame.reason.to_string(),
+            other => panic!("not a close frame: {other:?}"),
+        };
+        assert_eq!(reason(close(4400, "short")), "short");
+        let long = "é".repeat(100);
+        let cut = reason(close(4400, &long));
+        assert!(cut.len() <= MAX_CLOSE_REASON, "{} bytes", cut.len());
+        assert_eq!(cut, "é".repeat(61));
+        assert_eq!(
+            reason(close(4400, &"a".repeat(200))).len(),
+            MAX_CLOSE_REASON
+        );
     }
 
     #[test]

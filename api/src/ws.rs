@@ -10,6 +10,8 @@
 //! `{"type":"recommendations", ...the body of GET recommendations...}` and one more every time
 //! they change; `{"type":"unsubscribed","user_id"}`, `{"type":"pong"}`, and
 //! `{"type":"error","error":{"code","message"}}` for a bad message (the connection stays up).
+//! Each `subscribe` spends one unit of the caller's rate limit (the gate's bucket, the one its
+//! requests spend); past it, an `error` with `rate_limited`, and the connection stays up.
 //! A `user_id` in the URL subscribes at once, as the first message would.
 //!
 //! Each subscription is a task reading a watch channel from the push hub: a client that reads
@@ -30,19 +32,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Query, State};
 use axum::response::Response;
-use common::{ApiError, RecQuery, Recommendations};
+use common::{ApiError, ErrorCode, RecQuery, Recommendations};
 use serde::Deserialize;
 use serde_json::json;
 use supervisors::{Node, Subscription};
 use tokio::sync::mpsc;
 
-use crate::auth::{Action, Principal, authorize};
+use crate::auth::{Action, Gate, Principal, authorize};
 use crate::error::AppError;
 use crate::rest::rec_query;
-use crate::streams::{CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, Caller, StreamGuard, expiry};
+use crate::streams::{
+    CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, Caller, StreamGuard, close, expiry, sleep_until,
+};
 
 /// How often the server pings a connection.
 const PING_EVERY: Duration = Duration::from_secs(30);
@@ -56,9 +60,12 @@ pub async fn upgrade(
     Query(params): Query<HashMap<String, String>>,
     principal: Option<Extension<Principal>>,
     caller: Option<Extension<Caller>>,
+    Extension(gate): Extension<Arc<Gate>>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
     let principal = principal.map_or_else(Principal::nobody, |p| p.0);
+    // Each `subscribe` spends one unit of the caller's bucket, as a request would.
+    let rate = caller.as_ref().map(|c| (gate, c.key.clone()));
     let first = match params.get("user_id") {
         Some(user_id) => {
             common::validate_id("user_id", user_id).map_err(AppError::invalid)?;
@@ -73,7 +80,7 @@ pub async fn upgrade(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| async move {
-            if let Err(error) = serve(node, principal, socket, first, guard).await {
+            if let Err(error) = serve(node, principal, rate, socket, first, guard).await {
                 tracing::debug!(%error, "websocket closed with an error");
             }
         }))
@@ -134,6 +141,8 @@ struct Connection {
     principal: Principal,
     watches: HashMap<String, Watch>,
     changes: mpsc::Sender<(String, Arc<Recommendations>)>,
+    /// The gate (its rate limiter) and the caller's bucket in it.
+    rate: Option<(Arc<Gate>, String)>,
 }
 
 impl Connection {
@@ -205,6 +214,10 @@ impl Connection {
                     Err(ApiError::not_found(format!("not watching {user_id:?}")))
                 }
             }
+            Ok(ClientMessage::Subscribe { .. }) if !self.may_operate() => Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many operations; slow down",
+            )),
             Ok(ClientMessage::Subscribe {
                 user_id,
                 k,
@@ -224,6 +237,15 @@ impl Connection {
             }
         };
         result.unwrap_or_else(|e| vec![error(&e)])
+    }
+
+    /// Takes one unit of the caller's rate limit for an operation, if there is one left.
+    fn may_operate(&self) -> bool {
+        self.rate.as_ref().is_none_or(|(gate, key)| {
+            gate.limiter
+                .as_ref()
+                .is_none_or(|limiter| limiter.check(key).is_ok())
+        })
     }
 
     /// The message for a change, unless it changes nothing the client has seen.
@@ -247,16 +269,10 @@ impl Drop for Connection {
     }
 }
 
-fn close(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }))
-}
-
 async fn serve(
     node: Arc<Node>,
     principal: Principal,
+    rate: Option<(Arc<Gate>, String)>,
     mut socket: WebSocket,
     first: Option<(String, RecQuery)>,
     guard: Option<StreamGuard>,
@@ -268,6 +284,7 @@ async fn serve(
         principal,
         watches: HashMap::new(),
         changes,
+        rate,
     };
     // Without a user in the URL the client must say what it wants, and soon.
     let mut first_message_by = Some(tokio::time::Instant::now() + init_timeout);
@@ -308,7 +325,7 @@ async fn serve(
                 }
                 socket.send(Message::Ping(Vec::new().into())).await?;
             }
-            () = sleep_until_some(first_message_by) => {
+            () = sleep_until(first_message_by) => {
                 socket.send(close(CLOSE_INIT_TIMEOUT, "no message within server.stream_init_timeout")).await?;
                 break;
             }
@@ -320,12 +337,4 @@ async fn serve(
     }
     drop(guard);
     Ok(())
-}
-
-/// Sleeps until `deadline`, or for ever without one.
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }

@@ -566,8 +566,9 @@ async fn a_stray_upgrade_header_does_not_skip_the_token_check() {
         let status = status_of(&router, method.clone(), "/graphql", headers, None, query()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {headers:?}");
     }
-    // A real handshake still passes the gate without a token (it authenticates in
-    // `connection_init`); in-process it cannot upgrade, so the handler answers it as a query.
+    // A real handshake passes the gate without a token (it authenticates in `connection_init`;
+    // `tests/security.rs`); in-process it cannot upgrade, and the handler runs no query without
+    // a token either.
     let handshake = [
         ("upgrade", "websocket"),
         ("connection", "keep-alive, Upgrade"),
@@ -583,7 +584,7 @@ async fn a_stray_upgrade_header_does_not_skip_the_token_check() {
         Body::empty(),
     )
     .await;
-    assert_ne!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Elsewhere an upgrade needs its token like anything else.
     let status = status_of(
         &router,
@@ -595,6 +596,43 @@ async fn a_stray_upgrade_header_does_not_skip_the_token_check() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fake_websocket_upgrade_runs_no_graphql_query_without_a_token() {
+    let (node, _dir) = node().await;
+    let router = api::router(node).expect("router");
+    let upgrade = [("connection", "Upgrade"), ("upgrade", "websocket")];
+    let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    let version = ("sec-websocket-version", "13");
+    // Without the handshake's key and version the gate asks for a token; with them (in-process
+    // the connection cannot upgrade) the GraphQL handler does.
+    let cases: [&[(&str, &str)]; 3] = [
+        &upgrade,
+        &[upgrade[0], upgrade[1], key],
+        &[upgrade[0], upgrade[1], key, version],
+    ];
+    for headers in cases {
+        let mut request = Request::get("/graphql?query=%7Btrending%7Btitle%7D%7D");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{headers:?}: {body}");
+        assert_eq!(
+            body["error"]["code"], "unauthenticated",
+            "{headers:?}: {body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

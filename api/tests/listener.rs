@@ -1,6 +1,7 @@
 //! The listener against slow and greedy clients, plain and TLS: a connection that does not
-//! deliver a request's headers in time is closed, connections past the cap wait, and every
-//! request carries its peer address. A two-route router stands in for the node.
+//! deliver a request's headers in time is closed, connections past the cap wait, one client's
+//! past its own cap are closed, idle HTTP/2 connections are shut down, and every request carries
+//! its peer address. A small router stands in for the node.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,21 +11,47 @@ use api::listener::Limits;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
+use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const HEADER_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A listener serving `/peer` (the address the request came from); TLS with a localhost
-/// certificate when `tls`. Returns its address and the client TLS config trusting it.
+fn limits(max_connections: usize) -> Limits {
+    Limits {
+        header_read_timeout: HEADER_TIMEOUT,
+        max_connections,
+        max_connections_per_ip: 64,
+        trusted_proxies: Default::default(),
+    }
+}
+
+/// A listener serving `/peer` (the address the request came from) and `/slow` (a body that
+/// streams for three header timeouts); TLS with a localhost certificate when `tls`. Returns its
+/// address and the client TLS config trusting it.
 async fn start(
     tls: bool,
     max_connections: usize,
 ) -> (SocketAddr, Option<Arc<rustls::ClientConfig>>) {
-    let app = Router::new().route(
-        "/peer",
-        get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
-    );
+    start_with(tls, limits(max_connections)).await
+}
+
+async fn start_with(tls: bool, limits: Limits) -> (SocketAddr, Option<Arc<rustls::ClientConfig>>) {
+    let app = Router::new()
+        .route(
+            "/peer",
+            get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                let chunks = futures::stream::iter(0..3).then(|i| async move {
+                    tokio::time::sleep(HEADER_TIMEOUT).await;
+                    Ok::<_, std::convert::Infallible>(format!("chunk {i}\n"))
+                });
+                axum::body::Body::from_stream(chunks)
+            }),
+        );
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (reloader, client) = if tls {
@@ -52,10 +79,6 @@ async fn start(
         )
     } else {
         (None, None)
-    };
-    let limits = Limits {
-        header_read_timeout: HEADER_TIMEOUT,
-        max_connections,
     };
     tokio::spawn(api::listener::serve(
         listener,
@@ -171,4 +194,105 @@ async fn connections_past_the_cap_wait_for_a_free_slot() {
             .expect("task");
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     }
+}
+
+/// Sends a request and reads until the server closes: the response, or what came before the
+/// connection was closed (nothing, for a connection refused at accept).
+async fn try_get_peer(io: &mut TcpStream) -> String {
+    let request = b"GET /peer HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    if io.write_all(request).await.is_err() {
+        return String::new();
+    }
+    let mut response = Vec::new();
+    let _ = io.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+async fn connect_from(local: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{local}:0").parse().expect("addr"))
+        .expect("bind");
+    socket.connect(addr).await.expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_hold_every_connection_slot() {
+    let (addr, _) = start_with(
+        false,
+        Limits {
+            max_connections_per_ip: 2,
+            ..limits(8)
+        },
+    )
+    .await;
+    let _held = [
+        connect_from("127.0.0.1", addr).await,
+        connect_from("127.0.0.1", addr).await,
+    ];
+    // Past its cap, the client's next connection is closed without being served...
+    let mut third = connect_from("127.0.0.1", addr).await;
+    let response = tokio::time::timeout(Duration::from_secs(10), try_get_peer(&mut third))
+        .await
+        .expect("closed at once");
+    assert_eq!(response, "", "served past the per-client cap");
+    // ...while another client still is.
+    let mut other = connect_from("127.0.0.2", addr).await;
+    let response = try_get_peer(&mut other).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    // Trusted proxies speak for many clients: not capped.
+    let (addr, _) = start_with(
+        false,
+        Limits {
+            max_connections_per_ip: 1,
+            trusted_proxies: api::listener::TrustedProxies::parse(&["127.0.0.1".into()])
+                .expect("proxies"),
+            ..limits(8)
+        },
+    )
+    .await;
+    let _held = connect_from("127.0.0.1", addr).await;
+    let mut proxied = connect_from("127.0.0.1", addr).await;
+    let response = try_get_peer(&mut proxied).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_after_the_header_read_timeout() {
+    let (addr, _) = start(false, 8).await;
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c handshake");
+    let connection = tokio::spawn(connection);
+    let get = |path: &str| {
+        axum::http::Request::get(format!("http://{addr}{path}"))
+            .body(axum::body::Body::empty())
+            .expect("request")
+    };
+    // A response that streams for longer than the timeout keeps the connection busy: a new
+    // request on it is still served meanwhile.
+    let slow = sender.send_request(get("/slow")).await.expect("slow");
+    let slow = tokio::spawn(axum::body::to_bytes(
+        axum::body::Body::new(slow.into_body()),
+        usize::MAX,
+    ));
+    tokio::time::sleep(HEADER_TIMEOUT * 2).await;
+    let response = sender
+        .send_request(get("/peer"))
+        .await
+        .expect("served while busy");
+    assert_eq!(response.status(), 200);
+    let body = slow
+        .await
+        .expect("task")
+        .expect("the slow body is complete");
+    assert_eq!(body.as_ref(), b"chunk 0\nchunk 1\nchunk 2\n");
+    // Then nothing in flight: the server closes the connection.
+    let closed = tokio::time::timeout(HEADER_TIMEOUT * 8, connection).await;
+    assert!(closed.is_ok(), "an idle HTTP/2 connection stayed open");
 }

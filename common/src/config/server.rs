@@ -35,15 +35,21 @@ pub struct ServerConfig {
     /// Serve HTTP, WebSocket and gRPC over TLS. Default off.
     #[serde(default)]
     pub tls: TlsConfig,
-    /// A connection must deliver a request's headers (after the TLS handshake, which has the
-    /// same limit) within this time, or it is closed; also how long an idle HTTP/1 keep-alive
-    /// connection stays open. Default 10s.
+    /// One budget from accept for the TLS handshake plus the first request head: past it, the
+    /// connection is closed. Every later HTTP/1 request head must arrive within it too, and a
+    /// connection (HTTP/1 keep-alive or HTTP/2) with no request in flight for this long is shut
+    /// down gracefully (upgraded WebSockets are not affected). Default 10s.
     #[serde(default = "header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// Most connections open at once (WebSockets included); past it, new connections wait in
     /// the listen backlog. Default 4096.
     #[serde(default = "max_connections")]
     pub max_connections: usize,
+    /// Most connections one client may hold open at once (WebSockets included), counted by peer
+    /// address (an IPv6 peer by its /64); past it, a new connection from that client is closed
+    /// at once. Peers in `auth.trusted_proxies` are exempt. Default 256.
+    #[serde(default = "max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
     /// Most long-lived streams (WebSocket, GraphQL WebSocket, gRPC `WatchRecommendations`, the
     /// console's event stream) one caller (token subject, or client address without a token)
     /// may hold open at once; past it, 429 `rate_limited` (WebSocket close code 4429 once
@@ -89,6 +95,9 @@ fn header_read_timeout() -> Duration {
 fn max_connections() -> usize {
     4096
 }
+fn max_connections_per_ip() -> usize {
+    256
+}
 fn max_streams_per_caller() -> usize {
     16
 }
@@ -108,9 +117,13 @@ impl Default for ServerConfig {
 impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.tls.validate()?;
-        if self.max_connections == 0 || self.max_streams_per_caller == 0 {
+        if self.max_connections == 0
+            || self.max_connections_per_ip == 0
+            || self.max_streams_per_caller == 0
+        {
             return invalid(
-                "server.max_connections and server.max_streams_per_caller must be at least 1",
+                "server.max_connections, server.max_connections_per_ip and \
+                 server.max_streams_per_caller must be at least 1",
             );
         }
         if self.header_read_timeout.is_zero() || self.stream_init_timeout.is_zero() {
