@@ -532,15 +532,11 @@ mod tests {
         }
     }
 
-    /// Items along two axes: x-items (x1..x4) and y-items (y1, y2).
-    async fn fixture() -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
-        fixture_with(Default::default(), Vec::new()).await
-    }
-
-    async fn fixture_with(
+    /// A version of 6 items along two axes: x-items (x1..x4) and y-items (y1, y2).
+    fn model(
         hybrid: models::HybridParams,
         successors: Vec<Vec<(u32, f32)>>,
-    ) -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
+    ) -> (ModelArtifact, Mutex<Scorer>) {
         let ids = ["x1", "x2", "x3", "x4", "y1", "y2"];
         let factors = vec![1.0, 0.0, 0.9, 0.1, 0.8, 0.0, 0.7, 0.1, 0.0, 1.0, 0.1, 0.9];
         let meta = ModelMeta {
@@ -565,6 +561,18 @@ mod tests {
         let artifact = ModelArtifact::build(meta, ids, factors, vec![1.0; 6], successors);
         let scorer =
             Mutex::new(Scorer::new(&artifact.onnx, 6, 2, 1).expect("ONNX Runtime (make setup)"));
+        (artifact, scorer)
+    }
+
+    async fn fixture() -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
+        fixture_with(Default::default(), Vec::new()).await
+    }
+
+    async fn fixture_with(
+        hybrid: models::HybridParams,
+        successors: Vec<Vec<(u32, f32)>>,
+    ) -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
+        let (artifact, scorer) = model(hybrid, successors);
         let catalog = CatalogView::open(Arc::new(FakeCatalog))
             .await
             .expect("view");
@@ -802,7 +810,7 @@ mod tests {
                 mask: &mask,
                 unlisted: &[],
                 catalog: &catalog,
-                signals: signals,
+                signals,
             }
             .rank(&request(3, None))
             .expect("score");
@@ -811,5 +819,228 @@ mod tests {
         // An x1 fan: CF puts the other x items first; a strong lift puts the trending y2 first.
         assert_ne!(ranked(0.0)[0], "y2");
         assert_eq!(ranked(10.0)[0], "y2");
+    }
+
+    #[test]
+    fn reasons_display_as_the_api_strings() {
+        let cases = [
+            (Reason::CollaborativeFiltering, "collaborative_filtering"),
+            (Reason::MatchesProfile, "matches_profile"),
+            (Reason::SimilarTo("a:b".into()), "similar_to:a:b"),
+            (Reason::OftenNextAfter("x1".into()), "often_next_after:x1"),
+            (Reason::NewItemByContent, "new_item_by_content"),
+            (Reason::Trending, "trending"),
+            (Reason::Popular, "popular"),
+        ];
+        for (reason, wire) in cases {
+            assert_eq!(reason.to_string(), wire);
+        }
+    }
+
+    mod properties {
+        use std::sync::LazyLock;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The model's six items, three items it has no row for, and two never catalogued.
+        const IDS: [&str; 11] = [
+            "x1", "x2", "x3", "x4", "y1", "y2", "n1", "n2", "n3", "u1", "u2",
+        ];
+
+        /// One model for every case: building an ONNX session per case would dominate.
+        static MODEL: LazyLock<(ModelArtifact, Mutex<Scorer>)> = LazyLock::new(|| {
+            let hybrid = models::HybridParams {
+                cf_weight: 0.5,
+                transitions: Default::default(),
+            };
+            let mut successors = vec![Vec::new(); 6];
+            successors[0] = vec![(4, 1.0)];
+            successors[4] = vec![(1, 0.5), (5, 0.5)];
+            let (mut artifact, scorer) = model(hybrid, successors);
+            // Content models, so that unlisted items and profiles get vectors.
+            artifact.content = models::content::ContentModel {
+                dim: 2,
+                features: vec!["c:x".into(), "c:y".into()],
+                weights: vec![1.0, 0.0, 0.0, 1.0, 0.1, 0.1],
+            };
+            artifact.user_content = models::content::ContentModel {
+                dim: 2,
+                features: vec!["p:y".into()],
+                weights: vec![0.2, 0.9, 0.0, 0.0],
+            };
+            (artifact, scorer)
+        });
+
+        #[derive(Clone, Copy, Debug)]
+        enum Status {
+            Available,
+            Unavailable,
+            Deleted,
+        }
+
+        /// What one item is in a case: its catalogue status and category (`None` when never
+        /// catalogued), its popularity and trending weight, and what the user did with it.
+        #[derive(Clone, Debug)]
+        struct Case {
+            status: Option<(Status, &'static str)>,
+            popularity: Option<f64>,
+            trending: Option<f64>,
+            interaction: Option<f32>,
+            excluded: bool,
+        }
+
+        fn case() -> impl Strategy<Value = Case> {
+            let status = prop_oneof![
+                Just(Status::Available),
+                Just(Status::Unavailable),
+                Just(Status::Deleted)
+            ];
+            (
+                proptest::option::weighted(0.8, (status, prop_oneof![Just("x"), Just("y")])),
+                proptest::option::of(1.0..100.0f64),
+                proptest::option::of(1.0..10.0f64),
+                proptest::option::weighted(0.3, -1.0..5.0f32),
+                proptest::bool::weighted(0.2),
+            )
+                .prop_map(|(status, popularity, trending, interaction, excluded)| {
+                    Case {
+                        status,
+                        popularity,
+                        trending,
+                        interaction,
+                        excluded,
+                    }
+                })
+        }
+
+        fn catalog(cases: &[Case]) -> CatalogView {
+            futures::executor::block_on(async {
+                let catalog = CatalogView::open(Arc::new(FakeCatalog))
+                    .await
+                    .expect("view");
+                for (id, case) in IDS.iter().zip(cases) {
+                    let Some((status, category)) = case.status else {
+                        continue;
+                    };
+                    let available = matches!(status, Status::Available);
+                    catalog
+                        .upsert(item(id, category, available))
+                        .await
+                        .expect("upsert");
+                    if matches!(status, Status::Deleted) {
+                        catalog.delete(id).await.expect("delete");
+                    }
+                }
+                catalog
+            })
+        }
+
+        /// The post-conditions of any ranked list: at most `k`, no duplicate, nothing the user
+        /// has seen, nothing ineligible (deleted, unavailable, never catalogued, off-category),
+        /// and exactly `k` when popularity alone knows `k` eligible unseen items.
+        fn check(
+            items: &[Recommendation],
+            req: &ModelRequest,
+            catalog: &CatalogView,
+            popularity: &Popularity,
+        ) -> Result<(), TestCaseError> {
+            let view = catalog.read();
+            let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
+            prop_assert!(ids.len() <= req.k, "{ids:?}");
+            let unique: HashSet<_> = ids.iter().collect();
+            prop_assert_eq!(unique.len(), ids.len(), "duplicates: {:?}", ids);
+            for id in &ids {
+                prop_assert!(!req.exclude.contains(*id), "seen {id} in {ids:?}");
+                prop_assert!(
+                    eligible(&view, id, req.category.as_deref()),
+                    "ineligible {id} in {ids:?}"
+                );
+            }
+            let enough = popularity
+                .ranked()
+                .iter()
+                .filter(|(id, _)| !req.exclude.contains(id))
+                .filter(|(id, _)| eligible(&view, id, req.category.as_deref()))
+                .count()
+                >= req.k;
+            if enough {
+                prop_assert_eq!(ids.len(), req.k, "{:?}", ids);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn rankings_keep_their_post_conditions(
+                cases in proptest::collection::vec(case(), IDS.len()),
+                k in 0usize..14,
+                category in prop_oneof![Just(None), Just(Some("x")), Just(Some("y"))],
+                boost in prop_oneof![Just(0.0f32), Just(5.0f32)],
+                profile in proptest::bool::ANY,
+            ) {
+                let (artifact, scorer) = &*MODEL;
+                let catalog = catalog(&cases);
+                let popularity = Popularity::new(
+                    IDS.iter()
+                        .zip(&cases)
+                        .filter_map(|(id, c)| c.popularity.map(|p| ((*id).to_owned(), p)))
+                        .collect(),
+                );
+                let trending = Trending::new(Duration::from_secs(300), 12, 100.0);
+                let now = common::now_millis();
+                for (id, c) in IDS.iter().zip(&cases) {
+                    if let Some(w) = c.trending {
+                        trending.record("someone", id, &[], w, now, now);
+                    }
+                }
+                let interactions: Vec<(String, f32)> = IDS
+                    .iter()
+                    .zip(&cases)
+                    .filter_map(|(id, c)| c.interaction.map(|w| ((*id).to_owned(), w)))
+                    .collect();
+                let req = ModelRequest {
+                    history: interactions
+                        .iter()
+                        .filter(|(_, w)| *w > 0.0)
+                        .map(|(id, _)| id.clone())
+                        .collect(),
+                    exclude: IDS
+                        .iter()
+                        .zip(&cases)
+                        .filter(|(_, c)| c.excluded || c.interaction.is_some())
+                        .map(|(id, _)| (*id).to_owned())
+                        .collect(),
+                    interactions,
+                    profile: if profile { vec!["p:y".into()] } else { vec![] },
+                    k,
+                    category: category.map(str::to_owned),
+                    vector: None,
+                };
+                let signals = Signals {
+                    popularity: &popularity,
+                    trending: Some(&trending),
+                    trending_boost: boost,
+                };
+                let mask = MaskCache::default().get(artifact, &catalog, category);
+                let unlisted = UnlistedCache::default().get(artifact, &catalog);
+                let ranker = Ranker {
+                    artifact,
+                    scorer: Some(scorer),
+                    mask: &mask,
+                    unlisted: &unlisted,
+                    catalog: &catalog,
+                    signals,
+                };
+                let (items, _) = ranker.rank(&req).expect("rank");
+                check(&items, &req, &catalog, &popularity)?;
+                // Without a loaded model the list is all fill, under the same rules.
+                let items = fill(Vec::new(), &req, &catalog, signals);
+                check(&items, &req, &catalog, &popularity)?;
+            }
+        }
     }
 }
