@@ -159,12 +159,15 @@ impl Ranker<'_> {
     /// ONNX run.
     pub fn rank(&self, req: &ModelRequest) -> Result<(Vec<Recommendation>, UserVector), ApiError> {
         let user = self.user(req);
-        let mut items = Vec::with_capacity(req.k);
-        if let (true, Some(scorer)) = (user.known(), self.scorer) {
-            let liked = self.liked(req);
-            items = self.model_items(scorer, &user, &liked, req)?;
-            self.add_unlisted(&mut items, &user, &liked, req);
-        }
+        let items = match self.scorer {
+            Some(scorer) if user.known() => {
+                let liked = self.liked(req);
+                let mut items = self.model_items(scorer, &user, &liked, req)?;
+                self.add_unlisted(&mut items, &user, &liked, req);
+                items
+            }
+            _ => Vec::new(),
+        };
         let vector = UserVector {
             model_version: self.artifact.meta.version.clone(),
             values: user.vector,
@@ -410,13 +413,13 @@ pub struct UnlistedItem {
 
 /// The unlisted items of the loaded version, rebuilt when the catalog or the version changes.
 #[derive(Default)]
-pub(crate) struct UnlistedCache {
+pub struct UnlistedCache {
     key: Option<(String, u64)>,
     items: Arc<Vec<UnlistedItem>>,
 }
 
 impl UnlistedCache {
-    pub(crate) fn get(
+    pub fn get(
         &mut self,
         artifact: &ModelArtifact,
         catalog: &CatalogView,
@@ -447,13 +450,13 @@ impl UnlistedCache {
 
 /// Eligibility masks of the loaded version by category, rebuilt when the catalog changes.
 #[derive(Default)]
-pub(crate) struct MaskCache {
+pub struct MaskCache {
     key: Option<(String, u64)>,
     by_category: HashMap<Option<String>, Arc<Vec<f32>>>,
 }
 
 impl MaskCache {
-    pub(crate) fn get(
+    pub fn get(
         &mut self,
         artifact: &ModelArtifact,
         catalog: &CatalogView,
