@@ -5,6 +5,7 @@
 //! - [`session::SessionActor`]: one per active user; applies events, keeps the live profile.
 //! - [`session_manager::SessionManager`]: spawns, routes to and passivates sessions.
 //! - [`model::ModelActor`]: scores with ONNX Runtime on the blocking pool; a pool of them serves.
+//!   What it runs is [`ranking::Ranker`], which is no actor: ranking steps, reasons, eligibility.
 //! - [`ingest::IngestActor`]: one per log partition; routes events to sessions, commits offsets.
 //! - [`push::PushHub`]: fans recommendation changes out to live subscribers.
 //! - [`trainer::TrainerActor`]: retrains off the serving path and swaps the new version in.
@@ -20,6 +21,7 @@ pub mod model;
 pub mod obs;
 pub mod popularity;
 pub mod push;
+pub mod ranking;
 pub mod registry;
 pub mod retention;
 pub mod session;

@@ -446,12 +446,7 @@ impl Node {
         self.services
             .trending
             .top(query.k, common::now_millis(), false, |id| {
-                let status = catalog.status(id);
-                status.recommendable()
-                    && query
-                        .category
-                        .as_deref()
-                        .is_none_or(|c| status.in_category(c))
+                actors::ranking::eligible(&catalog, id, query.category.as_deref())
             })
     }
 

@@ -1,0 +1,1049 @@
+//! Ranking for one request, apart from the actor that serves it, so that each step reads on its
+//! own and is tested without an actor: fold the user's live interactions into a user vector (or
+//! start from their profile), lift what is trending now, mask what the user may not get, run the
+//! graph, score items the loaded version has no row for by their content, explain each result by
+//! the nearest liked item, and fill from live trending and popularity where the model leaves the
+//! list short (new items, new users).
+//!
+//! Which items may be recommended at all is decided in one place, [`eligible`]: the model's mask,
+//! the fill and the node's trending view all use it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{ApiError, Recommendation};
+use models::linalg::dot;
+use models::{ModelArtifact, Scorer};
+use parking_lot::Mutex;
+use storage::CatalogView;
+use storage::catalog::CatalogRead;
+
+use crate::popularity::Popularity;
+use crate::trending::Trending;
+
+/// What a session asks the model.
+#[derive(Clone, Debug)]
+pub struct ModelRequest {
+    /// (item id, summed weight) of the user's interactions.
+    pub interactions: Vec<(String, f32)>,
+    /// The user's recent positive interactions, oldest first: the input of the transition part.
+    pub history: Vec<String>,
+    /// Profile features of a user with no interactions yet (empty otherwise).
+    pub profile: Vec<String>,
+    /// Items never to return (everything the user interacted with).
+    pub exclude: HashSet<String>,
+    pub k: usize,
+    pub category: Option<String>,
+    /// The user vector folded in earlier for the same interactions, with its model version;
+    /// reused when that version is still the one loaded.
+    pub vector: Option<UserVector>,
+}
+
+/// A real-time user vector and the model version it was folded against.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserVector {
+    pub model_version: String,
+    pub values: Arc<Vec<f32>>,
+}
+
+/// Why an item was recommended. Displays as the string clients see in `reasons`, which is part
+/// of the API: `collaborative_filtering`, `matches_profile`, `similar_to:<item>`,
+/// `often_next_after:<item>`, `new_item_by_content`, `trending`, `popular`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Chosen by the collaborative-filtering model.
+    CollaborativeFiltering,
+    /// The user has no interactions yet and was scored from their profile.
+    MatchesProfile,
+    /// The liked item nearest to this one in factor space.
+    SimilarTo(String),
+    /// The history item the transitions say this one usually follows.
+    OftenNextAfter(String),
+    /// Added to the catalogue after the model was trained; scored from its content.
+    NewItemByContent,
+    /// Trending now (fill for users with no history).
+    Trending,
+    /// Popular (fill).
+    Popular,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::CollaborativeFiltering => f.write_str("collaborative_filtering"),
+            Reason::MatchesProfile => f.write_str("matches_profile"),
+            Reason::SimilarTo(id) => write!(f, "similar_to:{id}"),
+            Reason::OftenNextAfter(id) => write!(f, "often_next_after:{id}"),
+            Reason::NewItemByContent => f.write_str("new_item_by_content"),
+            Reason::Trending => f.write_str("trending"),
+            Reason::Popular => f.write_str("popular"),
+        }
+    }
+}
+
+fn reasons(reasons: impl IntoIterator<Item = Reason>) -> Vec<String> {
+    reasons.into_iter().map(|r| r.to_string()).collect()
+}
+
+/// Whether an item may be recommended to anyone asking for `category` (any when `None`):
+/// catalogued, not deleted, available, and in the category. Exclusions of one user (what they
+/// have seen) come on top.
+pub fn eligible(view: &CatalogRead<'_>, item_id: &str, category: Option<&str>) -> bool {
+    let status = view.status(item_id);
+    status.recommendable() && category.is_none_or(|c| status.in_category(c))
+}
+
+/// Live signals beside the model: popularity and trending fill lists the model leaves short;
+/// trending also lifts what is active now within the model's ranking.
+#[derive(Clone, Copy)]
+pub struct Signals<'a> {
+    pub popularity: &'a Popularity,
+    /// Trending items come first for users with no history, when given.
+    pub trending: Option<&'a Trending>,
+    /// Added to the score of the top trending item (others in proportion); 0 turns it off.
+    pub trending_boost: f32,
+}
+
+impl<'a> Signals<'a> {
+    pub fn popular(popularity: &'a Popularity) -> Self {
+        Self {
+            popularity,
+            trending: None,
+            trending_boost: 0.0,
+        }
+    }
+}
+
+/// How many trending items the boost considers.
+const BOOSTED: usize = 100;
+/// How old a trending ranking the lift may use: a fraction of a second is nothing to a signal of
+/// minutes-long windows, and spares a full re-ranking per inference under a stream of events.
+const BOOST_MAX_AGE: Duration = Duration::from_millis(250);
+/// Trending candidates taken beyond `k`, for those the catalog filters out.
+const FILL_SLACK: usize = 50;
+
+/// Everything one ranking with a loaded model reads besides the request.
+#[derive(Clone, Copy)]
+pub struct Ranker<'a> {
+    pub artifact: &'a ModelArtifact,
+    /// `None` for a version without items.
+    pub scorer: Option<&'a Mutex<Scorer>>,
+    /// One entry per model row: 0 for an eligible item, -inf otherwise (see [`MaskCache`]).
+    pub mask: &'a [f32],
+    /// Eligible items the version has no row for (see [`UnlistedCache`]).
+    pub unlisted: &'a [UnlistedItem],
+    pub catalog: &'a CatalogView,
+    pub signals: Signals<'a>,
+}
+
+/// The user as the model sees them.
+struct User {
+    vector: Arc<Vec<f32>>,
+    /// Model rows of the recent history, with their weights.
+    history: Vec<(u32, f32)>,
+    /// Whether the vector comes from the profile (no interactions yet).
+    from_profile: bool,
+}
+
+impl User {
+    /// Whether the model has anything to go on; if not, the list is all fill.
+    fn known(&self) -> bool {
+        self.vector.iter().any(|v| *v != 0.0) || !self.history.is_empty()
+    }
+}
+
+impl Ranker<'_> {
+    /// Ranks for one request; returns the items and the user vector used. Pure apart from the
+    /// ONNX run.
+    pub fn rank(&self, req: &ModelRequest) -> Result<(Vec<Recommendation>, UserVector), ApiError> {
+        let user = self.user(req);
+        let items = match self.scorer {
+            Some(scorer) if user.known() => {
+                let liked = self.liked(req);
+                let mut items = self.model_items(scorer, &user, &liked, req)?;
+                self.add_unlisted(&mut items, &user, &liked, req);
+                items
+            }
+            _ => Vec::new(),
+        };
+        let vector = UserVector {
+            model_version: self.artifact.meta.version.clone(),
+            values: user.vector,
+        };
+        Ok((fill(items, req, self.catalog, self.signals), vector))
+    }
+
+    /// The vector carried over for this version, else one folded in from the interactions;
+    /// from the profile for a user with neither interactions nor history.
+    fn user(&self, req: &ModelRequest) -> User {
+        let artifact = self.artifact;
+        let mut vector = match &req.vector {
+            Some(v)
+                if v.model_version == artifact.meta.version
+                    && v.values.len() == artifact.meta.dim =>
+            {
+                v.values.clone()
+            }
+            _ => {
+                Arc::new(artifact.fold_in(req.interactions.iter().map(|(id, w)| (id.as_str(), *w))))
+            }
+        };
+        let history = artifact.history(req.history.iter().map(String::as_str));
+        let mut from_profile = false;
+        if vector.iter().all(|v| *v == 0.0) && history.is_empty() && !req.profile.is_empty() {
+            let v = artifact.user_content.embed(&req.profile);
+            if v.len() == artifact.meta.dim && v.iter().any(|x| *x != 0.0) {
+                vector = Arc::new(v);
+                from_profile = true;
+            }
+        }
+        User {
+            vector,
+            history,
+            from_profile,
+        }
+    }
+
+    /// The positively weighted interactions the model has rows for: what explanations point to.
+    fn liked<'r>(&self, req: &'r ModelRequest) -> Vec<(u32, &'r str)> {
+        req.interactions
+            .iter()
+            .filter(|(_, w)| *w > 0.0)
+            .filter_map(|(id, _)| {
+                self.artifact
+                    .item_index
+                    .get(id)
+                    .map(|&row| (row, id.as_str()))
+            })
+            .collect()
+    }
+
+    /// The eligibility mask with the trending lift added and the user's exclusions applied.
+    fn request_mask(&self, req: &ModelRequest) -> Vec<f32> {
+        let mut mask = self.mask.to_vec();
+        self.lift_trending(&mut mask);
+        for id in &req.exclude {
+            if let Some(&row) = self.artifact.item_index.get(id) {
+                mask[row as usize] = f32::NEG_INFINITY;
+            }
+        }
+        mask
+    }
+
+    /// Adds the trending boost to the rows of what is trending now, in proportion to the top.
+    fn lift_trending(&self, mask: &mut [f32]) {
+        let boost = self.signals.trending_boost;
+        let Some(trending) = self.signals.trending.filter(|_| boost > 0.0) else {
+            return;
+        };
+        let top = trending.top_recent(BOOSTED, common::now_millis(), BOOST_MAX_AGE);
+        let max = top.first().map_or(1.0, |e| e.score.max(f64::MIN_POSITIVE));
+        for e in &top {
+            if let Some(&row) = self.artifact.item_index.get(&e.id) {
+                // The mask is -inf for filtered items: they stay filtered.
+                mask[row as usize] += boost * (e.score / max) as f32;
+            }
+        }
+    }
+
+    /// The model's top `k`, each with its explanation.
+    fn model_items(
+        &self,
+        scorer: &Mutex<Scorer>,
+        user: &User,
+        liked: &[(u32, &str)],
+        req: &ModelRequest,
+    ) -> Result<Vec<Recommendation>, ApiError> {
+        let artifact = self.artifact;
+        let top = scorer
+            .lock()
+            .top_k(&user.vector, &user.history, &self.request_mask(req), req.k)
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        Ok(top
+            .into_iter()
+            .map(|(row, score)| {
+                let mut why = vec![Reason::CollaborativeFiltering];
+                if user.from_profile {
+                    why.push(Reason::MatchesProfile);
+                }
+                why.extend(self.nearest(artifact.item_vector(row), liked));
+                if let Some((before, _)) = artifact.strongest_predecessor(row, &user.history) {
+                    why.push(Reason::OftenNextAfter(
+                        artifact.item_ids[before as usize].clone(),
+                    ));
+                }
+                Recommendation {
+                    item_id: artifact.item_ids[row as usize].clone(),
+                    score,
+                    reasons: reasons(why),
+                }
+            })
+            .collect())
+    }
+
+    /// The liked item nearest to `vector` in factor space, as a reason.
+    fn nearest(&self, vector: &[f32], liked: &[(u32, &str)]) -> Option<Reason> {
+        liked
+            .iter()
+            .map(|(r, id)| (dot(vector, self.artifact.item_vector(*r)), *id))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, id)| Reason::SimilarTo(id.to_owned()))
+    }
+
+    /// Scores the unlisted items the request may get by their content, merges them into
+    /// `items` and keeps the best `k`.
+    fn add_unlisted(
+        &self,
+        items: &mut Vec<Recommendation>,
+        user: &User,
+        liked: &[(u32, &str)],
+        req: &ModelRequest,
+    ) {
+        let fresh: Vec<&UnlistedItem> = self
+            .unlisted
+            .iter()
+            .filter(|u| !req.exclude.contains(&u.item_id))
+            .filter(|u| {
+                req.category
+                    .as_deref()
+                    .is_none_or(|c| u.categories.iter().any(|x| x == c))
+            })
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let vectors: Vec<&[f32]> = fresh.iter().map(|u| u.vector.as_slice()).collect();
+        let scores = self
+            .artifact
+            .score_unlisted(&user.vector, &user.history, &vectors);
+        for (u, score) in fresh.into_iter().zip(scores) {
+            let why = [Reason::NewItemByContent]
+                .into_iter()
+                .chain(self.nearest(&u.vector, liked));
+            items.push(Recommendation {
+                item_id: u.item_id.clone(),
+                score,
+                reasons: reasons(why),
+            });
+        }
+        items.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then_with(|| a.item_id.cmp(&b.item_id))
+        });
+        items.truncate(req.k);
+    }
+}
+
+/// Tops `items` up to `k`: for a user with no history, with what is trending now first; then
+/// with the most popular eligible items. Filled items score below every item before them.
+pub fn fill(
+    items: Vec<Recommendation>,
+    req: &ModelRequest,
+    catalog: &CatalogView,
+    signals: Signals<'_>,
+) -> Vec<Recommendation> {
+    let items = match signals.trending {
+        Some(t) if req.interactions.is_empty() && items.len() < req.k => {
+            let now = common::now_millis();
+            let ranked: Vec<(String, f64)> = t
+                .top(req.k + req.exclude.len() + FILL_SLACK, now, false, |_| true)
+                .into_iter()
+                .map(|e| (e.id, e.score))
+                .collect();
+            fill_ranked(items, req, catalog, &ranked, Reason::Trending)
+        }
+        _ => items,
+    };
+    fill_ranked(
+        items,
+        req,
+        catalog,
+        &signals.popularity.ranked(),
+        Reason::Popular,
+    )
+}
+
+/// Tops `items` up to `k` from `ranked` (best first), scored below every item before them.
+fn fill_ranked(
+    mut items: Vec<Recommendation>,
+    req: &ModelRequest,
+    catalog: &CatalogView,
+    ranked: &[(String, f64)],
+    reason: Reason,
+) -> Vec<Recommendation> {
+    if items.len() >= req.k {
+        return items;
+    }
+    let max = ranked
+        .first()
+        .map_or(1.0, |(_, c)| c.max(f64::MIN_POSITIVE));
+    let floor = items.last().map(|r| r.score.min(0.0) - 1.0);
+    let chosen: HashSet<String> = items.iter().map(|r| r.item_id.clone()).collect();
+    let view = catalog.read();
+    let reason = reason.to_string();
+    for (id, count) in ranked {
+        if items.len() >= req.k {
+            break;
+        }
+        if req.exclude.contains(id)
+            || chosen.contains(id)
+            || !eligible(&view, id, req.category.as_deref())
+        {
+            continue;
+        }
+        let norm = (*count / max) as f32;
+        items.push(Recommendation {
+            item_id: id.clone(),
+            score: floor.map_or(norm, |f| f + norm),
+            reasons: vec![reason.clone()],
+        });
+    }
+    items
+}
+
+/// A recommendable catalogued item the loaded version has no row for, with its content vector.
+pub struct UnlistedItem {
+    pub item_id: String,
+    pub categories: Vec<String>,
+    pub vector: Vec<f32>,
+}
+
+/// The unlisted items of the loaded version, rebuilt when the catalog or the version changes.
+#[derive(Default)]
+pub struct UnlistedCache {
+    key: Option<(String, u64)>,
+    items: Arc<Vec<UnlistedItem>>,
+}
+
+impl UnlistedCache {
+    pub fn get(
+        &mut self,
+        artifact: &ModelArtifact,
+        catalog: &CatalogView,
+    ) -> Arc<Vec<UnlistedItem>> {
+        let key = (artifact.meta.version.clone(), catalog.version());
+        if self.key.as_ref() != Some(&key) {
+            let items = catalog
+                .item_ids()
+                .into_iter()
+                .filter(|id| !artifact.item_index.contains_key(id))
+                .filter_map(|id| catalog.get(&id))
+                .filter(|item| item.available)
+                .map(|item| UnlistedItem {
+                    vector: artifact
+                        .content
+                        .embed(&models::content::tokens(item.as_ref().into())),
+                    item_id: item.item_id.clone(),
+                    categories: item.categories.clone(),
+                })
+                .filter(|u| u.vector.len() == artifact.meta.dim)
+                .collect();
+            self.items = Arc::new(items);
+            self.key = Some(key);
+        }
+        self.items.clone()
+    }
+}
+
+/// Eligibility masks of the loaded version by category, rebuilt when the catalog changes.
+#[derive(Default)]
+pub struct MaskCache {
+    key: Option<(String, u64)>,
+    by_category: HashMap<Option<String>, Arc<Vec<f32>>>,
+}
+
+impl MaskCache {
+    pub fn get(
+        &mut self,
+        artifact: &ModelArtifact,
+        catalog: &CatalogView,
+        category: Option<&str>,
+    ) -> Arc<Vec<f32>> {
+        let key = (artifact.meta.version.clone(), catalog.version());
+        if self.key.as_ref() != Some(&key) {
+            self.key = Some(key);
+            self.by_category.clear();
+        }
+        self.by_category
+            .entry(category.map(str::to_owned))
+            .or_insert_with(|| {
+                let view = catalog.read();
+                let mask = artifact.item_ids.iter().map(|id| {
+                    if eligible(&view, id, category) {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                });
+                Arc::new(mask.collect())
+            })
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use common::Item;
+    use models::{ModelMeta, TrainParams};
+    use storage::catalog::Catalog;
+
+    use super::*;
+
+    /// An in-memory catalog: enough for the view, no RocksDB.
+    #[derive(Default)]
+    struct FakeCatalog;
+
+    #[async_trait::async_trait]
+    impl Catalog for FakeCatalog {
+        async fn upsert(&self, _: &Item) -> storage::error::Result<()> {
+            Ok(())
+        }
+        async fn delete(&self, _: &str, _: i64) -> storage::error::Result<bool> {
+            Ok(true)
+        }
+        async fn load_all(&self) -> storage::error::Result<(Vec<Item>, Vec<String>)> {
+            Ok((Vec::new(), Vec::new()))
+        }
+        async fn put_profile(&self, _: &str, _: &serde_json::Value) -> storage::error::Result<()> {
+            Ok(())
+        }
+        async fn get_profile(&self, _: &str) -> storage::error::Result<Option<serde_json::Value>> {
+            Ok(None)
+        }
+        async fn profiles(&self) -> storage::error::Result<Vec<(String, serde_json::Value)>> {
+            Ok(Vec::new())
+        }
+        async fn delete_profile(&self, _: &str) -> storage::error::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn item(id: &str, category: &str, available: bool) -> Item {
+        Item {
+            item_id: id.into(),
+            title: id.into(),
+            categories: vec![category.into()],
+            tags: vec![],
+            attributes: Default::default(),
+            available,
+            updated_at: 0,
+        }
+    }
+
+    /// A version of 6 items along two axes: x-items (x1..x4) and y-items (y1, y2).
+    fn model(
+        hybrid: models::HybridParams,
+        successors: Vec<Vec<(u32, f32)>>,
+    ) -> (ModelArtifact, Mutex<Scorer>) {
+        let ids = ["x1", "x2", "x3", "x4", "y1", "y2"];
+        let factors = vec![1.0, 0.0, 0.9, 0.1, 0.8, 0.0, 0.7, 0.1, 0.0, 1.0, 0.1, 0.9];
+        let meta = ModelMeta {
+            version: "v1".into(),
+            created_at: 0,
+            dim: 2,
+            num_items: 6,
+            num_users: 0,
+            num_interactions: 0,
+            data_range: None,
+            params: TrainParams {
+                dim: 2,
+                iterations: 0,
+                regularization: 0.1,
+                alpha: 4.0,
+                seed: 0,
+            },
+            metrics: BTreeMap::new(),
+            hybrid,
+        };
+        let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+        let artifact = ModelArtifact::build(meta, ids, factors, vec![1.0; 6], successors);
+        let scorer =
+            Mutex::new(Scorer::new(&artifact.onnx, 6, 2, 1).expect("ONNX Runtime (make setup)"));
+        (artifact, scorer)
+    }
+
+    async fn fixture() -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
+        fixture_with(Default::default(), Vec::new()).await
+    }
+
+    async fn fixture_with(
+        hybrid: models::HybridParams,
+        successors: Vec<Vec<(u32, f32)>>,
+    ) -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
+        let (artifact, scorer) = model(hybrid, successors);
+        let catalog = CatalogView::open(Arc::new(FakeCatalog))
+            .await
+            .expect("view");
+        for (id, cat) in [
+            ("x1", "x"),
+            ("x2", "x"),
+            ("x4", "x"),
+            ("y1", "y"),
+            ("y2", "y"),
+            ("fresh", "x"),
+        ] {
+            catalog.upsert(item(id, cat, true)).await.expect("upsert");
+        }
+        catalog
+            .upsert(item("x3", "x", false))
+            .await
+            .expect("unavailable");
+        catalog.delete("x4").await.expect("deleted");
+        let popularity = Popularity::new(vec![
+            ("fresh".into(), 50.0),
+            ("y2".into(), 40.0),
+            ("x2".into(), 1.0),
+        ]);
+        (artifact, scorer, catalog, popularity)
+    }
+
+    fn request(k: usize, category: Option<&str>) -> ModelRequest {
+        ModelRequest {
+            interactions: vec![("x1".into(), 3.0)],
+            history: vec!["x1".into()],
+            profile: vec![],
+            exclude: HashSet::from(["x1".to_owned()]),
+            k,
+            category: category.map(str::to_owned),
+            vector: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn never_returns_seen_deleted_unavailable_or_duplicate_items() {
+        let (artifact, scorer, catalog, popularity) = fixture().await;
+        let mut masks = MaskCache::default();
+        for k in 1..=8 {
+            for category in [None, Some("x"), Some("y")] {
+                let req = request(k, category);
+                let mask = masks.get(&artifact, &catalog, category);
+                let (items, _) = Ranker {
+                    artifact: &artifact,
+                    scorer: Some(&scorer),
+                    mask: &mask,
+                    unlisted: &[],
+                    catalog: &catalog,
+                    signals: Signals::popular(&popularity),
+                }
+                .rank(&req)
+                .expect("score");
+                let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
+                assert!(ids.len() <= k, "{ids:?}");
+                let unique: HashSet<_> = ids.iter().collect();
+                assert_eq!(unique.len(), ids.len(), "duplicates: {ids:?}");
+                for banned in ["x1", "x3", "x4"] {
+                    assert!(
+                        !ids.contains(&banned),
+                        "{banned} in {ids:?} (k={k}, {category:?})"
+                    );
+                }
+                if let Some(c) = category {
+                    assert!(
+                        ids.iter()
+                            .all(|id| catalog.get(id).is_some_and(|i| i.categories[0] == c)),
+                        "{ids:?}"
+                    );
+                }
+                assert!(
+                    items.windows(2).all(|w| w[0].score >= w[1].score),
+                    "unsorted: {items:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn ranks_by_taste_then_fills_with_popular_new_items() {
+        let (artifact, scorer, catalog, popularity) = fixture().await;
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let (items, vector) = Ranker {
+            artifact: &artifact,
+            scorer: Some(&scorer),
+            mask: &mask,
+            unlisted: &[],
+            catalog: &catalog,
+            signals: Signals::popular(&popularity),
+        }
+        .rank(&request(4, None))
+        .expect("score");
+        let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
+        // x2 is the only eligible x-item; the y-items follow; `fresh` is not in the model and
+        // comes from popularity.
+        assert_eq!(ids[0], "x2");
+        assert_eq!(
+            items[0].reasons,
+            vec![
+                "collaborative_filtering".to_owned(),
+                "similar_to:x1".to_owned()
+            ]
+        );
+        assert!(ids.contains(&"fresh"), "{ids:?}");
+        assert_eq!(
+            items
+                .iter()
+                .find(|r| r.item_id == "fresh")
+                .map(|r| r.reasons.clone()),
+            Some(vec!["popular".to_owned()])
+        );
+        assert_eq!(vector.model_version, "v1");
+
+        // A vector carried over for this version is used as is: pointing along y ranks y first.
+        let mut req = request(2, None);
+        req.vector = Some(UserVector {
+            model_version: "v1".into(),
+            values: Arc::new(vec![0.0, 1.0]),
+        });
+        let (items, _) = Ranker {
+            artifact: &artifact,
+            scorer: Some(&scorer),
+            mask: &mask,
+            unlisted: &[],
+            catalog: &catalog,
+            signals: Signals::popular(&popularity),
+        }
+        .rank(&req)
+        .expect("score");
+        assert_eq!(items[0].item_id, "y1");
+        // A vector from another version is ignored and folded in again.
+        req.vector = Some(UserVector {
+            model_version: "v0".into(),
+            values: Arc::new(vec![0.0, 1.0]),
+        });
+        let (items, vector) = Ranker {
+            artifact: &artifact,
+            scorer: Some(&scorer),
+            mask: &mask,
+            unlisted: &[],
+            catalog: &catalog,
+            signals: Signals::popular(&popularity),
+        }
+        .rank(&req)
+        .expect("score");
+        assert_eq!(items[0].item_id, "x2");
+        assert!(vector.values[0] > vector.values[1]);
+    }
+
+    #[tokio::test]
+    async fn a_user_without_history_gets_popular_eligible_items() {
+        let (artifact, scorer, catalog, popularity) = fixture().await;
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let req = ModelRequest {
+            interactions: vec![],
+            history: vec![],
+            profile: vec![],
+            exclude: HashSet::new(),
+            k: 3,
+            category: None,
+            vector: None,
+        };
+        let (items, _) = Ranker {
+            artifact: &artifact,
+            scorer: Some(&scorer),
+            mask: &mask,
+            unlisted: &[],
+            catalog: &catalog,
+            signals: Signals::popular(&popularity),
+        }
+        .rank(&req)
+        .expect("score");
+        let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
+        assert_eq!(ids, vec!["fresh", "y2", "x2"]);
+        assert!(
+            items
+                .iter()
+                .all(|r| r.reasons == vec!["popular".to_owned()])
+        );
+    }
+
+    #[tokio::test]
+    async fn what_usually_comes_next_is_recommended_with_its_reason() {
+        // CF alone would pick x2 for an x1 fan; the transitions say y1 follows x1.
+        let hybrid = models::HybridParams {
+            cf_weight: 0.2,
+            transitions: Default::default(),
+        };
+        let mut successors = vec![Vec::new(); 6];
+        successors[0] = vec![(4, 1.0)];
+        let (artifact, scorer, catalog, popularity) = fixture_with(hybrid, successors).await;
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let (items, _) = Ranker {
+            artifact: &artifact,
+            scorer: Some(&scorer),
+            mask: &mask,
+            unlisted: &[],
+            catalog: &catalog,
+            signals: Signals::popular(&popularity),
+        }
+        .rank(&request(2, None))
+        .expect("score");
+        assert_eq!(items[0].item_id, "y1", "{items:?}");
+        assert!(
+            items[0].reasons.contains(&"often_next_after:x1".to_owned()),
+            "{items:?}"
+        );
+        assert!(
+            !items[1]
+                .reasons
+                .iter()
+                .any(|r| r.starts_with("often_next_after"))
+        );
+    }
+
+    #[tokio::test]
+    async fn trending_items_are_lifted_within_the_ranking() {
+        let (artifact, scorer, catalog, popularity) = fixture().await;
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let trending = Trending::new(std::time::Duration::from_secs(300), 12, 5.0);
+        let now = common::now_millis();
+        trending.record("u", "y2", &[], 5.0, now, now);
+        let ranked = |boost: f32| {
+            let signals = Signals {
+                popularity: &popularity,
+                trending: Some(&trending),
+                trending_boost: boost,
+            };
+            let (items, _) = Ranker {
+                artifact: &artifact,
+                scorer: Some(&scorer),
+                mask: &mask,
+                unlisted: &[],
+                catalog: &catalog,
+                signals,
+            }
+            .rank(&request(3, None))
+            .expect("score");
+            items.into_iter().map(|r| r.item_id).collect::<Vec<_>>()
+        };
+        // An x1 fan: CF puts the other x items first; a strong lift puts the trending y2 first.
+        assert_ne!(ranked(0.0)[0], "y2");
+        assert_eq!(ranked(10.0)[0], "y2");
+    }
+
+    #[test]
+    fn reasons_display_as_the_api_strings() {
+        let cases = [
+            (Reason::CollaborativeFiltering, "collaborative_filtering"),
+            (Reason::MatchesProfile, "matches_profile"),
+            (Reason::SimilarTo("a:b".into()), "similar_to:a:b"),
+            (Reason::OftenNextAfter("x1".into()), "often_next_after:x1"),
+            (Reason::NewItemByContent, "new_item_by_content"),
+            (Reason::Trending, "trending"),
+            (Reason::Popular, "popular"),
+        ];
+        for (reason, wire) in cases {
+            assert_eq!(reason.to_string(), wire);
+        }
+    }
+
+    mod properties {
+        use std::sync::LazyLock;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The model's six items, three items it has no row for, and two never catalogued.
+        const IDS: [&str; 11] = [
+            "x1", "x2", "x3", "x4", "y1", "y2", "n1", "n2", "n3", "u1", "u2",
+        ];
+
+        /// One model for every case: building an ONNX session per case would dominate.
+        static MODEL: LazyLock<(ModelArtifact, Mutex<Scorer>)> = LazyLock::new(|| {
+            let hybrid = models::HybridParams {
+                cf_weight: 0.5,
+                transitions: Default::default(),
+            };
+            let mut successors = vec![Vec::new(); 6];
+            successors[0] = vec![(4, 1.0)];
+            successors[4] = vec![(1, 0.5), (5, 0.5)];
+            let (mut artifact, scorer) = model(hybrid, successors);
+            // Content models, so that unlisted items and profiles get vectors.
+            artifact.content = models::content::ContentModel {
+                dim: 2,
+                features: vec!["c:x".into(), "c:y".into()],
+                weights: vec![1.0, 0.0, 0.0, 1.0, 0.1, 0.1],
+            };
+            artifact.user_content = models::content::ContentModel {
+                dim: 2,
+                features: vec!["p:y".into()],
+                weights: vec![0.2, 0.9, 0.0, 0.0],
+            };
+            (artifact, scorer)
+        });
+
+        #[derive(Clone, Copy, Debug)]
+        enum Status {
+            Available,
+            Unavailable,
+            Deleted,
+        }
+
+        /// What one item is in a case: its catalogue status and category (`None` when never
+        /// catalogued), its popularity and trending weight, and what the user did with it.
+        #[derive(Clone, Debug)]
+        struct Case {
+            status: Option<(Status, &'static str)>,
+            popularity: Option<f64>,
+            trending: Option<f64>,
+            interaction: Option<f32>,
+            excluded: bool,
+        }
+
+        fn case() -> impl Strategy<Value = Case> {
+            let status = prop_oneof![
+                Just(Status::Available),
+                Just(Status::Unavailable),
+                Just(Status::Deleted)
+            ];
+            (
+                proptest::option::weighted(0.8, (status, prop_oneof![Just("x"), Just("y")])),
+                proptest::option::of(1.0..100.0f64),
+                proptest::option::of(1.0..10.0f64),
+                proptest::option::weighted(0.3, -1.0..5.0f32),
+                proptest::bool::weighted(0.2),
+            )
+                .prop_map(|(status, popularity, trending, interaction, excluded)| {
+                    Case {
+                        status,
+                        popularity,
+                        trending,
+                        interaction,
+                        excluded,
+                    }
+                })
+        }
+
+        fn catalog(cases: &[Case]) -> CatalogView {
+            futures::executor::block_on(async {
+                let catalog = CatalogView::open(Arc::new(FakeCatalog))
+                    .await
+                    .expect("view");
+                for (id, case) in IDS.iter().zip(cases) {
+                    let Some((status, category)) = case.status else {
+                        continue;
+                    };
+                    let available = matches!(status, Status::Available);
+                    catalog
+                        .upsert(item(id, category, available))
+                        .await
+                        .expect("upsert");
+                    if matches!(status, Status::Deleted) {
+                        catalog.delete(id).await.expect("delete");
+                    }
+                }
+                catalog
+            })
+        }
+
+        /// The post-conditions of any ranked list: at most `k`, no duplicate, nothing the user
+        /// has seen, nothing ineligible (deleted, unavailable, never catalogued, off-category),
+        /// and exactly `k` when popularity alone knows `k` eligible unseen items.
+        fn check(
+            items: &[Recommendation],
+            req: &ModelRequest,
+            catalog: &CatalogView,
+            popularity: &Popularity,
+        ) -> Result<(), TestCaseError> {
+            let view = catalog.read();
+            let ids: Vec<&str> = items.iter().map(|r| r.item_id.as_str()).collect();
+            prop_assert!(ids.len() <= req.k, "{ids:?}");
+            let unique: HashSet<_> = ids.iter().collect();
+            prop_assert_eq!(unique.len(), ids.len(), "duplicates: {:?}", ids);
+            for id in &ids {
+                prop_assert!(!req.exclude.contains(*id), "seen {id} in {ids:?}");
+                prop_assert!(
+                    eligible(&view, id, req.category.as_deref()),
+                    "ineligible {id} in {ids:?}"
+                );
+            }
+            let enough = popularity
+                .ranked()
+                .iter()
+                .filter(|(id, _)| !req.exclude.contains(id))
+                .filter(|(id, _)| eligible(&view, id, req.category.as_deref()))
+                .count()
+                >= req.k;
+            if enough {
+                prop_assert_eq!(ids.len(), req.k, "{:?}", ids);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn rankings_keep_their_post_conditions(
+                cases in proptest::collection::vec(case(), IDS.len()),
+                k in 0usize..14,
+                category in prop_oneof![Just(None), Just(Some("x")), Just(Some("y"))],
+                boost in prop_oneof![Just(0.0f32), Just(5.0f32)],
+                profile in proptest::bool::ANY,
+            ) {
+                let (artifact, scorer) = &*MODEL;
+                let catalog = catalog(&cases);
+                let popularity = Popularity::new(
+                    IDS.iter()
+                        .zip(&cases)
+                        .filter_map(|(id, c)| c.popularity.map(|p| ((*id).to_owned(), p)))
+                        .collect(),
+                );
+                let trending = Trending::new(Duration::from_secs(300), 12, 100.0);
+                let now = common::now_millis();
+                for (id, c) in IDS.iter().zip(&cases) {
+                    if let Some(w) = c.trending {
+                        trending.record("someone", id, &[], w, now, now);
+                    }
+                }
+                let interactions: Vec<(String, f32)> = IDS
+                    .iter()
+                    .zip(&cases)
+                    .filter_map(|(id, c)| c.interaction.map(|w| ((*id).to_owned(), w)))
+                    .collect();
+                let req = ModelRequest {
+                    history: interactions
+                        .iter()
+                        .filter(|(_, w)| *w > 0.0)
+                        .map(|(id, _)| id.clone())
+                        .collect(),
+                    exclude: IDS
+                        .iter()
+                        .zip(&cases)
+                        .filter(|(_, c)| c.excluded || c.interaction.is_some())
+                        .map(|(id, _)| (*id).to_owned())
+                        .collect(),
+                    interactions,
+                    profile: if profile { vec!["p:y".into()] } else { vec![] },
+                    k,
+                    category: category.map(str::to_owned),
+                    vector: None,
+                };
+                let signals = Signals {
+                    popularity: &popularity,
+                    trending: Some(&trending),
+                    trending_boost: boost,
+                };
+                let mask = MaskCache::default().get(artifact, &catalog, category);
+                let unlisted = UnlistedCache::default().get(artifact, &catalog);
+                let ranker = Ranker {
+                    artifact,
+                    scorer: Some(scorer),
+                    mask: &mask,
+                    unlisted: &unlisted,
+                    catalog: &catalog,
+                    signals,
+                };
+                let (items, _) = ranker.rank(&req).expect("rank");
+                check(&items, &req, &catalog, &popularity)?;
+                // Without a loaded model the list is all fill, under the same rules.
+                let items = fill(Vec::new(), &req, &catalog, signals);
+                check(&items, &req, &catalog, &popularity)?;
+            }
+        }
+    }
+}
