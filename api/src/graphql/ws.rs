@@ -12,7 +12,7 @@
 //!   without reading it further (a document from an unknown caller is never costed); a refused
 //!   token closes it with 4403 Forbidden.
 //! - **Every operation is charged** to the caller's bucket of the gate's rate limiter, the one
-//!   HTTP requests spend, then costed (`query_cost::check`). An operation over the rate gets an
+//!   HTTP requests spend, then costed (`cost::check`). An operation over the rate gets an
 //!   `error` message with `rate_limited`, one too deep or too costly `invalid_argument`; neither
 //!   reaches juniper, and the connection stays open.
 //!
@@ -44,9 +44,9 @@ use juniper_graphql_ws::ConnectionConfig;
 use juniper_graphql_ws::graphql_transport_ws::{ClientMessage, Connection, Input, Output};
 use serde_json::json;
 
+use super::cost::{self, Sizes};
+use super::schema::{Ctx, Schema};
 use crate::auth::Gate;
-use crate::graphql::{Ctx, Schema};
-use crate::query_cost::{self, Sizes};
 use crate::streams::{
     CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, CLOSE_TOO_MANY, StreamGuard, close, expiry,
 };
@@ -281,7 +281,7 @@ async fn pump(
                         ErrorCode::RateLimited,
                         "too many operations; slow down",
                     )),
-                    _ => query_cost::check(&payload.query, &sizes)
+                    _ => cost::check(&payload.query, &sizes)
                         .err()
                         .map(|why| refusal(id, ErrorCode::InvalidArgument, &why.to_string())),
                 };
