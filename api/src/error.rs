@@ -1,9 +1,10 @@
 //! The one error type of the gateway, and the one place that renders an error of the shared
 //! table (`common::error`) for the protocol of the request: a JSON body over HTTP (REST,
-//! GraphQL's transport), a status with the code in metadata over gRPC, a field error or a
-//! GraphQL-shaped 400 for GraphQL. Every module that refuses a request renders through here, so
-//! this module depends on no other module of the gateway. It renders a stable code and a safe
-//! message; internal causes are logged where they happen and never sent.
+//! GraphQL's transport), a status with the code in metadata over gRPC, a field error, a
+//! GraphQL-shaped 400 or a graphql-transport-ws `error` message for GraphQL. Every module that
+//! refuses a request renders through here, so this module depends on no other module of the
+//! gateway. It renders a stable code and a safe message; internal causes are logged where they
+//! happen and never sent.
 
 use std::time::Duration;
 
@@ -196,6 +197,17 @@ pub fn graphql_refusal(message: String) -> Response {
         "errors": [{ "message": message, "extensions": { "code": code } }]
     });
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// The graphql-transport-ws `error` message refusing operation `id`, in the shape juniper gives
+/// validation errors.
+pub fn graphql_ws_refusal(id: &str, code: ErrorCode, why: &str) -> axum::extract::ws::Message {
+    let body = json!({
+        "id": id,
+        "type": "error",
+        "payload": [{"message": why, "extensions": {"code": code.as_str()}}],
+    });
+    axum::extract::ws::Message::Text(body.to_string().into())
 }
 
 /// Renders an error for the protocol of the request: a gRPC status, or the JSON body (with

@@ -47,6 +47,7 @@ use serde_json::json;
 use super::cost::{self, Sizes};
 use super::schema::{Ctx, Schema};
 use crate::auth::Gate;
+use crate::error::graphql_ws_refusal as refusal;
 use crate::streams::{
     CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, CLOSE_TOO_MANY, StreamGuard, close, expiry,
 };
@@ -152,16 +153,6 @@ fn opening(bytes: &[u8]) -> Result<Opening, Message> {
         Ok(_) => Err(close(4401, "Unauthorized")),
         Err(e) => Err(malformed(&e)),
     }
-}
-
-/// The `error` message refusing an operation, in the shape juniper gives validation errors.
-fn refusal(id: &str, code: ErrorCode, why: &str) -> Message {
-    let body = json!({
-        "id": id,
-        "type": "error",
-        "payload": [{"message": why, "extensions": {"code": code.as_str()}}],
-    });
-    Message::Text(body.to_string().into())
 }
 
 /// Serves one connection: `authenticate` gets the payload of `connection_init`, which must
