@@ -1,8 +1,15 @@
-//! The one error type of the gateway. It renders a stable code and a safe message; internal
-//! causes are logged where they happen and never sent.
+//! The one error type of the gateway, and the one place that renders an error of the shared
+//! table (`common::error`) for the protocol of the request: a JSON body over HTTP (REST,
+//! GraphQL's transport), a status with the code in metadata over gRPC, a field error, a
+//! GraphQL-shaped 400 or a graphql-transport-ws `error` message for GraphQL. Every module that
+//! refuses a request renders through here, so this module depends on no other module of the
+//! gateway. It renders a stable code and a safe message; internal causes are logged where they
+//! happen and never sent.
+
+use std::time::Duration;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use common::{ApiError, ErrorCode};
 use serde::Serialize;
@@ -107,9 +114,7 @@ pub async fn timeout(
     let grpc = is_grpc(&request);
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) if grpc => {
-            crate::grpc::status(&ApiError::unavailable("request timed out")).into_http()
-        }
+        Err(_) if grpc => grpc_status(&ApiError::unavailable("request timed out")).into_http(),
         Err(_) => AppError::from(ApiError::unavailable("request timed out")).into_response(),
     }
 }
@@ -162,4 +167,91 @@ pub async fn json_errors(
     }
     let body = json!({ "error": { "code": code_for(status), "message": message } });
     (status, Json(body)).into_response()
+}
+
+/// Metadata key carrying the stable error code of a failed gRPC call.
+pub const ERROR_CODE_KEY: &str = "streamrec-error-code";
+
+/// The gRPC status for an error of the shared table.
+pub fn grpc_status(error: &ApiError) -> tonic::Status {
+    let mut status = tonic::Status::new(
+        tonic::Code::from_i32(error.code.grpc_code()),
+        error.message.clone(),
+    );
+    if let Ok(value) = error.code.as_str().parse() {
+        status.metadata_mut().insert(ERROR_CODE_KEY, value);
+    }
+    status
+}
+
+/// A GraphQL field error carrying the shared code in `extensions.code`.
+pub fn field_error(e: ApiError) -> juniper::FieldError {
+    let code = e.code.as_str();
+    juniper::FieldError::new(e.message, juniper::graphql_value!({ "code": code }))
+}
+
+/// A refused GraphQL document: 400, in GraphQL's error shape with the shared code.
+pub fn graphql_refusal(message: String) -> Response {
+    let code = ErrorCode::InvalidArgument.as_str();
+    let body = json!({
+        "errors": [{ "message": message, "extensions": { "code": code } }]
+    });
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
+}
+
+/// The graphql-transport-ws `error` message refusing operation `id`, in the shape juniper gives
+/// validation errors.
+pub fn graphql_ws_refusal(id: &str, code: ErrorCode, why: &str) -> axum::extract::ws::Message {
+    let body = json!({
+        "id": id,
+        "type": "error",
+        "payload": [{"message": why, "extensions": {"code": code.as_str()}}],
+    });
+    axum::extract::ws::Message::Text(body.to_string().into())
+}
+
+/// Renders an error for the protocol of the request: a gRPC status, or the JSON body (with
+/// `WWW-Authenticate: Bearer` when a token is missing or refused).
+pub fn reject(request: &axum::extract::Request, error: ApiError) -> Response {
+    if is_grpc(request) {
+        return grpc_status(&error).into_http::<axum::body::Body>();
+    }
+    let code = error.code;
+    let mut response = AppError::from(error).into_response();
+    if code == ErrorCode::Unauthenticated {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// The error of a caller over its rate limit.
+pub fn too_many_requests() -> ApiError {
+    ApiError::new(ErrorCode::RateLimited, "too many requests; slow down")
+}
+
+/// 429 `rate_limited` with `Retry-After`: how many whole seconds until the caller's bucket holds
+/// a token again.
+pub fn rate_limited(wait: Duration) -> Response {
+    with_retry_after(AppError::from(too_many_requests()).into_response(), wait)
+}
+
+/// Adds `Retry-After` (whole seconds, at least one) to a response.
+pub fn with_retry_after(mut response: Response, wait: Duration) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// 401 `unauthenticated` (with `WWW-Authenticate: Bearer`) for a request that needs a token.
+pub fn unauthenticated(message: &str) -> Response {
+    let error = ApiError::new(ErrorCode::Unauthenticated, message.to_owned());
+    let mut response = AppError::from(error).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }

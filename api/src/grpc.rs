@@ -19,7 +19,7 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tower::ServiceExt;
 
-use crate::auth::{Action, authorize};
+use crate::policy::{Action, authorize, principal_of};
 use crate::streams::{Caller, until_expiry};
 
 /// Generated messages and service traits.
@@ -33,24 +33,11 @@ pub mod pb {
 
 use pb::recommender_server::{Recommender, RecommenderServer};
 
-/// Metadata key carrying the stable error code of a failed call.
-pub const ERROR_CODE_KEY: &str = "streamrec-error-code";
-
-/// The status for an error of the shared table.
-pub fn status(error: &ApiError) -> Status {
-    let mut status = Status::new(
-        tonic::Code::from_i32(error.code.grpc_code()),
-        error.message.clone(),
-    );
-    if let Ok(value) = error.code.as_str().parse() {
-        status.metadata_mut().insert(ERROR_CODE_KEY, value);
-    }
-    status
-}
+pub use crate::error::{ERROR_CODE_KEY, grpc_status as status};
 
 /// Asks the policy table whether the caller the gateway layer authenticated may do `action`.
 fn allow<T>(request: &Request<T>, action: Action<'_>) -> Result<(), Status> {
-    let principal = crate::auth::principal_of(request.extensions());
+    let principal = principal_of(request.extensions());
     authorize(&principal, action, "grpc").map_err(|e| status(&e))
 }
 

@@ -11,13 +11,11 @@ mod client;
 mod console;
 mod error;
 pub mod graphql;
-mod graphql_ws;
 pub mod grpc;
 pub mod listener;
 mod metrics;
 pub mod openapi;
 mod policy;
-mod query_cost;
 mod readiness;
 mod rest;
 mod streams;
@@ -43,7 +41,7 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
     let readiness = Arc::new(readiness::Probes::new(node.config.server.readyz_cache_ttl));
     let schema = graphql::schema();
     // What the cost check reads from the schema, once.
-    let sizes = Arc::new(query_cost::Sizes::of(&schema.schema));
+    let sizes = Arc::new(graphql::Sizes::of(&schema.schema));
     Ok(Router::new()
         .route("/v1/events", post(rest::post_events))
         .route(

@@ -180,6 +180,15 @@ pub fn audit_unauthenticated(reason: &str, via: &'static str) {
     tracing::info!(target: "audit", via, reason, decision = "deny", "unauthenticated request");
 }
 
+/// The principal the gateway layer attached to a request (the all-allowed one when auth is
+/// off; nobody on a route the layer did not cover).
+pub fn principal_of(extensions: &axum::http::Extensions) -> Principal {
+    extensions
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or_else(Principal::nobody)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -375,7 +375,7 @@ pub async fn readyz(
     Extension(probes): Extension<Arc<crate::readiness::Probes>>,
     request: axum::extract::Request,
 ) -> Response {
-    let principal = crate::auth::principal_of(request.extensions());
+    let principal = crate::policy::principal_of(request.extensions());
     let dependencies = probes.dependencies(&node).await;
     let readiness = node.readiness_with(crate::readiness::visible_to(&principal, dependencies));
     let status = if readiness.ready {

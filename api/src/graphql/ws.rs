@@ -12,7 +12,7 @@
 //!   without reading it further (a document from an unknown caller is never costed); a refused
 //!   token closes it with 4403 Forbidden.
 //! - **Every operation is charged** to the caller's bucket of the gate's rate limiter, the one
-//!   HTTP requests spend, then costed (`query_cost::check`). An operation over the rate gets an
+//!   HTTP requests spend, then costed (`cost::check`). An operation over the rate gets an
 //!   `error` message with `rate_limited`, one too deep or too costly `invalid_argument`; neither
 //!   reaches juniper, and the connection stays open.
 //!
@@ -44,9 +44,10 @@ use juniper_graphql_ws::ConnectionConfig;
 use juniper_graphql_ws::graphql_transport_ws::{ClientMessage, Connection, Input, Output};
 use serde_json::json;
 
+use super::cost::{self, Sizes};
+use super::schema::{Ctx, Schema};
 use crate::auth::Gate;
-use crate::graphql::{Ctx, Schema};
-use crate::query_cost::{self, Sizes};
+use crate::error::graphql_ws_refusal as refusal;
 use crate::streams::{
     CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, CLOSE_TOO_MANY, StreamGuard, close, expiry,
 };
@@ -152,16 +153,6 @@ fn opening(bytes: &[u8]) -> Result<Opening, Message> {
         Ok(_) => Err(close(4401, "Unauthorized")),
         Err(e) => Err(malformed(&e)),
     }
-}
-
-/// The `error` message refusing an operation, in the shape juniper gives validation errors.
-fn refusal(id: &str, code: ErrorCode, why: &str) -> Message {
-    let body = json!({
-        "id": id,
-        "type": "error",
-        "payload": [{"message": why, "extensions": {"code": code.as_str()}}],
-    });
-    Message::Text(body.to_string().into())
 }
 
 /// Serves one connection: `authenticate` gets the payload of `connection_init`, which must
@@ -281,7 +272,7 @@ async fn pump(
                         ErrorCode::RateLimited,
                         "too many operations; slow down",
                     )),
-                    _ => query_cost::check(&payload.query, &sizes)
+                    _ => cost::check(&payload.query, &sizes)
                         .err()
                         .map(|why| refusal(id, ErrorCode::InvalidArgument, &why.to_string())),
                 };
