@@ -1,0 +1,103 @@
+//! A streamrec node: the handle the binary starts and the gateways (REST, GraphQL, gRPC,
+//! WebSocket) and tests call.
+//!
+//! Split so that each part can be read alone:
+//! - [`tree`](self::tree): the composition root, opening the stores and starting the
+//!   supervision tree; the only place that knows which storage implementation backs which trait;
+//! - the facade, one `impl Node` per concern: `users` (events, recommendations, a user's view,
+//!   subscriptions, erasure, export), `catalog` (items, profiles, trending), `models` (training,
+//!   versions, activation, rollback) and `admin` (actors, operator actions, readiness, the
+//!   console's snapshot, archiving).
+//!
+//! This file holds the [`Node`] itself and its life cycle: start, stop, shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::archiver::ArchiverMsg;
+use actors::trainer::TrainerMsg;
+use actors::{Services, Slot};
+use common::Config;
+use ractor::ActorRef;
+use storage::Db;
+use tokio::sync::Mutex;
+
+use crate::supervisor::SupervisorMsg;
+
+mod admin;
+mod catalog;
+mod models;
+mod tree;
+mod users;
+
+pub use admin::Readiness;
+pub use catalog::{TrendingCategory, TrendingItem, TrendingView};
+pub use users::Subscription;
+
+pub struct Node {
+    pub config: Arc<Config>,
+    services: Arc<Services>,
+    db: Arc<Db>,
+    root: ActorRef<SupervisorMsg>,
+    root_exit: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    trainer: Slot<TrainerMsg>,
+    archiver: Slot<ArchiverMsg>,
+}
+
+impl Node {
+    /// Opens everything under `config.data_dir` and starts the actor tree. Trains a first model
+    /// (on whatever data exists, possibly none) if there is no model yet.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+        ::models::runtime::environment(config.model.onnxruntime_path.as_deref())?;
+        let config = Arc::new(config);
+        let tree::Stores {
+            services,
+            db,
+            kafka,
+        } = tree::open(&config).await?;
+        let tree = tree::spawn(&services, kafka).await?;
+        let node = Arc::new(Node {
+            config,
+            services,
+            db,
+            root: tree.root,
+            root_exit: Mutex::new(Some(tree.root_exit)),
+            trainer: tree.trainer,
+            archiver: tree.archiver,
+        });
+        if node.services.registry.active().is_none() {
+            tracing::info!("no model yet: training a first one");
+            node.train(true)
+                .await
+                .map_err(|e| anyhow::anyhow!("first training failed: {}", e.message))?;
+        }
+        Ok(node)
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Resolves when the actor tree has stopped (on shutdown, or after an escalation at the root).
+    pub async fn stopped(&self) {
+        if let Some(handle) = self.root_exit.lock().await.take() {
+            let _ = handle.await;
+        }
+    }
+
+    /// Stops the tree (sessions' state and ingest offsets are durable after every batch) and
+    /// makes every write durable.
+    pub async fn shutdown(&self) {
+        tracing::info!("stopping the actor tree");
+        if let Err(error) = self
+            .root
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(15)))
+            .await
+        {
+            tracing::warn!(%error, "actor tree did not stop in time");
+        }
+        if let Err(error) = self.db.flush() {
+            tracing::error!(%error, "failed to flush RocksDB on shutdown");
+        }
+    }
+}

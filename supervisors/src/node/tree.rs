@@ -1,0 +1,320 @@
+//! How a node comes up: the stores it opens and the supervision tree it starts. This is the
+//! composition root, the only place that knows which storage implementation backs which trait;
+//! the rest of `node` is the facade the gateways call and never builds anything.
+
+use std::sync::Arc;
+
+use actors::archiver::{ArchiverActor, ArchiverMsg};
+use actors::model::{ModelActor, ModelArgs};
+use actors::push::PushHub;
+use actors::retention::RetentionActor;
+use actors::session_manager::SessionManager;
+use actors::trainer::{TrainerActor, TrainerMsg};
+use actors::{ModelPool, ModelRegistry, ObsRegistry, Popularity, Services, Slot};
+use anyhow::Context;
+use common::Config;
+use ractor::{Actor, ActorRef};
+use storage::{CatalogView, Db, EventSink, FileEventLog, RocksSessionStore, backends};
+
+use crate::RestartPolicy;
+use crate::supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
+
+/// The Kafka settings and producer, when Kafka takes the writes.
+type KafkaWrites = (Arc<kafka::Settings>, kafka::Producer);
+
+/// What [`open`] opened: the services every actor shares, the database to flush on shutdown,
+/// and Kafka when configured (its bridge joins the tree).
+pub(super) struct Stores {
+    pub services: Arc<Services>,
+    pub db: Arc<Db>,
+    pub kafka: Option<KafkaWrites>,
+}
+
+/// The running tree: its root, the root's exit, and the slots of the actors the facade calls
+/// directly.
+pub(super) struct Tree {
+    pub root: ActorRef<SupervisorMsg>,
+    pub root_exit: tokio::task::JoinHandle<()>,
+    pub trainer: Slot<TrainerMsg>,
+    pub archiver: Slot<ArchiverMsg>,
+}
+
+/// Opens everything under `config.data_dir` and the configured backends.
+pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    let db = Arc::new(
+        Db::open_with(&dir.join("db"), config.events.dedupe_window).context("opening RocksDB")?,
+    );
+    let log = Arc::new(
+        FileEventLog::open_with(&dir.join("events"), log_options(config), db.clone())
+            .context("opening the event log")?,
+    );
+    // Kafka, when configured, takes the writes; the log then journals what the node consumed.
+    let kafka = match kafka::Settings::from_config(&config.events) {
+        Some(settings) => {
+            let settings = Arc::new(settings);
+            let producer =
+                kafka::Producer::new(settings.clone()).context("creating the Kafka producer")?;
+            Some((settings, producer))
+        }
+        None => None,
+    };
+    let sink: Arc<dyn EventSink> = match &kafka {
+        Some((_, producer)) => Arc::new(producer.clone()),
+        None => log.clone(),
+    };
+    let store = Arc::new(RocksSessionStore::new(db.clone()));
+    let pii = Arc::new(
+        storage::pii::PiiCipher::from_config(&config.pii, &config.data_dir)
+            .context("loading the PII keys")?,
+    );
+    let catalog_store: Arc<dyn storage::Catalog> = Arc::new(storage::pii::SealedCatalog::new(
+        backends::catalog(&config.catalog, &db)
+            .await
+            .context("connecting to the catalog store")?,
+        pii,
+    ));
+    let catalog = Arc::new(
+        CatalogView::open(catalog_store)
+            .await
+            .context("loading the catalog")?,
+    );
+    // Only catalogued items have a popularity: stats of ids nobody catalogued (or since
+    // deleted) stay out of the map.
+    let popularity = Arc::new(Popularity::new(
+        storage::SessionStore::item_stats(store.as_ref())?
+            .into_iter()
+            .filter(|(id, count)| *count > 0.0 && catalog.get(id).is_some())
+            .collect(),
+    ));
+    let objects = backends::objects(&config.objects, dir)
+        .await
+        .context("opening the object store")?;
+    let registry = Arc::new(
+        ModelRegistry::open(objects)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?,
+    );
+    let services = Arc::new(Services {
+        config: config.clone(),
+        log,
+        sink,
+        store,
+        catalog,
+        cache: backends::cache(&config.cache).context("opening the cache")?,
+        popularity,
+        trending: Arc::new(actors::trending::Trending::new(
+            config.trending.window,
+            config.trending.windows,
+            config.trending.max_user_weight,
+        )),
+        registry,
+        models: ModelPool::default(),
+        obs: Arc::new(ObsRegistry::default()),
+        sessions: slot(),
+        push: slot(),
+    });
+    Ok(Stores {
+        services,
+        db,
+        kafka,
+    })
+}
+
+/// Starts the supervision tree over `services`.
+pub(super) async fn spawn(
+    services: &Arc<Services>,
+    kafka: Option<KafkaWrites>,
+) -> anyhow::Result<Tree> {
+    let (trainer, archiver) = (slot(), slot());
+    let mut children = root_children(services, &trainer, &archiver);
+    let s = services.clone();
+    children.push(slotted(
+        "retention",
+        || RetentionActor,
+        move || s.clone(),
+        slot(),
+    ));
+    if let Some((settings, producer)) = kafka {
+        children.push(kafka_bridge(services, settings, producer));
+    }
+    let args = SupervisorArgs {
+        kind: "root_supervisor",
+        children,
+        policy: RestartPolicy::default(),
+        obs: services.obs.clone(),
+    };
+    let (root, handle) = Actor::spawn(None, Supervisor, args)
+        .await
+        .context("starting the actor tree")?;
+    Ok(Tree {
+        root,
+        root_exit: handle,
+        trainer,
+        archiver,
+    })
+}
+
+fn slot<M>() -> Slot<M> {
+    Arc::default()
+}
+
+/// A child spec that spawns `actor` with `args()` and keeps `slot` pointing at it.
+fn slotted<A>(
+    name: &str,
+    actor: fn() -> A,
+    args: impl Fn() -> A::Arguments + Send + Sync + 'static,
+    slot: Slot<A::Msg>,
+) -> ChildSpec
+where
+    A: Actor,
+{
+    let exit_slot = slot.clone();
+    ChildSpec::new(name, move |sup| {
+        let (args, slot) = (args(), slot.clone());
+        async move {
+            let (actor, _) = Actor::spawn_linked(None, actor(), args, sup).await?;
+            slot.store(Some(Arc::new(actor.clone())));
+            Ok(actor.get_cell())
+        }
+    })
+    .on_exit(move || exit_slot.store(None))
+}
+
+/// The log's layout and retention: segments go once ingest, and the archive when archiving is
+/// on, have committed them. With archiving off nothing else keeps history, and
+/// `events.retention` alone bounds what the log holds.
+fn log_options(config: &Config) -> storage::log::LogOptions {
+    let mut groups = vec![storage::INGEST.to_owned()];
+    if !config.objects.archive_interval.is_zero() {
+        groups.push(storage::ARCHIVE.to_owned());
+    }
+    storage::log::LogOptions {
+        retention: config.events.retention,
+        retention_groups: groups,
+        ..storage::log::LogOptions::new(config.events.num_partitions, config.events.fsync)
+    }
+}
+
+fn root_children(
+    services: &Arc<Services>,
+    trainer: &Slot<TrainerMsg>,
+    archiver: &Slot<ArchiverMsg>,
+) -> Vec<ChildSpec> {
+    let s = services.clone();
+    let push = slotted("push", || PushHub, move || s.clone(), services.push.clone());
+    let s = services.clone();
+    let sessions = slotted(
+        "sessions",
+        || SessionManager,
+        move || s.clone(),
+        services.sessions.clone(),
+    );
+    let s = services.clone();
+    let train = slotted(
+        "trainer",
+        || TrainerActor,
+        move || s.clone(),
+        trainer.clone(),
+    );
+    let s = services.clone();
+
+    let model_children: Vec<ChildSpec> = (0..services.config.model.num_workers)
+        .map(|i| {
+            let s = services.clone();
+            let pool = services.models.clone();
+            let exit_pool = pool.clone();
+            ChildSpec::new(format!("model-{i}"), move |sup| {
+                let (s, pool) = (s.clone(), pool.clone());
+                async move {
+                    let args = ModelArgs {
+                        registry: s.registry.clone(),
+                        catalog: s.catalog.clone(),
+                        popularity: s.popularity.clone(),
+                        trending: s.trending.clone(),
+                        trending_boost: s.config.trending.boost,
+                        intra_threads: s.config.model.intra_threads,
+                        obs: s.obs.clone(),
+                    };
+                    let (actor, _) = Actor::spawn_linked(None, ModelActor, args, sup).await?;
+                    pool.set(i, Some(actor.clone()));
+                    Ok(actor.get_cell())
+                }
+            })
+            .on_exit(move || exit_pool.set(i, None))
+        })
+        .collect();
+    let ingest_children: Vec<ChildSpec> = (0..services.log.num_partitions())
+        .map(|partition| {
+            let s = services.clone();
+            ChildSpec::new(format!("ingest-{partition}"), move |sup| {
+                let args = actors::ingest::IngestArgs {
+                    partition,
+                    services: s.clone(),
+                };
+                async move {
+                    let (actor, _) =
+                        Actor::spawn_linked(None, actors::ingest::IngestActor, args, sup).await?;
+                    Ok(actor.get_cell())
+                }
+            })
+        })
+        .collect();
+    vec![
+        push,
+        sessions,
+        group(services, "models", "model_supervisor", model_children),
+        group(services, "ingest", "ingest_supervisor", ingest_children),
+        train,
+        slotted(
+            "archiver",
+            || ArchiverActor,
+            move || s.clone(),
+            archiver.clone(),
+        ),
+    ]
+}
+
+/// The Kafka consumer-group bridge that feeds the node's log.
+fn kafka_bridge(
+    services: &Arc<Services>,
+    settings: Arc<kafka::Settings>,
+    producer: kafka::Producer,
+) -> ChildSpec {
+    let services = services.clone();
+    ChildSpec::new("kafka", move |sup| {
+        let args = actors::kafka_bridge::BridgeArgs {
+            services: services.clone(),
+            settings: settings.clone(),
+            producer: producer.clone(),
+        };
+        async move {
+            let (actor, _) =
+                Actor::spawn_linked(None, actors::kafka_bridge::KafkaBridge, args, sup).await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+/// A child supervisor over `children`.
+fn group(
+    services: &Arc<Services>,
+    name: &str,
+    kind: &'static str,
+    children: Vec<ChildSpec>,
+) -> ChildSpec {
+    let obs = services.obs.clone();
+    ChildSpec::new(name, move |sup| {
+        let args = SupervisorArgs {
+            kind,
+            children: children.clone(),
+            policy: RestartPolicy::default(),
+            obs: obs.clone(),
+        };
+        async move {
+            let (actor, _) = Actor::spawn_linked(None, Supervisor, args, sup).await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
