@@ -604,7 +604,7 @@ fn version_with_personal_features(profile: impl Fn(usize) -> Value) -> models::M
             attributes: &attributes,
         }));
     }
-    let content = actors::trainer::Content {
+    let content = models::training::Content {
         items: vec![Vec::new(); data.items.len()],
         users,
     };
@@ -615,7 +615,7 @@ fn version_with_personal_features(profile: impl Fn(usize) -> Value) -> models::M
         alpha: 4.0,
         seed: 1,
     };
-    actors::trainer::train(
+    models::training::train(
         data,
         content,
         None,

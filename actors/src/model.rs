@@ -58,7 +58,9 @@ pub enum ModelMsg {
     Recommend(ModelRequest, RpcReplyPort<Result<ModelResponse, ApiError>>),
     /// Load the registry's active version if it differs from the one loaded.
     Reload(RpcReplyPort<Result<(), ApiError>>),
-    /// Fault injection for supervision tests and drills: the worker panics.
+    /// Fault injection for supervision tests and drills: the worker panics. Behind the
+    /// `fault-injection` feature (off by default) so that release builds cannot be crashed by it.
+    #[cfg(feature = "fault-injection")]
     InjectPanic,
 }
 
@@ -198,6 +200,7 @@ impl Actor for ModelActor {
             ModelMsg::Reload(reply) => {
                 let _ = reply.send(state.reload().await);
             }
+            #[cfg(feature = "fault-injection")]
             ModelMsg::InjectPanic => panic!("injected fault in model actor"),
         }
         Ok(())

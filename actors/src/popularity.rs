@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use models::training::contribution;
 use parking_lot::{Mutex, RwLock};
 use storage::CatalogView;
 use storage::catalog::ItemStatus;
@@ -92,12 +93,6 @@ impl Popularity {
     pub fn refresh(&self) {
         self.ranked.lock().0 = None;
     }
-}
-
-/// What one user's summed weight `total` on an item adds to the item's popularity (and, per
-/// window, to its trending activity): the positive part, at most `cap`.
-pub fn contribution(total: f64, cap: f64) -> f64 {
-    total.clamp(0.0, cap.max(0.0))
 }
 
 /// How one user's contributions move when the user's per-item totals go from `before` to

@@ -15,7 +15,7 @@
 //!
 //! No one user makes an item trend: within a window, a user's weight on an item counts up to
 //! `trending.max_user_weight` (one purchase by default), so an item's window activity is
-//! `Σ_users clamp(w, 0, cap)` as for popularity ([`crate::popularity::contribution`]), and a
+//! `Σ_users clamp(w, 0, cap)` as for popularity ([`models::training::contribution`]), and a
 //! category's the sum over its items. Callers record catalogued items only: ids nobody
 //! catalogued never trend. A window's memory is bounded by the distinct (user, item) pairs active
 //! in it, and goes with the window.
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::popularity::contribution;
+use models::training::contribution;
 
 #[derive(Default)]
 struct Window {

@@ -11,6 +11,7 @@ pub mod linalg;
 pub mod onnx;
 pub mod runtime;
 pub mod scorer;
+pub mod training;
 pub mod transitions;
 
 pub use als::{Interactions, TrainParams};

@@ -1,0 +1,229 @@
+//! Training a version from collected data, free of actors and I/O: hold-out metrics, ALS, the
+//! transition table and the content maps, assembled into a [`ModelArtifact`]. The trainer actor
+//! collects the data and runs this on the blocking pool; the MovieLens tools and tests call it
+//! directly.
+
+use crate::content::{ContentModel, ContentParams};
+use crate::transitions::Transitions;
+use crate::{HybridParams, Interactions, ModelArtifact, ModelMeta, TrainParams};
+
+/// What one user's summed weight `total` on an item adds to the item's popularity (and, per
+/// window, to its trending activity): the positive part, at most `cap`. Training and live
+/// popularity share it so that a trained bias and a live count agree.
+pub fn contribution(total: f64, cap: f64) -> f64 {
+    total.clamp(0.0, cap.max(0.0))
+}
+
+/// Content features by row: `items[row]` of item `row`, `users[row]` of user `row`'s profile
+/// (empty where unknown).
+#[derive(Default)]
+pub struct Content {
+    pub items: Vec<Vec<String>>,
+    pub users: Vec<Vec<String>>,
+}
+
+/// Fits a content map on the rows that have both interactions and features.
+fn fit_content(
+    tokens: &[Vec<String>],
+    interacted: &[bool],
+    factors: &[f32],
+    dim: usize,
+) -> ContentModel {
+    let rows: Vec<u32> = (0..interacted.len() as u32)
+        .filter(|&r| interacted[r as usize] && !tokens.get(r as usize).is_none_or(Vec::is_empty))
+        .collect();
+    let features: Vec<Vec<String>> = rows.iter().map(|&r| tokens[r as usize].clone()).collect();
+    ContentModel::fit(&features, &rows, factors, dim, ContentParams::default())
+}
+
+/// Trains a version: hold-out metrics first, then ALS, the transition table and the content maps
+/// (items and user profiles) on everything. An item without interactions gets its factors from
+/// its content. An item's popularity (its bias) counts each user's weight up to
+/// `max_user_weight`, as live popularity does.
+pub fn train(
+    data: Interactions,
+    content: Content,
+    range: Option<(i64, i64)>,
+    params: TrainParams,
+    hybrid: HybridParams,
+    max_user_weight: f64,
+    progress: impl FnMut(usize, usize),
+) -> ModelArtifact {
+    let metrics = crate::eval::holdout_metrics(&data, &params, &hybrid)
+        .map(|m| m.to_map())
+        .unwrap_or_default();
+    let mut factors = crate::als::train(&data, &params, progress);
+    let cells = data.cells();
+    let mut popularity = vec![0.0f32; data.items.len()];
+    let mut interacted = vec![false; data.items.len()];
+    for cell in &cells {
+        popularity[cell.item as usize] +=
+            contribution(f64::from(cell.weight), max_user_weight) as f32;
+        interacted[cell.item as usize] = true;
+    }
+    let d = params.dim;
+    let content_map = fit_content(&content.items, &interacted, &factors.items, d);
+    for (row, was) in interacted.iter().enumerate() {
+        if !was {
+            let v = content_map.embed(content.items.get(row).map_or(&[][..], Vec::as_slice));
+            factors.items[row * d..(row + 1) * d].copy_from_slice(&v);
+        }
+    }
+    let mut active_users = vec![false; data.users.len()];
+    for cell in &cells {
+        active_users[cell.user as usize] = true;
+    }
+    let user_map = fit_content(&content.users, &active_users, &factors.users, d);
+    let sequences = crate::eval::sequences(&cells, data.users.len());
+    let transitions = Transitions::train(data.items.len(), &sequences, hybrid.transitions);
+    let meta = ModelMeta {
+        version: format!("v{}", common::now_millis()),
+        created_at: common::now_millis(),
+        dim: params.dim,
+        num_items: data.items.len(),
+        num_users: data.users.len(),
+        num_interactions: data.num_cells(),
+        data_range: range,
+        params,
+        metrics,
+        hybrid,
+    };
+    let mut artifact = ModelArtifact::build(
+        meta,
+        data.items,
+        factors.items,
+        popularity,
+        transitions.successors,
+    );
+    artifact.content = content_map;
+    artifact.user_content = user_map;
+    artifact
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::pii::PersonalFields;
+
+    fn data() -> (Interactions, Content) {
+        let mut data = Interactions::default();
+        for u in 0..12 {
+            for i in 0..8 {
+                if (u + i) % 3 != 0 {
+                    let item = format!("{}{i}", if u % 2 == 0 { "m" } else { "b" });
+                    data.add(&format!("u{u}"), &item, 1.0, i64::from(u * 10 + i));
+                }
+            }
+        }
+        data.add_item("cold-m");
+        let items = data
+            .items
+            .iter()
+            .map(|id| {
+                vec![
+                    if id.starts_with('b') {
+                        "c:books"
+                    } else {
+                        "c:music"
+                    }
+                    .to_owned(),
+                ]
+            })
+            .collect();
+        let users = data
+            .users
+            .iter()
+            .map(|u| {
+                let n: u32 = u[1..].parse().unwrap_or(0);
+                crate::content::profile_tokens(
+                    &serde_json::json!({
+                        "likes": if n.is_multiple_of(2) { "music" } else { "books" }
+                    }),
+                    PersonalFields::new(&[]),
+                )
+            })
+            .collect();
+        (data, Content { items, users })
+    }
+
+    fn run() -> ModelArtifact {
+        let (data, content) = data();
+        let params = TrainParams {
+            dim: 4,
+            iterations: 5,
+            regularization: 0.1,
+            alpha: 4.0,
+            seed: 7,
+        };
+        train(
+            data,
+            content,
+            None,
+            params,
+            HybridParams::default(),
+            common::config::DEFAULT_MAX_USER_WEIGHT,
+            |_, _| {},
+        )
+    }
+
+    #[test]
+    fn the_same_data_and_seed_give_the_same_version() {
+        let (a, b) = (run(), run());
+        assert_eq!(a.factors, b.factors);
+        assert_eq!(a.successors, b.successors);
+        assert_eq!(a.content, b.content);
+        assert_eq!(a.meta.metrics, b.meta.metrics);
+        assert_eq!(a.onnx.len(), b.onnx.len());
+    }
+
+    #[test]
+    fn an_item_without_interactions_gets_factors_from_its_content() {
+        let a = run();
+        let row = a.item_index["cold-m"];
+        let cold = a.item_vector(row);
+        assert!(cold.iter().any(|v| *v != 0.0), "{cold:?}");
+        // It sits with the items that share its content ("m"), not the others ("b").
+        let mean_dot = |prefix: &str| {
+            let rows: Vec<u32> = a
+                .item_ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| id.starts_with(prefix) && id.as_str() != "cold-m")
+                .map(|(r, _)| r as u32)
+                .collect();
+            rows.iter()
+                .map(|&r| crate::linalg::dot(cold, a.item_vector(r)))
+                .sum::<f32>()
+                / rows.len() as f32
+        };
+        assert!(
+            mean_dot("m") > mean_dot("b"),
+            "{} vs {}",
+            mean_dot("m"),
+            mean_dot("b")
+        );
+    }
+
+    #[test]
+    fn a_profile_alone_places_a_user_near_users_like_them() {
+        let a = run();
+        let music_fan = a.user_content.embed(&crate::content::profile_tokens(
+            &serde_json::json!({"likes": "music"}),
+            PersonalFields::new(&[]),
+        ));
+        let score = |prefix: &str| {
+            let rows: Vec<u32> = a
+                .item_ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| id.starts_with(prefix))
+                .map(|(r, _)| r as u32)
+                .collect();
+            rows.iter()
+                .map(|&r| crate::linalg::dot(&music_fan, a.item_vector(r)))
+                .sum::<f32>()
+                / rows.len() as f32
+        };
+        assert!(score("m") > score("b"), "{} vs {}", score("m"), score("b"));
+    }
+}
