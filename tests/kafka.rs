@@ -45,6 +45,10 @@ impl Topics {
             ),
             ("STREAMREC__EVENTS__TOPIC_PREFIX", self.prefix.clone()),
             ("STREAMREC__EVENTS__GROUP", self.group.clone()),
+            (
+                "STREAMREC__CLUSTER__SECRET",
+                "kafka-test-cluster-secret".into(),
+            ),
             ("STREAMREC__EVENTS__SESSION_TIMEOUT", "6s".into()),
             ("STREAMREC__EVENTS__PRODUCE_TIMEOUT", "2s".into()),
         ]

@@ -20,7 +20,7 @@ use storage::Record;
 use crate::mailbox;
 use crate::obs::Obs;
 use crate::session_manager::SessionManagerMsg;
-use crate::{Services, call, slot_get};
+use crate::{Services, Slot, call, slot_get};
 
 static EVENTS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
@@ -51,6 +51,8 @@ pub struct IngestActor;
 pub struct IngestArgs {
     pub partition: u32,
     pub services: Arc<Services>,
+    /// Where the partition's events go, user by user.
+    pub sessions: Slot<SessionManagerMsg>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -145,9 +147,10 @@ impl Actor for IngestActor {
         }
         let next = records.last().map_or(state.committed, |r| r.offset + 1);
         let n = records.len();
+        let slot = &state.args.sessions;
         let outcomes = try_join_all(group_by_user(records).into_iter().map(
             |(user_id, records)| async move {
-                let sessions = slot_get(&services.sessions, "session manager")?;
+                let sessions = slot_get(slot, "session manager")?;
                 call(
                     &sessions,
                     "session",

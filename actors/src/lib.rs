@@ -4,6 +4,10 @@
 //!
 //! - [`session::SessionActor`]: one per active user; applies events, keeps the live profile.
 //! - [`session_manager::SessionManager`]: spawns, routes to and passivates sessions.
+//! - [`users::Users`]: the one way in for user-scoped work (recommend, read, erase, export,
+//!   subscribe), and the only reader of the recommendation cache; no actor, a handle.
+//! - [`changes::ChangeFeed`]: what changed (a user, the items, the model), for the cache and the
+//!   push hub; no actor either.
 //! - [`model::ModelActor`]: scores with ONNX Runtime on the blocking pool; a pool of them serves.
 //!   What it runs is [`ranking::Ranker`], which is no actor: ranking steps, reasons, eligibility.
 //! - [`ingest::IngestActor`]: one per log partition; routes events to sessions, commits offsets.
@@ -14,6 +18,7 @@
 //! - [`kafka_bridge::KafkaBridge`]: with Kafka configured, feeds the log from the consumer group.
 
 pub mod archiver;
+pub mod changes;
 pub mod ingest;
 pub mod kafka_bridge;
 pub mod mailbox;
@@ -26,8 +31,11 @@ pub mod registry;
 pub mod retention;
 pub mod session;
 pub mod session_manager;
+#[cfg(test)]
+mod testing;
 pub mod trainer;
 pub mod trending;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +50,7 @@ pub use model::ModelPool;
 pub use obs::ObsRegistry;
 pub use popularity::Popularity;
 pub use registry::ModelRegistry;
+pub use users::Users;
 
 /// A replaceable reference to an actor that may restart: supervisors fill it on every spawn.
 pub type Slot<M> = Arc<ArcSwapOption<ActorRef<M>>>;
@@ -69,8 +78,10 @@ pub struct Services {
     pub registry: Arc<ModelRegistry>,
     pub models: ModelPool,
     pub obs: Arc<ObsRegistry>,
-    pub sessions: Slot<session_manager::SessionManagerMsg>,
-    pub push: Slot<push::PushMsg>,
+    /// Sessions, catalogue writes and model swaps publish here; the cache and push hub listen.
+    pub changes: changes::ChangeFeed,
+    /// Which node owns which users (all of them, on a single node).
+    pub cluster: Arc<cluster::Cluster>,
 }
 
 impl Services {
@@ -82,7 +93,7 @@ impl Services {
             .is_some_and(|b| b.available != item.available || b.categories != item.categories);
         self.catalog.upsert(item).await.map_err(ApiError::from)?;
         if filters_changed {
-            self.catalog_filters_changed();
+            self.changes.publish(changes::Changes::Items);
         }
         Ok(())
     }
@@ -91,16 +102,8 @@ impl Services {
     pub async fn delete_item(&self, item_id: &str) -> Result<bool, ApiError> {
         let existed = self.catalog.delete(item_id).await.map_err(ApiError::from)?;
         self.popularity.forget(item_id);
-        self.catalog_filters_changed();
+        self.changes.publish(changes::Changes::Items);
         Ok(existed)
-    }
-
-    /// Cached and pushed results may contain items that are no longer eligible.
-    fn catalog_filters_changed(&self) {
-        self.cache.clear();
-        if let Some(push) = self.push.load_full() {
-            let _ = mailbox::tell(&push, push::PushMsg::ChangedAll);
-        }
     }
 
     /// The active model version, the first part of every cache key (`none` before any model).

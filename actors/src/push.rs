@@ -1,7 +1,9 @@
 //! The push hub: live subscribers register (user, query) and get a watch channel of that
-//! user's recommendations. When a session applies events it tells the hub; the hub recomputes
-//! the recommendations once per distinct query (off its own mailbox) and publishes them to
-//! every matching subscriber if they changed.
+//! user's recommendations. The hub listens to the [change feed](crate::changes): when a
+//! subscribed user (or every user: new items, a new model) may have a new list, it recomputes the
+//! list once per distinct query (off its own mailbox) through a [`Recommender`] (the
+//! [`Users`](crate::Users) entry point) and publishes it to every matching subscriber if it
+//! changed.
 //!
 //! A watch channel holds only the latest value, so a slow subscriber skips straight to the
 //! newest recommendations and never slows the hub or anyone else.
@@ -13,16 +15,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
+use async_trait::async_trait;
 use common::{ApiError, RecQuery, Recommendations};
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
 
+use crate::Services;
+use crate::changes::Changes;
 use crate::mailbox;
 use crate::obs::Obs;
-use crate::session_manager::SessionManagerMsg;
-use crate::{CALL_TIMEOUT, Services, call, slot_get};
 
 static SUBSCRIBERS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -42,6 +46,21 @@ static PUSHES: LazyLock<IntCounter> = LazyLock::new(|| {
 
 pub type RecsWatch = watch::Receiver<Option<Arc<Recommendations>>>;
 
+/// How the hub computes a subscriber's list: the same path as a request.
+#[async_trait]
+pub trait Recommender: Send + Sync + 'static {
+    async fn recommend(
+        &self,
+        user_id: &str,
+        query: &RecQuery,
+    ) -> Result<Arc<Recommendations>, ApiError>;
+}
+
+pub struct PushArgs {
+    pub services: Arc<Services>,
+    pub recommender: Arc<dyn Recommender>,
+}
+
 pub enum PushMsg {
     Subscribe {
         user_id: String,
@@ -49,9 +68,9 @@ pub enum PushMsg {
         reply: RpcReplyPort<(u64, RecsWatch)>,
     },
     Unsubscribe(u64),
-    /// The user's session changed.
+    /// The user's session changed (from the change feed).
     Changed(String),
-    /// Every user's recommendations may have changed (a new model version).
+    /// Every user's recommendations may have changed (from the change feed).
     ChangedAll,
     Computed {
         user_id: String,
@@ -82,6 +101,9 @@ struct Subscriber {
 
 pub struct PushState {
     services: Arc<Services>,
+    recommender: Arc<dyn Recommender>,
+    /// Forwards the change feed into the mailbox; stopped with the hub.
+    feed: JoinHandle<()>,
     subs: HashMap<String, Vec<Subscriber>>,
     next_id: u64,
     next_seq: u64,
@@ -92,18 +114,28 @@ pub struct PushState {
 impl Actor for PushHub {
     type Msg = PushMsg;
     type State = PushState;
-    type Arguments = Arc<Services>;
+    type Arguments = PushArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<PushMsg>,
-        services: Arc<Services>,
+        PushArgs {
+            services,
+            recommender,
+        }: PushArgs,
     ) -> Result<PushState, ActorProcessingErr> {
         let obs = services
             .obs
             .register(&myself.get_cell(), "push_hub", &PushObs::default());
+        // Subscribed before the hub takes subscribers, so no change after a subscribe is missed.
+        let feed = tokio::spawn(forward_changes(
+            services.changes.subscribe(),
+            myself.clone(),
+        ));
         Ok(PushState {
             services,
+            recommender,
+            feed,
             subs: HashMap::new(),
             next_id: 0,
             next_seq: 0,
@@ -118,6 +150,7 @@ impl Actor for PushHub {
         state: &mut PushState,
     ) -> Result<(), ActorProcessingErr> {
         state.services.obs.deregister(&myself.get_cell());
+        state.feed.abort();
         SUBSCRIBERS.sub(state.obs_state.num_subscribers as i64);
         Ok(())
     }
@@ -222,10 +255,10 @@ impl PushState {
             self.obs_state.num_recomputes += 1;
             self.next_seq += 1;
             let seq = self.next_seq;
-            let (services, hub, user_id) =
-                (self.services.clone(), myself.clone(), user_id.to_owned());
+            let (recommender, hub, user_id) =
+                (self.recommender.clone(), myself.clone(), user_id.to_owned());
             tokio::spawn(async move {
-                match recommend(&services, &user_id, &query).await {
+                match recommender.recommend(&user_id, &query).await {
                     Ok(recs) => drop(mailbox::tell(
                         &hub,
                         PushMsg::Computed {
@@ -242,33 +275,26 @@ impl PushState {
     }
 }
 
-/// The recommendation path shared by the API and the hub: the user's session (or popularity for
-/// a user never seen), through the cache.
-pub async fn recommend(
-    services: &Services,
-    user_id: &str,
-    query: &RecQuery,
-) -> Result<Arc<Recommendations>, ApiError> {
-    if let Some(hit) = services
-        .cache
-        .get(user_id, &services.model_version(), query)
-        .await
-    {
-        return Ok(hit);
+/// Turns the change feed into hub messages until the hub or the feed stops. A hub that fell
+/// behind the feed recomputes everyone: it cannot know whom it missed.
+async fn forward_changes(mut changes: broadcast::Receiver<Changes>, hub: ActorRef<PushMsg>) {
+    loop {
+        let msg = match changes.recv().await {
+            Ok(Changes::User(user_id)) => PushMsg::Changed(user_id),
+            Ok(Changes::Items | Changes::Model) => PushMsg::ChangedAll,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "push hub fell behind the change feed; recomputing all"
+                );
+                PushMsg::ChangedAll
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if mailbox::tell(&hub, msg).is_err() {
+            return;
+        }
     }
-    let sessions = slot_get(&services.sessions, "session manager")?;
-    let (user_id, query) = (user_id.to_owned(), query.clone());
-    call(
-        &sessions,
-        "session",
-        |reply| SessionManagerMsg::Recommend {
-            user_id,
-            query,
-            reply,
-        },
-        CALL_TIMEOUT,
-    )
-    .await
 }
 
 #[cfg(test)]

@@ -1,15 +1,15 @@
 //! One user's live session: applies the user's events exactly once, keeps the real-time profile
 //! (recent interactions, per-item weights, counters) and asks the model pool for fresh
 //! recommendations. Supervised by [`SessionManager`](crate::session_manager::SessionManager),
-//! which spawns it on the first event or request; rehydrated from the session store, so stopping
-//! it (passivation after idle time, eviction, a crash) loses nothing.
+//! which spawns it on the first event or request and passivates it when idle; rehydrated from the
+//! session store, so stopping it (passivation, eviction, a crash) loses nothing. A session sends
+//! to no other actor but the model pool: what changed goes to the [change feed](crate::changes).
 //!
 //! Every apply is one atomic store write of the new state, the applied event ids and the item
 //! counters they moved; an event id already in the store is a duplicate and changes nothing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
 
 use common::partition::partition_for;
 use common::{ApiError, EventKind, RecQuery, Recommendations};
@@ -20,11 +20,9 @@ use storage::sessions::SessionCommit;
 use storage::{Record, Tombstone};
 
 use crate::Services;
-use crate::mailbox;
+use crate::changes::Changes;
 use crate::model::{ModelRequest, UserVector};
 use crate::obs::Obs;
-use crate::push::PushMsg;
-use crate::session_manager::SessionManagerMsg;
 
 /// One interaction in the user's recent history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -81,7 +79,7 @@ impl SessionData {
 }
 
 /// `GET /v1/users/{id}`.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserView {
     pub user_id: String,
     pub num_events: u64,
@@ -92,7 +90,7 @@ pub struct UserView {
 
 /// Session features over the current tumbling window (`trending.window`): how active the user is
 /// now, and in which categories.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct WindowFeatures {
     pub window_secs: u64,
     pub events: u64,
@@ -146,7 +144,6 @@ pub enum SessionMsg {
     Erase(RpcReplyPort<Result<(), ApiError>>),
     /// Stop now; the state is already durable.
     Passivate,
-    IdleCheck,
 }
 
 pub struct SessionActor;
@@ -154,7 +151,6 @@ pub struct SessionActor;
 pub struct SessionArgs {
     pub user_id: String,
     pub services: Arc<Services>,
-    pub manager: ActorRef<SessionManagerMsg>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -177,7 +173,6 @@ pub struct SessionState {
     tombstone: Option<Tombstone>,
     /// The real-time user vector, folded in from `data` by the model; dropped on every change.
     vector: Option<UserVector>,
-    last_active: Instant,
     obs_state: SessionObs,
     obs: Arc<Obs<SessionObs>>,
 }
@@ -209,15 +204,11 @@ impl Actor for SessionActor {
             .services
             .obs
             .register(&myself.get_cell(), "session", &obs_state);
-        let period = (args.services.config.sessions.idle_timeout / 2)
-            .max(std::time::Duration::from_millis(20));
-        mailbox::tell_every(myself.clone(), period, || SessionMsg::IdleCheck);
         Ok(SessionState {
             args,
             data,
             tombstone,
             vector: None,
-            last_active: Instant::now(),
             obs_state,
             obs,
         })
@@ -240,35 +231,15 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         state.obs.handled();
         match msg {
-            SessionMsg::Apply(records, reply) => {
-                state.last_active = Instant::now();
-                let _ = reply.send(state.apply(records));
-            }
-            SessionMsg::Recommend(query, reply) => {
-                state.last_active = Instant::now();
-                let _ = reply.send(state.recommend(query).await);
-            }
-            SessionMsg::Get(reply) => {
-                state.last_active = Instant::now();
-                let _ = reply.send(Ok(state.view()));
-            }
+            SessionMsg::Apply(records, reply) => drop(reply.send(state.apply(records))),
+            SessionMsg::Recommend(query, reply) => drop(reply.send(state.recommend(query).await)),
+            SessionMsg::Get(reply) => drop(reply.send(Ok(state.view()))),
             SessionMsg::Erase(reply) => {
                 let result = erase(&state.args.services, &state.args.user_id, &state.data).await;
                 let _ = reply.send(result);
                 myself.stop(Some("erased".into()));
             }
             SessionMsg::Passivate => myself.stop(Some("passivated".into())),
-            SessionMsg::IdleCheck => {
-                if state.last_active.elapsed() >= state.args.services.config.sessions.idle_timeout {
-                    let _ = mailbox::tell(
-                        &state.args.manager,
-                        SessionManagerMsg::Idle {
-                            user_id: state.args.user_id.clone(),
-                            actor: myself.get_id(),
-                        },
-                    );
-                }
-            }
         }
         Ok(())
     }
@@ -358,10 +329,7 @@ impl SessionState {
             }
             self.data = next;
             self.vector = None;
-            services.cache.invalidate(user);
-            if let Some(push) = services.push.load_full() {
-                let _ = mailbox::tell(&push, PushMsg::Changed(user.to_owned()));
-            }
+            services.changes.publish(Changes::User(user.to_owned()));
         }
         self.obs_state.num_events = self.data.num_events;
         self.obs_state.num_items = self.data.items.len();
@@ -370,13 +338,12 @@ impl SessionState {
         Ok(outcome)
     }
 
+    /// Computes the user's list and caches it. The cache was read by [`Users`](crate::Users),
+    /// the only reader; the write stays here, in mailbox order with the session's changes, so a
+    /// list computed before an apply can never be cached after the apply invalidated it.
     async fn recommend(&mut self, query: RecQuery) -> Result<Arc<Recommendations>, ApiError> {
         let services = &self.args.services;
         let user = &self.args.user_id;
-        let version = services.model_version();
-        if let Some(hit) = services.cache.get(user, &version, &query).await {
-            return Ok(hit);
-        }
         let (recs, vector) =
             recommend_for(services, user, &self.data, self.vector.clone(), &query).await?;
         services
@@ -489,7 +456,7 @@ pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Re
         .erase(user_id, tombstone, &borrowed)
         .map_err(ApiError::internal)?;
     services.popularity.remove(&deltas);
-    services.cache.invalidate(user_id);
+    services.changes.publish(Changes::User(user_id.to_owned()));
     // The tombstone covers what was received up to its millisecond: answer once the clock has
     // passed it, so that whatever the client sends next counts as received after the erasure.
     while common::now_millis() <= tombstone.at_ms {
@@ -501,6 +468,88 @@ pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{self, record};
+    use crate::{CALL_TIMEOUT, call};
+
+    async fn spawn(services: &Arc<Services>, user: &str) -> ActorRef<SessionMsg> {
+        let args = SessionArgs {
+            user_id: user.into(),
+            services: services.clone(),
+        };
+        Actor::spawn(None, SessionActor, args)
+            .await
+            .expect("spawn")
+            .0
+    }
+
+    async fn apply(session: &ActorRef<SessionMsg>, records: Vec<Record>) -> ApplyOutcome {
+        call(
+            session,
+            "session",
+            |r| SessionMsg::Apply(records, r),
+            CALL_TIMEOUT,
+        )
+        .await
+        .expect("apply")
+    }
+
+    #[tokio::test]
+    async fn a_session_applies_each_event_once_and_says_what_changed() {
+        let t = testing::services(common::Config::default()).await;
+        let mut changes = t.services.changes.subscribe();
+        let session = spawn(&t.services, "u").await;
+
+        let batch = vec![
+            record(0, "u", "e1", "a"),
+            record(1, "u", "e1", "a"),
+            record(2, "u", "e2", "b"),
+        ];
+        let outcome = apply(&session, batch).await;
+        assert_eq!((outcome.applied, outcome.duplicates), (2, 1));
+        assert_eq!(changes.try_recv(), Ok(Changes::User("u".into())));
+        assert!(t.services.store.exists("u").expect("store"));
+
+        // Delivered again (a replay): nothing changes, nobody is told.
+        let outcome = apply(&session, vec![record(2, "u", "e2", "b")]).await;
+        assert_eq!((outcome.applied, outcome.duplicates), (0, 1));
+        assert!(changes.try_recv().is_err(), "a duplicate changes nothing");
+
+        let view = call(&session, "session", SessionMsg::Get, CALL_TIMEOUT)
+            .await
+            .expect("get")
+            .expect("known");
+        assert_eq!(view.num_events, 2);
+        assert_eq!(view.recent[0].item_id, "b", "most recent first");
+    }
+
+    #[tokio::test]
+    async fn a_restarted_session_keeps_its_state_and_an_erased_one_applies_nothing_old() {
+        let t = testing::services(common::Config::default()).await;
+        let session = spawn(&t.services, "u").await;
+        apply(&session, vec![record(0, "u", "e1", "a")]).await;
+        session.stop(None);
+        let session = spawn(&t.services, "u").await;
+        let outcome = apply(&session, vec![record(0, "u", "e1", "a")]).await;
+        assert_eq!(outcome.duplicates, 1, "applied ids survive the restart");
+
+        // The log holds two of the user's records; the erasure covers them.
+        let log_events = [record(0, "u", "e0", "z"), record(1, "u", "e1", "a")].map(|r| r.event);
+        t.services
+            .log
+            .append(log_events.to_vec())
+            .await
+            .expect("append");
+        call(&session, "session", SessionMsg::Erase, CALL_TIMEOUT)
+            .await
+            .expect("erase");
+        assert!(!t.services.store.exists("u").expect("store"));
+        let session = spawn(&t.services, "u").await;
+        let outcome = apply(&session, vec![record(0, "u", "e0", "z")]).await;
+        assert_eq!(
+            outcome.applied, 0,
+            "a record before the erasure never counts"
+        );
+    }
 
     fn interaction(item: &str) -> Interaction {
         Interaction {

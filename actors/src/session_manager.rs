@@ -3,11 +3,16 @@
 //! (least recently used first), and drops it from its map when it stops or fails. A failed
 //! session is restarted lazily: the next message for the user spawns a fresh one from the store.
 //!
+//! Every message for a session passes through here, so the manager alone knows when a session
+//! was last used: one periodic sweep passivates the idle ones, least recently used first, instead
+//! of a timer per session. Whether a user exists is a key lookup in the store, not a load.
+//!
 //! Passivation is a message queued behind everything already routed to the session, and the
 //! session leaves the map before it is sent, so no message is ever routed to a stopping session.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::{ApiError, RecQuery, Recommendations};
 use lru::LruCache;
@@ -41,8 +46,16 @@ pub enum SessionManagerMsg {
         user_id: String,
         reply: RpcReplyPort<Result<(), ApiError>>,
     },
-    /// A session reports it has been idle for `sessions.idle_timeout`.
-    Idle { user_id: String, actor: ActorId },
+    /// Passivates the sessions unused for `sessions.idle_timeout` (sent to itself).
+    Sweep,
+}
+
+/// The shortest sweep period, whatever the idle timeout.
+const MIN_SWEEP: Duration = Duration::from_millis(20);
+
+struct Live {
+    session: ActorRef<SessionMsg>,
+    last_used: Instant,
 }
 
 pub struct SessionManager;
@@ -60,7 +73,8 @@ pub struct SessionManagerObs {
 
 pub struct SessionManagerState {
     services: Arc<Services>,
-    sessions: LruCache<String, ActorRef<SessionMsg>>,
+    /// Least recently used last.
+    sessions: LruCache<String, Live>,
     users_by_actor: HashMap<ActorId, String>,
     obs_state: SessionManagerObs,
     obs: Arc<Obs<SessionManagerObs>>,
@@ -83,6 +97,8 @@ impl Actor for SessionManager {
         let obs = services
             .obs
             .register(&myself.get_cell(), "session_manager", &obs_state);
+        let period = (services.config.sessions.idle_timeout / 2).max(MIN_SWEEP);
+        mailbox::tell_every(myself.clone(), period, || SessionManagerMsg::Sweep);
         Ok(SessionManagerState {
             services,
             sessions: LruCache::unbounded(),
@@ -165,16 +181,10 @@ impl Actor for SessionManager {
                 };
                 let _ = reply.send(result);
             }
-            SessionManagerMsg::Idle { user_id, actor } => {
-                if state
-                    .sessions
-                    .peek(&user_id)
-                    .is_some_and(|s| s.get_id() == actor)
-                    && let Some(session) = state.remove(&user_id)
-                {
-                    let _ = mailbox::tell(&session, SessionMsg::Passivate);
-                    state.obs_state.num_passivated += 1;
-                }
+            SessionManagerMsg::Sweep => {
+                let idle = state.services.config.sessions.idle_timeout;
+                let passivated = state.sweep(Instant::now(), idle);
+                state.obs_state.num_passivated += passivated as u64;
             }
         }
         state.publish();
@@ -198,7 +208,7 @@ impl Actor for SessionManager {
             && state
                 .sessions
                 .peek(&user_id)
-                .is_some_and(|s| s.get_id() == cell.get_id())
+                .is_some_and(|live| live.session.get_id() == cell.get_id())
         {
             state.sessions.pop(&user_id);
         }
@@ -219,15 +229,27 @@ fn forward(session: &ActorRef<SessionMsg>, msg: SessionMsg) {
 }
 
 impl SessionManagerState {
-    /// Whether the user has a live or stored session. A store error counts as known, so the
-    /// request goes through a session and reports the error there.
+    /// Whether the user has a live or stored session, without loading it. A store error counts
+    /// as known, so the request goes through a session and reports the error there.
     fn known(&self, user_id: &str) -> bool {
-        self.sessions.contains(user_id)
-            || self
-                .services
-                .store
-                .load(user_id)
-                .map_or(true, |s| s.is_some())
+        self.sessions.contains(user_id) || self.services.store.exists(user_id).unwrap_or(true)
+    }
+
+    /// Passivates the sessions unused for `idle` by `now`, least recently used first; returns
+    /// how many.
+    fn sweep(&mut self, now: Instant, idle: Duration) -> usize {
+        let mut passivated = 0;
+        while let Some((_, live)) = self.sessions.peek_lru()
+            && now.saturating_duration_since(live.last_used) >= idle
+        {
+            let Some((_, live)) = self.sessions.pop_lru() else {
+                break;
+            };
+            self.users_by_actor.remove(&live.session.get_id());
+            let _ = mailbox::tell(&live.session, SessionMsg::Passivate);
+            passivated += 1;
+        }
+        passivated
     }
 
     fn stored(&self, user_id: &str) -> Result<SessionData, ApiError> {
@@ -243,9 +265,9 @@ impl SessionManagerState {
     }
 
     fn remove(&mut self, user_id: &str) -> Option<ActorRef<SessionMsg>> {
-        let session = self.sessions.pop(user_id)?;
-        self.users_by_actor.remove(&session.get_id());
-        Some(session)
+        let live = self.sessions.pop(user_id)?;
+        self.users_by_actor.remove(&live.session.get_id());
+        Some(live.session)
     }
 
     async fn session(
@@ -253,27 +275,33 @@ impl SessionManagerState {
         myself: &ActorRef<SessionManagerMsg>,
         user_id: &str,
     ) -> Result<ActorRef<SessionMsg>, ApiError> {
-        if let Some(session) = self.sessions.get(user_id) {
-            return Ok(session.clone());
+        if let Some(live) = self.sessions.get_mut(user_id) {
+            live.last_used = Instant::now();
+            return Ok(live.session.clone());
         }
         while self.sessions.len() >= self.services.config.sessions.max_live {
             let Some((_, evicted)) = self.sessions.pop_lru() else {
                 break;
             };
-            self.users_by_actor.remove(&evicted.get_id());
-            let _ = mailbox::tell(&evicted, SessionMsg::Passivate);
+            self.users_by_actor.remove(&evicted.session.get_id());
+            let _ = mailbox::tell(&evicted.session, SessionMsg::Passivate);
             self.obs_state.num_evicted += 1;
         }
         let args = SessionArgs {
             user_id: user_id.to_owned(),
             services: self.services.clone(),
-            manager: myself.clone(),
         };
         let (session, _) = Actor::spawn_linked(None, SessionActor, args, myself.get_cell())
             .await
             .map_err(|e| ApiError::unavailable(format!("session failed to start: {e}")))?;
         self.services.obs.label(&session.get_cell(), user_id);
-        self.sessions.put(user_id.to_owned(), session.clone());
+        self.sessions.put(
+            user_id.to_owned(),
+            Live {
+                session: session.clone(),
+                last_used: Instant::now(),
+            },
+        );
         self.users_by_actor
             .insert(session.get_id(), user_id.to_owned());
         self.obs_state.num_spawned += 1;
@@ -283,5 +311,109 @@ impl SessionManagerState {
     fn publish(&mut self) {
         self.obs_state.num_live = self.sessions.len();
         self.obs.publish(&self.obs_state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{self, record};
+
+    async fn manager(services: &Arc<Services>) -> ActorRef<SessionManagerMsg> {
+        Actor::spawn(None, SessionManager, services.clone())
+            .await
+            .expect("spawn")
+            .0
+    }
+
+    fn obs(services: &Services, manager: &ActorRef<SessionManagerMsg>) -> serde_json::Value {
+        services.obs.state(&manager.get_cell()).expect("registered")
+    }
+
+    async fn apply(manager: &ActorRef<SessionManagerMsg>, user: &str, id: &str) {
+        let records = vec![record(0, user, id, "item")];
+        let user_id = user.to_owned();
+        call(
+            manager,
+            "manager",
+            |reply| SessionManagerMsg::Apply {
+                user_id,
+                records,
+                reply,
+            },
+            CALL_TIMEOUT,
+        )
+        .await
+        .expect("apply");
+    }
+
+    async fn get(manager: &ActorRef<SessionManagerMsg>, user: &str) -> Option<UserView> {
+        let user_id = user.to_owned();
+        call(
+            manager,
+            "manager",
+            |reply| SessionManagerMsg::Get { user_id, reply },
+            CALL_TIMEOUT,
+        )
+        .await
+        .expect("get")
+    }
+
+    #[tokio::test]
+    async fn one_sweep_passivates_the_idle_sessions_and_keeps_the_busy_ones() {
+        let mut config = common::Config::default();
+        config.sessions.idle_timeout = Duration::from_millis(300);
+        let t = testing::services(config).await;
+        let manager = manager(&t.services).await;
+        apply(&manager, "idle", "e1").await;
+        apply(&manager, "busy", "e2").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Used more often than the idle timeout: never passivated.
+            assert!(get(&manager, "busy").await.is_some());
+            let state = obs(&t.services, &manager);
+            if state["num_passivated"] == 1 {
+                assert_eq!(state["num_live"], 1, "only the idle session went");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the idle session was never passivated"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A message wakes a passivated user from the store.
+        assert_eq!(get(&manager, "idle").await.expect("stored").num_events, 1);
+    }
+
+    #[tokio::test]
+    async fn a_user_never_seen_is_answered_without_a_session() {
+        let t = testing::services(common::Config::default()).await;
+        let manager = manager(&t.services).await;
+        assert!(get(&manager, "nobody").await.is_none());
+        assert_eq!(obs(&t.services, &manager)["num_spawned"], 0);
+    }
+
+    #[tokio::test]
+    async fn erasing_a_passivated_user_erases_the_stored_session() {
+        let mut config = common::Config::default();
+        config.sessions.max_live = 1;
+        let t = testing::services(config).await;
+        let manager = manager(&t.services).await;
+        apply(&manager, "gone", "e1").await;
+        // The cap of one live session evicts `gone`.
+        apply(&manager, "other", "e2").await;
+        assert_eq!(obs(&t.services, &manager)["num_evicted"], 1);
+        let user_id = "gone".to_owned();
+        call(
+            &manager,
+            "manager",
+            |reply| SessionManagerMsg::Erase { user_id, reply },
+            CALL_TIMEOUT,
+        )
+        .await
+        .expect("erase");
+        assert!(!t.services.store.exists("gone").expect("store"));
+        assert!(get(&manager, "gone").await.is_none());
     }
 }

@@ -22,7 +22,6 @@ use crate::Services;
 use crate::archiver::read_archive;
 use crate::mailbox;
 use crate::obs::Obs;
-use crate::push::PushMsg;
 use crate::registry::Published;
 
 pub enum TrainerMsg {
@@ -295,10 +294,7 @@ pub async fn activate(services: &Services, version: &str) -> Result<(), ApiError
 /// subscribers get results from the new version.
 async fn swapped_in(services: &Services) -> Result<(), ApiError> {
     services.models.reload_all().await?;
-    services.cache.clear();
-    if let Some(push) = services.push.load_full() {
-        let _ = mailbox::tell(&push, PushMsg::ChangedAll);
-    }
+    services.changes.publish(crate::changes::Changes::Model);
     Ok(())
 }
 

@@ -200,8 +200,14 @@ impl Db {
         Ok(self.db.get_cf(self.cf(cf), key)?)
     }
 
+    /// Whether `key` is present, without copying its value: the bloom filters answer most
+    /// absent keys, a pinned read the rest.
     pub fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool> {
-        Ok(self.db.get_pinned_cf(self.cf(cf), key)?.is_some())
+        let cf = self.cf(cf);
+        if !self.db.key_may_exist_cf(cf, key) {
+            return Ok(false);
+        }
+        Ok(self.db.get_pinned_cf(cf, key)?.is_some())
     }
 
     pub fn put(&self, cf: Cf, key: &[u8], value: &[u8]) -> Result<()> {

@@ -68,6 +68,9 @@ impl Tombstone {
 
 pub trait SessionStore: Send + Sync + 'static {
     fn load(&self, user_id: &str) -> Result<Option<Vec<u8>>>;
+    /// Whether the user has a stored session: a key lookup, the state is neither copied nor
+    /// decoded.
+    fn exists(&self, user_id: &str) -> Result<bool>;
     fn is_applied(&self, user_id: &str, event_id: &str) -> Result<bool>;
     fn commit(&self, commit: SessionCommit<'_>) -> Result<()>;
     /// Erases everything held about the user and records the tombstone: the events it covers
@@ -96,6 +99,10 @@ impl RocksSessionStore {
 impl SessionStore for RocksSessionStore {
     fn load(&self, user_id: &str) -> Result<Option<Vec<u8>>> {
         self.db.get(Cf::Sessions, user_id.as_bytes())
+    }
+
+    fn exists(&self, user_id: &str) -> Result<bool> {
+        self.db.contains(Cf::Sessions, user_id.as_bytes())
     }
 
     fn is_applied(&self, user_id: &str, event_id: &str) -> Result<bool> {

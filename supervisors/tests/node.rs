@@ -484,3 +484,34 @@ async fn training_reads_the_archive_other_nodes_wrote_plus_its_own_tail() {
     assert_eq!(active.meta.num_users, 6);
     b.shutdown().await;
 }
+
+/// Lookups of the recommendation cache since the process started (each nextest test is its own
+/// process), over its first tier, which every lookup reaches first.
+fn cache_lookups() -> u64 {
+    let (hits, misses) = storage::cache::lookup_totals();
+    hits + misses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recommendation_costs_one_cache_lookup_hit_or_miss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(config(dir.path())).await.expect("node starts");
+    node.post_events(vec![event("e1", "carol", "i1"), event("e2", "dan", "i2")])
+        .await
+        .expect("append");
+    assert!(node.wait_caught_up(Duration::from_secs(10)).await);
+    let query = RecQuery::new(5, None).expect("valid");
+    for user in ["carol", "never-seen"] {
+        let before = cache_lookups();
+        let first = node.recommend(user, &query).await.expect("recommend");
+        assert_eq!(cache_lookups() - before, 1, "{user}: a miss is one lookup");
+        let again = node.recommend(user, &query).await.expect("recommend");
+        assert_eq!(
+            cache_lookups() - before,
+            2,
+            "{user}: asking again is one lookup more"
+        );
+        assert_eq!(first, again);
+    }
+    node.shutdown().await;
+}

@@ -13,6 +13,7 @@
 mod auth;
 mod cache;
 mod catalog;
+mod cluster;
 mod events;
 mod model;
 mod objects;
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::AuthConfig;
 pub use cache::{CacheBackend, CacheConfig};
 pub use catalog::{CatalogBackend, CatalogConfig};
+pub use cluster::ClusterConfig;
 pub use events::{EventsBackend, EventsConfig};
 pub use model::{ModelConfig, TrainSource};
 pub use objects::{ObjectsBackend, ObjectsConfig};
@@ -60,6 +62,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub auth: AuthConfig,
     pub pii: PiiConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// The backend name of the built-in stores.
@@ -132,7 +135,16 @@ impl Config {
         self.trending.validate()?;
         self.telemetry.validate()?;
         self.auth.validate()?;
-        self.pii.validate()
+        self.pii.validate()?;
+        self.cluster.validate()?;
+        let kafka = matches!(self.events.url, EventsBackend::Kafka { .. });
+        if kafka && self.cluster.secret.is_none() && self.server.tls.client_ca.is_none() {
+            return invalid(
+                "with events.url = kafka://... nodes forward requests to each other: set \
+                 cluster.secret (or server.tls.client_ca for mutual TLS)",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -233,6 +245,7 @@ mod tests {
         let with_url = |url: &str| -> Result<(), ConfigError> {
             let mut config = Config::default();
             config.events.url = url.parse()?;
+            config.cluster.secret = Some(Secret("a-secret-of-16-chars".into()));
             config.validate()
         };
         assert!(with_url("kafka://127.0.0.1:9092").is_ok());
@@ -246,6 +259,16 @@ mod tests {
         ] {
             assert!(with_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn nodes_of_a_kafka_cluster_must_authenticate_each_other() {
+        let mut config = Config::default();
+        config.events.url = "kafka://127.0.0.1:9092".parse().expect("url");
+        let error = config.validate().expect_err("no secret, no mutual TLS");
+        assert!(error.to_string().contains("cluster.secret"), "{error}");
+        config.server.tls.client_ca = Some("ca.pem".into());
+        assert!(config.validate().is_ok(), "mutual TLS authenticates nodes");
     }
 
     #[test]

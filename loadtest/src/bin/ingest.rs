@@ -190,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .env("STREAMREC__EVENTS__TOPIC_PREFIX", &prefix)
         .env("STREAMREC__EVENTS__GROUP", format!("{prefix}nodes"))
+        .env("STREAMREC__CLUSTER__SECRET", "ingest-bench-cluster-secret")
         .env(
             "STREAMREC__EVENTS__NUM_PARTITIONS",
             args.partitions.to_string(),

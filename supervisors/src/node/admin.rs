@@ -196,7 +196,7 @@ impl Node {
     ) -> Readiness {
         let model_loaded = self.services.registry.active().is_some();
         let model_workers = self.services.models.workers().len();
-        let sessions = self.services.sessions.load().is_some();
+        let sessions = self.users.sessions_running();
         let ready = model_loaded && model_workers > 0 && sessions;
         Readiness {
             ready,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use actors::archiver::ArchiverMsg;
 use actors::trainer::TrainerMsg;
-use actors::{Services, Slot};
+use actors::{Services, Slot, Users};
 use common::Config;
 use ractor::ActorRef;
 use storage::Db;
@@ -30,9 +30,9 @@ mod models;
 mod tree;
 mod users;
 
+pub use actors::users::Subscription;
 pub use admin::Readiness;
 pub use catalog::{TrendingCategory, TrendingItem, TrendingView};
-pub use users::Subscription;
 
 pub struct Node {
     pub config: Arc<Config>,
@@ -42,6 +42,7 @@ pub struct Node {
     root_exit: Mutex<Option<tokio::task::JoinHandle<()>>>,
     trainer: Slot<TrainerMsg>,
     archiver: Slot<ArchiverMsg>,
+    users: Arc<Users>,
 }
 
 impl Node {
@@ -64,6 +65,7 @@ impl Node {
             root_exit: Mutex::new(Some(tree.root_exit)),
             trainer: tree.trainer,
             archiver: tree.archiver,
+            users: tree.users,
         });
         if node.services.registry.active().is_none() {
             tracing::info!("no model yet: training a first one");
@@ -76,6 +78,11 @@ impl Node {
 
     pub fn services(&self) -> &Arc<Services> {
         &self.services
+    }
+
+    /// The entry point for user-scoped work, which the `users` part of the facade calls.
+    pub fn users(&self) -> &Arc<Users> {
+        &self.users
     }
 
     /// Resolves when the actor tree has stopped (on shutdown, or after an escalation at the root).

@@ -5,13 +5,15 @@
 use std::sync::Arc;
 
 use actors::archiver::{ArchiverActor, ArchiverMsg};
+use actors::changes::ChangeFeed;
 use actors::model::{ModelActor, ModelArgs};
-use actors::push::PushHub;
+use actors::push::{PushArgs, PushHub};
 use actors::retention::RetentionActor;
 use actors::session_manager::SessionManager;
 use actors::trainer::{TrainerActor, TrainerMsg};
-use actors::{ModelPool, ModelRegistry, ObsRegistry, Popularity, Services, Slot};
+use actors::{ModelPool, ModelRegistry, ObsRegistry, Popularity, Services, Slot, Users};
 use anyhow::Context;
+use cluster::Cluster;
 use common::Config;
 use ractor::{Actor, ActorRef};
 use storage::{CatalogView, Db, EventSink, FileEventLog, RocksSessionStore, backends};
@@ -37,6 +39,7 @@ pub(super) struct Tree {
     pub root_exit: tokio::task::JoinHandle<()>,
     pub trainer: Slot<TrainerMsg>,
     pub archiver: Slot<ArchiverMsg>,
+    pub users: Arc<Users>,
 }
 
 /// Opens everything under `config.data_dir` and the configured backends.
@@ -91,6 +94,7 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
     let objects = backends::objects(&config.objects, dir)
         .await
         .context("opening the object store")?;
+    let cache = backends::cache(&config.cache).context("opening the cache")?;
     let registry = Arc::new(
         ModelRegistry::open(objects)
             .await
@@ -102,7 +106,7 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
         sink,
         store,
         catalog,
-        cache: backends::cache(&config.cache).context("opening the cache")?,
+        cache: cache.clone(),
         popularity,
         trending: Arc::new(actors::trending::Trending::new(
             config.trending.window,
@@ -112,8 +116,8 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
         registry,
         models: ModelPool::default(),
         obs: Arc::new(ObsRegistry::default()),
-        sessions: slot(),
-        push: slot(),
+        changes: ChangeFeed::new(cache),
+        cluster: Arc::new(cluster(config, kafka.is_some())),
     });
     Ok(Stores {
         services,
@@ -128,7 +132,8 @@ pub(super) async fn spawn(
     kafka: Option<KafkaWrites>,
 ) -> anyhow::Result<Tree> {
     let (trainer, archiver) = (slot(), slot());
-    let mut children = root_children(services, &trainer, &archiver);
+    let users = Arc::new(Users::new(services.clone()));
+    let mut children = root_children(services, &users, &trainer, &archiver);
     let s = services.clone();
     children.push(slotted(
         "retention",
@@ -153,7 +158,18 @@ pub(super) async fn spawn(
         root_exit: handle,
         trainer,
         archiver,
+        users,
     })
+}
+
+/// The shard map. One node owns every partition until the Kafka bridge takes ownership from
+/// the consumer group.
+fn cluster(config: &Config, _kafka: bool) -> Cluster {
+    Cluster::single(
+        config.cluster.node_id.clone(),
+        config.cluster.advertised(config.server.listen),
+        config.events.num_partitions,
+    )
 }
 
 fn slot<M>() -> Slot<M> {
@@ -199,17 +215,26 @@ fn log_options(config: &Config) -> storage::log::LogOptions {
 
 fn root_children(
     services: &Arc<Services>,
+    users: &Arc<Users>,
     trainer: &Slot<TrainerMsg>,
     archiver: &Slot<ArchiverMsg>,
 ) -> Vec<ChildSpec> {
-    let s = services.clone();
-    let push = slotted("push", || PushHub, move || s.clone(), services.push.clone());
+    let (s, u) = (services.clone(), users.clone());
+    let push = slotted(
+        "push",
+        || PushHub,
+        move || PushArgs {
+            services: s.clone(),
+            recommender: u.clone(),
+        },
+        users.push.clone(),
+    );
     let s = services.clone();
     let sessions = slotted(
         "sessions",
         || SessionManager,
         move || s.clone(),
-        services.sessions.clone(),
+        users.sessions.clone(),
     );
     let s = services.clone();
     let train = slotted(
@@ -247,11 +272,12 @@ fn root_children(
         .collect();
     let ingest_children: Vec<ChildSpec> = (0..services.log.num_partitions())
         .map(|partition| {
-            let s = services.clone();
+            let (s, slot) = (services.clone(), users.sessions.clone());
             ChildSpec::new(format!("ingest-{partition}"), move |sup| {
                 let args = actors::ingest::IngestArgs {
                     partition,
                     services: s.clone(),
+                    sessions: slot.clone(),
                 };
                 async move {
                     let (actor, _) =
