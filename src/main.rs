@@ -2,9 +2,8 @@
 //! start telemetry and the node, serve HTTP, shut down gracefully on SIGTERM or Ctrl-C.
 
 mod demo;
-mod eval;
+mod import;
 mod inspect;
-mod movielens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use common::Config;
+use models::movielens::eval;
 use supervisors::Node;
 
 #[derive(Parser)]
@@ -149,7 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = load_config(&node)?;
             let node = Node::start(config).await?;
-            let result = movielens::import(&node, &dir).await;
+            let result = import::movielens(&node, &dir).await;
             node.shutdown().await;
             let summary = result?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -159,8 +159,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             inspect::run(&url, actor.as_deref(), token.as_deref()).await
         }
         Command::Eval { dir, json, seed } => {
-            let report =
-                tokio::task::spawn_blocking(move || eval::run(&dir, seed, !json)).await??;
+            let started = std::time::Instant::now();
+            let say = move |what: &str| {
+                if !json {
+                    eprintln!("eval: {what} ({:.1}s)", started.elapsed().as_secs_f64());
+                }
+            };
+            let report = tokio::task::spawn_blocking(move || eval::run(&dir, seed, say)).await??;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

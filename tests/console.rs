@@ -13,7 +13,7 @@ async fn the_console_shows_the_tree_restarts_an_actor_and_finds_a_user() {
     let (_guard, dir) = workdir();
     let server = Server::start(&dir).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.mjs");
-    let node_path = env("STREAMREC_TEST_NODE_PATH");
+    let node_path = test_env("STREAMREC_TEST_NODE_PATH");
     let url = server.url("");
     let output = tokio::task::block_in_place(|| {
         Command::new("node")

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::*;
@@ -113,40 +113,37 @@ async fn with_redis_down_recommendations_come_from_l1_and_the_model() {
     })
     .await;
     // The shared tier takes entries again once Redis is back.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let _ = server.get("/v1/users/u2/recommendations?k=2").await;
-        let mut redis = redis::Client::open(format!("redis://127.0.0.1:{port}"))
-            .expect("client")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis is back");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("*")
-            .query_async(&mut redis)
-            .await
-            .expect("keys");
-        if !keys.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing cached in Redis after it returned"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let cached = wait_until(
+        async || {
+            let _ = server.get("/v1/users/u2/recommendations?k=2").await;
+            let mut redis = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .expect("client")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis is back");
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("*")
+                .query_async(&mut redis)
+                .await
+                .expect("keys");
+            !keys.is_empty()
+        },
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(cached, "nothing cached in Redis after it returned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_s3_cut_off_the_node_serves_and_archives_everything_once_it_returns() {
     let (_guard, dir) = workdir();
-    let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
+    let endpoint = test_env("STREAMREC_TEST_S3_ENDPOINT");
     let target = endpoint
         .trim_start_matches("http://")
         .parse()
         .expect("endpoint host:port");
     let proxy = Proxy::start(target).await;
-    let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
+    let prefix = unique("t");
     let server = Server::start_with(
         &dir,
         &dir.join("data"),
@@ -201,7 +198,10 @@ async fn with_s3_cut_off_the_node_serves_and_archives_everything_once_it_returns
         .send(reqwest::Method::POST, "/v1/admin/train", None)
         .await;
     assert_eq!(status, 202, "{body}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(&server, "/v1/admin/train", |s, b| {
+        s == 200 && b["running"] == false
+    })
+    .await;
     let (_, models) = server.get("/v1/admin/models").await;
     assert_eq!(models["active"], version.as_str());
 
@@ -214,25 +214,25 @@ async fn with_s3_cut_off_the_node_serves_and_archives_everything_once_it_returns
     let s3 = storage::S3ObjectStore::new("streamrec", &prefix, Some(&endpoint))
         .await
         .expect("s3");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let archived = actors::archiver::read_archive(&s3)
-            .await
-            .expect("read archive");
-        let mut ids: Vec<String> = archived.iter().map(|r| r.event.event_id.clone()).collect();
-        ids.sort();
-        ids.dedup();
-        if archived.len() == 80 && ids.len() == 80 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "archive holds {} records ({} distinct) of 80",
-            archived.len(),
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (mut records, mut distinct) = (0, 0);
+    let once = wait_until(
+        async || {
+            let archived = actors::archiver::read_archive(&s3)
+                .await
+                .expect("read archive");
+            let mut ids: Vec<String> = archived.iter().map(|r| r.event.event_id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            (records, distinct) = (archived.len(), ids.len());
+            records == 80 && distinct == 80
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        once,
+        "archive holds {records} records ({distinct} distinct) of 80"
+    );
     assert_eq!(
         json!(server.get("/v1/users/u3").await.1["num_events"]),
         json!(20)

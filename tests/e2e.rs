@@ -4,7 +4,7 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -317,9 +317,9 @@ async fn import_train_then_serve_a_movielens_style_dataset() {
 async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
     let (_guard, dir) = workdir();
     let database = fresh_database().await;
-    let redis_url = env("STREAMREC_TEST_REDIS");
-    let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
-    let prefix = format!("e2e-{}", uuid::Uuid::now_v7().simple());
+    let redis_url = test_env("STREAMREC_TEST_REDIS");
+    let endpoint = test_env("STREAMREC_TEST_S3_ENDPOINT");
+    let prefix = unique("e2e-");
     let settings = [
         ("STREAMREC__CATALOG__URL", database.clone()),
         ("STREAMREC__CACHE__URL", redis_url.clone()),
@@ -381,21 +381,19 @@ async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
         "{keys:?}"
     );
     // The event log is archived there too, and reads back whole.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let archived = actors::archiver::read_archive(&s3)
-            .await
-            .expect("read archive");
-        if archived.len() == 60 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "archive holds {} of 60 events",
-            archived.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut archived = 0;
+    let whole = wait_until(
+        async || {
+            let records = actors::archiver::read_archive(&s3)
+                .await
+                .expect("read archive");
+            archived = records.len();
+            archived == 60
+        },
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(whole, "archive holds {archived} of 60 events");
 
     // Recommendations are cached in Redis and dropped from it when the user acts.
     let mut redis = redis::Client::open(redis_url.as_str())
@@ -404,7 +402,7 @@ async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
         .await
         .expect("redis");
     // A user id of this run only: an entry left in Redis by an earlier run must not count.
-    let newbie = format!("newbie-{}", uuid::Uuid::now_v7().simple());
+    let newbie = unique("newbie-");
     let key = format!("streamrec:recs:{newbie}");
     assert_eq!(
         server.post_events(vec![click("n1", &newbie, "f0")]).await.0,
@@ -426,19 +424,18 @@ async fn a_node_on_postgres_redis_and_s3_keeps_its_catalog_and_models_there() {
         server.post_events(vec![click("n2", &newbie, "f1")]).await.0,
         202
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while redis::cmd("EXISTS")
-        .arg(&key)
-        .query_async::<bool>(&mut redis)
-        .await
-        .expect("exists")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the Redis entry survived a new event"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let dropped = wait_until(
+        async || {
+            !redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async::<bool>(&mut redis)
+                .await
+                .expect("exists")
+        },
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(dropped, "the Redis entry survived a new event");
     server.kill_9();
 
     // A node with a fresh data dir finds the catalog in PostgreSQL and the model in S3.
@@ -614,7 +611,16 @@ async fn a_new_model_swaps_in_under_load_without_a_failed_request_and_rolls_back
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The swap happens under load: wait until the load is running.
+    let under_load = async |more: u64| {
+        let from = requests.load(std::sync::atomic::Ordering::Relaxed);
+        let running = async || requests.load(std::sync::atomic::Ordering::Relaxed) >= from + more;
+        assert!(
+            wait_until(running, Duration::from_secs(20)).await,
+            "the load stalled"
+        );
+    };
+    under_load(50).await;
     let second = server.train().await;
     assert_ne!(second, first);
     eventually(&server, "/v1/users/u3/recommendations?k=5", |s, b| {
@@ -634,7 +640,7 @@ async fn a_new_model_swaps_in_under_load_without_a_failed_request_and_rolls_back
         s == 200 && b["model_version"] == first.as_str()
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    under_load(50).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for task in load {
         task.await.expect("load task");
@@ -740,6 +746,8 @@ async fn one_websocket_watches_several_users_and_drops_them_on_request() {
         s == 200 && b["num_events"] == 2
     })
     .await;
+    // What is tested is an absence: a push for ann, had one been sent, would arrive within this
+    // window and ahead of the pong. No state shows "nothing was sent", so this waits on purpose.
     tokio::time::sleep(Duration::from_millis(300)).await;
     tx.send(send(json!({"type": "ping"}))).await.expect("send");
     assert_eq!(next_json(&mut rx).await, json!({"type": "pong"}));

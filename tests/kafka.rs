@@ -24,7 +24,7 @@ struct Topics {
 
 impl Topics {
     fn new(url: &str) -> Self {
-        let id = uuid::Uuid::now_v7().simple().to_string();
+        let id = unique("");
         Self {
             brokers: url.trim_start_matches("kafka://").to_owned(),
             prefix: format!("t{id}."),
@@ -172,7 +172,7 @@ fn item_ids(recs: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_producers_events_change_recommendations_and_bad_messages_go_to_the_dlq() {
     let (_guard, dir) = workdir();
-    let topics = Topics::new(&env("STREAMREC_TEST_KAFKA"));
+    let topics = Topics::new(&test_env("STREAMREC_TEST_KAFKA"));
     let server = kafka_node(&dir, &topics).await;
     let producer = topics.producer();
     // The node created its topics; readiness reports the broker.
@@ -227,18 +227,18 @@ async fn a_peer_producers_events_change_recommendations_and_bad_messages_go_to_t
         .produce(&producer, "transaction-stream", "u0", &purchase)
         .await;
 
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut applied = 0;
-    while Instant::now() < deadline {
-        applied = 0;
-        for u in 0..40 {
-            applied += num_events(&server, &format!("u{u}")).await;
-        }
-        if applied == history + 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        async || {
+            applied = 0;
+            for u in 0..40 {
+                applied += num_events(&server, &format!("u{u}")).await;
+            }
+            applied == history + 1
+        },
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(applied, history + 1, "every valid event applied once");
     let (status, item) = server.get("/v1/items/m3").await;
     assert_eq!((status, item["categories"].clone()), (200, json!(["odd"])));
@@ -293,7 +293,7 @@ async fn a_peer_producers_events_change_recommendations_and_bad_messages_go_to_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nul_in_a_product_update_goes_to_the_dlq_and_the_partition_goes_on() {
     let (_guard, dir) = workdir();
-    let topics = Topics::new(&env("STREAMREC_TEST_KAFKA"));
+    let topics = Topics::new(&test_env("STREAMREC_TEST_KAFKA"));
     // The catalog in PostgreSQL, which refuses `\0` in TEXT and JSONB: the case that stalled.
     let mut settings = topics.settings();
     settings.push(("STREAMREC__CATALOG__URL", fresh_database().await));
@@ -345,17 +345,17 @@ async fn a_nul_in_a_product_update_goes_to_the_dlq_and_the_partition_goes_on() {
         assert!(reason.contains("control characters"), "{reason}");
     }
     // ...and every offset is committed: nothing is replayed for ever.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while topics.committed("product-updates", PARTITIONS) < 3 {
-        assert!(Instant::now() < deadline, "the partition is stuck");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let committed = async || topics.committed("product-updates", PARTITIONS) >= 3;
+    assert!(
+        wait_until(committed, Duration::from_secs(20)).await,
+        "the partition is stuck"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posted_events_go_through_the_broker_on_the_java_clients_partition() {
     let (_guard, dir) = workdir();
-    let topics = Topics::new(&env("STREAMREC_TEST_KAFKA"));
+    let topics = Topics::new(&test_env("STREAMREC_TEST_KAFKA"));
     let server = kafka_node(&dir, &topics).await;
     let users: Vec<String> = (0..16).map(|u| format!("user-{u}")).collect();
     let events: Vec<Value> = users
@@ -364,16 +364,21 @@ async fn posted_events_go_through_the_broker_on_the_java_clients_partition() {
         .map(|(i, u)| click(&format!("e{i}"), u, "i1"))
         .collect();
     // The first post may wait for the node to create its topics.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = server.post_events(events.clone()).await;
-        if status == 202 {
-            assert_eq!(body["accepted"], 16);
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status} {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut refused = (0, Value::Null);
+    let accepted = wait_for(
+        async || {
+            let (status, body) = server.post_events(events.clone()).await;
+            if status == 202 {
+                return Some(body);
+            }
+            refused = (status, body);
+            None
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|| panic!("{} {}", refused.0, refused.1));
+    assert_eq!(accepted["accepted"], 16);
     let messages = topics.read_all("user-events", PARTITIONS, 16);
     assert_eq!(messages.len(), 16);
     let mut seen = HashMap::new();
@@ -395,14 +400,11 @@ async fn posted_events_go_through_the_broker_on_the_java_clients_partition() {
     }
     // A retry of an acknowledged batch reaches the broker again but is applied once.
     assert_eq!(server.post_events(events.clone()).await.0, 202);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while topics.committed("user-events", PARTITIONS) < 32 {
-        assert!(
-            Instant::now() < deadline,
-            "the group never committed the retry"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let committed = async || topics.committed("user-events", PARTITIONS) >= 32;
+    assert!(
+        wait_until(committed, Duration::from_secs(20)).await,
+        "the group never committed the retry"
+    );
     for user in &users {
         assert_eq!(num_events(&server, user).await, 1, "{user}");
     }
@@ -411,7 +413,7 @@ async fn posted_events_go_through_the_broker_on_the_java_clients_partition() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_stream_applies_every_event_once_after_restart() {
     let (_guard, dir) = workdir();
-    let topics = Topics::new(&env("STREAMREC_TEST_KAFKA"));
+    let topics = Topics::new(&test_env("STREAMREC_TEST_KAFKA"));
     let server = kafka_node(&dir, &topics).await;
     let producer = topics.producer();
     let users: Vec<String> = (0..10).map(|u| format!("r{u}")).collect();
@@ -453,21 +455,36 @@ async fn a_node_killed_mid_stream_applies_every_event_once_after_restart() {
     let server = kafka_node(&dir, &topics).await;
     for user in &users {
         let want = expected[user.as_str()];
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while num_events(&server, user).await != want {
-            assert!(Instant::now() < deadline, "{user}: never reached {want}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let reached = async || num_events(&server, user).await == want;
+        assert!(
+            wait_until(reached, Duration::from_secs(60)).await,
+            "{user}: never reached {want}"
+        );
     }
     // Offsets are committed only after apply: once all is applied they reach the end.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while topics.committed("user-events", PARTITIONS) < total as i64 {
-        assert!(Instant::now() < deadline, "offsets never reached the end");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let committed = async || topics.committed("user-events", PARTITIONS) >= total as i64;
+    assert!(
+        wait_until(committed, Duration::from_secs(20)).await,
+        "offsets never reached the end"
+    );
     server.kill_9();
     let server = kafka_node(&dir, &topics).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Nothing is applied twice: once the restarted bridge holds every partition again (after the
+    // killed member's session timed out), it has read from the committed offsets, and what it
+    // found there (nothing, or a replay its sessions drop) is applied before the counts below.
+    let assigned = async || {
+        let bridge = actor_state(&server, "kafka_bridge").await;
+        let assigned = bridge["assignment"].as_array().map(|a| {
+            let user_events = |p: &&Value| p.as_str().is_some_and(|p| p.contains("user-events/"));
+            a.iter().filter(user_events).count()
+        });
+        assigned == Some(PARTITIONS as usize)
+    };
+    assert!(
+        wait_until(assigned, Duration::from_secs(30)).await,
+        "the restarted bridge never got its partitions: {}",
+        actor_state(&server, "kafka_bridge").await
+    );
     for user in &users {
         assert_eq!(
             num_events(&server, user).await,
@@ -490,11 +507,11 @@ async fn with_the_broker_down_posts_get_503_and_consumers_resume_when_it_returns
             .map(|i| click(&format!("d{i}"), &format!("user{}", i % 5), "i1"))
             .collect::<Vec<Value>>()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.post_events(post(0, 50)).await.0 != 202 {
-        assert!(Instant::now() < deadline, "the node never accepted events");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let accepted = async || server.post_events(post(0, 50)).await.0 == 202;
+    assert!(
+        wait_until(accepted, Duration::from_secs(30)).await,
+        "the node never accepted events"
+    );
 
     service("down", "kafka", port);
     let (status, body) = server.post_events(post(50, 100)).await;
@@ -517,14 +534,11 @@ async fn with_the_broker_down_posts_get_503_and_consumers_resume_when_it_returns
     );
 
     service("up", "kafka", port);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.post_events(post(50, 100)).await.0 != 202 {
-        assert!(
-            Instant::now() < deadline,
-            "the node never accepted events again"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let accepted = async || server.post_events(post(50, 100)).await.0 == 202;
+    assert!(
+        wait_until(accepted, Duration::from_secs(30)).await,
+        "the node never accepted events again"
+    );
     for u in 0..5 {
         eventually(&server, &format!("/v1/users/user{u}"), |s, b| {
             s == 200 && b["num_events"] == 20

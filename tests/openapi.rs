@@ -47,7 +47,7 @@ async fn the_document_is_served_and_survives_a_schema_driven_fuzzer() {
     let events = (0..5).map(|i| click(&format!("e{i}"), "u", &format!("i{i}")));
     assert_eq!(server.post_events(events.collect()).await.0, 202);
 
-    let st = env("STREAMREC_TEST_SCHEMATHESIS");
+    let st = test_env("STREAMREC_TEST_SCHEMATHESIS");
     let output = tokio::task::block_in_place(|| {
         let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
         Command::new(&st)

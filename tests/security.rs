@@ -471,22 +471,15 @@ async fn tls_13_only_by_default_and_certificates_reload() {
     let renewed = client(&admin_token(), Some(&new_cert))
         .build()
         .expect("client");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if renewed
-            .get(server.url("/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "new certificate not served"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let served = wait_until(
+        async || {
+            let health = renewed.get(server.url("/healthz")).send().await;
+            health.is_ok_and(|r| r.status() == 200)
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(served, "new certificate not served");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -645,8 +638,8 @@ async fn objects_holding(store: &dyn storage::ObjectStore, needles: &[&str]) -> 
 async fn personal_profile_fields_never_reach_model_artifacts_and_old_versions_are_rewritten() {
     use storage::ObjectStore as _;
     let (_guard, dir) = workdir();
-    let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
-    let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
+    let endpoint = test_env("STREAMREC_TEST_S3_ENDPOINT");
+    let prefix = unique("t");
     let url = format!("s3://streamrec/{prefix}");
     let s3 = std::sync::Arc::new(
         storage::S3ObjectStore::new("streamrec", &prefix, Some(&endpoint))
@@ -811,8 +804,13 @@ async fn erase_leaves_nothing_and_a_replay_of_the_archive_does_not_resurrect() {
     );
     assert_eq!(export["profile"]["email"], "gone@example.org");
     let past = export["events"].as_array().expect("events").clone();
-    // Let the archiver copy the events out before the erasure.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The archiver copies the events out before the erasure.
+    let archived = wait_until(
+        async || actor_state(&server, "archiver").await["num_records"].as_u64() >= Some(40),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(archived, "{}", actor_state(&server, "archiver").await);
     server.train().await;
     let users_with = trained_users(&server).await;
 
@@ -1078,14 +1076,12 @@ async fn a_caller_cannot_hold_more_than_its_share_of_streams() {
     assert_eq!(ends(&mut rx).await, Some(Some(4429)));
     // A place comes back when a stream closes.
     drop(held.pop());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while ws_status(&ws("alice", &alice)).await != 101 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the place never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let back = wait_until(
+        async || ws_status(&ws("alice", &alice)).await == 101,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(back, "the place never came back");
     // The console's event stream counts too.
     let streams = [
         event_stream(&server, &ops).await,

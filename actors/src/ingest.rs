@@ -7,6 +7,7 @@
 //! it resumes from the committed offset. Between batches it waits on the partition's high
 //! watermark, so an idle partition costs nothing.
 
+use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use futures::future::try_join_all;
 use prometheus::{IntCounter, IntGaugeVec, register_int_counter, register_int_gauge_vec};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
-use storage::Record;
+use storage::{EventLog, Record};
 
 use crate::mailbox;
 use crate::obs::Obs;
@@ -145,13 +146,15 @@ impl Actor for IngestActor {
             });
             return Ok(());
         }
-        let next = records.last().map_or(state.committed, |r| r.offset + 1);
-        let n = records.len();
         let slot = &state.args.sessions;
-        let outcomes = try_join_all(group_by_user(records).into_iter().map(
-            |(user_id, records)| async move {
+        let applied = apply_batch(
+            &*services.log,
+            partition,
+            state.committed,
+            records,
+            |user_id, records| async move {
                 let sessions = slot_get(slot, "session manager")?;
-                call(
+                let outcome = call(
                     &sessions,
                     "session",
                     |reply| SessionManagerMsg::Apply {
@@ -161,22 +164,17 @@ impl Actor for IngestActor {
                     },
                     APPLY_TIMEOUT,
                 )
-                .await
+                .await?;
+                Ok(outcome.duplicates)
             },
-        ))
-        .await
-        .map_err(|e: ApiError| {
-            format!(
-                "partition {partition}: applying a batch failed: {}",
-                e.message
-            )
-        })?;
-        services.log.commit(storage::INGEST, partition, next)?;
-        state.committed = next;
-        state.obs_state.num_events += n as u64;
+        )
+        .await?;
+        let n = applied.num_events;
+        state.committed = applied.next;
+        state.obs_state.num_events += n;
         state.obs_state.num_batches += 1;
-        state.obs_state.num_duplicates += outcomes.iter().map(|o| o.duplicates as u64).sum::<u64>();
-        EVENTS.inc_by(n as u64);
+        state.obs_state.num_duplicates += applied.num_duplicates;
+        EVENTS.inc_by(n);
         state.publish();
         mailbox::tell(&myself, IngestMsg::Poll)?;
         Ok(())
@@ -193,6 +191,51 @@ impl IngestState {
     }
 }
 
+/// What applying one batch did.
+#[derive(Debug, PartialEq)]
+struct Applied {
+    /// The offset committed: the one after the batch.
+    next: u64,
+    num_events: u64,
+    num_duplicates: u64,
+}
+
+/// Applies one batch of `partition`, read from its `committed` offset: each user's records go to
+/// `apply` together, in log order, all users at once; `apply` answers how many of them were
+/// duplicates. Only once every user's share is applied is the offset after the batch committed;
+/// if any fails, nothing is, and the batch is read again.
+async fn apply_batch<F>(
+    log: &dyn EventLog,
+    partition: u32,
+    committed: u64,
+    records: Vec<Record>,
+    apply: impl Fn(String, Vec<Record>) -> F,
+) -> Result<Applied, ActorProcessingErr>
+where
+    F: Future<Output = Result<usize, ApiError>>,
+{
+    let next = records.last().map_or(committed, |r| r.offset + 1);
+    let num_events = records.len() as u64;
+    let duplicates = try_join_all(
+        group_by_user(records)
+            .into_iter()
+            .map(|(user_id, records)| apply(user_id, records)),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "partition {partition}: applying a batch failed: {}",
+            e.message
+        )
+    })?;
+    log.commit(storage::INGEST, partition, next)?;
+    Ok(Applied {
+        next,
+        num_events,
+        num_duplicates: duplicates.iter().map(|&d| d as u64).sum(),
+    })
+}
+
 /// Splits a batch by user, keeping each user's records in log order.
 pub fn group_by_user(records: Vec<Record>) -> Vec<(String, Vec<Record>)> {
     let mut order: Vec<(String, Vec<Record>)> = Vec::new();
@@ -205,4 +248,173 @@ pub fn group_by_user(records: Vec<Record>) -> Vec<(String, Vec<Record>)> {
         order[i].1.push(r);
     }
     order
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use common::{Event, EventKind};
+    use proptest::prelude::*;
+    use storage::{Db, FileEventLog};
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    fn record(offset: u64, user: &str) -> Record {
+        Record {
+            partition: 0,
+            offset,
+            received_ms: None,
+            event: Event {
+                event_id: format!("e{offset}"),
+                user_id: user.into(),
+                item_id: "i".into(),
+                kind: EventKind::Click,
+                value: None,
+                ts: 1,
+            },
+        }
+    }
+
+    fn offsets(records: &[Record]) -> Vec<u64> {
+        records.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn a_batch_is_split_by_user_in_order_of_first_appearance() {
+        let batch = ["b", "a", "b", "c", "a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(offset, user)| record(offset as u64, user))
+            .collect();
+        let groups: Vec<(String, Vec<u64>)> = group_by_user(batch)
+            .into_iter()
+            .map(|(user, records)| (user, offsets(&records)))
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                ("b".to_owned(), vec![0, 2, 5]),
+                ("a".to_owned(), vec![1, 4]),
+                ("c".to_owned(), vec![3]),
+            ]
+        );
+        assert!(group_by_user(Vec::new()).is_empty());
+    }
+
+    proptest! {
+        /// Every record lands in its user's group, once, and each group keeps log order.
+        #[test]
+        fn grouping_keeps_every_record_once_in_log_order(users in proptest::collection::vec(0..5u8, 0..60)) {
+            let batch: Vec<Record> = users
+                .iter()
+                .enumerate()
+                .map(|(offset, u)| record(offset as u64, &format!("u{u}")))
+                .collect();
+            let groups = group_by_user(batch);
+            let mut seen = HashSet::new();
+            for (user, records) in &groups {
+                prop_assert!(seen.insert(user.clone()), "{} split in two", user);
+                prop_assert!(records.iter().all(|r| &r.event.user_id == user));
+                prop_assert!(records.windows(2).all(|w| w[0].offset < w[1].offset));
+            }
+            let mut all: Vec<u64> = groups.iter().flat_map(|(_, r)| offsets(r)).collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, (0..users.len() as u64).collect::<Vec<_>>());
+        }
+    }
+
+    /// A one-partition log in `dir` holding a batch of `users`' clicks, one per entry; returns
+    /// the log and the batch as ingest reads it.
+    async fn log_with(dir: &std::path::Path, users: &[&str]) -> (FileEventLog, Vec<Record>) {
+        let db = Arc::new(Db::open(&dir.join("db")).expect("db"));
+        let log = FileEventLog::open(&dir.join("log"), 1, false, db).expect("log");
+        let events = users
+            .iter()
+            .enumerate()
+            .map(|(i, user)| record(i as u64, user).event)
+            .collect();
+        log.append(events).await.expect("append");
+        let records = log.read(0, 0, 100).await.expect("read");
+        (log, records)
+    }
+
+    #[tokio::test]
+    async fn the_offset_is_committed_once_every_user_applied_the_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, records) = log_with(dir.path(), &["ann", "bob", "ann", "cy", "bob"]).await;
+        let calls = Mutex::new(Vec::new());
+        // Bob's session is slow: the others are done well before him.
+        let (bob_may_finish, others_done) = (Notify::new(), Notify::new());
+        let num_others_done = AtomicUsize::new(0);
+        let apply = {
+            let (calls, bob_may_finish) = (&calls, &bob_may_finish);
+            let (others_done, num_others_done) = (&others_done, &num_others_done);
+            move |user: String, records: Vec<Record>| async move {
+                let replayed = usize::from(user == "ann");
+                calls
+                    .lock()
+                    .expect("lock")
+                    .push((user.clone(), offsets(&records)));
+                if user == "bob" {
+                    bob_may_finish.notified().await;
+                } else if num_others_done.fetch_add(1, Ordering::SeqCst) == 1 {
+                    others_done.notify_one();
+                }
+                // Ann's second click was applied before (a replay).
+                Ok::<_, ApiError>(replayed)
+            }
+        };
+        let batch = apply_batch(&log, 0, 0, records, apply);
+        let bob = async {
+            others_done.notified().await;
+            let committed = log.committed(storage::INGEST, 0).expect("committed");
+            bob_may_finish.notify_one();
+            committed
+        };
+        let (applied, committed_while_bob_was_busy) = tokio::join!(batch, bob);
+        assert_eq!(committed_while_bob_was_busy, 0);
+        assert_eq!(
+            applied.expect("applied"),
+            Applied {
+                next: 5,
+                num_events: 5,
+                num_duplicates: 1
+            }
+        );
+        assert_eq!(log.committed(storage::INGEST, 0).expect("committed"), 5);
+        let mut calls = calls.into_inner().expect("lock");
+        calls.sort();
+        assert_eq!(
+            calls,
+            [
+                ("ann".to_owned(), vec![0, 2]),
+                ("bob".to_owned(), vec![1, 4]),
+                ("cy".to_owned(), vec![3]),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_user_whose_apply_fails_keeps_the_whole_batch_uncommitted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, records) = log_with(dir.path(), &["ann", "bob", "cy"]).await;
+        let failed = apply_batch(&log, 0, 0, records, |user, _| async move {
+            if user == "bob" {
+                Err(ApiError::unavailable("session timed out"))
+            } else {
+                Ok(0)
+            }
+        })
+        .await
+        .expect_err("the batch fails");
+        assert_eq!(
+            failed.to_string(),
+            "partition 0: applying a batch failed: session timed out"
+        );
+        assert_eq!(log.committed(storage::INGEST, 0).expect("committed"), 0);
+    }
 }

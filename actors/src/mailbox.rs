@@ -159,11 +159,18 @@ pub fn tell_every<M: Message>(
 mod tests {
     use super::*;
     use ractor::{Actor, ActorProcessingErr};
+    use tokio::sync::oneshot;
 
+    /// Counts what it handles; a message may hold the mailbox until the test releases it.
     struct Slow;
 
+    struct Hold {
+        started: oneshot::Sender<()>,
+        release: Option<oneshot::Receiver<()>>,
+    }
+
     impl Actor for Slow {
-        type Msg = tokio::sync::oneshot::Sender<()>;
+        type Msg = Hold;
         type State = Arc<Counters>;
         type Arguments = ();
 
@@ -178,13 +185,14 @@ mod tests {
         async fn handle(
             &self,
             _: ActorRef<Self::Msg>,
-            gate: Self::Msg,
+            hold: Self::Msg,
             counters: &mut Self::State,
         ) -> Result<(), ActorProcessingErr> {
             counters.handled();
-            // Hold the mailbox until the test releases this message.
-            let _ = gate.send(());
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = hold.started.send(());
+            if let Some(release) = hold.release {
+                let _ = release.await;
+            }
             Ok(())
         }
     }
@@ -192,10 +200,13 @@ mod tests {
     #[tokio::test]
     async fn depth_is_sent_minus_handled() {
         let (actor, handle) = Actor::spawn(None, Slow, ()).await.expect("spawn");
+        let (release, held) = oneshot::channel();
+        let mut held = Some(held);
         let mut first = None;
         for i in 0..5 {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            tell(&actor, tx).expect("send");
+            let (started, rx) = oneshot::channel();
+            let release = held.take();
+            tell(&actor, Hold { started, release }).expect("send");
             if i == 0 {
                 first = Some(rx);
             }
@@ -204,9 +215,15 @@ mod tests {
         let busy = stats(&actor).expect("registered");
         assert_eq!(busy.handled, 1);
         assert_eq!(busy.depth, 4);
-        while stats(&actor).expect("registered").depth > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        release.send(()).expect("the first message is held");
+        assert!(
+            testkit::wait_until(
+                async || stats(&actor).expect("registered").depth == 0,
+                Duration::from_secs(5)
+            )
+            .await,
+            "the mailbox never drained"
+        );
         assert_eq!(stats(&actor).expect("live").handled, 5);
         detach(&actor);
         assert!(stats(&actor).is_none());

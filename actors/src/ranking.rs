@@ -486,42 +486,10 @@ impl MaskCache {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use common::Item;
-    use models::{ModelMeta, TrainParams};
-    use storage::catalog::Catalog;
+    use models::ModelMeta;
 
     use super::*;
-
-    /// An in-memory catalog: enough for the view, no RocksDB.
-    #[derive(Default)]
-    struct FakeCatalog;
-
-    #[async_trait::async_trait]
-    impl Catalog for FakeCatalog {
-        async fn upsert(&self, _: &Item) -> storage::error::Result<()> {
-            Ok(())
-        }
-        async fn delete(&self, _: &str, _: i64) -> storage::error::Result<bool> {
-            Ok(true)
-        }
-        async fn load_all(&self) -> storage::error::Result<(Vec<Item>, Vec<String>)> {
-            Ok((Vec::new(), Vec::new()))
-        }
-        async fn put_profile(&self, _: &str, _: &serde_json::Value) -> storage::error::Result<()> {
-            Ok(())
-        }
-        async fn get_profile(&self, _: &str) -> storage::error::Result<Option<serde_json::Value>> {
-            Ok(None)
-        }
-        async fn profiles(&self) -> storage::error::Result<Vec<(String, serde_json::Value)>> {
-            Ok(Vec::new())
-        }
-        async fn delete_profile(&self, _: &str) -> storage::error::Result<()> {
-            Ok(())
-        }
-    }
 
     fn item(id: &str, category: &str, available: bool) -> Item {
         Item {
@@ -543,25 +511,10 @@ mod tests {
         let ids = ["x1", "x2", "x3", "x4", "y1", "y2"];
         let factors = vec![1.0, 0.0, 0.9, 0.1, 0.8, 0.0, 0.7, 0.1, 0.0, 1.0, 0.1, 0.9];
         let meta = ModelMeta {
-            version: "v1".into(),
-            created_at: 0,
-            dim: 2,
-            num_items: 6,
-            num_users: 0,
-            num_interactions: 0,
-            data_range: None,
-            params: TrainParams {
-                dim: 2,
-                iterations: 0,
-                regularization: 0.1,
-                alpha: 4.0,
-                seed: 0,
-            },
-            metrics: BTreeMap::new(),
             hybrid,
+            ..testkit::model::meta("v1", 2, 6)
         };
-        let ids: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
-        let artifact = ModelArtifact::build(meta, ids, factors, vec![1.0; 6], successors);
+        let artifact = testkit::model::artifact(meta, &ids, factors, successors);
         let scorer =
             Mutex::new(Scorer::new(&artifact.onnx, 6, 2, 1).expect("ONNX Runtime (make setup)"));
         (artifact, scorer)
@@ -576,7 +529,7 @@ mod tests {
         successors: Vec<Vec<(u32, f32)>>,
     ) -> (ModelArtifact, Mutex<Scorer>, CatalogView, Popularity) {
         let (artifact, scorer) = model(hybrid, successors);
-        let catalog = CatalogView::open(Arc::new(FakeCatalog))
+        let catalog = CatalogView::open(Arc::new(testkit::NullCatalog))
             .await
             .expect("view");
         for (id, cat) in [
@@ -920,7 +873,7 @@ mod tests {
 
         fn catalog(cases: &[Case]) -> CatalogView {
             futures::executor::block_on(async {
-                let catalog = CatalogView::open(Arc::new(FakeCatalog))
+                let catalog = CatalogView::open(Arc::new(testkit::NullCatalog))
                     .await
                     .expect("view");
                 for (id, case) in IDS.iter().zip(cases) {

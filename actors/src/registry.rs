@@ -334,28 +334,15 @@ fn gate(active: &ModelMeta, candidate: &ModelMeta, max_regression: f64) -> Optio
 mod tests {
     use super::*;
 
+    /// A one-item version with hold-out NDCG@10 `ndcg` (none: too little data to hold out).
     fn artifact(version: &str, ndcg: Option<f64>) -> ModelArtifact {
         let meta = ModelMeta {
-            version: version.into(),
-            created_at: 0,
-            dim: 1,
-            num_items: 1,
-            num_users: 1,
-            num_interactions: 1,
-            data_range: None,
-            params: models::TrainParams {
-                dim: 1,
-                iterations: 1,
-                regularization: 0.1,
-                alpha: 1.0,
-                seed: 1,
-            },
             metrics: ndcg
                 .map(|n| BTreeMap::from([(GATE_METRIC.to_owned(), n)]))
                 .unwrap_or_default(),
-            hybrid: Default::default(),
+            ..testkit::model::meta(version, 1, 1)
         };
-        ModelArtifact::build(meta, vec!["i".into()], vec![1.0], vec![1.0], Vec::new())
+        testkit::model::artifact(meta, &["i"], vec![1.0], Vec::new())
     }
 
     async fn registry(dir: &std::path::Path) -> ModelRegistry {

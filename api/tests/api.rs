@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use common::Config;
 use serde_json::{Value, json};
 use supervisors::Node;
 use tower::ServiceExt;
@@ -19,15 +18,9 @@ struct Api {
 impl Api {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config {
-            data_dir: dir.path().to_path_buf(),
-            ..Config::default()
-        };
+        let mut config = testkit::config(dir.path());
         // Behaviour, not access control (tests/authz.rs covers that): no token needed.
         config.auth.enabled = false;
-        config.events.num_partitions = 4;
-        config.model.dim = 8;
-        config.model.iterations = 6;
         config.server.max_body_bytes = 64 * 1024;
         config.server.max_batch_events = 50;
         Self {
@@ -424,18 +417,16 @@ async fn recommendations_follow_tastes_and_never_return_excluded_items() {
         (status, body["status"].clone()),
         (StatusCode::ACCEPTED, json!("started"))
     );
-    let trained = async {
-        loop {
+    let models = testkit::wait_for(
+        async || {
             let (_, models) = api.get("/v1/admin/models").await;
-            if models["versions"].as_array().is_some_and(|v| v.len() >= 2) {
-                return models;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    let models = tokio::time::timeout(Duration::from_secs(30), trained)
-        .await
-        .expect("training finishes");
+            let trained = models["versions"].as_array().is_some_and(|v| v.len() >= 2);
+            trained.then_some(models)
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("training finishes");
     let active = models["active"]
         .as_str()
         .expect("active version")

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use common::Config;
 use common::config::Secret;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
@@ -113,13 +112,7 @@ fn token(caller: Caller) -> Option<String> {
 
 async fn node() -> (Arc<Node>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.events.num_partitions = 2;
-    config.model.dim = 4;
-    config.model.iterations = 2;
+    let mut config = testkit::tiny_config(dir.path());
     config.auth.hs256_secret = Some(Secret(SECRET.into()));
     config.auth.issuer = Some(ISSUER.into());
     config.auth.audience = Some(AUDIENCE.into());
@@ -332,12 +325,7 @@ async fn graphql_operations_by_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_are_rate_limited_with_retry_after() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.events.num_partitions = 2;
-    config.model.dim = 4;
+    let mut config = testkit::tiny_config(dir.path());
     config.auth.hs256_secret = Some(Secret(SECRET.into()));
     config.auth.rate_limit_per_second = 1.0;
     config.auth.rate_limit_burst = 3;
@@ -390,11 +378,9 @@ async fn callers_are_rate_limited_with_retry_after() {
 #[tokio::test]
 async fn auth_on_without_keys_refuses_to_build() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    let node = Node::start(config).await.expect("node");
+    let node = Node::start(testkit::tiny_config(dir.path()))
+        .await
+        .expect("node");
     let error = api::router(node).expect_err("no keys");
     assert!(error.to_string().contains("auth.hs256_secret"), "{error}");
 }
@@ -420,12 +406,7 @@ async fn jwks_keys_verify_and_rotate() {
     let jwks = dir.path().join("jwks.json");
     let (k1, sign1) = es256_key("k1");
     std::fs::write(&jwks, json!({ "keys": [k1] }).to_string()).expect("write");
-    let mut config = Config {
-        data_dir: dir.path().join("data"),
-        ..Config::default()
-    };
-    config.events.num_partitions = 2;
-    config.model.dim = 4;
+    let mut config = testkit::tiny_config(&dir.path().join("data"));
     config.auth.jwks_file = Some(jwks.clone());
     let node = Node::start(config).await.expect("node");
     let es256 = |kid: &str, key: &EncodingKey| {
@@ -488,12 +469,7 @@ async fn jwks_from_a_url() {
     tokio::spawn(async move { axum::serve(listener, provider).await });
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.events.num_partitions = 2;
-    config.model.dim = 4;
+    let mut config = testkit::tiny_config(dir.path());
     config.auth.jwks_url = Some(format!("http://{addr}/.well-known/jwks.json"));
     let node = Node::start(config).await.expect("node");
     let router = api::router(node).expect("router");
@@ -684,12 +660,7 @@ async fn a_token_without_iss_or_aud_is_refused_when_they_are_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iss_and_aud_are_optional_when_not_configured() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.events.num_partitions = 2;
-    config.model.dim = 4;
+    let mut config = testkit::tiny_config(dir.path());
     config.auth.hs256_secret = Some(Secret(SECRET.into()));
     let node = Node::start(config).await.expect("node");
     let router = api::router(node).expect("router");
@@ -713,12 +684,7 @@ async fn iss_and_aud_are_optional_when_not_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_callers_are_rate_limited_by_client_address() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.events.num_partitions = 2;
-    config.model.dim = 4;
+    let mut config = testkit::tiny_config(dir.path());
     config.auth.enabled = false;
     config.auth.rate_limit_per_second = 0.001;
     config.auth.rate_limit_burst = 2;

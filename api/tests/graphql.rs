@@ -6,21 +6,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::Config;
 use serde_json::{Value, json};
 use supervisors::Node;
 use tower::ServiceExt;
 
 async fn node() -> (Arc<Node>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
+    let mut config = testkit::config(dir.path());
     // Behaviour, not access control (tests/authz.rs covers that): no token needed.
     config.auth.enabled = false;
-    config.events.num_partitions = 4;
-    config.model.dim = 8;
     config.model.iterations = 4;
     (Node::start(config).await.expect("node"), dir)
 }
@@ -345,14 +339,10 @@ async fn a_batch_longer_than_graphql_max_batch_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_spends_the_rate_limit_once_per_operation() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
+    let mut config = testkit::tiny_config(dir.path());
     config.auth.enabled = false;
     config.auth.rate_limit_per_second = 0.001;
     config.auth.rate_limit_burst = 6;
-    config.events.num_partitions = 2;
     let node = Node::start(config).await.expect("node");
     let batch = |n: usize| {
         Value::Array(

@@ -4,7 +4,6 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::Config;
 use common::config::Secret;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
@@ -43,12 +42,7 @@ async fn readyz_probes_once_per_ttl_and_shows_why_only_to_operators() {
         .and_then(|l| l.local_addr())
         .expect("port");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.events.num_partitions = 2;
-    config.model.dim = 4;
+    let mut config = testkit::tiny_config(dir.path());
     config.cache.url = format!("redis://{closed}").parse().expect("redis url");
     config.auth.hs256_secret = Some(Secret(SECRET.into()));
     config.auth.rate_limit_per_second = 0.0;

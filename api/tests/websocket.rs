@@ -23,13 +23,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A node configured by `configure`, served on a free port.
 async fn serve(configure: impl FnOnce(&mut Config)) -> (SocketAddr, Arc<Node>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    config.events.num_partitions = 2;
-    config.model.dim = 4;
-    config.model.iterations = 2;
+    let mut config = testkit::tiny_config(dir.path());
     config.auth.hs256_secret = Some(Secret(SECRET.into()));
     configure(&mut config);
     let limits = api::listener::Limits::try_from(&config).expect("limits");

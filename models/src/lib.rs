@@ -1,13 +1,15 @@
 //! The recommendation model, synchronous and free of actors: implicit-feedback matrix
 //! factorisation (ALS) trained in Rust, exported as an ONNX graph (user vector × item matrix +
 //! item bias + filter mask → TopK), served through ONNX Runtime, with a real-time fold-in of a
-//! user's live interactions.
+//! user's live interactions. [`movielens`] reads the yardstick data set and evaluates the models
+//! on it offline.
 
 pub mod als;
 pub mod artifact;
 pub mod content;
 pub mod eval;
 pub mod linalg;
+pub mod movielens;
 pub mod onnx;
 pub mod runtime;
 pub mod scorer;

@@ -12,32 +12,10 @@ use storage::catalog::Catalog;
 use storage::{
     CatalogView, MemoryCache, ObjectStore, PgCatalog, RecCache, S3ObjectStore, TieredCache,
 };
+use testkit::{fresh_database, test_env, unique, wait_until};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests with `make test`, which starts the servers")
-    })
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", uuid::Uuid::now_v7().simple())
-}
-
-/// A fresh database on the test PostgreSQL server.
-async fn fresh_database() -> String {
-    let base = env("STREAMREC_TEST_POSTGRES");
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .expect("postgres reachable");
-    let name = unique("t_");
-    // `name` is our own UUID hex: safe to interpolate (CREATE DATABASE takes no parameters).
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .expect("create database");
-    let (server, _) = base.rsplit_once('/').expect("url with a database");
-    format!("{server}/{name}")
-}
+/// How long a test waits for Redis to come up, or for an invalidation to reach another node.
+const WAIT: Duration = Duration::from_secs(10);
 
 fn item(id: &str, available: bool) -> Item {
     Item {
@@ -181,7 +159,7 @@ async fn postgres_data_errors_are_invalid_input_not_an_outage() {
 
 #[tokio::test]
 async fn s3_store_puts_gets_and_lists_under_its_prefix() {
-    let endpoint = env("STREAMREC_TEST_S3_ENDPOINT");
+    let endpoint = test_env("STREAMREC_TEST_S3_ENDPOINT");
     let prefix = unique("test-");
     let store = S3ObjectStore::new("streamrec", &prefix, Some(&endpoint))
         .await
@@ -241,19 +219,9 @@ fn tiered(url: &str) -> TieredCache {
     .expect("client")
 }
 
-async fn eventually(mut cond: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn redis_tier_is_shared_between_nodes_and_invalidated_everywhere() {
-    let url = env("STREAMREC_TEST_REDIS");
+    let url = test_env("STREAMREC_TEST_REDIS");
     let (a, b) = (tiered(&url), tiered(&url));
     let user = unique("user-");
     let q = RecQuery {
@@ -283,10 +251,13 @@ async fn redis_tier_is_shared_between_nodes_and_invalidated_everywhere() {
     // A session change on node a drops the entry from Redis and from node b's L1. Node b's
     // subscription attaches in the background, so the invalidation is repeated until it lands.
     assert!(
-        eventually(async || {
-            a.invalidate(&user);
-            b.get(&user, "v1", &q).await.is_none()
-        })
+        wait_until(
+            async || {
+                a.invalidate(&user);
+                b.get(&user, "v1", &q).await.is_none()
+            },
+            WAIT
+        )
         .await,
         "node b still serves the stale entry"
     );
@@ -300,7 +271,7 @@ async fn redis_tier_is_shared_between_nodes_and_invalidated_everywhere() {
 
 #[tokio::test]
 async fn redis_holds_at_most_max_variants_per_user() {
-    let url = env("STREAMREC_TEST_REDIS");
+    let url = test_env("STREAMREC_TEST_REDIS");
     let cache = tiered(&url);
     let user = unique("user-");
     // A client cycling through `k` would otherwise grow the user's hash without bound.
@@ -357,7 +328,7 @@ async fn redis_down_degrades_to_l1_and_recovers() {
     let url = format!("redis://127.0.0.1:{port}");
     let cache = tiered(&url);
     assert!(
-        eventually(async || cache.health().await.is_ok()).await,
+        wait_until(async || cache.health().await.is_ok(), WAIT).await,
         "redis did not come up"
     );
     let q = RecQuery {
@@ -382,7 +353,7 @@ async fn redis_down_degrades_to_l1_and_recovers() {
 
     let mut server = start_redis(port);
     assert!(
-        eventually(async || cache.health().await.is_ok()).await,
+        wait_until(async || cache.health().await.is_ok(), WAIT).await,
         "did not reconnect to redis"
     );
     cache.put("u3", "v1", &q, recs("u3", "i3")).await;

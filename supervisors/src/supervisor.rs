@@ -301,6 +301,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use testkit::wait_until;
+
     use super::*;
 
     /// A child that panics or errors on command.
@@ -344,17 +346,6 @@ mod tests {
         })
     }
 
-    async fn wait_until(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if cond() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        cond()
-    }
-
     #[tokio::test]
     async fn restarts_a_child_after_panic_and_error_then_escalates() {
         let spawned = Arc::new(AtomicUsize::new(0));
@@ -378,7 +369,7 @@ mod tests {
         child.cast(FaultyMsg::Panic).expect("send");
         assert!(
             wait_until(
-                || spawned.load(Ordering::SeqCst) == 2,
+                async || spawned.load(Ordering::SeqCst) == 2,
                 Duration::from_secs(5)
             )
             .await,
@@ -389,7 +380,7 @@ mod tests {
         child.cast(FaultyMsg::Error).expect("send");
         assert!(
             wait_until(
-                || spawned.load(Ordering::SeqCst) == 3,
+                async || spawned.load(Ordering::SeqCst) == 3,
                 Duration::from_secs(5)
             )
             .await,

@@ -8,15 +8,12 @@ use std::time::Duration;
 use actors::model::ModelMsg;
 use common::{Config, Event, EventKind, RecQuery};
 use supervisors::Node;
+use testkit::wait_until;
 
+/// The test node, with the model pool's two workers and short training runs.
 fn config(dir: &std::path::Path) -> Config {
-    let mut config = Config {
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
-    config.events.num_partitions = 4;
+    let mut config = testkit::config(dir);
     config.model.num_workers = 2;
-    config.model.dim = 8;
     config.model.iterations = 4;
     config
 }
@@ -30,17 +27,6 @@ fn event(id: &str, user: &str, item: &str) -> Event {
         value: None,
         ts: 1,
     }
-}
-
-async fn wait_until(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
 }
 
 async fn num_events(node: &Node, user: &str) -> u64 {
@@ -75,7 +61,7 @@ async fn idle_sessions_passivate_and_wake_up_with_their_state() {
     assert!(obs(&node, "session_manager")["num_live"].as_u64() >= Some(1));
 
     let passivated = wait_until(
-        || obs(&node, "session_manager")["num_live"] == 0,
+        async || obs(&node, "session_manager")["num_live"] == 0,
         Duration::from_secs(10),
     )
     .await;
@@ -150,7 +136,7 @@ async fn a_panicking_model_actor_fails_its_request_and_is_restarted() {
     assert_eq!(error.code, common::ErrorCode::Unavailable);
 
     let restarted = wait_until(
-        || pool.workers().len() == 2 && pool.workers().iter().all(|w| w.get_id() != old_id),
+        async || pool.workers().len() == 2 && pool.workers().iter().all(|w| w.get_id() != old_id),
         Duration::from_secs(10),
     )
     .await;

@@ -1,5 +1,6 @@
 //! What the end-to-end tests share: the real `streamrec` binary on a free port with a temp data
-//! dir, an HTTP client for it, and the real servers `scripts/services.sh` starts.
+//! dir, an HTTP client for it, and the real servers `scripts/services.sh` starts. What every
+//! crate's tests share (the test node's settings, polling, a fresh database) is in `testkit`.
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
@@ -10,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
+// Re-exported for the test binaries, each of which uses some of them.
+#[allow(unused_imports)]
+pub use testkit::{fresh_database, test_env, unique, wait_for, wait_until};
 
 pub struct Server {
     pub child: Child,
@@ -74,9 +78,7 @@ pub fn streamrec() -> Command {
         .env("STREAMREC__AUTH__HS256_SECRET", JWT_SECRET)
         .env("STREAMREC__AUTH__RATE_LIMIT_PER_SECOND", "100000")
         .env("STREAMREC_TOKEN", admin_token())
-        .env("STREAMREC__EVENTS__NUM_PARTITIONS", "4")
-        .env("STREAMREC__MODEL__DIM", "8")
-        .env("STREAMREC__MODEL__ITERATIONS", "6");
+        .envs(testkit::env());
     command
 }
 
@@ -142,20 +144,16 @@ impl Server {
             http,
             scheme,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(r) = server.http.get(server.url("/readyz")).send().await
-                && r.status() == 200
-            {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node not ready; log:\n{}",
-                std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ready = async || {
+            let probe = server.http.get(server.url("/readyz")).send().await;
+            probe.is_ok_and(|r| r.status() == 200)
+        };
+        assert!(
+            wait_until(ready, Duration::from_secs(60)).await,
+            "node not ready; log:\n{}",
+            std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+        );
+        server
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -243,20 +241,20 @@ impl Server {
     /// and swapped into every model actor; returns the active version.
     pub async fn train(&self) -> String {
         // A run already in progress (the start-up one, say) answers 409: wait for it.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (status, body) = self
-                .send(reqwest::Method::POST, "/v1/admin/train", None)
-                .await;
-            if status == 202 {
-                break;
-            }
-            assert!(
-                status == 409 && Instant::now() < deadline,
-                "{status} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut refused = (0, Value::Null);
+        let started = wait_until(
+            async || {
+                let (status, body) = self
+                    .send(reqwest::Method::POST, "/v1/admin/train", None)
+                    .await;
+                assert!(matches!(status, 202 | 409), "{status} {body}");
+                refused = (status, body);
+                status == 202
+            },
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(started, "{} {}", refused.0, refused.1);
         eventually(self, "/v1/admin/train", |s, b| {
             s == 200 && b["running"] == false
         })
@@ -299,20 +297,35 @@ impl Drop for Server {
     }
 }
 
-/// Polls `GET path` until `cond` holds on the body.
+/// Polls `GET path` until `cond` holds on the answer; returns the body.
 pub async fn eventually(server: &Server, path: &str, cond: impl Fn(u16, &Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = server.get(path).await;
-        if cond(status, &body) {
-            return body;
+    let mut last = (0, Value::Null);
+    let held = wait_for(
+        async || {
+            let (status, body) = server.get(path).await;
+            if cond(status, &body) {
+                return Some(body);
+            }
+            last = (status, body);
+            None
+        },
+        Duration::from_secs(20),
+    )
+    .await;
+    held.unwrap_or_else(|| panic!("condition never held on {path}: {} {}", last.0, last.1))
+}
+
+/// The observable state of the first actor of `kind` in the node's tree (`GET
+/// /v1/admin/actors`), or `Null`.
+pub async fn actor_state(server: &Server, kind: &str) -> Value {
+    fn find(v: &Value, kind: &str) -> Option<Value> {
+        if v["kind"] == kind {
+            return Some(v["state"].clone());
         }
-        assert!(
-            Instant::now() < deadline,
-            "condition never held on {path}: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        v["children"].as_array()?.iter().find_map(|c| find(c, kind))
     }
+    let (_, tree) = server.get("/v1/admin/actors").await;
+    find(&tree, kind).unwrap_or_default()
 }
 
 pub type WsRead = futures::stream::SplitStream<
@@ -345,28 +358,6 @@ pub fn workdir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     (dir, path)
-}
-
-pub fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the tests with `make test`, which starts the servers")
-    })
-}
-
-/// A fresh database on the test PostgreSQL server.
-pub async fn fresh_database() -> String {
-    let base = env("STREAMREC_TEST_POSTGRES");
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .expect("postgres reachable");
-    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
-    // `name` is our own UUID hex: safe to interpolate (CREATE DATABASE takes no parameters).
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .expect("create database");
-    let (server, _) = base.rsplit_once('/').expect("url with a database");
-    format!("{server}/{name}")
 }
 
 /// Runs `scripts/services.sh ACTION SERVICE` with the service on its own `port`, so that a test

@@ -27,7 +27,11 @@ impl RateLimiter {
 
     /// Takes one token for `key`, or says how long until one is available.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
-        let now = Instant::now();
+        self.check_at(key, Instant::now())
+    }
+
+    /// [`Self::check`] as of `now` (tests pass the time instead of sleeping).
+    fn check_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock();
         if buckets.len() >= MAX_BUCKETS {
             let (rate, burst) = (self.rate, self.burst);
@@ -54,13 +58,19 @@ mod tests {
     #[test]
     fn the_bucket_refills_at_the_rate() {
         let limiter = RateLimiter::new(10.0, 2).expect("on");
-        assert!(limiter.check("a").is_ok());
-        assert!(limiter.check("a").is_ok());
-        let wait = limiter.check("a").expect_err("burst spent");
+        let start = Instant::now();
+        assert!(limiter.check_at("a", start).is_ok());
+        assert!(limiter.check_at("a", start).is_ok());
+        let wait = limiter.check_at("a", start).expect_err("burst spent");
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
-        assert!(limiter.check("b").is_ok(), "callers are limited separately");
-        std::thread::sleep(Duration::from_millis(120));
-        assert!(limiter.check("a").is_ok());
+        assert!(
+            limiter.check_at("b", start).is_ok(),
+            "callers are limited separately"
+        );
+        let half = start + Duration::from_millis(50);
+        assert!(limiter.check_at("a", half).is_err(), "half a token is none");
+        let later = start + Duration::from_millis(120);
+        assert!(limiter.check_at("a", later).is_ok());
         assert!(RateLimiter::new(0.0, 5).is_none(), "0 turns it off");
     }
 }

@@ -1,4 +1,5 @@
-//! `streamrec eval DIR`: the offline yardstick on MovieLens files.
+//! The offline yardstick on MovieLens files, which `streamrec eval DIR` prints: how popularity,
+//! ALS, transitions and their hybrid rank what users did next.
 //!
 //! Protocol: a rating >= 4 is a positive (weight 1), other ratings are dropped. Per user with n
 //! positives, the last floor(0.2 n) by (timestamp, item id) are test; users with fewer than 5
@@ -9,17 +10,17 @@
 use std::path::Path;
 use std::time::Instant;
 
-use models::als::{self, Factors, TrainParams};
-use models::content::{ContentModel, ContentParams};
-use models::eval::{Metrics, evaluate_with, sequences, temporal_split};
-use models::transitions::{TransitionParams, Transitions, blend};
-use models::{Interactions, als::Cell};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::movielens;
+use super::MovieLensError;
+use crate::als::{self, Cell, Factors, TrainParams};
+use crate::content::{ContentModel, ContentParams};
+use crate::eval::{Metrics, evaluate_with, sequences, temporal_split};
+use crate::transitions::{TransitionParams, Transitions, blend};
+use crate::{Interactions, linalg};
 
 #[derive(Debug, Serialize)]
 pub struct Row {
@@ -105,7 +106,7 @@ fn cold_items(
     let mut tokens: Vec<Vec<String>> = vec![Vec::new(); num_items];
     for item in items {
         if let Some(row) = data.item_index(&item.item_id) {
-            tokens[row as usize] = models::content::tokens(item.into());
+            tokens[row as usize] = crate::content::tokens(item.into());
         }
     }
     let warm: Vec<u32> = {
@@ -150,7 +151,7 @@ fn cold_items(
         candidates(
             content_vectors
                 .iter()
-                .map(|v| v.as_ref().map_or(0.0, |v| models::linalg::dot(x, v)))
+                .map(|v| v.as_ref().map_or(0.0, |v| linalg::dot(x, v)))
                 .collect(),
         )
     };
@@ -192,9 +193,11 @@ fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-pub fn run(dir: &Path, seed: u64, progress: bool) -> anyhow::Result<Report> {
+/// Evaluates the models on the MovieLens files in `dir`, every random choice seeded by `seed`;
+/// `say` hears what it is doing (the run takes a while on the full data set).
+pub fn run(dir: &Path, seed: u64, say: impl Fn(&str)) -> Result<Report, MovieLensError> {
     let started = Instant::now();
-    let (_, dataset) = movielens::load(dir)?;
+    let (_, dataset) = super::load(dir)?;
     let mut ids: Vec<&str> = dataset
         .items
         .iter()
@@ -217,11 +220,6 @@ pub fn run(dir: &Path, seed: u64, progress: bool) -> anyhow::Result<Report> {
     let (train, test) = temporal_split(&cells, 0.2, 5);
     let (fit, validation) = temporal_split(&train, 0.2, 5);
 
-    let say = |what: &str| {
-        if progress {
-            eprintln!("eval: {what} ({:.1}s)", started.elapsed().as_secs_f64());
-        }
-    };
     say("tuning on the validation split");
     let chosen = tune(
         &data,
@@ -343,7 +341,7 @@ impl Fitted {
         let d = self.factors.dim;
         let x = &self.factors.users[user as usize * d..(user as usize + 1) * d];
         (0..self.num_items)
-            .map(|i| models::linalg::dot(x, &self.factors.items[i * d..(i + 1) * d]))
+            .map(|i| linalg::dot(x, &self.factors.items[i * d..(i + 1) * d]))
             .collect()
     }
 

@@ -1,26 +1,47 @@
-//! `streamrec import movielens DIR`: loads MovieLens ratings, movies and users. Both layouts are
-//! understood: GroupLens' `u.data`/`u.item`/`u.user` (Latin-1, `|` and tab separated) and
-//! RecBole's atomic files (`*.inter`/`*.item`/`*.user`, tab separated with typed headers).
+//! MovieLens, the yardstick data set: its files read into items, profiles and ratings, for
+//! `streamrec import movielens DIR` (which stores them in a node) and for [`eval`] (the offline
+//! evaluation `streamrec eval DIR` prints). Both layouts are understood: GroupLens'
+//! `u.data`/`u.item`/`u.user` (Latin-1, `|` and tab separated) and RecBole's atomic files
+//! (`*.inter`/`*.item`/`*.user`, tab separated with typed headers).
 //!
 //! Ratings become `rating` events with deterministic event ids, so importing twice stores each
 //! rating once.
 
+pub mod eval;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use common::{Event, EventKind, Item};
-use serde::Serialize;
-use supervisors::Node;
 
-#[derive(Debug, Serialize, PartialEq)]
-pub struct ImportSummary {
-    pub format: &'static str,
-    pub items: usize,
-    pub users: usize,
-    pub events_accepted: usize,
-    pub events_duplicate: usize,
+/// Why a directory could not be read as MovieLens.
+#[derive(Debug, thiserror::Error)]
+pub enum MovieLensError {
+    #[error("{} has neither u.data nor a *.inter file: not a MovieLens directory", .0.display())]
+    NotMovieLens(PathBuf),
+    #[error("reading {}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: missing column {column}", .path.display())]
+    NoField {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+    },
+    #[error("{}: no `{name}` column", .path.display())]
+    NoColumn { path: PathBuf, name: String },
+    #[error("{}:{line}: bad {what}", .path.display())]
+    Value {
+        path: PathBuf,
+        line: usize,
+        what: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
+
+type Result<T, E = MovieLensError> = std::result::Result<T, E>;
 
 /// Parsed data, independent of the layout it came from.
 #[derive(Debug, Default)]
@@ -53,14 +74,35 @@ const GENRES: [&str; 19] = [
     "Western",
 ];
 
+impl Dataset {
+    /// The ratings as `rating` events, with ids made of user, item and time: a second import
+    /// of the same files is dropped as duplicates.
+    pub fn events(&self) -> Vec<Event> {
+        self.ratings
+            .iter()
+            .map(|(user_id, item_id, rating, ts)| Event {
+                event_id: format!("ml:{user_id}:{item_id}:{ts}"),
+                user_id: user_id.clone(),
+                item_id: item_id.clone(),
+                kind: EventKind::Rating,
+                value: Some(*rating),
+                ts: *ts,
+            })
+            .collect()
+    }
+}
+
 /// MovieLens files are Latin-1: every byte is one character.
-fn read_latin1(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn read_latin1(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|source| MovieLensError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(bytes.into_iter().map(char::from).collect())
 }
 
 /// The non-blank lines of a Latin-1 file with their 0-based line numbers.
-fn lines(path: &Path) -> anyhow::Result<Vec<(usize, String)>> {
+fn lines(path: &Path) -> Result<Vec<(usize, String)>> {
     Ok(read_latin1(path)?
         .lines()
         .enumerate()
@@ -76,39 +118,50 @@ fn find_ext(dir: &Path, ext: &str) -> Option<PathBuf> {
         .find(|p| p.extension().is_some_and(|e| e == ext))
 }
 
-pub fn load(dir: &Path) -> anyhow::Result<(&'static str, Dataset)> {
+/// Reads the MovieLens files in `dir`; returns the layout found (`classic` or `atomic`) and the
+/// data.
+pub fn load(dir: &Path) -> Result<(&'static str, Dataset)> {
     if dir.join("u.data").is_file() {
         return Ok(("classic", load_classic(dir)?));
     }
     if let Some(inter) = find_ext(dir, "inter") {
         return Ok(("atomic", load_atomic(dir, &inter)?));
     }
-    bail!(
-        "{} has neither u.data nor a *.inter file: not a MovieLens directory",
-        dir.display()
-    )
+    Err(MovieLensError::NotMovieLens(dir.to_owned()))
 }
 
-fn field<'a>(fields: &[&'a str], i: usize, path: &Path, line: usize) -> anyhow::Result<&'a str> {
+fn field<'a>(fields: &[&'a str], i: usize, path: &Path, line: usize) -> Result<&'a str> {
     fields
         .get(i)
         .copied()
-        .with_context(|| format!("{}:{}: missing column {}", path.display(), line + 1, i + 1))
+        .ok_or_else(|| MovieLensError::NoField {
+            path: path.to_owned(),
+            line: line + 1,
+            column: i + 1,
+        })
 }
 
-fn load_classic(dir: &Path) -> anyhow::Result<Dataset> {
+/// `text` (field `what` of line `line`, 0-based) parsed as a `T`.
+fn parse<T>(text: &str, what: &'static str, path: &Path, line: usize) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    text.trim().parse().map_err(|e| MovieLensError::Value {
+        path: path.to_owned(),
+        line: line + 1,
+        what,
+        source: Box::new(e),
+    })
+}
+
+fn load_classic(dir: &Path) -> Result<Dataset> {
     let mut data = Dataset::default();
     let path = dir.join("u.data");
     for (n, line) in lines(&path)? {
         let f: Vec<&str> = line.split('\t').collect();
-        let rating = field(&f, 2, &path, n)?
-            .trim()
-            .parse()
-            .with_context(|| format!("{}:{}: bad rating", path.display(), n + 1))?;
-        let ts: i64 = field(&f, 3, &path, n)?
-            .trim()
-            .parse()
-            .with_context(|| format!("{}:{}: bad timestamp", path.display(), n + 1))?;
+        let rating = parse(field(&f, 2, &path, n)?, "rating", &path, n)?;
+        let ts: i64 = parse(field(&f, 3, &path, n)?, "timestamp", &path, n)?;
         data.ratings.push((
             field(&f, 0, &path, n)?.trim().to_owned(),
             field(&f, 1, &path, n)?.trim().to_owned(),
@@ -159,7 +212,15 @@ fn columns(header: &str) -> HashMap<String, usize> {
         .collect()
 }
 
-fn load_atomic(dir: &Path, inter: &Path) -> anyhow::Result<Dataset> {
+/// A header without a column the layout needs.
+fn no_column(path: &Path, name: &str) -> MovieLensError {
+    MovieLensError::NoColumn {
+        path: path.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+fn load_atomic(dir: &Path, inter: &Path) -> Result<Dataset> {
     let mut data = Dataset::default();
     let text = read_latin1(inter)?;
     let mut lines = text.lines().enumerate();
@@ -167,7 +228,7 @@ fn load_atomic(dir: &Path, inter: &Path) -> anyhow::Result<Dataset> {
     let col = |name: &str| {
         cols.get(name)
             .copied()
-            .with_context(|| format!("{}: no `{name}` column", inter.display()))
+            .ok_or_else(|| no_column(inter, name))
     };
     let (u, i, r, t) = (
         col("user_id")?,
@@ -177,14 +238,8 @@ fn load_atomic(dir: &Path, inter: &Path) -> anyhow::Result<Dataset> {
     );
     for (n, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split('\t').collect();
-        let rating: f64 = field(&f, r, inter, n)?
-            .trim()
-            .parse()
-            .with_context(|| format!("{}:{}: bad rating", inter.display(), n + 1))?;
-        let ts: f64 = field(&f, t, inter, n)?
-            .trim()
-            .parse()
-            .with_context(|| format!("{}:{}: bad timestamp", inter.display(), n + 1))?;
+        let rating: f64 = parse(field(&f, r, inter, n)?, "rating", inter, n)?;
+        let ts: f64 = parse(field(&f, t, inter, n)?, "timestamp", inter, n)?;
         data.ratings.push((
             field(&f, u, inter, n)?.to_owned(),
             field(&f, i, inter, n)?.to_owned(),
@@ -199,7 +254,7 @@ fn load_atomic(dir: &Path, inter: &Path) -> anyhow::Result<Dataset> {
         let id = cols
             .get("item_id")
             .copied()
-            .with_context(|| format!("{}: no `item_id` column", path.display()))?;
+            .ok_or_else(|| no_column(&path, "item_id"))?;
         for (n, line) in lines.filter(|(_, l)| !l.trim().is_empty()) {
             let f: Vec<&str> = line.split('\t').collect();
             let get = |name: &str| {
@@ -271,46 +326,6 @@ fn item(
     }
 }
 
-pub async fn import(node: &Node, dir: &Path) -> anyhow::Result<ImportSummary> {
-    let (format, data) = load(dir)?;
-    let err = |e: common::ApiError| anyhow::anyhow!(e.message);
-    for item in &data.items {
-        common::validate_id("item_id", &item.item_id)
-            .map_err(|e| anyhow::anyhow!("item {:?}: {e}", item.item_id))?;
-        node.upsert_item(item.clone()).await.map_err(err)?;
-    }
-    for (user, profile) in &data.users {
-        node.put_profile(user, profile).await.map_err(err)?;
-    }
-    let mut summary = ImportSummary {
-        format,
-        items: data.items.len(),
-        users: data.users.len(),
-        events_accepted: 0,
-        events_duplicate: 0,
-    };
-    let events: Vec<Event> = data
-        .ratings
-        .into_iter()
-        .map(|(user_id, item_id, rating, ts)| Event {
-            event_id: format!("ml:{user_id}:{item_id}:{ts}"),
-            user_id,
-            item_id,
-            kind: EventKind::Rating,
-            value: Some(rating),
-            ts,
-        })
-        .collect();
-    for chunk in events.chunks(5000) {
-        let outcome = node.post_events(chunk.to_vec()).await.map_err(err)?;
-        summary.events_accepted += outcome.accepted;
-        summary.events_duplicate += outcome.duplicates;
-    }
-    node.wait_caught_up(std::time::Duration::from_secs(600))
-        .await;
-    Ok(summary)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +373,11 @@ mod tests {
         let (format, data) = load(&atomic).expect("atomic");
         assert_eq!(format, "atomic");
         assert_eq!(data.ratings, vec![("7".into(), "3".into(), 4.0, 100_000)]);
+        let events = data.events();
+        assert_eq!(
+            (events[0].event_id.as_str(), events[0].kind, events[0].value),
+            ("ml:7:3:100000", EventKind::Rating, Some(4.0))
+        );
         assert_eq!(data.items[0].categories, vec!["Action", "Crime"]);
         assert!(load(dir.path()).is_err());
     }
