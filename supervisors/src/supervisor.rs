@@ -505,8 +505,12 @@ mod tests {
         Error,
         /// Never returns (until killed).
         Hang,
-        /// Takes this long, then answers.
-        Work(Duration, RpcReplyPort<()>),
+        /// Says it started, then answers once the gate opens.
+        Work {
+            started: tokio::sync::oneshot::Sender<()>,
+            gate: tokio::sync::oneshot::Receiver<()>,
+            reply: RpcReplyPort<()>,
+        },
     }
 
     impl Actor for Faulty {
@@ -531,8 +535,13 @@ mod tests {
                 FaultyMsg::Panic => panic!("told to panic"),
                 FaultyMsg::Error => Err("told to fail".into()),
                 FaultyMsg::Hang => std::future::pending().await,
-                FaultyMsg::Work(duration, reply) => {
-                    tokio::time::sleep(duration).await;
+                FaultyMsg::Work {
+                    started,
+                    gate,
+                    reply,
+                } => {
+                    let _ = started.send(());
+                    let _ = gate.await;
                     let _ = reply.send(());
                     Ok(())
                 }
@@ -665,14 +674,16 @@ mod tests {
     async fn a_child_stuck_in_one_message_is_killed_and_counted_apart_from_panics_and_errors() {
         let spawned = Arc::new(AtomicUsize::new(0));
         let current: Current = Arc::default();
-        let limit = Duration::from_millis(300);
+        // Far above the few heartbeats (20ms each) that the work below spans, even on a busy
+        // machine.
+        let limit = Duration::from_secs(1);
         let registry = Arc::default();
         let spec = faulty_spec(spawned.clone(), current.clone(), &registry).stuck_after(limit);
         let args = args(spec, quick_restarts(10), &registry);
         let (sup, _) = Actor::spawn(None, Supervisor, args).await.expect("spawn");
         let state = || registry.state(&sup.get_cell()).expect("registered");
         let child = || current.lock().clone().expect("child");
-        assert_eq!(state()["children"][0]["stuck_after_ms"], 300);
+        assert_eq!(state()["children"][0]["stuck_after_ms"], 1000);
 
         let panicked = child().get_cell();
         child().cast(FaultyMsg::Panic).expect("send");
@@ -704,15 +715,23 @@ mod tests {
                 .expect("stats")
                 .handled
         };
+        let (started, is_started) = tokio::sync::oneshot::channel();
+        let (release, gate) = tokio::sync::oneshot::channel();
+        let worker = child();
+        let work = tokio::spawn(async move {
+            let work = |reply| FaultyMsg::Work {
+                started,
+                gate,
+                reply,
+            };
+            worker.call(work, Some(Duration::from_secs(10))).await
+        });
+        is_started.await.expect("the work started");
         let before = beats();
-        child()
-            .call(
-                |r| FaultyMsg::Work(limit / 2, r),
-                Some(Duration::from_secs(5)),
-            )
-            .await
-            .expect("answered");
-        assert!(beats() > before + 2, "heartbeats ran meanwhile");
+        assert!(wait_until(|| beats() > before + 3, Duration::from_secs(5)).await);
+        release.send(()).expect("still working");
+        let answered = work.await.expect("join").expect("call");
+        assert!(matches!(answered, ractor::rpc::CallResult::Success(())));
         assert_eq!(spawned.load(Ordering::SeqCst), 3);
 
         // A message that never ends is killed once the limit passed, and the child restarted.
@@ -744,7 +763,7 @@ mod tests {
         // An idle child is never taken for a stuck one: wait out more than the limit in
         // heartbeats, and nothing more happened.
         let before = beats();
-        assert!(wait_until(|| beats() > before + 20, Duration::from_secs(5)).await);
+        assert!(wait_until(|| beats() > before + 60, Duration::from_secs(10)).await);
         assert_eq!(spawned.load(Ordering::SeqCst), 4);
         assert_eq!(counts(&state()), [3, 1, 1, 1]);
         sup.stop(None);
