@@ -39,9 +39,22 @@ pub async fn run(url: &str, actor: Option<&str>, token: Option<&str>) -> anyhow:
 /// The tree as indented lines.
 pub fn tree(node: &Value) -> String {
     fn walk(node: &Value, depth: usize, out: &mut String) {
+        let failures: Vec<String> = ["panics", "errors", "kills"]
+            .into_iter()
+            .filter_map(|kind| {
+                let n = node["state"][format!("num_{kind}")].as_u64()?;
+                (n > 0).then(|| format!("{kind}={n}"))
+            })
+            .collect();
         let restarts = node["state"]["num_restarts"]
             .as_u64()
-            .map(|n| format!(" restarts={n}"))
+            .map(|n| {
+                if failures.is_empty() {
+                    format!(" restarts={n}")
+                } else {
+                    format!(" restarts={n} ({})", failures.join(" "))
+                }
+            })
             .unwrap_or_default();
         let mailbox = &node["mailbox"];
         let mailbox = mailbox["depth"]
@@ -104,6 +117,18 @@ mod tests {
         assert_eq!(
             tree(&tree_json),
             "- [root_supervisor] running id=0.1 restarts=2 up=5s\n  push [push_hub] running id=0.2\n  models [model_supervisor] running id=0.3\n    model-0 [model] running id=0.4\n  … 1 more\n"
+        );
+    }
+
+    #[test]
+    fn a_supervisor_shows_the_failures_behind_its_restarts() {
+        let tree_json = serde_json::json!({
+            "name": "models", "kind": "model_supervisor", "status": "running", "id": "0.3",
+            "state": {"num_restarts": 3, "num_panics": 1, "num_errors": 0, "num_kills": 2},
+        });
+        assert_eq!(
+            tree(&tree_json),
+            "models [model_supervisor] running id=0.3 restarts=3 (panics=1 kills=2)\n"
         );
     }
 }

@@ -1,10 +1,11 @@
 //! Restart policy: exponential backoff between restarts of a failing child, and a budget of
 //! restarts per time window past which the supervisor escalates instead of retrying forever.
+//! The node reads it from `[supervision]` in the configuration.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestartPolicy {
     /// Delay before the first restart. Default 50ms.
     pub initial_backoff: Duration,
@@ -23,6 +24,17 @@ impl Default for RestartPolicy {
             max_backoff: Duration::from_secs(10),
             max_restarts: 10,
             window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl From<&common::config::SupervisionConfig> for RestartPolicy {
+    fn from(config: &common::config::SupervisionConfig) -> Self {
+        Self {
+            initial_backoff: config.initial_backoff,
+            max_backoff: config.max_backoff,
+            max_restarts: config.max_restarts,
+            window: config.restart_window,
         }
     }
 }
@@ -107,6 +119,32 @@ mod tests {
             tracker.on_failure(&policy, t0, later),
             Decision::RestartAfter(Duration::from_millis(50))
         );
+    }
+
+    #[test]
+    fn the_policy_is_read_from_configuration_whose_defaults_are_the_policy_defaults() {
+        let mut config = common::config::SupervisionConfig::default();
+        assert_eq!(RestartPolicy::from(&config), RestartPolicy::default());
+        config.initial_backoff = Duration::from_millis(7);
+        config.max_backoff = Duration::from_secs(3);
+        config.max_restarts = 2;
+        config.restart_window = Duration::from_secs(30);
+        let policy = RestartPolicy::from(&config);
+        assert_eq!(
+            policy,
+            RestartPolicy {
+                initial_backoff: Duration::from_millis(7),
+                max_backoff: Duration::from_secs(3),
+                max_restarts: 2,
+                window: Duration::from_secs(30),
+            }
+        );
+        let mut tracker = RestartTracker::default();
+        let t0 = Instant::now();
+        let ms = |d: u64| Decision::RestartAfter(Duration::from_millis(d));
+        assert_eq!(tracker.on_failure(&policy, t0, t0), ms(7));
+        assert_eq!(tracker.on_failure(&policy, t0, t0), ms(14));
+        assert_eq!(tracker.on_failure(&policy, t0, t0), Decision::Escalate);
     }
 
     #[test]

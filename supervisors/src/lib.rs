@@ -1,8 +1,10 @@
 //! Supervision trees and the node that runs them.
 //!
 //! [`Supervisor`] is the one supervisor implementation: it starts children from factories
-//! ([`ChildSpec`]), restarts a failed child after an exponential backoff, counts restarts, and
-//! escalates (fails itself, so that its own parent decides) when a child fails too often.
+//! ([`ChildSpec`]), restarts a failed child after an exponential backoff, kills and restarts a
+//! child stuck in one message past its limit ([`heartbeat`]), counts panics, errors and kills
+//! apart, and escalates (fails itself, so that its own parent decides) when a child fails too
+//! often. Its [`RestartPolicy`] and the limits come from `[supervision]` in the configuration.
 //! [`Node`] builds the stores and the tree:
 //!
 //! ```text
@@ -14,9 +16,10 @@
 //! ```
 
 pub mod backoff;
+pub mod heartbeat;
 pub mod node;
 pub mod supervisor;
 
 pub use backoff::RestartPolicy;
 pub use node::{Node, Subscription};
-pub use supervisor::{ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg};
+pub use supervisor::{ChildSpec, Parent, Supervisor, SupervisorArgs, SupervisorMsg};

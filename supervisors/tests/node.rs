@@ -110,7 +110,9 @@ async fn live_session_cap_evicts_least_recently_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_model_actor_fails_its_request_and_is_restarted() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = Node::start(config(dir.path())).await.expect("node starts");
+    let mut config = config(dir.path());
+    config.supervision.stuck_after.model = Duration::from_secs(7);
+    let node = Node::start(config).await.expect("node starts");
     let pool = node.services().models.clone();
     let worker = pool.workers()[0].clone();
     let old_id = worker.get_id();
@@ -149,6 +151,29 @@ async fn a_panicking_model_actor_fails_its_request_and_is_restarted() {
             .is_some_and(|f| f.contains("injected fault")),
         "{models}"
     );
+    // Counted as a panic, neither an error nor a kill, in the child and in the total.
+    for counts in [&models, &models["children"][0]] {
+        assert_eq!(
+            [
+                &counts["num_panics"],
+                &counts["num_errors"],
+                &counts["num_kills"]
+            ],
+            [1, 0, 0],
+            "{models}"
+        );
+    }
+    // Each child's limit for one message comes from `[supervision.stuck_after]`.
+    assert_eq!(models["children"][0]["stuck_after_ms"], 7000, "{models}");
+    let root = obs(&node, "root_supervisor");
+    let limit = |name: &str| {
+        root["children"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == name))
+            .map(|c| c["stuck_after_ms"].clone())
+    };
+    assert_eq!(limit("sessions"), Some(serde_json::json!(60_000)), "{root}");
+    assert_eq!(limit("models"), Some(serde_json::Value::Null), "{root}");
     // Serving works again.
     node.recommend(
         "anyone",

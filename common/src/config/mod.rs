@@ -20,6 +20,7 @@ mod objects;
 mod pii;
 mod server;
 mod sessions;
+mod supervision;
 mod telemetry;
 mod trending;
 mod values;
@@ -41,6 +42,7 @@ pub use objects::{ObjectsBackend, ObjectsConfig};
 pub use pii::PiiConfig;
 pub use server::{DEFAULT_GRAPHQL_MAX_BATCH, DEFAULT_LISTEN, ServerConfig, TlsConfig, TlsVersion};
 pub use sessions::SessionsConfig;
+pub use supervision::{StuckLimits, SupervisionConfig};
 pub use telemetry::{LogFormat, TelemetryConfig};
 pub use trending::{DEFAULT_MAX_USER_WEIGHT, TrendingConfig};
 pub use values::{InvalidValue, Secret};
@@ -57,6 +59,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub objects: ObjectsConfig,
     pub sessions: SessionsConfig,
+    pub supervision: SupervisionConfig,
     pub model: ModelConfig,
     pub trending: TrendingConfig,
     pub telemetry: TelemetryConfig,
@@ -131,6 +134,7 @@ impl Config {
         self.cache.validate()?;
         self.objects.validate()?;
         self.sessions.validate()?;
+        self.supervision.validate()?;
         self.model.validate()?;
         self.trending.validate()?;
         self.telemetry.validate()?;

@@ -132,24 +132,18 @@ pub(super) async fn spawn(
     kafka: Option<KafkaWrites>,
 ) -> anyhow::Result<Tree> {
     let (trainer, archiver) = (slot(), slot());
+    let limits = &services.config.supervision.stuck_after;
     let users = Arc::new(Users::new(services.clone()));
     let mut children = root_children(services, &users, &trainer, &archiver);
     let s = services.clone();
-    children.push(slotted(
-        "retention",
-        || RetentionActor,
-        move || s.clone(),
-        slot(),
-    ));
+    children.push(
+        slotted("retention", || RetentionActor, move || s.clone(), slot())
+            .stuck_after(limits.retention),
+    );
     if let Some((settings, producer)) = kafka {
-        children.push(kafka_bridge(services, settings, producer));
+        children.push(kafka_bridge(services, settings, producer).stuck_after(limits.kafka));
     }
-    let args = SupervisorArgs {
-        kind: "root_supervisor",
-        children,
-        policy: RestartPolicy::default(),
-        obs: services.obs.clone(),
-    };
+    let args = supervisor_args(services, "root_supervisor", children);
     let (root, handle) = Actor::spawn(None, Supervisor, args)
         .await
         .context("starting the actor tree")?;
@@ -187,10 +181,10 @@ where
     A: Actor,
 {
     let exit_slot = slot.clone();
-    ChildSpec::new(name, move |sup| {
+    ChildSpec::new(name, move |parent| {
         let (args, slot) = (args(), slot.clone());
         async move {
-            let (actor, _) = Actor::spawn_linked(None, actor(), args, sup).await?;
+            let actor = parent.spawn(actor(), args).await?;
             slot.store(Some(Arc::new(actor.clone())));
             Ok(actor.get_cell())
         }
@@ -219,6 +213,7 @@ fn root_children(
     trainer: &Slot<TrainerMsg>,
     archiver: &Slot<ArchiverMsg>,
 ) -> Vec<ChildSpec> {
+    let limits = &services.config.supervision.stuck_after;
     let (s, u) = (services.clone(), users.clone());
     let push = slotted(
         "push",
@@ -228,21 +223,24 @@ fn root_children(
             recommender: u.clone(),
         },
         users.push.clone(),
-    );
+    )
+    .stuck_after(limits.push);
     let s = services.clone();
     let sessions = slotted(
         "sessions",
         || SessionManager,
         move || s.clone(),
         users.sessions.clone(),
-    );
+    )
+    .stuck_after(limits.sessions);
     let s = services.clone();
     let train = slotted(
         "trainer",
         || TrainerActor,
         move || s.clone(),
         trainer.clone(),
-    );
+    )
+    .stuck_after(limits.trainer);
     let s = services.clone();
 
     let model_children: Vec<ChildSpec> = (0..services.config.model.num_workers)
@@ -250,7 +248,7 @@ fn root_children(
             let s = services.clone();
             let pool = services.models.clone();
             let exit_pool = pool.clone();
-            ChildSpec::new(format!("model-{i}"), move |sup| {
+            ChildSpec::new(format!("model-{i}"), move |parent| {
                 let (s, pool) = (s.clone(), pool.clone());
                 async move {
                     let args = ModelArgs {
@@ -262,29 +260,30 @@ fn root_children(
                         intra_threads: s.config.model.intra_threads,
                         obs: s.obs.clone(),
                     };
-                    let (actor, _) = Actor::spawn_linked(None, ModelActor, args, sup).await?;
+                    let actor = parent.spawn(ModelActor, args).await?;
                     pool.set(i, Some(actor.clone()));
                     Ok(actor.get_cell())
                 }
             })
             .on_exit(move || exit_pool.set(i, None))
+            .stuck_after(limits.model)
         })
         .collect();
     let ingest_children: Vec<ChildSpec> = (0..services.log.num_partitions())
         .map(|partition| {
             let (s, slot) = (services.clone(), users.sessions.clone());
-            ChildSpec::new(format!("ingest-{partition}"), move |sup| {
+            ChildSpec::new(format!("ingest-{partition}"), move |parent| {
                 let args = actors::ingest::IngestArgs {
                     partition,
                     services: s.clone(),
                     sessions: slot.clone(),
                 };
                 async move {
-                    let (actor, _) =
-                        Actor::spawn_linked(None, actors::ingest::IngestActor, args, sup).await?;
+                    let actor = parent.spawn(actors::ingest::IngestActor, args).await?;
                     Ok(actor.get_cell())
                 }
             })
+            .stuck_after(limits.ingest)
         })
         .collect();
     vec![
@@ -298,7 +297,8 @@ fn root_children(
             || ArchiverActor,
             move || s.clone(),
             archiver.clone(),
-        ),
+        )
+        .stuck_after(limits.archiver),
     ]
 }
 
@@ -309,38 +309,51 @@ fn kafka_bridge(
     producer: kafka::Producer,
 ) -> ChildSpec {
     let services = services.clone();
-    ChildSpec::new("kafka", move |sup| {
+    ChildSpec::new("kafka", move |parent| {
         let args = actors::kafka_bridge::BridgeArgs {
             services: services.clone(),
             settings: settings.clone(),
             producer: producer.clone(),
         };
         async move {
-            let (actor, _) =
-                Actor::spawn_linked(None, actors::kafka_bridge::KafkaBridge, args, sup).await?;
+            let actor = parent
+                .spawn(actors::kafka_bridge::KafkaBridge, args)
+                .await?;
             Ok(actor.get_cell())
         }
     })
 }
 
-/// A child supervisor over `children`.
+/// A child supervisor over `children`. It has no limit of its own: it handles its messages at
+/// once, and watches its children's.
 fn group(
     services: &Arc<Services>,
     name: &str,
     kind: &'static str,
     children: Vec<ChildSpec>,
 ) -> ChildSpec {
-    let obs = services.obs.clone();
-    ChildSpec::new(name, move |sup| {
-        let args = SupervisorArgs {
-            kind,
-            children: children.clone(),
-            policy: RestartPolicy::default(),
-            obs: obs.clone(),
-        };
+    let services = services.clone();
+    ChildSpec::new(name, move |parent| {
+        let args = supervisor_args(&services, kind, children.clone());
         async move {
-            let (actor, _) = Actor::spawn_linked(None, Supervisor, args, sup).await?;
+            let actor = parent.spawn(Supervisor, args).await?;
             Ok(actor.get_cell())
         }
     })
+}
+
+/// A supervisor over `children` with the configured restart policy and heartbeat.
+fn supervisor_args(
+    services: &Services,
+    kind: &'static str,
+    children: Vec<ChildSpec>,
+) -> SupervisorArgs {
+    let supervision = &services.config.supervision;
+    SupervisorArgs {
+        kind,
+        children,
+        policy: RestartPolicy::from(supervision),
+        heartbeat_interval: supervision.heartbeat_interval,
+        obs: services.obs.clone(),
+    }
 }
