@@ -142,6 +142,7 @@ pub(super) async fn spawn(
         slot(),
     ));
     if let Some((settings, producer)) = kafka {
+        children.push(cluster_status(services, settings.clone()));
         children.push(kafka_bridge(services, settings, producer));
     }
     let args = SupervisorArgs {
@@ -318,6 +319,27 @@ fn kafka_bridge(
         async move {
             let (actor, _) =
                 Actor::spawn_linked(None, actors::kafka_bridge::KafkaBridge, args, sup).await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+/// The actor that publishes this node's ownership on the status topic and reads the others'.
+fn cluster_status(services: &Arc<Services>, settings: Arc<kafka::Settings>) -> ChildSpec {
+    let services = services.clone();
+    ChildSpec::new("cluster", move |sup| {
+        let args = actors::cluster_status::ClusterStatusArgs {
+            services: services.clone(),
+            settings: settings.clone(),
+        };
+        async move {
+            let (actor, _) = Actor::spawn_linked(
+                None,
+                actors::cluster_status::ClusterStatusActor,
+                args,
+                sup,
+            )
+            .await?;
             Ok(actor.get_cell())
         }
     })
