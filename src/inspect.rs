@@ -58,9 +58,9 @@ pub fn cluster(view: &Value) -> String {
         if members.len() == 1 { "" } else { "s" }
     );
     for member in members {
-        let partitions: Vec<u64> = member["partitions"]
-            .as_array()
-            .map_or(Vec::new(), |ps| ps.iter().filter_map(Value::as_u64).collect());
+        let partitions: Vec<u64> = member["partitions"].as_array().map_or(Vec::new(), |ps| {
+            ps.iter().filter_map(Value::as_u64).collect()
+        });
         out.push_str(&format!(
             "  {} {} partitions {}\n",
             str_of(&member["node_id"]),
@@ -102,7 +102,13 @@ fn ranges(sorted: &[u64]) -> String {
     }
     spans
         .iter()
-        .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") })
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -203,7 +203,10 @@ impl ClusterStatusState {
         };
         let config = &self.args.services.config.cluster;
         let cluster = &self.args.services.cluster;
-        let wait = POLL_WAIT.min(self.next_heartbeat.saturating_duration_since(Instant::now()));
+        let wait = POLL_WAIT.min(
+            self.next_heartbeat
+                .saturating_duration_since(Instant::now()),
+        );
         let statuses = tokio::select! {
             statuses = reader.next(wait) => statuses,
             changed = self.changes.changed() => {
@@ -259,7 +262,10 @@ impl ClusterStatusState {
                 .filter(|state| **state == wanted)
                 .count()
         };
-        let (active, restoring) = (count(PartitionState::Active), count(PartitionState::Restoring));
+        let (active, restoring) = (
+            count(PartitionState::Active),
+            count(PartitionState::Restoring),
+        );
         PARTITIONS_OWNED
             .with_label_values(&["active"])
             .set(active as i64);

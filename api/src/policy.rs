@@ -152,9 +152,7 @@ pub fn permits(principal: &Principal, action: &Action<'_>) -> bool {
     use Role::*;
     let own = |user: &str| principal.roles.contains(&User) && principal.sub == user;
     match action {
-        Action::ReadUser(user) => {
-            principal.has_any(&[Service, Operator, Admin, Node]) || own(user)
-        }
+        Action::ReadUser(user) => principal.has_any(&[Service, Operator, Admin, Node]) || own(user),
         Action::WriteAnyEvents => principal.has_any(&[Service, Admin]),
         Action::WriteEvents(users) => {
             permits(principal, &Action::WriteAnyEvents)

@@ -83,10 +83,8 @@ pub async fn upgrade(
             // The connection lives on in its own task: its reads of users owned by another node
             // carry its caller as a request's would.
             let caller = principal.clone();
-            let served = crate::policy::CALLER.scope(
-                caller,
-                serve(node, principal, rate, socket, first, guard),
-            );
+            let served = crate::policy::CALLER
+                .scope(caller, serve(node, principal, rate, socket, first, guard));
             if let Err(error) = served.await {
                 tracing::debug!(%error, "websocket closed with an error");
             }

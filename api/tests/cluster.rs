@@ -70,7 +70,10 @@ async fn call(
         .method(method)
         .uri(uri)
         .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {}", token("root", &["admin"])))
+        .header(
+            "authorization",
+            format!("Bearer {}", token("root", &["admin"])),
+        )
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .expect("request");
     let response = api::router(node.clone())
@@ -139,8 +142,9 @@ async fn every_user_scoped_answer_names_the_node_that_owns_the_user() {
     assert_eq!((status, owner), (StatusCode::OK, None));
 
     // gRPC: the same key, as response metadata.
-    let mut grpc =
-        api::grpc::pb::recommender_client::RecommenderClient::new(api::router(node.clone()).expect("router"));
+    let mut grpc = api::grpc::pb::recommender_client::RecommenderClient::new(
+        api::router(node.clone()).expect("router"),
+    );
     let mut request = tonic::Request::new(api::grpc::pb::RecommendRequest {
         user_id: "carol".into(),
         k: 3,
@@ -231,7 +235,11 @@ async fn the_internal_service_admits_nodes_only_for_what_their_caller_may_do() {
             .recommend(recommend(secret, principal))
             .await
             .expect_err("refused");
-        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{secret:?} {principal:?}");
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "{secret:?} {principal:?}"
+        );
     }
     // A node, for a caller the policy refuses.
     let status = users
@@ -250,7 +258,11 @@ async fn the_internal_service_admits_nodes_only_for_what_their_caller_may_do() {
             ))
             .await
             .expect_err("only an admin erases");
-        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{principal:?}");
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{principal:?}"
+        );
     }
     // A node, for callers the policy allows: the owner serves.
     for principal in [alice, node_principal, admin] {

@@ -161,7 +161,10 @@ mod tests {
         Status {
             node_id: "node-1".into(),
             address: "10.0.0.1:8080".into(),
-            partitions: BTreeMap::from([(0, PartitionState::Active), (3, PartitionState::Restoring)]),
+            partitions: BTreeMap::from([
+                (0, PartitionState::Active),
+                (3, PartitionState::Restoring),
+            ]),
             generation: 7,
             at_ms: 1_700_000_000_000,
             leaving: false,
@@ -196,7 +199,10 @@ mod tests {
             Err(StatusError::Json(_))
         ));
         assert!(matches!(
-            decode(Some(b"node-1"), Some(br#"{"node_id":"node-1","partitions":{"0":"gone"}}"#)),
+            decode(
+                Some(b"node-1"),
+                Some(br#"{"node_id":"node-1","partitions":{"0":"gone"}}"#)
+            ),
             Err(StatusError::Json(_))
         ));
         // A node cannot speak for another.

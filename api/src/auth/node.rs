@@ -42,8 +42,7 @@ impl NodeAuth {
     pub fn new(config: &Config) -> Self {
         Self {
             secret: config.cluster.secret.clone(),
-            mutual_tls: config.server.tls.client_ca.is_some()
-                && config.server.tls.cert.is_some(),
+            mutual_tls: config.server.tls.client_ca.is_some() && config.server.tls.cert.is_some(),
         }
     }
 
@@ -116,8 +115,16 @@ mod tests {
     #[test]
     fn the_secret_must_match_exactly() {
         let auth = auth(Some(SECRET), false);
-        assert!(auth.verify(&headers(Some(SECRET)), &certified(false)).is_ok());
-        for wrong in [None, Some(""), Some("a-cluster-secret-of-lengtH"), Some("a-cluster")] {
+        assert!(
+            auth.verify(&headers(Some(SECRET)), &certified(false))
+                .is_ok()
+        );
+        for wrong in [
+            None,
+            Some(""),
+            Some("a-cluster-secret-of-lengtH"),
+            Some("a-cluster"),
+        ] {
             let error = auth
                 .verify(&headers(wrong), &certified(true))
                 .expect_err("refused");
@@ -129,17 +136,29 @@ mod tests {
     fn mutual_tls_needs_a_verified_client_certificate_and_the_secret_when_both_are_set() {
         let mtls = auth(None, true);
         assert!(mtls.verify(&headers(None), &certified(true)).is_ok());
-        assert!(mtls.verify(&headers(Some(SECRET)), &certified(false)).is_err());
+        assert!(
+            mtls.verify(&headers(Some(SECRET)), &certified(false))
+                .is_err()
+        );
         let both = auth(Some(SECRET), true);
-        assert!(both.verify(&headers(Some(SECRET)), &certified(true)).is_ok());
-        assert!(both.verify(&headers(Some(SECRET)), &certified(false)).is_err());
+        assert!(
+            both.verify(&headers(Some(SECRET)), &certified(true))
+                .is_ok()
+        );
+        assert!(
+            both.verify(&headers(Some(SECRET)), &certified(false))
+                .is_err()
+        );
         assert!(both.verify(&headers(None), &certified(true)).is_err());
     }
 
     #[test]
     fn a_node_without_cluster_credentials_accepts_no_node() {
         let none = auth(None, false);
-        assert!(none.verify(&headers(Some(SECRET)), &certified(true)).is_err());
+        assert!(
+            none.verify(&headers(Some(SECRET)), &certified(true))
+                .is_err()
+        );
     }
 
     #[test]

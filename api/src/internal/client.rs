@@ -110,8 +110,8 @@ impl Client {
         F: FnOnce(UsersClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<JsonReply>, tonic::Status>>,
     {
-        let client = UsersClient::new(self.channel(&to.address)?)
-            .max_decoding_message_size(MAX_REPLY_BYTES);
+        let client =
+            UsersClient::new(self.channel(&to.address)?).max_decoding_message_size(MAX_REPLY_BYTES);
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
         let principal = encode_principal(&caller().unwrap_or_else(|| self.node.clone()));
@@ -138,7 +138,10 @@ impl Client {
 
 fn from_json<T: DeserializeOwned>(to: &Peer, json: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(json).map_err(|e| {
-        ApiError::internal(format!("node {} sent an unreadable answer: {e}", to.node_id))
+        ApiError::internal(format!(
+            "node {} sent an unreadable answer: {e}",
+            to.node_id
+        ))
     })
 }
 

@@ -121,7 +121,11 @@ pub fn api_error(node_id: &str, status: &tonic::Status) -> ApiError {
         .and_then(code_named);
     match named {
         Some(ErrorCode::Unauthenticated) => {
-            tracing::error!(node = node_id, message = status.message(), "a node refused this node's cluster credentials; check cluster.secret and server.tls");
+            tracing::error!(
+                node = node_id,
+                message = status.message(),
+                "a node refused this node's cluster credentials; check cluster.secret and server.tls"
+            );
             ApiError::unavailable(format!(
                 "node {node_id} refused this node's cluster credentials"
             ))

@@ -32,9 +32,12 @@ pub fn service(node: Arc<Node>) -> UsersServer<Server> {
 
 /// Admits a forwarded call: from an authenticated node, for a caller the policy allows.
 fn admit<T>(request: &Request<T>, action: Action<'_>) -> Result<(), Status> {
-    let unauthenticated = |message: &str| status(&ApiError::new(ErrorCode::Unauthenticated, message));
+    let unauthenticated =
+        |message: &str| status(&ApiError::new(ErrorCode::Unauthenticated, message));
     if request.extensions().get::<FromNode>().is_none() {
-        return Err(unauthenticated("this service is for the nodes of the cluster"));
+        return Err(unauthenticated(
+            "this service is for the nodes of the cluster",
+        ));
     }
     let carried = request
         .metadata()
@@ -76,10 +79,7 @@ impl Users for Server {
         reply(recs.as_ref())
     }
 
-    async fn get_user(
-        &self,
-        request: Request<UserRequest>,
-    ) -> Result<Response<JsonReply>, Status> {
+    async fn get_user(&self, request: Request<UserRequest>) -> Result<Response<JsonReply>, Status> {
         admit(&request, Action::ReadUser(&request.get_ref().user_id))?;
         let user_id = request.into_inner().user_id;
         check_id(&user_id)?;

@@ -333,13 +333,9 @@ fn cluster_status(services: &Arc<Services>, settings: Arc<kafka::Settings>) -> C
             settings: settings.clone(),
         };
         async move {
-            let (actor, _) = Actor::spawn_linked(
-                None,
-                actors::cluster_status::ClusterStatusActor,
-                args,
-                sup,
-            )
-            .await?;
+            let (actor, _) =
+                Actor::spawn_linked(None, actors::cluster_status::ClusterStatusActor, args, sup)
+                    .await?;
             Ok(actor.get_cell())
         }
     })
