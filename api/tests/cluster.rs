@@ -289,7 +289,7 @@ async fn the_internal_service_admits_nodes_only_for_what_their_caller_may_do() {
     let status = users
         .get_user(internal(
             UserRequest {
-                user_id: "bad id".into(),
+                user_id: "bad\u{1}id".into(),
             },
             Some(CLUSTER_SECRET),
             admin,
