@@ -373,3 +373,77 @@ async fn the_client_reaches_the_owner_over_the_network_and_maps_its_answers() {
     assert_eq!(error.code, ErrorCode::Unavailable, "{error:?}");
     assert!(error.message.contains("node-z"), "{}", error.message);
 }
+
+/// A CA and a node certificate it signed for `127.0.0.1` (server and client use): the files
+/// `ca.pem`, `node.pem` and `node.key` in `dir`.
+fn node_certificates(dir: &std::path::Path) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut node = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    node.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let node_pem = node.signed_by(&key, &issuer).expect("signed").pem();
+    for (name, text) in [
+        ("ca.pem", ca_pem),
+        ("node.pem", node_pem),
+        ("node.key", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), text).expect("write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_nodes_call_each_other_over_https_with_their_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    node_certificates(dir.path());
+    let mut config = config(&dir);
+    // The certificate is the node's whole proof here: no shared secret.
+    config.cluster.secret = None;
+    config.server.tls.cert = Some(dir.path().join("node.pem"));
+    config.server.tls.key = Some(dir.path().join("node.key"));
+    config.server.tls.client_ca = Some(dir.path().join("ca.pem"));
+    let node = Node::start(config.clone()).await.expect("node");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let peer = Peer {
+        node_id: NODE_ID.into(),
+        address: listener.local_addr().expect("addr").to_string(),
+    };
+    let tls = api::tls::Reloader::new(&config.server.tls).expect("tls");
+    let limits = api::listener::Limits::try_from(&config).expect("limits");
+    let app = api::router(node.clone()).expect("router");
+    tokio::spawn(api::listener::serve(
+        listener,
+        app,
+        Some(tls),
+        limits,
+        std::future::pending(),
+    ));
+
+    let query = RecQuery::new(3, None).expect("query");
+    let recs = api::internal::Client::new(&config)
+        .recommend(&peer, "erin", &query)
+        .await
+        .expect("served over mutual TLS");
+    assert_eq!(recs.user_id, "erin");
+
+    // A node whose certificate the CA did not sign is refused at the handshake: unavailable.
+    let stranger = tempfile::tempdir().expect("tempdir");
+    node_certificates(stranger.path());
+    let mut other = config.clone();
+    other.server.tls.cert = Some(stranger.path().join("node.pem"));
+    other.server.tls.key = Some(stranger.path().join("node.key"));
+    other.server.tls.client_ca = Some(stranger.path().join("ca.pem"));
+    let error = api::internal::Client::new(&other)
+        .recommend(&peer, "erin", &query)
+        .await
+        .expect_err("refused");
+    assert_eq!(error.code, ErrorCode::Unavailable, "{error:?}");
+}
