@@ -1,16 +1,25 @@
-//! `streamrec inspect [ACTOR] [--url URL] [--token JWT]`: the operator's view of a running node
-//! from a shell, over the same admin API the console uses (the token needs the `operator` role).
-//! Without an actor, one line per actor in the supervision tree (name, kind, status, id,
-//! restarts, mailbox, uptime); with one, its snapshot as JSON.
+//! `streamrec inspect [ACTOR | --cluster] [--url URL] [--token JWT]`: the operator's view of a
+//! running node from a shell, over the same admin API the console uses (the token needs the
+//! `operator` role). Without an actor, one line per actor in the supervision tree (name, kind,
+//! status, id, restarts, mailbox, uptime); with one, its snapshot as JSON; with `--cluster`, the
+//! shard map of `GET /v1/admin/cluster`: the members and who owns which partition.
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-pub async fn run(url: &str, actor: Option<&str>, token: Option<&str>) -> anyhow::Result<()> {
+/// What to print.
+pub enum What<'a> {
+    Tree,
+    Actor(&'a str),
+    Cluster,
+}
+
+pub async fn run(url: &str, what: What<'_>, token: Option<&str>) -> anyhow::Result<()> {
     let base = url.trim_end_matches('/');
-    let path = match actor {
-        Some(id) => format!("{base}/v1/admin/actors/{id}"),
-        None => format!("{base}/v1/admin/actors"),
+    let path = match what {
+        What::Actor(id) => format!("{base}/v1/admin/actors/{id}"),
+        What::Tree => format!("{base}/v1/admin/actors"),
+        What::Cluster => format!("{base}/v1/admin/cluster"),
     };
     let mut request = reqwest::Client::new().get(&path);
     if let Some(token) = token {
@@ -28,12 +37,80 @@ pub async fn run(url: &str, actor: Option<&str>, token: Option<&str>) -> anyhow:
             body["error"]["message"].as_str().unwrap_or("error")
         );
     }
-    if actor.is_some() {
-        println!("{}", serde_json::to_string_pretty(&body)?);
-    } else {
-        print!("{}", tree(&body));
+    match what {
+        What::Actor(_) => println!("{}", serde_json::to_string_pretty(&body)?),
+        What::Tree => print!("{}", tree(&body)),
+        What::Cluster => print!("{}", cluster(&body)),
     }
     Ok(())
+}
+
+/// The shard map: a line per member, then runs of consecutive partitions that share an owner
+/// and a state.
+pub fn cluster(view: &Value) -> String {
+    let str_of = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let members = view["members"].as_array().map_or(&[][..], Vec::as_slice);
+    let mut out = format!(
+        "node {} (generation {}), {} member{}\n",
+        str_of(&view["node_id"]),
+        view["generation"].as_u64().unwrap_or(0),
+        members.len(),
+        if members.len() == 1 { "" } else { "s" }
+    );
+    for member in members {
+        let partitions: Vec<u64> = member["partitions"].as_array().map_or(Vec::new(), |ps| {
+            ps.iter().filter_map(Value::as_u64).collect()
+        });
+        out.push_str(&format!(
+            "  {} {} partitions {}\n",
+            str_of(&member["node_id"]),
+            str_of(&member["address"]),
+            ranges(&partitions)
+        ));
+    }
+    out.push_str("partitions:\n");
+    // (first, last, owner, state) of each run.
+    let mut runs: Vec<(u64, u64, String, String)> = Vec::new();
+    for p in view["partitions"].as_array().map_or(&[][..], Vec::as_slice) {
+        let (n, owner, state) = (
+            p["partition"].as_u64().unwrap_or(0),
+            str_of(&p["owner"]),
+            str_of(&p["state"]),
+        );
+        match runs.last_mut() {
+            Some(run) if run.1 + 1 == n && run.2 == owner && run.3 == state => run.1 = n,
+            _ => runs.push((n, n, owner, state)),
+        }
+    }
+    for (first, last, owner, state) in runs {
+        out.push_str(&format!("  {} {owner} {state}\n", ranges(&[first, last])));
+    }
+    out
+}
+
+/// `0-3,6,8-9` for sorted partition numbers; `-` for none.
+fn ranges(sorted: &[u64]) -> String {
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for &n in sorted {
+        match spans.last_mut() {
+            Some(span) if span.1 + 1 == n || span.1 == n => span.1 = n,
+            _ => spans.push((n, n)),
+        }
+    }
+    if spans.is_empty() {
+        return "-".into();
+    }
+    spans
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The tree as indented lines.
@@ -102,6 +179,30 @@ pub fn tree(node: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prints_members_and_runs_of_partitions() {
+        let view = serde_json::json!({
+            "node_id": "n1", "generation": 4,
+            "members": [
+                {"node_id": "n1", "address": "10.0.0.1:8080", "partitions": [0, 1, 2, 5]},
+                {"node_id": "n2", "address": "10.0.0.2:8080", "partitions": [3]},
+            ],
+            "partitions": [
+                {"partition": 0, "owner": "n1", "state": "active"},
+                {"partition": 1, "owner": "n1", "state": "active"},
+                {"partition": 2, "owner": "n1", "state": "restoring"},
+                {"partition": 3, "owner": "n2", "state": "active"},
+                {"partition": 4, "owner": null, "state": "moving"},
+                {"partition": 5, "owner": "n1", "state": "active"},
+            ]
+        });
+        assert_eq!(
+            cluster(&view),
+            "node n1 (generation 4), 2 members\n  n1 10.0.0.1:8080 partitions 0-2,5\n  n2 10.0.0.2:8080 partitions 3\npartitions:\n  0-1 n1 active\n  2 n1 restoring\n  3 n2 active\n  4 - moving\n  5 n1 active\n"
+        );
+        assert_eq!(ranges(&[]), "-");
+    }
 
     #[test]
     fn prints_one_indented_line_per_actor() {

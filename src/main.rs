@@ -66,10 +66,15 @@ enum Command {
         #[command(flatten)]
         node: NodeOpts,
     },
-    /// Print a running node's supervision tree, or one actor's state as JSON.
+    /// Print a running node's supervision tree, one actor's state as JSON, or the cluster's
+    /// shard map (--cluster).
     Inspect {
         /// The actor id (as the tree prints it); the whole tree when omitted.
         actor: Option<String>,
+        /// Print the cluster instead: members, their addresses, and each partition's owner
+        /// and state, as this node sees them.
+        #[arg(long, conflicts_with = "actor")]
+        cluster: bool,
         /// Base URL of the node.
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "STREAMREC_URL")]
         url: String,
@@ -155,8 +160,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
-        Command::Inspect { actor, url, token } => {
-            inspect::run(&url, actor.as_deref(), token.as_deref()).await
+        Command::Inspect {
+            actor,
+            cluster,
+            url,
+            token,
+        } => {
+            let what = match (&actor, cluster) {
+                (_, true) => inspect::What::Cluster,
+                (Some(id), false) => inspect::What::Actor(id),
+                (None, false) => inspect::What::Tree,
+            };
+            inspect::run(&url, what, token.as_deref()).await
         }
         Command::Eval { dir, json, seed } => {
             let started = std::time::Instant::now();

@@ -284,6 +284,11 @@ async fn reflection_lists_and_describes_the_service() {
     };
     let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"streamrec.v1.Recommender"), "{names:?}");
+    // The node-to-node service is not for clients, and reflection does not list it.
+    assert!(
+        names.iter().all(|name| !name.contains("internal")),
+        "{names:?}"
+    );
     let Some(MessageResponse::FileDescriptorResponse(files)) = &responses[1].message_response
     else {
         panic!("no descriptor: {:?}", responses[1]);

@@ -559,3 +559,128 @@ impl Drop for PrivateBroker {
         service("down", "kafka", self.0);
     }
 }
+
+/// Reads `<prefix>cluster-status` from the beginning until `done` holds for what arrived so far
+/// (or 20 s passed): the records as (key, JSON value).
+fn read_statuses(
+    topics: &Topics,
+    done: impl Fn(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &topics.brokers)
+        .set("group.id", format!("{}-status-reader", topics.group))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(&topics.name("cluster-status"), 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&list).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while !done(&out) && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            let value = serde_json::from_slice(m.payload().unwrap_or_default()).expect("json");
+            out.push((key, value));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_meet_on_the_status_topic_and_a_leaving_node_says_so() {
+    let (_guard, dir) = workdir();
+    let topics = Topics::new(&test_env("STREAMREC_TEST_KAFKA"));
+    let mut settings = topics.settings();
+    settings.extend([
+        ("STREAMREC__CLUSTER__NODE_ID", "node-s".to_owned()),
+        ("STREAMREC__CLUSTER__STATUS_INTERVAL", "300ms".to_owned()),
+        ("STREAMREC__CLUSTER__MEMBER_TIMEOUT", "3s".to_owned()),
+    ]);
+    let server = Server::start_with(&dir, &dir.join("data"), &settings).await;
+
+    // The node heartbeats its status, keyed by its id, with its advertised address.
+    let heartbeats = read_statuses(&topics, |seen| seen.len() >= 3);
+    assert!(heartbeats.len() >= 3, "{heartbeats:?}");
+    for (key, status) in &heartbeats {
+        assert_eq!(key, "node-s");
+        assert_eq!(status["node_id"], "node-s");
+        assert_eq!(status["address"], server.addr.to_string());
+        assert_eq!(status["leaving"], false);
+    }
+
+    // Another member's status (as a second node would publish it) joins the map, with the
+    // partitions it claims; silent, it is dropped after `cluster.member_timeout`.
+    let peer = json!({
+        "node_id": "node-t", "address": "127.0.0.1:1", "partitions": {"3": "active"},
+        "generation": 1, "at_ms": now_ms(), "leaving": false,
+    });
+    let producer = topics.producer();
+    topics
+        .produce(
+            &producer,
+            "cluster-status",
+            "node-t",
+            peer.to_string().as_bytes(),
+        )
+        .await;
+    let view = eventually(&server, "/v1/admin/cluster", |_, view| {
+        view["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["node_id"] == "node-t"))
+    })
+    .await;
+    assert_eq!(view["node_id"], "node-s");
+    let peer_member = view["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["node_id"] == "node-t"))
+        .cloned();
+    assert_eq!(
+        peer_member,
+        Some(json!({"node_id": "node-t", "address": "127.0.0.1:1", "partitions": [3]}))
+    );
+    // The members gauge counts both.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = server
+            .http
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        if metrics.lines().any(|l| l == "streamrec_cluster_members 2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never two members: {metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(&server, "/v1/admin/cluster", |_, view| {
+        view["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| m["node_id"] != "node-t"))
+    })
+    .await;
+
+    // Stopping, the node says it is leaving, so the others need not wait for it to go silent.
+    assert!(server.terminate(Duration::from_secs(30)), "clean exit");
+    let all = read_statuses(&topics, |seen| {
+        seen.iter()
+            .any(|(key, s)| key == "node-s" && s["leaving"] == true)
+    });
+    assert!(
+        all.iter()
+            .any(|(key, s)| key == "node-s" && s["leaving"] == true),
+        "{all:?}"
+    );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

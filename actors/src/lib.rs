@@ -16,9 +16,12 @@
 //! - [`archiver::ArchiverActor`]: copies the event log to the object store, hourly.
 //! - [`retention::RetentionActor`]: deletes log segments and tombstones nothing needs any more.
 //! - [`kafka_bridge::KafkaBridge`]: with Kafka configured, feeds the log from the consumer group.
+//! - [`cluster_status::ClusterStatusActor`]: with Kafka configured, publishes this node's
+//!   ownership on the status topic and reads the other members' into the shard map.
 
 pub mod archiver;
 pub mod changes;
+pub mod cluster_status;
 pub mod ingest;
 pub mod kafka_bridge;
 pub mod mailbox;

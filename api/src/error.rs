@@ -4,7 +4,9 @@
 //! GraphQL-shaped 400 or a graphql-transport-ws `error` message for GraphQL. Every module that
 //! refuses a request renders through here, so this module depends on no other module of the
 //! gateway. It renders a stable code and a safe message; internal causes are logged where they
-//! happen and never sent.
+//! happen and never sent. Every 503 over HTTP says when to come back (`Retry-After`): the node
+//! is restarting an actor, or the user's partition is moving between nodes, and a retry soon is
+//! likely to succeed.
 
 use std::time::Duration;
 
@@ -72,8 +74,22 @@ impl IntoResponse for AppError {
                 index: self.index,
             },
         };
-        (status, Json(body)).into_response()
+        retry_soon((status, Json(body)).into_response())
     }
+}
+
+/// How long a client should wait before retrying an `unavailable` request: about what a
+/// restarting actor or one step of a partition hand-off takes.
+const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Adds `Retry-After` to a 503 that has none.
+fn retry_soon(response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        return with_retry_after(response, UNAVAILABLE_RETRY_AFTER);
+    }
+    response
 }
 
 pub async fn not_found() -> AppError {
@@ -166,7 +182,7 @@ pub async fn json_errors(
         message = status.canonical_reason().unwrap_or("error").to_lowercase();
     }
     let body = json!({ "error": { "code": code_for(status), "message": message } });
-    (status, Json(body)).into_response()
+    retry_soon((status, Json(body)).into_response())
 }
 
 /// Metadata key carrying the stable error code of a failed gRPC call.
@@ -254,4 +270,58 @@ pub fn unauthenticated(message: &str) -> Response {
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[tokio::test]
+    async fn every_unavailable_answer_says_when_to_retry_in_the_one_error_shape() {
+        let response =
+            AppError::from(ApiError::unavailable("user u's partition is moving")).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            body(response).await,
+            json!({"error": {"code": "unavailable", "message": "user u's partition is moving"}})
+        );
+        // A hint of the caller's own replaces the default.
+        let hinted = with_retry_after(
+            AppError::from(ApiError::unavailable("later")).into_response(),
+            Duration::from_secs(7),
+        );
+        assert_eq!(hinted.headers()[header::RETRY_AFTER], "7");
+        // Other refusals do not invite a retry.
+        let missing = AppError::from(ApiError::not_found("no such user")).into_response();
+        assert!(!missing.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[tokio::test]
+    async fn a_bare_503_from_another_layer_gets_the_shape_and_retry_after() {
+        let app = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "busy") }),
+            )
+            .layer(axum::middleware::from_fn(json_errors));
+        let response = tower::ServiceExt::oneshot(
+            app,
+            axum::http::Request::get("/")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(body(response).await["error"]["code"], "unavailable");
+    }
 }

@@ -228,17 +228,19 @@ where
     )
 }
 
-/// The gRPC routes of a node: the recommender and server reflection.
+/// The gRPC routes of a node: the recommender, server reflection (of the public API only), and
+/// the internal node-to-node service.
 pub fn routes(node: Arc<Node>) -> Router<Arc<Node>> {
     let max = node.config.server.max_body_bytes;
-    let recommender = RecommenderServer::new(Service { node })
+    let recommender = RecommenderServer::new(Service { node: node.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max.max(4 << 20));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
     };
-    let mut router = route(Router::new(), recommender);
+    let internal = crate::internal::service(node.clone());
+    let mut router = route(route(Router::new(), recommender), internal);
     match reflection().build_v1() {
         Ok(service) => router = route(router, service),
         Err(error) => tracing::error!(%error, "gRPC reflection v1 unavailable"),

@@ -12,9 +12,11 @@ mod console;
 mod error;
 pub mod graphql;
 pub mod grpc;
+pub mod internal;
 pub mod listener;
 mod metrics;
 pub mod openapi;
+mod owner;
 mod policy;
 mod readiness;
 mod rest;
@@ -31,11 +33,15 @@ use axum::routing::{get, post, put};
 use supervisors::Node;
 
 pub use error::AppError;
+pub use owner::OWNER_HEADER;
 
-/// All routes of a node.
+/// All routes of a node, and how this node reaches the others (the internal service's client,
+/// installed in `Users` once).
 ///
 /// Fails when the authentication settings cannot work (auth on without any key).
 pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
+    node.users()
+        .set_remote(Arc::new(internal::Client::new(&node.config)));
     let max_body = node.config.server.max_body_bytes;
     let gate = Arc::new(auth::Gate::new(&node.config)?);
     let readiness = Arc::new(readiness::Probes::new(node.config.server.readyz_cache_ttl));
@@ -73,6 +79,7 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         .route("/v1/admin/actors", get(rest::actors))
         .route("/v1/admin/actors/{id}", get(rest::actor))
         .route("/v1/admin/actors/{id}/{action}", post(rest::act_on_actor))
+        .route("/v1/admin/cluster", get(rest::cluster))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))
@@ -84,6 +91,7 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
             (node.clone(), gate.clone()),
             auth::gate,
         ))
+        .layer(axum::middleware::from_fn(owner::record))
         .layer(axum::middleware::from_fn_with_state(
             node.config.server.request_timeout,
             error::timeout,

@@ -20,7 +20,8 @@
 //!   HTTP/2 connections are also pinged and closed when the peer stops answering.
 //!
 //! Every request carries the peer address as `ConnectInfo<SocketAddr>` (for rate-limit keys) and
-//! its connection's [`ConnectionSlot`].
+//! its connection's [`ConnectionSlot`]; over TLS with `server.tls.client_ca`, also
+//! [`ClientCertified`] (mutual TLS: how nodes authenticate each other).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -80,6 +81,11 @@ impl TryFrom<&Config> for Limits {
 /// holding a clone of it are gone.
 #[derive(Clone)]
 pub struct ConnectionSlot(#[allow(dead_code)] Arc<(OwnedSemaphorePermit, Option<PeerPlace>)>);
+
+/// On a request whose connection presented a client certificate that `server.tls.client_ca`
+/// verified during the handshake (the TLS config refuses any other).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientCertified;
 
 /// Open connections per client network.
 #[derive(Default)]
@@ -174,10 +180,11 @@ pub async fn serve(
                 }
             }
         };
-        let connection = Connection {
+        let mut connection = Connection {
             app: app.clone(),
             builder: builder.clone(),
             peer,
+            certified: false,
             slot: ConnectionSlot(Arc::new((slot, place))),
             deadline: tokio::time::Instant::now() + limits.header_read_timeout,
             idle_timeout: limits.header_read_timeout,
@@ -192,7 +199,14 @@ pub async fn serve(
                 tokio::spawn(async move {
                     let handshake = acceptor.accept(stream);
                     match tokio::time::timeout_at(connection.deadline, handshake).await {
-                        Ok(Ok(stream)) => connection.serve(stream).await,
+                        Ok(Ok(stream)) => {
+                            connection.certified = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .is_some_and(|chain| !chain.is_empty());
+                            connection.serve(stream).await
+                        }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -210,6 +224,8 @@ struct Connection {
     app: Router,
     builder: auto::Builder<TokioExecutor>,
     peer: SocketAddr,
+    /// The peer presented a verified client certificate.
+    certified: bool,
     slot: ConnectionSlot,
     /// When the first request must have arrived.
     deadline: tokio::time::Instant,
@@ -228,6 +244,7 @@ impl Connection {
             app,
             builder,
             peer,
+            certified,
             slot,
             deadline,
             idle_timeout,
@@ -243,6 +260,9 @@ impl Connection {
                 let guard = InFlight::new(in_flight.clone());
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request.extensions_mut().insert(slot.clone());
+                if certified {
+                    request.extensions_mut().insert(ClientCertified);
+                }
                 let app = app.clone();
                 async move {
                     let response = app.oneshot(request.map(Body::new)).await?;

@@ -47,6 +47,7 @@ use crate::rest;
         rest::actors,
         rest::actor,
         rest::act_on_actor,
+        rest::cluster,
         rest::healthz,
         rest::readyz,
         rest::metrics,
@@ -56,7 +57,7 @@ use crate::rest;
         (name = "recommendations", description = "What to show them"),
         (name = "catalog", description = "The items"),
         (name = "users", description = "Live sessions, erasure"),
-        (name = "admin", description = "Models and the actor system"),
+        (name = "admin", description = "Models, the actor system and the cluster"),
         (name = "health", description = "Probes and metrics"),
     )
 )]

@@ -2,6 +2,11 @@
 //! WebSocket, gRPC) names the [`Action`] a request performs and asks [`authorize`], which
 //! decides from the caller's roles alone, writes the audit line, and returns the error every
 //! interface renders the same way (403 / `PERMISSION_DENIED`, code `permission_denied`).
+//!
+//! In a cluster a request may be served by the node that owns its user: the entry node carries
+//! the caller's principal along (the gate keeps it in [`CALLER`] for the request's duration), and
+//! the owner asks this same table again. Work a node does on its own (the push hub recomputing a
+//! subscriber's list) is carried as [`Principal::node`], which no token can claim.
 
 use common::{ApiError, ErrorCode};
 
@@ -18,6 +23,10 @@ pub enum Role {
     Operator,
     /// Everything, including GDPR erase and export.
     Admin,
+    /// Another node of the cluster, for work of its own (the push hub's recomputes). Never
+    /// read from a token: only the internal service grants it, to a caller that authenticated
+    /// as a node.
+    Node,
 }
 
 impl Role {
@@ -28,6 +37,7 @@ impl Role {
             "catalog-admin" => Role::CatalogAdmin,
             "operator" => Role::Operator,
             "admin" => Role::Admin,
+            // `node` is deliberately absent: a token cannot make its bearer a node.
             _ => return None,
         })
     }
@@ -39,6 +49,7 @@ impl Role {
             Role::CatalogAdmin => "catalog-admin",
             Role::Operator => "operator",
             Role::Admin => "admin",
+            Role::Node => "node",
         }
     }
 }
@@ -68,6 +79,14 @@ impl Principal {
         }
     }
 
+    /// A node acting on its own behalf (see [`Role::Node`]).
+    pub fn node(node_id: &str) -> Self {
+        Self {
+            sub: format!("node:{node_id}"),
+            roles: vec![Role::Node],
+        }
+    }
+
     fn has_any(&self, roles: &[Role]) -> bool {
         self.roles.iter().any(|r| roles.contains(r))
     }
@@ -90,6 +109,8 @@ pub enum Action<'a> {
     WriteCatalog,
     /// The console, the actor tree, model versions.
     AdminRead,
+    /// The cluster's shard map (`GET /v1/admin/cluster`): members, addresses, partitions.
+    ReadCluster,
     /// Actor stop/restart/passivate, training, activation and rollback.
     AdminWrite,
     /// GDPR erasure of a user.
@@ -109,6 +130,7 @@ impl Action<'_> {
             Action::ReadCatalog => "read_catalog",
             Action::WriteCatalog => "write_catalog",
             Action::AdminRead => "admin_read",
+            Action::ReadCluster => "read_cluster",
             Action::AdminWrite => "admin_write",
             Action::EraseUser(_) => "erase_user",
             Action::ExportUser(_) => "export_user",
@@ -130,7 +152,7 @@ pub fn permits(principal: &Principal, action: &Action<'_>) -> bool {
     use Role::*;
     let own = |user: &str| principal.roles.contains(&User) && principal.sub == user;
     match action {
-        Action::ReadUser(user) => principal.has_any(&[Service, Operator, Admin]) || own(user),
+        Action::ReadUser(user) => principal.has_any(&[Service, Operator, Admin, Node]) || own(user),
         Action::WriteAnyEvents => principal.has_any(&[Service, Admin]),
         Action::WriteEvents(users) => {
             permits(principal, &Action::WriteAnyEvents)
@@ -139,7 +161,7 @@ pub fn permits(principal: &Principal, action: &Action<'_>) -> bool {
         Action::WriteProfile(user) => principal.has_any(&[Service, Admin]) || own(user),
         Action::ReadCatalog => principal.has_any(&[User, Service, CatalogAdmin, Operator, Admin]),
         Action::WriteCatalog => principal.has_any(&[CatalogAdmin, Admin]),
-        Action::AdminRead | Action::AdminWrite | Action::Metrics => {
+        Action::AdminRead | Action::ReadCluster | Action::AdminWrite | Action::Metrics => {
             principal.has_any(&[Operator, Admin])
         }
         Action::EraseUser(_) | Action::ExportUser(_) => principal.has_any(&[Admin]),
@@ -173,6 +195,17 @@ pub fn authorize(
             format!("the caller's roles do not allow {}", action.name()),
         ))
     }
+}
+
+tokio::task_local! {
+    /// The principal of the request being served, set by the gate once it admitted the
+    /// request, so that a request forwarded to another node carries its caller along.
+    pub static CALLER: Principal;
+}
+
+/// The principal of the request being served, if a gate admitted one on this task.
+pub fn caller() -> Option<Principal> {
+    CALLER.try_with(Principal::clone).ok()
 }
 
 /// Audits a request refused before it had a principal (no, bad or expired token).
@@ -244,5 +277,28 @@ mod tests {
         assert!(permits(&admin, &Action::ExportUser("a")));
         let nobody = who("x", &[]);
         assert!(!permits(&nobody, &Action::ReadCatalog));
+        assert!(permits(&operator, &Action::ReadCluster));
+        assert!(permits(&admin, &Action::ReadCluster));
+        assert!(!permits(&service, &Action::ReadCluster));
+    }
+
+    #[test]
+    fn a_node_reads_users_for_its_push_hub_and_nothing_more() {
+        let node = Principal::node("node-1");
+        assert!(permits(&node, &Action::ReadUser("anyone")));
+        for action in [
+            Action::EraseUser("a"),
+            Action::ExportUser("a"),
+            Action::WriteAnyEvents,
+            Action::WriteCatalog,
+            Action::AdminRead,
+            Action::ReadCluster,
+            Action::ReadCatalog,
+        ] {
+            assert!(!permits(&node, &action), "{action:?}");
+        }
+        // No token can claim it.
+        assert_eq!(Role::parse("node"), None);
+        assert_eq!(Role::Node.as_str(), "node");
     }
 }

@@ -356,6 +356,16 @@ pub async fn act_on_actor(
     .into_response())
 }
 
+/// The cluster as this node sees it: members (node id, advertised address, partitions owned)
+/// and every partition of the user topics with its owner and state (`active`, `restoring`, or
+/// `moving` while no member serves it). Settled, every node shows the same map. A single
+/// embedded node owns every partition.
+#[utoipa::path(get, path = "/v1/admin/cluster", tag = "admin",
+    responses((status = 200, description = "The shard map: node_id, generation, members (node_id, address, partitions) and partitions (partition, owner, state)", body = serde_json::Value)))]
+pub async fn cluster(State(node): State<Arc<Node>>) -> Response {
+    Json(node.cluster()).into_response()
+}
+
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, description = "Alive", body = Status)))]

@@ -70,6 +70,41 @@ pub fn server_config(tls: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> 
     Ok(config)
 }
 
+/// The rustls client configuration a node uses to call another node over TLS: it presents its
+/// own certificate (which `server.tls.client_ca` must have signed when mutual TLS is on) and
+/// trusts the client CA and the certificates of its own chain, i.e. nodes that share its
+/// certificate or its issuer. HTTP/2 only, as gRPC needs.
+pub fn client_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, TlsError> {
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        return Err(TlsError::Missing);
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| read_err(cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_err(cert, e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| read_err(key, e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &tls.client_ca {
+        for c in CertificateDer::pem_file_iter(ca).map_err(|e| read_err(ca, e))? {
+            roots
+                .add(c.map_err(|e| read_err(ca, e))?)
+                .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+        }
+    }
+    for c in &chain {
+        roots
+            .add(c.clone())
+            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
 /// The acceptor in use, swapped when the certificate files change.
 pub struct Reloader {
     settings: TlsConfig,

@@ -80,7 +80,12 @@ pub async fn upgrade(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| async move {
-            if let Err(error) = serve(node, principal, rate, socket, first, guard).await {
+            // The connection lives on in its own task: its reads of users owned by another node
+            // carry its caller as a request's would.
+            let caller = principal.clone();
+            let served = crate::policy::CALLER
+                .scope(caller, serve(node, principal, rate, socket, first, guard));
+            if let Err(error) = served.await {
                 tracing::debug!(%error, "websocket closed with an error");
             }
         }))

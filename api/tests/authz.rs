@@ -219,6 +219,7 @@ async fn rest_endpoints_by_role() {
         (Method::GET, "/v1/admin/models", Value::Null, &operators),
         (Method::GET, "/v1/admin/train", Value::Null, &operators),
         (Method::GET, "/v1/admin/actors", Value::Null, &operators),
+        (Method::GET, "/v1/admin/cluster", Value::Null, &operators),
         (
             Method::GET,
             "/v1/admin/actors/nope",

@@ -33,11 +33,17 @@ pub async fn ensure_topics(settings: &Settings, timeout: Duration) -> Result<Vec
     let new: Vec<NewTopic> = names
         .iter()
         .map(|name| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 name,
-                settings.partitions,
+                settings.partitions_of(name),
                 TopicReplication::Fixed(settings.replication),
-            )
+            );
+            // Only each node's latest status matters: a compacting broker keeps just that.
+            if *name == settings.status_topic() {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(timeout));

@@ -8,6 +8,7 @@
 //! - [`decode`]: one message to an event, a catalog change, or the reason it goes to
 //!   `<topic>.dlq`.
 //! - [`ensure_topics`]: creates missing topics (brokers may have auto-creation off).
+//! - [`status`]: the cluster's status topic, each node's ownership and address, read by all.
 //!
 //! Nothing here knows about actors or sessions: the bridge actor composes these parts.
 
@@ -15,6 +16,7 @@ mod admin;
 mod consumer;
 mod decode;
 mod producer;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -110,12 +112,29 @@ impl Settings {
         Topic::ALL.into_iter().find(|t| t.base_name() == base)
     }
 
-    /// Every topic streamrec creates if absent: the three sources and their dead-letter topics.
+    /// The cluster's status topic (see [`status`]).
+    pub fn status_topic(&self) -> String {
+        format!("{}{}", self.prefix, status::STATUS_TOPIC)
+    }
+
+    /// Every topic streamrec creates if absent: the three sources, their dead-letter topics,
+    /// and the status topic.
     pub fn all_topics(&self) -> Vec<String> {
         Topic::ALL
             .into_iter()
             .flat_map(|t| [self.topic(t), self.dlq(t)])
+            .chain([self.status_topic()])
             .collect()
+    }
+
+    /// How many partitions topic `name` is created with: the status topic has one, so that
+    /// every node reads all statuses in order; the others `events.num_partitions`.
+    pub fn partitions_of(&self, name: &str) -> i32 {
+        if name == self.status_topic() {
+            1
+        } else {
+            self.partitions
+        }
     }
 
     /// The client properties shared by every client: brokers, then the user's own options.
@@ -158,7 +177,13 @@ mod tests {
         );
         assert_eq!(prefixed.topic_of("product-updates"), None);
         assert_eq!(prefixed.topic_of("t1.user-events.dlq"), None);
-        assert_eq!(prefixed.all_topics().len(), 6);
+        assert_eq!(prefixed.all_topics().len(), 7);
+        assert_eq!(prefixed.status_topic(), "t1.cluster-status");
+        assert_eq!(prefixed.partitions_of("t1.cluster-status"), 1);
+        assert_eq!(
+            prefixed.partitions_of("t1.user-events"),
+            config.num_partitions as i32
+        );
         config.url = EventsBackend::Embedded;
         assert!(Settings::from_config(&config).is_none());
     }

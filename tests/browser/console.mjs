@@ -1,5 +1,5 @@
 // Drives the operator console in headless Chromium: the tree loads live with each actor's mailbox
-// figures, an actor restarted from the page shows its restart count rise, and a user looked up
+// figures, the shard map shows this node serving every partition, an actor restarted from the page shows its restart count rise, and a user looked up
 // after an event shows its state and recommendations. Usage: node console.mjs BASE_URL
 // (playwright-core on NODE_PATH, CHROMIUM pointing at the browser, STREAMREC_TOKEN an admin's
 // bearer token). Exits non-zero on the first failed expectation.
@@ -22,6 +22,12 @@ try {
   await page.click("#token-form button");
   await page.locator("#status", { hasText: "live" }).waitFor({ timeout: 15000 });
   await page.locator("#ingest", { hasText: "events/s" }).waitFor({ timeout: 5000 });
+  // The shard map: this node is the one member, and it serves every partition.
+  await page.locator("#members", { hasText: "(this node)" }).waitFor({ timeout: 5000 });
+  const shards = await page.locator("#shards tr.shard").allTextContents();
+  if (shards.length === 0 || !shards.every((row) => row.includes("active"))) {
+    throw new Error(`expected every partition active here: ${JSON.stringify(shards)}`);
+  }
 
   const worker = page.locator('.actor[data-name="model-0"]');
   await worker.waitFor({ timeout: 15000 });
@@ -51,7 +57,7 @@ try {
   }
   const session = await page.textContent("#session");
   if (!session.includes('"recommendations"')) throw new Error(`no recommendations shown: ${session}`);
-  console.log("console: tree live, restart counted, session shown");
+  console.log("console: tree live, shard map shown, restart counted, session shown");
 } finally {
   await browser.close();
 }

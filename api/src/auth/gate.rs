@@ -8,6 +8,12 @@
 //!
 //! The token comes in `Authorization: Bearer ...`; browsers cannot set headers on a WebSocket or
 //! an `EventSource`, so those two (and only those) may pass it as `?access_token=`.
+//!
+//! The internal service (another node forwarding a request to the user's owner) takes no token:
+//! the calling node authenticates (`node.rs`) and carries its caller's principal, which the
+//! service authorizes itself; it is not rate-limited again, the entry node did that. An admitted
+//! request runs with its principal in [`policy::CALLER`](crate::policy::CALLER), so that a
+//! forwarded call carries it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -23,10 +29,11 @@ use supervisors::Node;
 
 use super::jwt::{AuthError, Authenticator};
 use super::limiter::RateLimiter;
+use super::node::{FromNode, NodeAuth, is_internal};
 use crate::client::TrustedProxies;
 use crate::error::{reject, too_many_requests, with_retry_after};
 use crate::listener::ConnectionSlot;
-use crate::policy::{Action, Principal, audit_unauthenticated, authorize};
+use crate::policy::{Action, CALLER, Principal, audit_unauthenticated, authorize};
 use crate::streams::{Caller, Streams};
 
 /// What the gateway layer needs: the authenticator (none when auth is off), the limiter, who
@@ -37,6 +44,8 @@ pub struct Gate {
     pub protect_metrics: bool,
     pub trusted_proxies: TrustedProxies,
     pub streams: Arc<Streams>,
+    /// What another node proves to call the internal service.
+    pub nodes: NodeAuth,
 }
 
 impl Gate {
@@ -54,6 +63,7 @@ impl Gate {
             protect_metrics: config.auth.protect_metrics,
             trusted_proxies: TrustedProxies::parse(&config.auth.trusted_proxies)?,
             streams: Streams::new(config.server.max_streams_per_caller),
+            nodes: NodeAuth::new(config),
         })
     }
 
@@ -148,6 +158,18 @@ pub async fn gate(
     mut request: Request,
     next: Next,
 ) -> Response {
+    if is_internal(request.uri().path()) {
+        return match gate.nodes.verify(request.headers(), request.extensions()) {
+            Ok(()) => {
+                request.extensions_mut().insert(FromNode);
+                next.run(request).await
+            }
+            Err(error) => {
+                audit_unauthenticated("not a node of the cluster", "internal");
+                reject(&request, error)
+            }
+        };
+    }
     let path = request
         .extensions()
         .get::<MatchedPath>()
@@ -207,8 +229,8 @@ pub async fn gate(
     {
         return reject(&request, error);
     }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+    request.extensions_mut().insert(principal.clone());
+    CALLER.scope(principal, next.run(request)).await
 }
 
 /// The rate-limit and stream key of a caller without a token: its client's network (an IPv6
@@ -256,6 +278,7 @@ async fn authorize_rest(
         ("/v1/items/{item_id}", Method::GET) | ("/v1/trending", _) => Action::ReadCatalog,
         ("/v1/items/{item_id}", _) => Action::WriteCatalog,
         ("/metrics", _) => Action::Metrics,
+        ("/v1/admin/cluster", Method::GET) => Action::ReadCluster,
         (p, Method::GET) if p.starts_with("/v1/admin/") => Action::AdminRead,
         (p, _) if p.starts_with("/v1/admin/") => Action::AdminWrite,
         // Anything unlisted is for administrators.

@@ -42,8 +42,8 @@ impl Node {
         .await
     }
 
-    /// What the console shows, in one JSON value: the tree, the models, ingestion per partition
-    /// and the cache.
+    /// What the console shows, in one JSON value: the tree, the models, ingestion per partition,
+    /// the cache and the cluster's shard map.
     pub async fn snapshot(&self) -> serde_json::Value {
         let log = &self.services.log;
         let partitions: Vec<serde_json::Value> = (0..log.num_partitions())
@@ -78,7 +78,13 @@ impl Node {
                 "partitions": partitions,
             },
             "cache": {"hits": hits, "misses": misses},
+            "cluster": self.cluster(),
         })
+    }
+
+    /// The cluster's shard map as this node sees it (`GET /v1/admin/cluster`).
+    pub fn cluster(&self) -> cluster::View {
+        self.services.cluster.view()
     }
 
     /// One actor's snapshot by id.

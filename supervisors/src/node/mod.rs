@@ -95,6 +95,17 @@ impl Node {
     /// Stops the tree (sessions' state and ingest offsets are durable after every batch) and
     /// makes every write durable.
     pub async fn shutdown(&self) {
+        // Stopping the root kills its children without their `post_stop`: stop the cluster
+        // status actor first, so that it tells the others this node is leaving.
+        for child in self.root.get_children() {
+            if self.services.obs.kind(&child) == "cluster_status"
+                && let Err(error) = child
+                    .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+                    .await
+            {
+                tracing::warn!(%error, "cluster status actor did not stop in time");
+            }
+        }
         tracing::info!("stopping the actor tree");
         if let Err(error) = self
             .root

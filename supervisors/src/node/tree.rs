@@ -141,6 +141,7 @@ pub(super) async fn spawn(
             .stuck_after(limits.retention),
     );
     if let Some((settings, producer)) = kafka {
+        children.push(cluster_status(services, settings.clone()).stuck_after(limits.kafka));
         children.push(kafka_bridge(services, settings, producer).stuck_after(limits.kafka));
     }
     let args = supervisor_args(services, "root_supervisor", children);
@@ -318,6 +319,23 @@ fn kafka_bridge(
         async move {
             let actor = parent
                 .spawn(actors::kafka_bridge::KafkaBridge, args)
+                .await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+/// The actor that publishes this node's ownership on the status topic and reads the others'.
+fn cluster_status(services: &Arc<Services>, settings: Arc<kafka::Settings>) -> ChildSpec {
+    let services = services.clone();
+    ChildSpec::new("cluster", move |parent| {
+        let args = actors::cluster_status::ClusterStatusArgs {
+            services: services.clone(),
+            settings: settings.clone(),
+        };
+        async move {
+            let actor = parent
+                .spawn(actors::cluster_status::ClusterStatusActor, args)
                 .await?;
             Ok(actor.get_cell())
         }
