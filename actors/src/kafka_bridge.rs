@@ -2,12 +2,20 @@
 //! from the consumer group, and everything downstream (ingest actors, sessions, archive,
 //! training) stays as it is in embedded mode.
 //!
+//! The group decides which node owns which partition of `user-events`, and so which users (see
+//! [`handoff`](crate::handoff)): between two batches the bridge acts on what moved, releasing
+//! what it lost and restoring from the sessions changelog what it gained before applying any of
+//! it. `transaction-stream` is read by whichever node the group gave its partitions and
+//! re-produced into `user-events` (same key, same event id), so that a user's events of both
+//! topics reach the one owner of the user.
+//!
 //! Per batch: decode every message; catalog changes go to the catalog, malformed messages (and
 //! catalog changes the store refuses as invalid data) to `<topic>.dlq` (with the reason in a
-//! header), events to the journal (which drops event ids it
+//! header), transactions back to `user-events`, events to the journal (which drops event ids it
 //! already holds). Then the bridge waits until the ingest actors have applied the journaled
-//! events to session state in RocksDB, and only then commits the Kafka offsets. A crash anywhere
-//! replays the batch and changes nothing twice: at-least-once delivery, exactly-once effect.
+//! events to session state in RocksDB, records each touched user's new state in the changelog,
+//! and only then commits the Kafka offsets. A crash anywhere replays the batch and changes
+//! nothing twice: at-least-once delivery, exactly-once effect.
 //!
 //! A broker outage never fails the actor (its supervisor would escalate a long one): the bridge
 //! retries, with backoff, what needs the broker, and librdkafka reconnects by itself.
@@ -19,15 +27,17 @@ use std::time::Duration;
 
 use common::partition::partition_for;
 use common::{ApiError, ErrorCode, Event, Item};
-use kafka::{DeadLetter, Decoded, GroupConsumer, Message, Producer, Settings, decode};
+use kafka::{
+    DeadLetter, Decoded, GroupConsumer, Message, Producer, Rebalance, Settings, Topic, decode,
+};
 use prometheus::{IntCounterVec, register_int_counter_vec};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use storage::EventLog;
 
-use crate::Services;
-use crate::mailbox;
 use crate::obs::Obs;
+use crate::session_manager::SessionManagerMsg;
+use crate::{Services, Slot, handoff, mailbox};
 
 static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -54,6 +64,8 @@ pub struct BridgeArgs {
     pub services: Arc<Services>,
     pub settings: Arc<Settings>,
     pub producer: Producer,
+    /// Where the sessions of partitions this node loses are stopped.
+    pub sessions: Slot<SessionManagerMsg>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -66,7 +78,10 @@ pub struct BridgeObs {
     pub num_duplicates: u64,
     pub num_catalog_changes: u64,
     pub num_dead_letters: u64,
+    pub num_rerouted: u64,
     pub num_batches: u64,
+    pub num_restores: u64,
+    pub num_restored_records: u64,
     pub last_error: Option<String>,
 }
 
@@ -132,7 +147,25 @@ impl Actor for KafkaBridge {
             // Topics first: a consumer subscribed to a missing topic may not see it for minutes.
             match kafka::ensure_topics(&state.args.settings, Duration::from_secs(5)).await {
                 Ok(_) => {
-                    state.consumer = Some(GroupConsumer::new(state.args.settings.clone())?);
+                    // A restarted bridge joins the group anew: what the previous one owned is
+                    // given up first, and comes back through the group (restored again).
+                    let services = &state.args.services;
+                    let owned: Vec<u32> = services
+                        .cluster
+                        .status(false)
+                        .partitions
+                        .into_keys()
+                        .collect();
+                    if !owned.is_empty() {
+                        handoff::release(services, &state.args.sessions, &owned).await?;
+                    }
+                    let config = &state.args.services.config;
+                    let instance = config
+                        .events
+                        .static_membership
+                        .then_some(config.cluster.node_id.as_str());
+                    state.consumer =
+                        Some(GroupConsumer::new(state.args.settings.clone(), instance)?);
                     state.obs_state.topics_ready = true;
                     state.obs_state.last_error = None;
                 }
@@ -156,21 +189,32 @@ impl BridgeState {
         let Some(consumer) = &self.consumer else {
             return Ok(());
         };
-        let services = &self.args.services;
-        let batch = consumer
+        let services = self.args.services.clone();
+        let mut batch = consumer
             .next_batch(services.config.events.consume_batch, POLL_WAIT)
             .await;
+        let rebalances = consumer.take_rebalances();
+        if !rebalances.is_empty() {
+            // What the batch holds of partitions given up meanwhile is the next owner's: it
+            // reads them again from the committed offsets.
+            let owned = consumer.owned();
+            batch.retain(|m| owned.contains(&(m.topic, m.partition)));
+            self.rebalance(rebalances).await?;
+        }
+        let Some(consumer) = &self.consumer else {
+            return Ok(());
+        };
         self.obs_state.assignment = consumer.assignment();
         if batch.is_empty() {
             self.obs.publish(&self.obs_state);
             return Ok(());
         }
         let effects = NodeEffects {
-            services,
+            services: &services,
             producer: &self.args.producer,
         };
         let now = common::now_millis();
-        let events = route(
+        let sorted = route(
             &self.args.settings,
             &batch,
             now,
@@ -178,9 +222,32 @@ impl BridgeState {
             &mut self.obs_state,
         )
         .await?;
+        if !sorted.reroute.is_empty() {
+            let producer = &self.args.producer;
+            retry("re-producing transactions", RETRY_FOR, || {
+                producer.publish(&sorted.reroute)
+            })
+            .await?;
+            self.obs_state.num_rerouted += sorted.reroute.len() as u64;
+        }
+        let events = sorted.journal;
         self.obs_state.num_events += events.len() as u64;
+        let mut applied: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for e in &events {
+            applied
+                .entry(e.user_id.clone())
+                .or_default()
+                .push(e.event_id.clone());
+        }
         let duplicates = journal_and_apply(&*services.log, events, APPLY_TIMEOUT).await?;
         self.obs_state.num_duplicates += duplicates as u64;
+        if let Some(changelog) = &services.changelog {
+            let records = changes(&*services.store, applied)?;
+            retry("recording the changelog", RETRY_FOR, || {
+                changelog.record(records.clone())
+            })
+            .await?;
+        }
         // A failed commit loses nothing: the next batch's commit covers these offsets, and a
         // replay after a crash is dropped as duplicates.
         match consumer.commit(&batch).await {
@@ -195,6 +262,68 @@ impl BridgeState {
         self.obs.publish(&self.obs_state);
         Ok(())
     }
+
+    /// Acts on what the group moved, in order: partitions of `user-events` lost are released,
+    /// those gained restored (after `events.assign_settle`) before anything of theirs applies.
+    async fn rebalance(&mut self, rebalances: Vec<Rebalance>) -> Result<(), ActorProcessingErr> {
+        let services = self.args.services.clone();
+        let user_partitions = |list: &[(Topic, i32)]| -> Vec<u32> {
+            list.iter()
+                .filter(|(topic, _)| *topic == Topic::UserEvents)
+                .map(|(_, p)| *p as u32)
+                .collect()
+        };
+        let mut gained = Vec::new();
+        for rebalance in rebalances {
+            match rebalance {
+                Rebalance::Revoked(list) => {
+                    let lost = user_partitions(&list);
+                    gained.retain(|p| !lost.contains(p));
+                    if !lost.is_empty() {
+                        let stopped =
+                            handoff::release(&services, &self.args.sessions, &lost).await?;
+                        tracing::info!(partitions = ?lost, sessions = stopped, "partitions released");
+                    }
+                }
+                Rebalance::Assigned(list) => {
+                    let new = user_partitions(&list);
+                    services.cluster.assigned(&new);
+                    gained.extend(new);
+                }
+            }
+        }
+        if gained.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(services.config.events.assign_settle).await;
+        for partition in gained {
+            let restored = handoff::restore(
+                &services,
+                &self.args.sessions,
+                &self.args.settings,
+                partition,
+            )
+            .await?;
+            self.obs_state.num_restores += 1;
+            self.obs_state.num_restored_records += restored.records;
+        }
+        Ok(())
+    }
+}
+
+/// The changelog records of a batch: each touched user's state as stored now, with the ids of
+/// the batch's events for the user. A user with no state (erased) has nothing to record.
+fn changes(
+    store: &dyn storage::SessionStore,
+    applied: BTreeMap<String, Vec<String>>,
+) -> Result<Vec<storage::ChangeRecord>, ActorProcessingErr> {
+    let mut records = Vec::with_capacity(applied.len());
+    for (user, ids) in applied {
+        if let Some(state) = store.load(&user)? {
+            records.push(storage::ChangeRecord::state(&user, &state, ids)?);
+        }
+    }
+    Ok(records)
 }
 
 /// Where a batch's catalog changes and dead letters go: the node's catalog and the Kafka
@@ -225,22 +354,35 @@ impl Effects for NodeEffects<'_> {
     }
 }
 
-/// Sorts one batch: its events are returned in order, for the journal; catalog changes are
-/// applied; what cannot be decoded, or that the catalog refuses as invalid, goes to its topic's
-/// dead-letter topic with the reason. Counts catalog changes and dead letters in `obs`.
+/// One batch, sorted by where its events go.
+#[derive(Debug, Default)]
+struct Sorted {
+    /// Events of `user-events`, in order, for the journal.
+    journal: Vec<Event>,
+    /// Events of `transaction-stream`, for `user-events` (their owner may be another node).
+    reroute: Vec<Event>,
+}
+
+/// Sorts one batch: its events are returned in order, for the journal or for `user-events`;
+/// catalog changes are applied; what cannot be decoded, or that the catalog refuses as
+/// invalid, goes to its topic's dead-letter topic with the reason. Counts catalog changes and
+/// dead letters in `obs`.
 async fn route(
     settings: &Settings,
     batch: &[Message],
     now: i64,
     effects: &impl Effects,
     obs: &mut BridgeObs,
-) -> Result<Vec<Event>, ActorProcessingErr> {
-    let mut events = Vec::new();
+) -> Result<Sorted, ActorProcessingErr> {
+    let mut sorted = Sorted::default();
     for message in batch {
         let topic = message.topic.base_name();
         let applied = match decode(settings, message, now) {
             Ok(Decoded::Event(event)) => {
-                events.push(event);
+                match message.topic {
+                    Topic::Transactions => sorted.reroute.push(event),
+                    _ => sorted.journal.push(event),
+                }
                 MESSAGES.with_label_values(&[topic, "applied"]).inc();
                 continue;
             }
@@ -272,7 +414,7 @@ async fn route(
         obs.num_catalog_changes += 1;
         MESSAGES.with_label_values(&[topic, "applied"]).inc();
     }
-    Ok(events)
+    Ok(sorted)
 }
 
 /// Appends `events` to the journal and waits, at most `timeout`, until ingest has applied them;
@@ -373,7 +515,6 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use kafka::Topic;
     use storage::{Db, FileEventLog};
 
     use super::*;
@@ -474,13 +615,17 @@ mod tests {
         ];
         let effects = FakeEffects::default();
         let mut obs = BridgeObs::default();
-        let events = route(&settings(), &batch, 5, &effects, &mut obs)
+        let sorted = route(&settings(), &batch, 5, &effects, &mut obs)
             .await
             .expect("nothing fails the bridge");
 
-        // Events in batch order, for the journal; one without an id takes its place in the topic.
-        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        assert_eq!(ids, ["e1", "t.transaction-stream-0-7"]);
+        // Events in batch order, for the journal; a transaction goes back to `user-events`, for
+        // its user's owner, its id (none was given) taken from its place in the topic.
+        let ids = |events: &[Event]| -> Vec<String> {
+            events.iter().map(|e| e.event_id.clone()).collect()
+        };
+        assert_eq!(ids(&sorted.journal), ["e1"]);
+        assert_eq!(ids(&sorted.reroute), ["t.transaction-stream-0-7"]);
         assert_eq!(*effects.upserts.lock().expect("lock"), ["sku-1", "refused"]);
         assert_eq!(*effects.deletes.lock().expect("lock"), ["sku-2"]);
         // The undecodable message and the refused item are dead letters, with their reasons and

@@ -20,8 +20,10 @@
 //!   ownership on the status topic and reads the other members' into the shard map.
 
 pub mod archiver;
+pub mod changelog_tail;
 pub mod changes;
 pub mod cluster_status;
+pub mod handoff;
 pub mod ingest;
 pub mod kafka_bridge;
 pub mod mailbox;
@@ -85,6 +87,9 @@ pub struct Services {
     pub changes: changes::ChangeFeed,
     /// Which node owns which users (all of them, on a single node).
     pub cluster: Arc<cluster::Cluster>,
+    /// With Kafka, where every session state and erasure is also recorded, so that the next
+    /// owner of a partition can restore it (see [`handoff`]); none on the embedded log.
+    pub changelog: Option<Arc<dyn storage::Changelog>>,
 }
 
 impl Services {

@@ -445,6 +445,15 @@ pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Re
         offset: *services.log.high_watermark(partition).borrow(),
         at_ms: common::now_millis(),
     };
+    // The changelog first: once it holds the erasure, whichever node owns the user next
+    // forgets the user too, even if this node dies before its own erase below.
+    if let Some(changelog) = &services.changelog {
+        let record = storage::ChangeRecord::erased(user_id, tombstone.at_ms);
+        changelog
+            .record(vec![record])
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    }
     let deltas = crate::popularity::contributions(
         &data.items,
         &services.catalog,

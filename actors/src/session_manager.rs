@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::partition::partition_for;
 use common::{ApiError, RecQuery, Recommendations};
 use lru::LruCache;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -48,6 +49,13 @@ pub enum SessionManagerMsg {
     },
     /// Passivates the sessions unused for `sessions.idle_timeout` (sent to itself).
     Sweep,
+    /// Stops the live sessions of users in `partitions`, which this node no longer owns: their
+    /// next owner restores their state, and should this node get a partition back, its
+    /// sessions start again from what it restored. Replies how many stopped.
+    Release {
+        partitions: Vec<u32>,
+        reply: RpcReplyPort<usize>,
+    },
 }
 
 /// The shortest sweep period, whatever the idle timeout.
@@ -181,6 +189,9 @@ impl Actor for SessionManager {
                 };
                 let _ = reply.send(result);
             }
+            SessionManagerMsg::Release { partitions, reply } => {
+                let _ = reply.send(state.release(&partitions));
+            }
             SessionManagerMsg::Sweep => {
                 let idle = state.services.config.sessions.idle_timeout;
                 let passivated = state.sweep(Instant::now(), idle);
@@ -233,6 +244,24 @@ impl SessionManagerState {
     /// as known, so the request goes through a session and reports the error there.
     fn known(&self, user_id: &str) -> bool {
         self.sessions.contains(user_id) || self.services.store.exists(user_id).unwrap_or(true)
+    }
+
+    /// Stops the sessions of users in `partitions`; returns how many.
+    fn release(&mut self, partitions: &[u32]) -> usize {
+        let n = self.services.log.num_partitions();
+        let users: Vec<String> = self
+            .sessions
+            .iter()
+            .map(|(user, _)| user)
+            .filter(|user| partitions.contains(&partition_for(user, n)))
+            .cloned()
+            .collect();
+        for user in &users {
+            if let Some(session) = self.remove(user) {
+                session.stop(Some("released".into()));
+            }
+        }
+        users.len()
     }
 
     /// Passivates the sessions unused for `idle` by `now`, least recently used first; returns
@@ -384,6 +413,42 @@ mod tests {
         }
         // A message wakes a passivated user from the store.
         assert_eq!(get(&manager, "idle").await.expect("stored").num_events, 1);
+    }
+
+    #[tokio::test]
+    async fn releasing_partitions_stops_only_their_sessions_and_their_state_stays_stored() {
+        let t = testing::services(common::Config::default()).await;
+        let manager = manager(&t.services).await;
+        let n = t.services.log.num_partitions();
+        let users: Vec<String> = (0..12).map(|u| format!("user{u}")).collect();
+        for (i, user) in users.iter().enumerate() {
+            apply(&manager, user, &format!("e{i}")).await;
+        }
+        let released = partition_for(&users[0], n);
+        let in_released = users
+            .iter()
+            .filter(|u| partition_for(u, n) == released)
+            .count();
+        let stopped = manager
+            .call(
+                |reply| SessionManagerMsg::Release {
+                    partitions: vec![released],
+                    reply,
+                },
+                Some(CALL_TIMEOUT),
+            )
+            .await
+            .expect("released");
+        assert_eq!(stopped.expect("answered"), in_released);
+        assert_eq!(
+            obs(&t.services, &manager)["num_live"],
+            users.len() - in_released
+        );
+        // The state stays in the store: a session started again reads it back.
+        assert_eq!(
+            get(&manager, &users[0]).await.expect("stored").num_events,
+            1
+        );
     }
 
     #[tokio::test]

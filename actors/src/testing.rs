@@ -61,6 +61,7 @@ pub async fn services(config: Config) -> TestServices {
             "127.0.0.1:0".into(),
             num_partitions,
         )),
+        changelog: None,
     });
     TestServices {
         services,

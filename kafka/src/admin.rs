@@ -11,7 +11,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::{KafkaError, Result, Settings};
 
 /// Creates every topic of `settings` that does not exist yet; returns the names it created.
-/// Existing topics are left as they are, whatever their partition count.
+/// An existing topic keyed by user (`user-events`, `transaction-stream`, the changelog) must have
+/// `events.num_partitions` partitions: the node's log, the changelog and ownership all map a user
+/// to `murmur2(user) % events.num_partitions`, so another count is refused.
 pub async fn ensure_topics(settings: &Settings, timeout: Duration) -> Result<Vec<String>> {
     let admin: Arc<AdminClient<DefaultClientContext>> =
         Arc::new(settings.client_config().create()?);
@@ -21,6 +23,21 @@ pub async fn ensure_topics(settings: &Settings, timeout: Duration) -> Result<Vec
             .await
             .map_err(|e| KafkaError::Other(e.to_string()))??
     };
+    let keyed_by_user = [
+        settings.topic(crate::Topic::UserEvents),
+        settings.topic(crate::Topic::Transactions),
+        settings.changelog_topic(),
+    ];
+    for topic in existing.topics() {
+        let count = topic.partitions().len() as i32;
+        if keyed_by_user.iter().any(|n| n == topic.name()) && count != settings.partitions {
+            return Err(KafkaError::Other(format!(
+                "topic {} has {count} partitions, but events.num_partitions is {}",
+                topic.name(),
+                settings.partitions
+            )));
+        }
+    }
     let existing: Vec<&str> = existing.topics().iter().map(|t| t.name()).collect();
     let names: Vec<String> = settings
         .all_topics()
@@ -38,8 +55,9 @@ pub async fn ensure_topics(settings: &Settings, timeout: Duration) -> Result<Vec
                 settings.partitions_of(name),
                 TopicReplication::Fixed(settings.replication),
             );
-            // Only each node's latest status matters: a compacting broker keeps just that.
-            if *name == settings.status_topic() {
+            // Only each node's latest status, and each user's latest session state, matter: a
+            // compacting broker keeps just those.
+            if *name == settings.status_topic() || *name == settings.changelog_topic() {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic

@@ -1,14 +1,21 @@
 //! The nodes' consumer group. Offsets are never committed automatically: the caller commits a
 //! batch with [`GroupConsumer::commit`] only after it applied it, so a crash replays rather than
 //! loses (at-least-once; the apply path drops what it already applied).
+//!
+//! The group decides which node owns which partition, with the cooperative-sticky assignor
+//! unless `events.kafka_options` names another: on a rebalance only the partitions that move
+//! stop. librdkafka runs the rebalance inside a poll; the consumer only notes what moved
+//! ([`Rebalance`]) and ends the batch there, and the caller acts on it before its next poll
+//! (see [`GroupConsumer::take_rebalances`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::{Message as _, Offset, TopicPartitionList};
+use parking_lot::Mutex;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use crate::{KafkaError, Result, Settings, Topic, millis};
 
@@ -24,24 +31,87 @@ pub struct Message {
     pub timestamp: Option<i64>,
 }
 
+/// A change of this node's share of the group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rebalance {
+    Assigned(Vec<(Topic, i32)>),
+    Revoked(Vec<(Topic, i32)>),
+}
+
+/// Notes the rebalances librdkafka runs inside a poll, in order.
+struct GroupContext {
+    settings: Arc<Settings>,
+    pending: Mutex<Vec<Rebalance>>,
+}
+
+impl GroupContext {
+    fn partitions(&self, list: &TopicPartitionList) -> Vec<(Topic, i32)> {
+        list.elements()
+            .iter()
+            .filter_map(|e| Some((self.settings.topic_of(e.topic())?, e.partition())))
+            .collect()
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        match rebalance {
+            rdkafka::consumer::Rebalance::Revoke(list) => {
+                let revoked = self.partitions(list);
+                tracing::info!(?revoked, "partitions revoked");
+                self.pending.lock().push(Rebalance::Revoked(revoked));
+            }
+            rdkafka::consumer::Rebalance::Assign(_) => {}
+            rdkafka::consumer::Rebalance::Error(error) => {
+                tracing::warn!(%error, "rebalance failed");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Assign(list) = rebalance {
+            let assigned = self.partitions(list);
+            tracing::info!(?assigned, "partitions assigned");
+            self.pending.lock().push(Rebalance::Assigned(assigned));
+        }
+    }
+}
+
 pub struct GroupConsumer {
-    inner: Arc<StreamConsumer>,
+    inner: Arc<StreamConsumer<GroupContext>>,
     settings: Arc<Settings>,
 }
 
 impl GroupConsumer {
-    /// Joins the group and subscribes to the three source topics.
-    pub fn new(settings: Arc<Settings>) -> Result<Self> {
+    /// Joins the group and subscribes to the three source topics. With `instance_id` the node
+    /// is a static member (`group.instance.id`): a restart within the session timeout gets its
+    /// partitions back without a rebalance.
+    pub fn new(settings: Arc<Settings>, instance_id: Option<&str>) -> Result<Self> {
         let heartbeat = (settings.session_timeout / 6).max(Duration::from_millis(100));
-        let inner: StreamConsumer = settings
-            .client_config()
+        let mut config = settings.client_config();
+        if !settings
+            .options
+            .contains_key("partition.assignment.strategy")
+        {
+            config.set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        if let Some(id) = instance_id {
+            config.set("group.instance.id", id);
+        }
+        let context = GroupContext {
+            settings: settings.clone(),
+            pending: Mutex::default(),
+        };
+        let inner: StreamConsumer<GroupContext> = config
             .set("group.id", &settings.group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", millis(settings.session_timeout))
             .set("heartbeat.interval.ms", millis(heartbeat))
             .set("enable.partition.eof", "false")
-            .create()?;
+            .create_with_context(context)?;
         let topics: Vec<String> = Topic::ALL.iter().map(|t| settings.topic(*t)).collect();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         inner.subscribe(&topics)?;
@@ -52,8 +122,10 @@ impl GroupConsumer {
     }
 
     /// Waits up to `wait` for a first message, then takes whatever else is already fetched, up
-    /// to `max`. Empty when nothing arrived. Client errors (a broker down, a rebalance) are
-    /// logged and end the batch: librdkafka reconnects by itself.
+    /// to `max`. Empty when nothing arrived. Client errors (a broker down) are logged and end
+    /// the batch: librdkafka reconnects by itself. A rebalance ends the batch too: the batch
+    /// may hold messages of partitions no longer this node's, which the caller drops (see
+    /// [`GroupConsumer::owned`]).
     pub async fn next_batch(&self, max: usize, wait: Duration) -> Vec<Message> {
         let mut batch = Vec::new();
         let first = match tokio::time::timeout(wait, self.inner.recv()).await {
@@ -73,7 +145,7 @@ impl GroupConsumer {
                     break;
                 }
             }
-            if batch.len() < max {
+            if batch.len() < max && self.inner.context().pending.lock().is_empty() {
                 next = self.inner.recv().now_or_never();
             }
         }
@@ -114,6 +186,19 @@ impl GroupConsumer {
             .await
             .map_err(|e| KafkaError::Other(e.to_string()))??;
         Ok(())
+    }
+
+    /// The rebalances since the last call, in order.
+    pub fn take_rebalances(&self) -> Vec<Rebalance> {
+        std::mem::take(&mut *self.inner.context().pending.lock())
+    }
+
+    /// The topic-partitions assigned to this node now.
+    pub fn owned(&self) -> std::collections::HashSet<(Topic, i32)> {
+        self.inner
+            .assignment()
+            .map(|list| self.inner.context().partitions(&list).into_iter().collect())
+            .unwrap_or_default()
     }
 
     /// The partitions this node holds now, as `topic/partition` names.

@@ -9,10 +9,13 @@
 //!   `<topic>.dlq`.
 //! - [`ensure_topics`]: creates missing topics (brokers may have auto-creation off).
 //! - [`status`]: the cluster's status topic, each node's ownership and address, read by all.
+//! - [`changelog`]: the sessions changelog, written by a partition's owner and replayed by the
+//!   node that gains it.
 //!
 //! Nothing here knows about actors or sessions: the bridge actor composes these parts.
 
 mod admin;
+pub mod changelog;
 mod consumer;
 mod decode;
 mod producer;
@@ -25,7 +28,7 @@ use common::config::{EventsBackend, EventsConfig};
 use rdkafka::ClientConfig;
 
 pub use admin::ensure_topics;
-pub use consumer::{GroupConsumer, Message};
+pub use consumer::{GroupConsumer, Message, Rebalance};
 pub use decode::{Decoded, decode, default_event_id};
 pub use producer::{DeadLetter, Producer};
 
@@ -117,13 +120,18 @@ impl Settings {
         format!("{}{}", self.prefix, status::STATUS_TOPIC)
     }
 
+    /// The sessions changelog (see [`changelog`]), partitioned as `user-events`.
+    pub fn changelog_topic(&self) -> String {
+        format!("{}{}", self.prefix, changelog::CHANGELOG_TOPIC)
+    }
+
     /// Every topic streamrec creates if absent: the three sources, their dead-letter topics,
-    /// and the status topic.
+    /// the status topic and the sessions changelog.
     pub fn all_topics(&self) -> Vec<String> {
         Topic::ALL
             .into_iter()
             .flat_map(|t| [self.topic(t), self.dlq(t)])
-            .chain([self.status_topic()])
+            .chain([self.status_topic(), self.changelog_topic()])
             .collect()
     }
 
@@ -177,7 +185,8 @@ mod tests {
         );
         assert_eq!(prefixed.topic_of("product-updates"), None);
         assert_eq!(prefixed.topic_of("t1.user-events.dlq"), None);
-        assert_eq!(prefixed.all_topics().len(), 7);
+        assert_eq!(prefixed.all_topics().len(), 8);
+        assert_eq!(prefixed.changelog_topic(), "t1.sessions-changelog");
         assert_eq!(prefixed.status_topic(), "t1.cluster-status");
         assert_eq!(prefixed.partitions_of("t1.cluster-status"), 1);
         assert_eq!(

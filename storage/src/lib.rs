@@ -9,6 +9,7 @@
 pub mod backends;
 pub mod cache;
 pub mod catalog;
+pub mod changelog;
 pub mod db;
 pub mod error;
 pub mod log;
@@ -21,6 +22,7 @@ pub mod sessions;
 
 pub use cache::{MemoryCache, RecCache};
 pub use catalog::{Catalog, CatalogView, RocksCatalog};
+pub use changelog::{Change, ChangeRecord, Changelog};
 pub use db::Db;
 pub use error::StorageError;
 pub use log::{ARCHIVE, INGEST};

@@ -84,6 +84,21 @@ pub trait SessionStore: Send + Sync + 'static {
     fn prune_tombstones(&self, expired: &dyn Fn(&str, &Tombstone) -> bool) -> Result<u64>;
     /// Popularity of every item (sum of positive weights).
     fn item_stats(&self) -> Result<Vec<(String, f64)>>;
+    /// Writes a state replayed from the changelog, with the event ids it covers (see
+    /// [`changelog`](crate::changelog)); the user's item counters are the owner's concern.
+    fn restore(&self, user_id: &str, state: &[u8], applied_event_ids: &[&str]) -> Result<()>;
+    /// The changelog offset this node restored `partition` through (0: never restored).
+    fn restored_through(&self, partition: u32) -> Result<u64>;
+    fn set_restored_through(&self, partition: u32, offset: u64) -> Result<()>;
+}
+
+/// Where [`SessionStore::restored_through`] keeps its offsets, among the consumer offsets.
+const CHANGELOG_GROUP: &str = "changelog";
+
+fn changelog_key(partition: u32) -> Vec<u8> {
+    let mut key = pair_prefix(CHANGELOG_GROUP);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
 }
 
 pub struct RocksSessionStore {
@@ -175,6 +190,31 @@ impl SessionStore for RocksSessionStore {
             self.db.write(batch)?;
         }
         Ok(pruned)
+    }
+
+    fn restore(&self, user_id: &str, state: &[u8], applied_event_ids: &[&str]) -> Result<()> {
+        self.commit(SessionCommit {
+            user_id,
+            state,
+            applied_event_ids,
+            item_deltas: &[],
+        })
+    }
+
+    fn restored_through(&self, partition: u32) -> Result<u64> {
+        Ok(self
+            .db
+            .get(Cf::Offsets, &changelog_key(partition))?
+            .and_then(|v| Some(u64::from_be_bytes(v.as_slice().try_into().ok()?)))
+            .unwrap_or(0))
+    }
+
+    fn set_restored_through(&self, partition: u32, offset: u64) -> Result<()> {
+        self.db.put(
+            Cf::Offsets,
+            &changelog_key(partition),
+            &offset.to_be_bytes(),
+        )
     }
 
     fn item_stats(&self) -> Result<Vec<(String, f64)>> {

@@ -13,9 +13,10 @@ use super::{ConfigError, invalid};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// This node's name in the cluster, stable across restarts (it is also the consumer group's
-    /// static member id, so a quick restart does not move partitions): in Kubernetes, the
-    /// StatefulSet pod name. Default the host name (`$HOSTNAME`, else the kernel's).
+    /// This node's name in the cluster, stable across restarts (with `events.static_membership`
+    /// it is also the consumer group's static member id, so a quick restart does not move
+    /// partitions): in Kubernetes, the StatefulSet pod name. Default the host name (`$HOSTNAME`,
+    /// else the kernel's).
     #[serde(default = "node_id")]
     pub node_id: String,
     /// Where other nodes reach this one (`host:port`). Default the listen address, with an

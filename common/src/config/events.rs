@@ -46,6 +46,18 @@ pub struct EventsConfig {
     /// Kafka consumer-group session timeout: how soon a dead node's partitions move. Default 10s.
     #[serde(default = "session_timeout", with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// Join the group as a static member (`group.instance.id` = `cluster.node_id`), so that a
+    /// node restarted within `session_timeout` gets its partitions back without a rebalance.
+    /// Default false: tansu (the broker the tests and `make cluster` run) never settles a group
+    /// of static members; turn it on with Apache Kafka, Redpanda and the like.
+    #[serde(default)]
+    pub static_membership: bool,
+    /// How long a node waits after the group assigned it a partition before restoring it from
+    /// the changelog: the previous owner's last batch, if it is still finishing one, lands in
+    /// the changelog first. Some brokers (tansu) briefly assign a partition to its new owner
+    /// before the old one has given it up. Default 2s.
+    #[serde(default = "assign_settle", with = "humantime_serde")]
+    pub assign_settle: Duration,
     /// Extra librdkafka client properties, e.g. `"security.protocol" = "SASL_SSL"`,
     /// `"sasl.mechanism"`, `"sasl.username"`, `"sasl.password"` for a managed cluster. Default none.
     #[serde(default)]
@@ -88,6 +100,9 @@ fn produce_timeout() -> Duration {
 }
 fn session_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn assign_settle() -> Duration {
+    Duration::from_secs(2)
 }
 fn seven_days() -> Duration {
     Duration::from_secs(7 * 86_400)

@@ -17,12 +17,15 @@ use super::Node;
 // `GET /readyz`: what is up and what is not.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
-    /// The node can serve: a model is loaded and sessions run. A dependency being down makes
-    /// the node degraded (see `dependencies`), not unready: it keeps serving around it.
+    /// The node can serve: a model is loaded, sessions run and none of its partitions is still
+    /// being restored. A dependency being down makes the node degraded (see `dependencies`),
+    /// not unready: it keeps serving around it.
     pub ready: bool,
     pub model_loaded: bool,
     pub model_workers: usize,
     pub sessions: bool,
+    /// Partitions the group gave this node whose state is still being restored (a cluster).
+    pub restoring: usize,
     /// `up`, or `down: <why>`, for `events`, `catalog`, `cache` and `objects`.
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub dependencies: std::collections::BTreeMap<&'static str, String>,
@@ -203,12 +206,21 @@ impl Node {
         let model_loaded = self.services.registry.active().is_some();
         let model_workers = self.services.models.workers().len();
         let sessions = self.users.sessions_running();
-        let ready = model_loaded && model_workers > 0 && sessions;
+        let restoring = self
+            .services
+            .cluster
+            .status(false)
+            .partitions
+            .values()
+            .filter(|state| **state == cluster::PartitionState::Restoring)
+            .count();
+        let ready = model_loaded && model_workers > 0 && sessions && restoring == 0;
         Readiness {
             ready,
             model_loaded,
             model_workers,
             sessions,
+            restoring,
             dependencies,
         }
     }

@@ -68,6 +68,13 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
         None => log.clone(),
     };
     let store = Arc::new(RocksSessionStore::new(db.clone()));
+    let changelog: Option<Arc<dyn storage::Changelog>> = match &kafka {
+        Some((settings, _)) => Some(Arc::new(
+            kafka::changelog::ChangelogWriter::new(settings)
+                .context("creating the changelog producer")?,
+        )),
+        None => None,
+    };
     let pii = Arc::new(
         storage::pii::PiiCipher::from_config(&config.pii, &config.data_dir)
             .context("loading the PII keys")?,
@@ -118,6 +125,7 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
         obs: Arc::new(ObsRegistry::default()),
         changes: ChangeFeed::new(cache),
         cluster: Arc::new(cluster(config, kafka.is_some())),
+        changelog,
     });
     Ok(Stores {
         services,
@@ -142,7 +150,8 @@ pub(super) async fn spawn(
     );
     if let Some((settings, producer)) = kafka {
         children.push(cluster_status(services, settings.clone()).stuck_after(limits.kafka));
-        children.push(kafka_bridge(services, settings, producer).stuck_after(limits.kafka));
+        children.push(changelog_tail(services, settings.clone()).stuck_after(limits.kafka));
+        children.push(kafka_bridge(services, settings, producer, &users).stuck_after(limits.kafka));
     }
     let args = supervisor_args(services, "root_supervisor", children);
     let (root, handle) = Actor::spawn(None, Supervisor, args)
@@ -157,14 +166,18 @@ pub(super) async fn spawn(
     })
 }
 
-/// The shard map. One node owns every partition until the Kafka bridge takes ownership from
-/// the consumer group.
-fn cluster(config: &Config, _kafka: bool) -> Cluster {
-    Cluster::single(
+/// The shard map. On the embedded log one node owns every partition; with Kafka a node owns
+/// what the consumer group assigns it, nothing until then (see `actors::handoff`).
+fn cluster(config: &Config, kafka: bool) -> Cluster {
+    let (node_id, address) = (
         config.cluster.node_id.clone(),
         config.cluster.advertised(config.server.listen),
-        config.events.num_partitions,
-    )
+    );
+    if kafka {
+        Cluster::new(node_id, address, config.events.num_partitions)
+    } else {
+        Cluster::single(node_id, address, config.events.num_partitions)
+    }
 }
 
 fn slot<M>() -> Slot<M> {
@@ -308,17 +321,38 @@ fn kafka_bridge(
     services: &Arc<Services>,
     settings: Arc<kafka::Settings>,
     producer: kafka::Producer,
+    users: &Users,
 ) -> ChildSpec {
     let services = services.clone();
+    let sessions = users.sessions.clone();
     ChildSpec::new("kafka", move |parent| {
         let args = actors::kafka_bridge::BridgeArgs {
             services: services.clone(),
             settings: settings.clone(),
             producer: producer.clone(),
+            sessions: sessions.clone(),
         };
         async move {
             let actor = parent
                 .spawn(actors::kafka_bridge::KafkaBridge, args)
+                .await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+/// The actor that follows the sessions changelog, so that changes made on other nodes reach
+/// this node's change feed.
+fn changelog_tail(services: &Arc<Services>, settings: Arc<kafka::Settings>) -> ChildSpec {
+    let services = services.clone();
+    ChildSpec::new("changelog_tail", move |parent| {
+        let args = actors::changelog_tail::TailArgs {
+            services: services.clone(),
+            settings: settings.clone(),
+        };
+        async move {
+            let actor = parent
+                .spawn(actors::changelog_tail::ChangelogTailActor, args)
                 .await?;
             Ok(actor.get_cell())
         }

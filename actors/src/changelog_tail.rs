@@ -1,0 +1,143 @@
+//! The changelog tail (Kafka mode only): makes the change feed cluster-wide. A session publishes
+//! its changes on its own node's feed; every node also follows the sessions changelog, where
+//! each owner records every state it writes and every erasure, and publishes `User(id)` for
+//! users it does not own itself. So a node drops its cached lists of a user another node changed,
+//! and a WebSocket, GraphQL or gRPC subscriber on any node hears of every change to its user:
+//! the push hub recomputes the list through `Users`, which asks the owner.
+//!
+//! The tail starts at the end of the changelog: what changed before a node started, its cache
+//! never held. A broker outage never fails it: the client reconnects by itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka::Settings;
+use kafka::changelog::ChangelogTail;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Serialize;
+
+use crate::Services;
+use crate::changes::Changes;
+use crate::mailbox;
+use crate::obs::Obs;
+
+const POLL_WAIT: Duration = Duration::from_millis(500);
+const MAX_RECORDS: usize = 1024;
+const SETUP_RETRY: Duration = Duration::from_secs(1);
+
+pub enum TailMsg {
+    Poll,
+}
+
+pub struct ChangelogTailActor;
+
+pub struct TailArgs {
+    pub services: Arc<Services>,
+    pub settings: Arc<Settings>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TailObs {
+    pub topic: String,
+    pub num_records: u64,
+    /// Records about users another node owns, published on this node's feed.
+    pub num_remote: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct TailState {
+    args: TailArgs,
+    tail: Option<ChangelogTail>,
+    obs_state: TailObs,
+    obs: Arc<Obs<TailObs>>,
+}
+
+impl Actor for ChangelogTailActor {
+    type Msg = TailMsg;
+    type State = TailState;
+    type Arguments = TailArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TailMsg>,
+        args: TailArgs,
+    ) -> Result<TailState, ActorProcessingErr> {
+        let obs_state = TailObs {
+            topic: args.settings.changelog_topic(),
+            ..Default::default()
+        };
+        let obs = args
+            .services
+            .obs
+            .register(&myself.get_cell(), "changelog_tail", &obs_state);
+        Ok(TailState {
+            args,
+            tail: None,
+            obs_state,
+            obs,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<TailMsg>,
+        _: &mut TailState,
+    ) -> Result<(), ActorProcessingErr> {
+        mailbox::tell(&myself, TailMsg::Poll)?;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<TailMsg>,
+        state: &mut TailState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.services.obs.deregister(&myself.get_cell());
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TailMsg>,
+        TailMsg::Poll: TailMsg,
+        state: &mut TailState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.obs.handled();
+        let settings = &state.args.settings;
+        if state.tail.is_none() {
+            // The topic first: a tail assigned to a missing topic may not see it for minutes.
+            let node_id = state.args.services.cluster.node_id();
+            match kafka::ensure_topics(settings, Duration::from_secs(5))
+                .await
+                .and_then(|_| ChangelogTail::new(settings, node_id))
+            {
+                Ok(tail) => {
+                    state.tail = Some(tail);
+                    state.obs_state.last_error = None;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot follow the sessions changelog yet; retrying");
+                    state.obs_state.last_error = Some(error.to_string());
+                    state.obs.publish(&state.obs_state);
+                    mailbox::tell_after(myself.clone(), SETUP_RETRY, || TailMsg::Poll);
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(tail) = &state.tail {
+            let services = &state.args.services;
+            let records = tail.next(MAX_RECORDS, POLL_WAIT).await;
+            state.obs_state.num_records += records.len() as u64;
+            for (partition, record) in records {
+                // This node's own sessions published their changes already.
+                if !services.cluster.is_active(partition) {
+                    services.changes.publish(Changes::User(record.user_id));
+                    state.obs_state.num_remote += 1;
+                }
+            }
+            state.obs.publish(&state.obs_state);
+        }
+        mailbox::tell(&myself, TailMsg::Poll)?;
+        Ok(())
+    }
+}

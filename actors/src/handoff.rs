@@ -1,0 +1,152 @@
+//! Partitions changing hands. The consumer group decides who owns a partition; this module is
+//! what a node does about it, called by the Kafka bridge between two batches (so no batch of
+//! the partition is half applied when it runs):
+//!
+//! - [`release`]: the group took partitions away. Everything consumed from them is applied,
+//!   recorded in the changelog and committed (the bridge does that per batch, before it polls
+//!   again), so the node only stops routing their users here and stops their live sessions.
+//! - [`restore`]: the group gave a partition. Its users' states are replayed from the sessions
+//!   changelog into this node's store, from the offset this node last restored through (all of
+//!   it on a new node, only what others wrote since on a node that gets a partition back), and
+//!   only then does the partition serve and apply. Until then its requests wait.
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use prometheus::{Histogram, IntCounterVec, register_histogram, register_int_counter_vec};
+use ractor::ActorProcessingErr;
+
+use crate::Services;
+use crate::changes::Changes;
+use crate::session_manager::SessionManagerMsg;
+use crate::{Slot, mailbox};
+
+static RESTORE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "streamrec_restore_seconds",
+        "Time to restore one partition's sessions from the changelog before it serves.",
+        vec![
+            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0
+        ]
+    )
+    .expect("metric registers once")
+});
+
+static RESTORES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "streamrec_restores_total",
+        "Partitions restored from the changelog: full (from its start) or incremental (a \
+         partition this node held before, from where it left off).",
+        &["kind"]
+    )
+    .expect("metric registers once")
+});
+
+/// Longest one partition's restore may take before the bridge fails (and, restarted by its
+/// supervisor, joins the group again).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What one restore did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub partition: u32,
+    /// Changelog records replayed.
+    pub records: u64,
+    /// Distinct users they were about.
+    pub users: usize,
+    /// The changelog offset restored through.
+    pub through: u64,
+}
+
+/// The group revoked `partitions`: their users route elsewhere from now on, and their live
+/// sessions stop. Returns how many stopped.
+pub async fn release(
+    services: &Services,
+    sessions: &Slot<SessionManagerMsg>,
+    partitions: &[u32],
+) -> Result<usize, ActorProcessingErr> {
+    services.cluster.revoked(partitions);
+    stop_sessions(sessions, partitions).await
+}
+
+/// Stops the live sessions of users in `partitions` (see [`SessionManagerMsg::Release`]).
+async fn stop_sessions(
+    sessions: &Slot<SessionManagerMsg>,
+    partitions: &[u32],
+) -> Result<usize, ActorProcessingErr> {
+    let Some(manager) = sessions.load_full() else {
+        // Restarting: it starts with no live session.
+        return Ok(0);
+    };
+    let partitions = partitions.to_vec();
+    let stopped = mailbox::ask(
+        &manager,
+        |reply| SessionManagerMsg::Release { partitions, reply },
+        Some(crate::CALL_TIMEOUT),
+    )
+    .await
+    .map_err(|e| format!("releasing sessions: {e}"))?;
+    Ok(stopped.unwrap_or(0))
+}
+
+/// Replays `partition`'s changelog into the store, then activates the partition here. A session
+/// of the partition still live here (started by a replay of this node's own journal) would
+/// hold what the store held before: it is stopped first. Every restored user's cached lists are
+/// dropped (and live subscribers told) on the way.
+pub async fn restore(
+    services: &Services,
+    sessions: &Slot<SessionManagerMsg>,
+    settings: &kafka::Settings,
+    partition: u32,
+) -> Result<Restored, ActorProcessingErr> {
+    let started = Instant::now();
+    stop_sessions(sessions, &[partition]).await?;
+    let store = services.store.clone();
+    let from = store.restored_through(partition)?;
+    // An erasure replayed here covers whatever this node's log already holds of the user.
+    let local_end = *services.log.high_watermark(partition).borrow();
+    let seen: Arc<Mutex<(u64, HashSet<String>)>> = Arc::default();
+    let tally = seen.clone();
+    let apply = move |record: storage::ChangeRecord| {
+        storage::changelog::apply(store.as_ref(), &record, local_end)?;
+        let mut tally = tally.lock();
+        tally.0 += 1;
+        tally.1.insert(record.user_id);
+        Ok(())
+    };
+    let (through, _) = kafka::changelog::read_partition(
+        settings,
+        services.cluster.node_id(),
+        partition,
+        from,
+        RESTORE_TIMEOUT,
+        apply,
+    )
+    .await?;
+    services.store.set_restored_through(partition, through)?;
+    let (records, users) = std::mem::take(&mut *seen.lock());
+    for user in &users {
+        services.changes.publish(Changes::User(user.clone()));
+    }
+    services.cluster.activate(partition);
+    let kind = if from == 0 { "full" } else { "incremental" };
+    RESTORES.with_label_values(&[kind]).inc();
+    RESTORE_SECONDS.observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        partition,
+        from,
+        through,
+        records,
+        users = users.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "partition restored"
+    );
+    Ok(Restored {
+        partition,
+        records,
+        users: users.len(),
+        through,
+    })
+}

@@ -1,0 +1,188 @@
+//! The sessions changelog topic, `<prefix>sessions-changelog` (what a record holds:
+//! [`storage::changelog`]). Partitioned as `user-events`, so a user's records sit in the
+//! partition of the user's events and move with it; keyed by user, so a compacting broker keeps
+//! each user's latest.
+//!
+//! [`ChangelogWriter`] is the owner's side: a batch of records is acknowledged (`acks=all`)
+//! before the bridge commits the input offsets they cover. [`read_partition`] is the new
+//! owner's: one partition, from an offset to the end it had when the read began.
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::try_join_all;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use storage::changelog::{ChangeRecord, Changelog};
+use storage::error::StorageError;
+
+use crate::{KafkaError, Result, Settings, millis};
+
+/// The base name of the changelog topic (after `events.topic_prefix`).
+pub const CHANGELOG_TOPIC: &str = "sessions-changelog";
+
+/// Produces changelog records to the partition of their user.
+pub struct ChangelogWriter {
+    producer: FutureProducer,
+    topic: String,
+    partitions: u32,
+    timeout: Duration,
+}
+
+impl ChangelogWriter {
+    pub fn new(settings: &Settings) -> Result<Self> {
+        let producer = settings
+            .client_config()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", millis(settings.produce_timeout))
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: settings.changelog_topic(),
+            partitions: settings.partitions as u32,
+            timeout: settings.produce_timeout,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Changelog for ChangelogWriter {
+    async fn record(&self, records: Vec<ChangeRecord>) -> storage::error::Result<()> {
+        let values: Vec<Vec<u8>> = records.iter().map(ChangeRecord::encode).collect();
+        let sends = records.iter().zip(&values).map(|(record, value)| {
+            let partition = common::partition::partition_for(&record.user_id, self.partitions);
+            self.producer.send(
+                FutureRecord::to(&self.topic)
+                    .partition(partition as i32)
+                    .key(record.user_id.as_bytes())
+                    .payload(value),
+                self.timeout,
+            )
+        });
+        try_join_all(sends)
+            .await
+            .map(drop)
+            .map_err(|(e, _)| StorageError::Backend(format!("sessions changelog: {e}")))
+    }
+}
+
+/// Reads `partition` of the changelog from `from` up to its end as of now, calling `apply` on
+/// each record in order; returns the offset after the last one read (the next to read), and
+/// `apply` back. A record that cannot be decoded is logged and skipped: no node wrote it.
+pub async fn read_partition<F>(
+    settings: &Settings,
+    node_id: &str,
+    partition: u32,
+    from: u64,
+    timeout: Duration,
+    mut apply: F,
+) -> Result<(u64, F)>
+where
+    F: FnMut(ChangeRecord) -> storage::error::Result<()> + Send + 'static,
+{
+    let topic = settings.changelog_topic();
+    let consumer: BaseConsumer = settings
+        .client_config()
+        .set("group.id", format!("{}.restore.{node_id}", settings.group))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let deadline = std::time::Instant::now() + timeout;
+    // Blocking calls (watermarks, poll) run on the blocking pool, one read at a time.
+    tokio::task::spawn_blocking(move || {
+        let (low, high) = consumer.fetch_watermarks(&topic, partition as i32, timeout)?;
+        let start = (from as i64).max(low);
+        if start >= high {
+            return Ok((high.max(from as i64) as u64, apply));
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&topic, partition as i32, Offset::Offset(start))?;
+        consumer.assign(&list)?;
+        let mut next = start;
+        while next < high {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(KafkaError::Other(format!(
+                    "restoring {topic}/{partition}: at offset {next} of {high} when time ran out"
+                )));
+            }
+            let Some(message) = consumer.poll(left.min(Duration::from_millis(500))) else {
+                continue;
+            };
+            let message = message?;
+            next = message.offset() + 1;
+            match ChangeRecord::decode(message.key(), message.payload()) {
+                Ok(record) => apply(record)
+                    .map_err(|e| KafkaError::Other(format!("restoring {topic}: {e}")))?,
+                Err(error) => {
+                    tracing::warn!(partition, offset = message.offset(), %error, "skipped a changelog record");
+                }
+            }
+        }
+        Ok((next as u64, apply))
+    })
+    .await
+    .map_err(|e| KafkaError::Other(e.to_string()))?
+}
+
+/// Follows every partition of the changelog from its end on: what the owners of the users change
+/// from now on, for a node to hear of changes to users it does not own (see
+/// `actors::changelog_tail`). Like [`StatusReader`](crate::status::StatusReader) it assigns the
+/// partitions itself: it is no member of the nodes' group and commits nothing.
+pub struct ChangelogTail {
+    consumer: StreamConsumer,
+}
+
+impl ChangelogTail {
+    pub fn new(settings: &Settings, node_id: &str) -> Result<Self> {
+        let consumer: StreamConsumer = settings
+            .client_config()
+            .set("group.id", format!("{}.tail.{node_id}", settings.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "latest")
+            .create()?;
+        let topic = settings.changelog_topic();
+        let mut partitions = TopicPartitionList::new();
+        for partition in 0..settings.partitions {
+            partitions.add_partition_offset(&topic, partition, Offset::End)?;
+        }
+        consumer.assign(&partitions)?;
+        Ok(Self { consumer })
+    }
+
+    /// Waits up to `wait` for a first record, then takes whatever else is already fetched, up
+    /// to `max`: (partition, record). Cancel-safe; client errors are logged and end the batch.
+    pub async fn next(&self, max: usize, wait: Duration) -> Vec<(u32, ChangeRecord)> {
+        let mut records = Vec::new();
+        let Ok(first) = tokio::time::timeout(wait, self.consumer.recv()).await else {
+            return records;
+        };
+        let mut next = Some(first);
+        while let Some(received) = next.take() {
+            match received {
+                Ok(message) => match ChangeRecord::decode(message.key(), message.payload()) {
+                    Ok(record) => records.push((message.partition() as u32, record)),
+                    Err(error) => {
+                        tracing::warn!(offset = message.offset(), %error, "skipped a changelog record");
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "kafka changelog tail");
+                    break;
+                }
+            }
+            if records.len() < max {
+                next = self.consumer.recv().now_or_never();
+            }
+        }
+        records
+    }
+}
