@@ -4,7 +4,7 @@
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo "nextest run" || echo "test")
 
-.PHONY: setup services demo serve test lint unit bench bench-ingest loadtest clean-demo
+.PHONY: setup services demo serve cluster cluster-down test lint unit bench bench-ingest loadtest clean-demo
 
 setup:
 	@scripts/setup.sh
@@ -15,6 +15,16 @@ demo: setup
 
 serve: setup
 	$(CARGO) run --bin streamrec -- serve
+
+## A local cluster of N nodes (default 3) in one Kafka consumer group on 127.0.0.1:8081..8080+N,
+## data in data/cluster; `scripts/cluster.sh status` shows who owns which partition.
+N ?= 3
+cluster: setup
+	scripts/cluster.sh up $(N)
+
+## Stops the local cluster's nodes (SIGTERM); the broker stays up.
+cluster-down:
+	scripts/cluster.sh down
 
 ## Everything CI runs: formatting, lints, then all tests (unit, actor, API, end-to-end, and
 ## integration tests against the real servers that scripts/services.sh installs and starts).

@@ -99,6 +99,18 @@ impl Server {
         Self::launch(dir, data, settings, http, "http").await
     }
 
+    /// [`Server::start_with`] on `addr`, for a node whose settings must name its own address
+    /// (`STREAMREC__CLUSTER__ADVERTISE`), or that restarts where it was.
+    pub async fn start_at(
+        dir: &Path,
+        data: &Path,
+        settings: &[(&str, String)],
+        addr: SocketAddr,
+    ) -> Self {
+        let http = client(&admin_token(), None).build().expect("client");
+        Self::launch_at(dir, data, settings, http, "http", addr).await
+    }
+
     /// Starts a node serving TLS with `cert`/`key` files (PEM), for clients trusting `ca_pem`.
     pub async fn start_tls(dir: &Path, settings: &[(&str, String)], ca_pem: &str) -> Self {
         let http = client(&admin_token(), Some(ca_pem))
@@ -123,7 +135,17 @@ impl Server {
         http: reqwest::Client,
         scheme: &'static str,
     ) -> Self {
-        let addr = free_addr();
+        Self::launch_at(dir, data, settings, http, scheme, free_addr()).await
+    }
+
+    async fn launch_at(
+        dir: &Path,
+        data: &Path,
+        settings: &[(&str, String)],
+        http: reqwest::Client,
+        scheme: &'static str,
+        addr: SocketAddr,
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
