@@ -50,6 +50,7 @@ impl Topics {
                 "kafka-test-cluster-secret".into(),
             ),
             ("STREAMREC__EVENTS__SESSION_TIMEOUT", "6s".into()),
+            ("STREAMREC__CLUSTER__NODE_ID", NODE_ID.into()),
             ("STREAMREC__EVENTS__PRODUCE_TIMEOUT", "2s".into()),
         ]
     }
@@ -116,10 +117,16 @@ impl Topics {
     }
 
     /// The group's committed offsets, summed over the partitions of `topic`.
+    /// The offsets the nodes' group committed on `topic`, summed over its partitions.
     fn committed(&self, topic: &str, partitions: i32) -> i64 {
+        self.committed_by(&self.group, topic, partitions)
+    }
+
+    /// The same for consumer group `group`.
+    fn committed_by(&self, group: &str, topic: &str, partitions: i32) -> i64 {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
-            .set("group.id", &self.group)
+            .set("group.id", group)
             .create()
             .expect("consumer");
         let mut list = TopicPartitionList::new();
@@ -142,6 +149,8 @@ impl Topics {
 
 /// The test binaries' partition count (see `support::streamrec`).
 const PARTITIONS: i32 = 4;
+/// The node id of a test's node (unless the test names its own).
+const NODE_ID: &str = "kafka-test-node";
 
 async fn kafka_node(dir: &Path, topics: &Topics) -> Server {
     Server::start_with(dir, &dir.join("data"), &topics.settings()).await
@@ -344,8 +353,10 @@ async fn a_nul_in_a_product_update_goes_to_the_dlq_and_the_partition_goes_on() {
             .expect("a reason header");
         assert!(reason.contains("control characters"), "{reason}");
     }
-    // ...and every offset is committed: nothing is replayed for ever.
-    let committed = async || topics.committed("product-updates", PARTITIONS) >= 3;
+    // ...and every offset is committed (by the node's own catalogue group, which reads
+    // `product-updates` whole): nothing is replayed for ever.
+    let group = format!("{}.catalog.{NODE_ID}", topics.group);
+    let committed = async || topics.committed_by(&group, "product-updates", PARTITIONS) >= 3;
     assert!(
         wait_until(committed, Duration::from_secs(20)).await,
         "the partition is stuck"

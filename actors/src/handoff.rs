@@ -10,13 +10,13 @@
 //!   it on a new node, only what others wrote since on a node that gets a partition back), and
 //!   only then does the partition serve and apply. Until then its requests wait.
 
-use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus::{Histogram, IntCounterVec, register_histogram, register_int_counter_vec};
 use ractor::ActorProcessingErr;
+use storage::changelog::Restore;
 
 use crate::Services;
 use crate::changes::Changes;
@@ -54,7 +54,7 @@ pub struct Restored {
     pub partition: u32,
     /// Changelog records replayed.
     pub records: u64,
-    /// Distinct users they were about.
+    /// Users whose state they changed here.
     pub users: usize,
     /// The changelog offset restored through.
     pub through: u64,
@@ -103,31 +103,32 @@ pub async fn restore(
 ) -> Result<Restored, ActorProcessingErr> {
     let started = Instant::now();
     stop_sessions(sessions, &[partition]).await?;
-    let store = services.store.clone();
-    let from = store.restored_through(partition)?;
-    // An erasure replayed here covers whatever this node's log already holds of the user.
-    let local_end = *services.log.high_watermark(partition).borrow();
-    let seen: Arc<Mutex<(u64, HashSet<String>)>> = Arc::default();
-    let tally = seen.clone();
-    let apply = move |record: storage::ChangeRecord| {
-        storage::changelog::apply(store.as_ref(), &record, local_end)?;
-        let mut tally = tally.lock();
-        tally.0 += 1;
-        tally.1.insert(record.user_id);
-        Ok(())
+    let from = services.store.restored_through(partition)?;
+    let own = match &services.changelog {
+        Some(changelog) => changelog.writer().to_owned(),
+        None => String::new(),
     };
+    let replay = Arc::new(Mutex::new(Restore::default()));
+    let feed = replay.clone();
     let (through, _) = kafka::changelog::read_partition(
         settings,
         services.cluster.node_id(),
         partition,
         from,
         RESTORE_TIMEOUT,
-        apply,
+        move |record| {
+            feed.lock().push(record);
+            Ok(())
+        },
     )
     .await?;
+    let replay = std::mem::take(&mut *replay.lock());
+    let records = replay.num_read();
+    // An erasure replayed here covers whatever this node's log already holds of the user.
+    let local_end = *services.log.high_watermark(partition).borrow();
+    let changed = replay.apply(services.store.as_ref(), &own, local_end)?;
     services.store.set_restored_through(partition, through)?;
-    let (records, users) = std::mem::take(&mut *seen.lock());
-    for user in &users {
+    for user in &changed {
         services.changes.publish(Changes::User(user.clone()));
     }
     services.cluster.activate(partition);
@@ -139,14 +140,14 @@ pub async fn restore(
         from,
         through,
         records,
-        users = users.len(),
+        users = changed.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "partition restored"
     );
     Ok(Restored {
         partition,
         records,
-        users: users.len(),
+        users: changed.len(),
         through,
     })
 }

@@ -60,7 +60,37 @@ pub enum BridgeMsg {
 
 pub struct KafkaBridge;
 
+/// What a bridge consumes. A node runs one of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `user-events`, in the nodes' group (`events.group`): the partitions, and so the users,
+    /// this node owns. Alone in its group, so that the assignor spreads these partitions, and
+    /// not those of other topics, evenly over the nodes.
+    Users,
+    /// `transaction-stream`, in the nodes' group for it (`<events.group>.transactions`), each
+    /// message re-produced into `user-events` for its user's owner.
+    Transactions,
+    /// `product-updates` whole, in a group of this node's own (`<events.group>.catalog.<node
+    /// id>`), so that every node's catalogue view sees every change. Each node reports a
+    /// message it cannot apply to the dead-letter topic.
+    Catalog,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Users, Role::Transactions, Role::Catalog];
+
+    /// The name the bridge goes by in the console and `/v1/admin/actors`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Role::Users => "kafka_bridge",
+            Role::Transactions => "kafka_transactions",
+            Role::Catalog => "kafka_catalog",
+        }
+    }
+}
+
 pub struct BridgeArgs {
+    pub role: Role,
     pub services: Arc<Services>,
     pub settings: Arc<Settings>,
     pub producer: Producer,
@@ -88,6 +118,8 @@ pub struct BridgeObs {
 pub struct BridgeState {
     args: BridgeArgs,
     consumer: Option<GroupConsumer>,
+    /// Partitions of `user-events` lost with the broker out of reach, until the next assignment.
+    lost: Vec<u32>,
     obs_state: BridgeObs,
     obs: Arc<Obs<BridgeObs>>,
 }
@@ -109,10 +141,11 @@ impl Actor for KafkaBridge {
         let obs = args
             .services
             .obs
-            .register(&myself.get_cell(), "kafka_bridge", &obs_state);
+            .register(&myself.get_cell(), args.role.kind(), &obs_state);
         Ok(BridgeState {
             args,
             consumer: None,
+            lost: Vec::new(),
             obs_state,
             obs,
         })
@@ -147,25 +180,7 @@ impl Actor for KafkaBridge {
             // Topics first: a consumer subscribed to a missing topic may not see it for minutes.
             match kafka::ensure_topics(&state.args.settings, Duration::from_secs(5)).await {
                 Ok(_) => {
-                    // A restarted bridge joins the group anew: what the previous one owned is
-                    // given up first, and comes back through the group (restored again).
-                    let services = &state.args.services;
-                    let owned: Vec<u32> = services
-                        .cluster
-                        .status(false)
-                        .partitions
-                        .into_keys()
-                        .collect();
-                    if !owned.is_empty() {
-                        handoff::release(services, &state.args.sessions, &owned).await?;
-                    }
-                    let config = &state.args.services.config;
-                    let instance = config
-                        .events
-                        .static_membership
-                        .then_some(config.cluster.node_id.as_str());
-                    state.consumer =
-                        Some(GroupConsumer::new(state.args.settings.clone(), instance)?);
+                    state.consumer = Some(state.join().await?);
                     state.obs_state.topics_ready = true;
                     state.obs_state.last_error = None;
                 }
@@ -185,6 +200,45 @@ impl Actor for KafkaBridge {
 }
 
 impl BridgeState {
+    /// Joins the role's group. The users' bridge, restarted, first gives up what its previous
+    /// consumer owned: it comes back through the group, and is restored again.
+    async fn join(&self) -> Result<GroupConsumer, ActorProcessingErr> {
+        let (services, settings) = (&self.args.services, &self.args.settings);
+        let config = &services.config;
+        let group = &settings.group;
+        let consumer = match self.args.role {
+            Role::Users => {
+                let owned: Vec<u32> = services
+                    .cluster
+                    .status(false)
+                    .partitions
+                    .into_keys()
+                    .collect();
+                if !owned.is_empty() {
+                    handoff::release(services, &self.args.sessions, &owned).await?;
+                }
+                let instance = config
+                    .events
+                    .static_membership
+                    .then_some(config.cluster.node_id.as_str());
+                GroupConsumer::new(settings.clone(), group, &[Topic::UserEvents], instance)?
+            }
+            Role::Transactions => GroupConsumer::new(
+                settings.clone(),
+                &format!("{group}.transactions"),
+                &[Topic::Transactions],
+                None,
+            )?,
+            Role::Catalog => GroupConsumer::new(
+                settings.clone(),
+                &format!("{group}.catalog.{}", config.cluster.node_id),
+                &[Topic::ProductUpdates],
+                None,
+            )?,
+        };
+        Ok(consumer)
+    }
+
     async fn run_batch(&mut self) -> Result<(), ActorProcessingErr> {
         let Some(consumer) = &self.consumer else {
             return Ok(());
@@ -263,8 +317,10 @@ impl BridgeState {
         Ok(())
     }
 
-    /// Acts on what the group moved, in order: partitions of `user-events` lost are released,
-    /// those gained restored (after `events.assign_settle`) before anything of theirs applies.
+    /// Acts on what the group moved, in order: partitions of `user-events` revoked are
+    /// released, those assigned restored (after `events.assign_settle`) before anything of
+    /// theirs applies. Partitions lost with the broker out of reach keep serving reads from
+    /// this node's state until the next assignment says whether they are still its own.
     async fn rebalance(&mut self, rebalances: Vec<Rebalance>) -> Result<(), ActorProcessingErr> {
         let services = self.args.services.clone();
         let user_partitions = |list: &[(Topic, i32)]| -> Vec<u32> {
@@ -279,16 +335,23 @@ impl BridgeState {
                 Rebalance::Revoked(list) => {
                     let lost = user_partitions(&list);
                     gained.retain(|p| !lost.contains(p));
-                    if !lost.is_empty() {
-                        let stopped =
-                            handoff::release(&services, &self.args.sessions, &lost).await?;
-                        tracing::info!(partitions = ?lost, sessions = stopped, "partitions released");
-                    }
+                    self.release(&lost).await?;
+                }
+                Rebalance::Lost(list) => {
+                    self.lost.extend(user_partitions(&list));
                 }
                 Rebalance::Assigned(list) => {
                     let new = user_partitions(&list);
-                    services.cluster.assigned(&new);
-                    gained.extend(new);
+                    // Lost partitions that did not come back are another node's now.
+                    let gone: Vec<u32> = std::mem::take(&mut self.lost)
+                        .into_iter()
+                        .filter(|p| !new.contains(p))
+                        .collect();
+                    self.release(&gone).await?;
+                    if !new.is_empty() {
+                        services.cluster.assigned(&new);
+                        gained.extend(new);
+                    }
                 }
             }
         }
@@ -307,6 +370,16 @@ impl BridgeState {
             self.obs_state.num_restores += 1;
             self.obs_state.num_restored_records += restored.records;
         }
+        Ok(())
+    }
+
+    async fn release(&mut self, partitions: &[u32]) -> Result<(), ActorProcessingErr> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let stopped =
+            handoff::release(&self.args.services, &self.args.sessions, partitions).await?;
+        tracing::info!(?partitions, sessions = stopped, "partitions released");
         Ok(())
     }
 }

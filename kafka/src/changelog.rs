@@ -29,10 +29,12 @@ pub struct ChangelogWriter {
     topic: String,
     partitions: u32,
     timeout: Duration,
+    /// The store whose changes this writer records (see [`storage::Db::store_id`]).
+    writer: String,
 }
 
 impl ChangelogWriter {
-    pub fn new(settings: &Settings) -> Result<Self> {
+    pub fn new(settings: &Settings, writer: String) -> Result<Self> {
         let producer = settings
             .client_config()
             .set("acks", "all")
@@ -45,13 +47,21 @@ impl ChangelogWriter {
             topic: settings.changelog_topic(),
             partitions: settings.partitions as u32,
             timeout: settings.produce_timeout,
+            writer,
         })
     }
 }
 
 #[async_trait::async_trait]
 impl Changelog for ChangelogWriter {
-    async fn record(&self, records: Vec<ChangeRecord>) -> storage::error::Result<()> {
+    fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    async fn record(&self, mut records: Vec<ChangeRecord>) -> storage::error::Result<()> {
+        for record in &mut records {
+            record.writer.clone_from(&self.writer);
+        }
         let values: Vec<Vec<u8>> = records.iter().map(ChangeRecord::encode).collect();
         let sends = records.iter().zip(&values).map(|(record, value)| {
             let partition = common::partition::partition_for(&record.user_id, self.partitions);

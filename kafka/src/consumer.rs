@@ -35,7 +35,13 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rebalance {
     Assigned(Vec<(Topic, i32)>),
+    /// Given up in a rebalance: another member may own them next.
     Revoked(Vec<(Topic, i32)>),
+    /// Lost without a rebalance this node took part in: the group coordinator was out of
+    /// reach past the session timeout (the broker down, or this node cut off). Nobody can have
+    /// been assigned them while the broker itself was down; the next assignment says who owns
+    /// them now.
+    Lost(Vec<(Topic, i32)>),
 }
 
 /// Notes the rebalances librdkafka runs inside a poll, in order.
@@ -56,8 +62,20 @@ impl GroupContext {
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+    fn pre_rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
         match rebalance {
+            rdkafka::consumer::Rebalance::Revoke(list) if consumer.assignment_lost() => {
+                let lost = self.partitions(list);
+                tracing::warn!(
+                    ?lost,
+                    "partitions lost: the group coordinator was out of reach"
+                );
+                self.pending.lock().push(Rebalance::Lost(lost));
+            }
             rdkafka::consumer::Rebalance::Revoke(list) => {
                 let revoked = self.partitions(list);
                 tracing::info!(?revoked, "partitions revoked");
@@ -85,10 +103,15 @@ pub struct GroupConsumer {
 }
 
 impl GroupConsumer {
-    /// Joins the group and subscribes to the three source topics. With `instance_id` the node
-    /// is a static member (`group.instance.id`): a restart within the session timeout gets its
-    /// partitions back without a rebalance.
-    pub fn new(settings: Arc<Settings>, instance_id: Option<&str>) -> Result<Self> {
+    /// Joins `group` and subscribes to `topics`. With `instance_id` the node is a static member
+    /// (`group.instance.id`): a restart within the session timeout gets its partitions back
+    /// without a rebalance.
+    pub fn new(
+        settings: Arc<Settings>,
+        group: &str,
+        topics: &[Topic],
+        instance_id: Option<&str>,
+    ) -> Result<Self> {
         let heartbeat = (settings.session_timeout / 6).max(Duration::from_millis(100));
         let mut config = settings.client_config();
         if !settings
@@ -105,14 +128,14 @@ impl GroupConsumer {
             pending: Mutex::default(),
         };
         let inner: StreamConsumer<GroupContext> = config
-            .set("group.id", &settings.group)
+            .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", millis(settings.session_timeout))
             .set("heartbeat.interval.ms", millis(heartbeat))
             .set("enable.partition.eof", "false")
             .create_with_context(context)?;
-        let topics: Vec<String> = Topic::ALL.iter().map(|t| settings.topic(*t)).collect();
+        let topics: Vec<String> = topics.iter().map(|t| settings.topic(*t)).collect();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         inner.subscribe(&topics)?;
         Ok(Self {

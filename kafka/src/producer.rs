@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::Event;
+use common::{Event, Item};
 use futures::future::join_all;
 use parking_lot::RwLock;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -127,6 +127,39 @@ impl Producer {
             }
         });
         join_all(sends).await.into_iter().collect()
+    }
+
+    /// Publishes a catalogue change to `product-updates`, keyed by item (so that one item's
+    /// changes stay in order): the item as `PUT /v1/items/{id}` takes it, with `item_id`, or
+    /// `{"item_id": .., "deleted": true}` for `None`. Returns once the broker acked it.
+    pub async fn publish_item(&self, item_id: &str, item: Option<&Item>) -> Result<()> {
+        let value = match item {
+            Some(item) => serde_json::json!({
+                "item_id": item.item_id,
+                "title": item.title,
+                "categories": item.categories,
+                "tags": item.tags,
+                "attributes": item.attributes,
+                "available": item.available,
+            }),
+            None => serde_json::json!({"item_id": item_id, "deleted": true}),
+        };
+        let payload = value.to_string();
+        let topic = self.settings.topic(Topic::ProductUpdates);
+        let send = || async {
+            self.current()
+                .send(
+                    FutureRecord::to(&topic).key(item_id).payload(&payload),
+                    self.settings.produce_timeout,
+                )
+                .await
+                .map(drop)
+                .map_err(|(e, _)| crate::KafkaError::Client(e))
+        };
+        match send().await {
+            Err(e) if self.replace_if_broken(&e) => send().await,
+            result => result,
+        }
     }
 
     /// Writes `letter` to its dead-letter topic, with the original key and bytes, the reason in

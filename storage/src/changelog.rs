@@ -5,10 +5,21 @@
 //! the consumer group's business; this module only says what a record holds and how one is
 //! applied.
 //!
-//! A record holds the user's whole state, never a delta, so replaying the same records again, or
-//! on top of a store that is already ahead, ends at the latest state: a node keeps, per
-//! partition, the changelog offset it restored through ([`SessionStore::restored_through`]) and
-//! on regaining the partition reads only what came after.
+//! A record holds the user's whole state, never a delta, so only a user's last record matters:
+//! a restore ([`Restore`]) keeps, per user, the last record of the range it reads (with the
+//! event ids of all of them) and applies that. A node keeps, per partition, the changelog offset
+//! it restored through ([`SessionStore::restored_through`]) and on regaining the partition reads
+//! only what came after.
+//!
+//! Each record names the store that wrote it ([`ChangeRecord::writer`], the data dir's
+//! [`store_id`](crate::Db::store_id)). A store is never behind its own records (it writes its
+//! state, then the record), and may be ahead of them: killed after an apply and before the
+//! record, it holds events whose input offsets were not committed, which it will consume again
+//! and find already applied. So a restore leaves a user alone when the last record is a state
+//! the store wrote itself, and never rolls it back.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +44,18 @@ pub enum Change {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ChangeRecord {
     pub user_id: String,
+    /// The store that wrote it; set by the [`Changelog`] when it records it.
+    pub writer: String,
     pub change: Change,
+}
+
+/// A record's value.
+#[derive(Serialize, Deserialize)]
+struct Value {
+    #[serde(default)]
+    writer: String,
+    #[serde(flatten)]
+    change: Change,
 }
 
 impl ChangeRecord {
@@ -42,6 +64,7 @@ impl ChangeRecord {
         let state = serde_json::from_slice(state)?;
         Ok(Self {
             user_id: user_id.to_owned(),
+            writer: String::new(),
             change: Change::State { state, applied },
         })
     }
@@ -49,13 +72,18 @@ impl ChangeRecord {
     pub fn erased(user_id: &str, at_ms: i64) -> Self {
         Self {
             user_id: user_id.to_owned(),
+            writer: String::new(),
             change: Change::Erased { at_ms },
         }
     }
 
     /// The record's value (its key is the user id).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.change).expect("a change serializes")
+        let value = Value {
+            writer: self.writer.clone(),
+            change: self.change.clone(),
+        };
+        serde_json::to_vec(&value).expect("a change serializes")
     }
 
     pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Self> {
@@ -63,8 +91,13 @@ impl ChangeRecord {
         let user_id = std::str::from_utf8(key.ok_or_else(|| corrupt("without a key"))?)
             .map_err(|_| corrupt("with a key that is not UTF-8"))?
             .to_owned();
-        let change = serde_json::from_slice(value.ok_or_else(|| corrupt("without a value"))?)?;
-        Ok(Self { user_id, change })
+        let value: Value =
+            serde_json::from_slice(value.ok_or_else(|| corrupt("without a value"))?)?;
+        Ok(Self {
+            user_id,
+            writer: value.writer,
+            change: value.change,
+        })
     }
 }
 
@@ -72,25 +105,77 @@ impl ChangeRecord {
 /// embedded log) records nothing: its store is the only copy.
 #[async_trait::async_trait]
 pub trait Changelog: Send + Sync + 'static {
+    /// The store this node's records name as their writer.
+    fn writer(&self) -> &str;
     /// Returns once every record is durably recorded (acknowledged by the broker).
     async fn record(&self, records: Vec<ChangeRecord>) -> Result<()>;
 }
 
-/// Applies one replayed record to `store`. `local_offset` is where this node's own log stands
-/// for the user's partition: an erasure's tombstone covers whatever it already journaled.
-pub fn apply(store: &dyn SessionStore, record: &ChangeRecord, local_offset: u64) -> Result<()> {
-    match &record.change {
-        Change::State { state, applied } => {
-            let applied: Vec<&str> = applied.iter().map(String::as_str).collect();
-            store.restore(&record.user_id, &serde_json::to_vec(state)?, &applied)
+/// One partition's restore: fed the records of the range read, in order, then applied.
+#[derive(Default)]
+pub struct Restore {
+    /// Per user, the last record, with the event ids of every state record read.
+    last: HashMap<String, (ChangeRecord, Vec<String>)>,
+    read: u64,
+}
+
+impl Restore {
+    pub fn push(&mut self, record: ChangeRecord) {
+        self.read += 1;
+        let ids = match &record.change {
+            Change::State { applied, .. } => applied.clone(),
+            Change::Erased { .. } => Vec::new(),
+        };
+        match self.last.entry(record.user_id.clone()) {
+            Entry::Occupied(mut slot) => {
+                let (last, applied) = slot.get_mut();
+                // Ids from before an erasure went with it.
+                if matches!(record.change, Change::Erased { .. }) {
+                    applied.clear();
+                }
+                applied.extend(ids);
+                *last = record;
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((record, ids));
+            }
         }
-        Change::Erased { at_ms } => {
-            let tombstone = Tombstone {
-                offset: local_offset,
-                at_ms: *at_ms,
-            };
-            store.erase(&record.user_id, tombstone, &[])
+    }
+
+    /// Records read.
+    pub fn num_read(&self) -> u64 {
+        self.read
+    }
+
+    /// Applies each user's last record to `store`, but a state `own` (this store) wrote: the
+    /// store holds it or something newer. `local_offset` is where this node's own log stands
+    /// for the partition: a replayed erasure's tombstone covers what it already journaled.
+    /// Returns the users whose state changed.
+    pub fn apply(
+        self,
+        store: &dyn SessionStore,
+        own: &str,
+        local_offset: u64,
+    ) -> Result<Vec<String>> {
+        let mut changed = Vec::new();
+        for (user, (record, applied)) in self.last {
+            match &record.change {
+                Change::State { .. } if record.writer == own => continue,
+                Change::State { state, .. } => {
+                    let applied: Vec<&str> = applied.iter().map(String::as_str).collect();
+                    store.restore(&user, &serde_json::to_vec(state)?, &applied)?;
+                }
+                Change::Erased { at_ms } => {
+                    let tombstone = Tombstone {
+                        offset: local_offset,
+                        at_ms: *at_ms,
+                    };
+                    store.erase(&user, tombstone, &[])?;
+                }
+            }
+            changed.push(user);
         }
+        Ok(changed)
     }
 }
 
@@ -103,11 +188,15 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_as_written() {
-        let state = ChangeRecord::state("u1", br#"{"num_events":2}"#, vec!["e1".into()])
+        let mut state = ChangeRecord::state("u1", br#"{"num_events":2}"#, vec!["e1".into()])
             .expect("json state");
+        state.writer = "store-1".into();
         let back = ChangeRecord::decode(Some(b"u1"), Some(&state.encode())).expect("decodes");
         assert_eq!(back, state);
         let erased = ChangeRecord::erased("u2", 7);
+        let json: serde_json::Value = serde_json::from_slice(&state.encode()).expect("json");
+        assert_eq!(json["writer"], "store-1");
+        assert_eq!(json["kind"], "state");
         assert_eq!(
             ChangeRecord::decode(Some(b"u2"), Some(&erased.encode())).expect("decodes"),
             erased
@@ -117,43 +206,90 @@ mod tests {
         assert!(ChangeRecord::state("u", b"not json", vec![]).is_err());
     }
 
+    fn state(user: &str, writer: &str, n: u32, ids: &[&str]) -> ChangeRecord {
+        let body = format!(r#"{{"n":{n}}}"#);
+        let ids = ids.iter().map(|id| id.to_string()).collect();
+        let mut record = ChangeRecord::state(user, body.as_bytes(), ids).expect("json");
+        record.writer = writer.to_owned();
+        record
+    }
+
+    fn erased(user: &str, writer: &str, at_ms: i64) -> ChangeRecord {
+        let mut record = ChangeRecord::erased(user, at_ms);
+        record.writer = writer.to_owned();
+        record
+    }
+
+    fn restore(store: &dyn SessionStore, own: &str, records: &[ChangeRecord]) -> Vec<String> {
+        let mut restore = Restore::default();
+        for record in records {
+            restore.push(record.clone());
+        }
+        let mut changed = restore.apply(store, own, 42).expect("applies");
+        changed.sort();
+        changed
+    }
+
+    fn load(store: &dyn SessionStore, user: &str) -> Option<String> {
+        store
+            .load(user)
+            .expect("load")
+            .map(|b| String::from_utf8(b).expect("utf-8"))
+    }
+
     #[test]
-    fn replaying_records_ends_at_the_latest_state_whatever_the_store_held() {
+    fn a_restore_ends_at_each_users_last_record_with_the_ids_of_all() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RocksSessionStore::new(Arc::new(Db::open(dir.path()).expect("db")));
         let records = [
-            ChangeRecord::state("u", br#"{"n":1}"#, vec!["e1".into()]).expect("state"),
-            ChangeRecord::state("u", br#"{"n":2}"#, vec!["e2".into()]).expect("state"),
-            ChangeRecord::erased("v", 5),
-            ChangeRecord::state("v", br#"{"n":9}"#, vec!["e9".into()]).expect("state"),
+            state("u", "a", 1, &["e1"]),
+            state("u", "b", 2, &["e2"]),
+            erased("v", "a", 5),
+            state("v", "b", 9, &["e9"]),
+            erased("w", "b", 7),
         ];
         // Twice over: a replay on top of a store that already holds it changes nothing.
         for _ in 0..2 {
-            for record in &records {
-                apply(&store, record, 3).expect("applies");
-            }
-            assert_eq!(
-                store.load("u").expect("load").as_deref(),
-                Some(&br#"{"n":2}"#[..])
-            );
+            assert_eq!(restore(&store, "me", &records), ["u", "v", "w"]);
+            assert_eq!(load(&store, "u").as_deref(), Some(r#"{"n":2}"#));
             assert!(store.is_applied("u", "e1").expect("read"));
             assert!(store.is_applied("u", "e2").expect("read"));
+            assert_eq!(load(&store, "v").as_deref(), Some(r#"{"n":9}"#));
+            // The user came back after the erasure: only the ids since count.
+            assert!(store.is_applied("v", "e9").expect("read"));
+            assert_eq!(load(&store, "w"), None);
             assert_eq!(
-                store.load("v").expect("load").as_deref(),
-                Some(&br#"{"n":9}"#[..])
+                store.tombstone("w").expect("read"),
+                Some(Tombstone {
+                    offset: 42,
+                    at_ms: 7
+                })
             );
         }
-        // An erasure last leaves nothing but its tombstone, at this node's log offset.
-        apply(&store, &ChangeRecord::erased("u", 11), 42).expect("applies");
-        assert_eq!(store.load("u").expect("load"), None);
-        assert!(!store.is_applied("u", "e2").expect("read"));
+    }
+
+    #[test]
+    fn a_store_is_never_rolled_back_to_a_state_it_wrote_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksSessionStore::new(Arc::new(Db::open(dir.path()).expect("db")));
+        // The store applied more than its last record says (killed before recording it).
+        store
+            .restore("u", br#"{"n":3}"#, &["e1", "e2", "e3"])
+            .expect("local state");
         assert_eq!(
-            store.tombstone("u").expect("read"),
-            Some(Tombstone {
-                offset: 42,
-                at_ms: 11
-            })
+            restore(&store, "me", &[state("u", "me", 2, &["e2"])]),
+            Vec::<String>::new()
         );
+        assert_eq!(load(&store, "u").as_deref(), Some(r#"{"n":3}"#));
+        // Another store's later record wins; so does an erasure, whoever wrote it.
+        let later = [
+            state("u", "me", 2, &["e2"]),
+            state("u", "other", 4, &["e4"]),
+        ];
+        assert_eq!(restore(&store, "me", &later), ["u"]);
+        assert_eq!(load(&store, "u").as_deref(), Some(r#"{"n":4}"#));
+        assert_eq!(restore(&store, "me", &[erased("u", "me", 9)]), ["u"]);
+        assert_eq!(load(&store, "u"), None);
     }
 
     #[test]

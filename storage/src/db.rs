@@ -103,6 +103,8 @@ pub fn id_time(value: &[u8]) -> Option<i64> {
 
 /// Marks that every `applied_ids` entry carries its time.
 const APPLIED_IDS_TIMED: &[u8] = b"applied_ids_timed";
+/// Meta key of [`Db::store_id`].
+const STORE_ID: &[u8] = b"store_id";
 /// Entries per write batch when a migration rewrites a column family.
 const MIGRATION_BATCH: usize = 10_000;
 
@@ -167,6 +169,20 @@ impl Db {
         };
         db.time_untimed_applied_ids()?;
         Ok(db)
+    }
+
+    /// This database's identity: a random id made when it was first opened, kept for its life.
+    /// A node's data dir wiped is a new store, even under the same node id; the sessions
+    /// changelog tells by it which records a store wrote itself.
+    pub fn store_id(&self) -> Result<String> {
+        if let Some(id) = self.get(Cf::Meta, STORE_ID)? {
+            return String::from_utf8(id).map_err(|_| StorageError::Corrupt("store id".into()));
+        }
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.cf(Cf::Meta), STORE_ID, id.as_bytes());
+        self.write_synced(batch)?;
+        Ok(id)
     }
 
     /// Earlier versions stored applied ids without a time: they count from now, once.

@@ -1,6 +1,7 @@
 //! The catalogue part of the facade: items, user profiles and what is trending. These read the
 //! shared catalogue view and trending windows directly; writes go through `Services` so that
-//! caches and subscribers hear of them.
+//! caches and subscribers hear of them, and with Kafka through `product-updates` first, so that
+//! every node's catalogue does.
 
 use std::sync::Arc;
 
@@ -39,13 +40,28 @@ impl Node {
         self.services.catalog.get(item_id)
     }
 
+    /// Stores an item. With Kafka it goes to `product-updates` first, which every node's
+    /// catalogue follows, then to this node's catalogue at once, so that the caller reads its
+    /// own write here; the other nodes apply it as they read it.
     pub async fn upsert_item(&self, item: Item) -> Result<(), ApiError> {
+        self.publish_item(&item.item_id, Some(&item)).await?;
         self.services.upsert_item(item).await
     }
 
-    /// Deletes an item; it is never recommended again. Returns whether it existed.
+    /// Deletes an item; it is never recommended again. Returns whether it existed (here).
     pub async fn delete_item(&self, item_id: &str) -> Result<bool, ApiError> {
+        self.publish_item(item_id, None).await?;
         self.services.delete_item(item_id).await
+    }
+
+    async fn publish_item(&self, item_id: &str, item: Option<&Item>) -> Result<(), ApiError> {
+        let Some(producer) = &self.items else {
+            return Ok(());
+        };
+        producer.publish_item(item_id, item).await.map_err(|e| {
+            tracing::warn!(error = %e, "publishing a catalogue change to Kafka failed");
+            ApiError::unavailable("the event broker is unavailable")
+        })
     }
 
     pub async fn put_profile(

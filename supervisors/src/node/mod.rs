@@ -43,6 +43,8 @@ pub struct Node {
     trainer: Slot<TrainerMsg>,
     archiver: Slot<ArchiverMsg>,
     users: Arc<Users>,
+    /// With Kafka: where catalogue writes go first, so that every node's catalogue sees them.
+    items: Option<kafka::Producer>,
 }
 
 impl Node {
@@ -56,6 +58,7 @@ impl Node {
             db,
             kafka,
         } = tree::open(&config).await?;
+        let items = kafka.as_ref().map(|(_, producer)| producer.clone());
         let tree = tree::spawn(&services, kafka).await?;
         let node = Arc::new(Node {
             config,
@@ -66,6 +69,7 @@ impl Node {
             trainer: tree.trainer,
             archiver: tree.archiver,
             users: tree.users,
+            items,
         });
         if node.services.registry.active().is_none() {
             tracing::info!("no model yet: training a first one");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use actors::archiver::{ArchiverActor, ArchiverMsg};
 use actors::changes::ChangeFeed;
+use actors::kafka_bridge::Role;
 use actors::model::{ModelActor, ModelArgs};
 use actors::push::{PushArgs, PushHub};
 use actors::retention::RetentionActor;
@@ -70,7 +71,7 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
     let store = Arc::new(RocksSessionStore::new(db.clone()));
     let changelog: Option<Arc<dyn storage::Changelog>> = match &kafka {
         Some((settings, _)) => Some(Arc::new(
-            kafka::changelog::ChangelogWriter::new(settings)
+            kafka::changelog::ChangelogWriter::new(settings, db.store_id()?)
                 .context("creating the changelog producer")?,
         )),
         None => None,
@@ -151,7 +152,10 @@ pub(super) async fn spawn(
     if let Some((settings, producer)) = kafka {
         children.push(cluster_status(services, settings.clone()).stuck_after(limits.kafka));
         children.push(changelog_tail(services, settings.clone()).stuck_after(limits.kafka));
-        children.push(kafka_bridge(services, settings, producer, &users).stuck_after(limits.kafka));
+        for role in Role::ALL {
+            let bridge = kafka_bridge(role, services, settings.clone(), producer.clone(), &users);
+            children.push(bridge.stuck_after(limits.kafka));
+        }
     }
     let args = supervisor_args(services, "root_supervisor", children);
     let (root, handle) = Actor::spawn(None, Supervisor, args)
@@ -316,8 +320,11 @@ fn root_children(
     ]
 }
 
-/// The Kafka consumer-group bridge that feeds the node's log.
+/// A Kafka consumer-group bridge: the one that feeds the node's log from the partitions it
+/// owns, the one that passes `transaction-stream` on to `user-events`, or the one that feeds
+/// its catalogue from all of `product-updates`.
 fn kafka_bridge(
+    role: Role,
     services: &Arc<Services>,
     settings: Arc<kafka::Settings>,
     producer: kafka::Producer,
@@ -325,8 +332,14 @@ fn kafka_bridge(
 ) -> ChildSpec {
     let services = services.clone();
     let sessions = users.sessions.clone();
-    ChildSpec::new("kafka", move |parent| {
+    let name = match role {
+        Role::Users => "kafka",
+        Role::Transactions => "kafka_transactions",
+        Role::Catalog => "kafka_catalog",
+    };
+    ChildSpec::new(name, move |parent| {
         let args = actors::kafka_bridge::BridgeArgs {
+            role,
             services: services.clone(),
             settings: settings.clone(),
             producer: producer.clone(),
