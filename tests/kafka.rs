@@ -523,6 +523,13 @@ async fn with_the_broker_down_posts_get_503_and_consumers_resume_when_it_returns
         wait_until(accepted, Duration::from_secs(30)).await,
         "the node never accepted events"
     );
+    // Serving: the group assigned the node its partitions and it applied what it was sent.
+    for u in 0..5 {
+        eventually(&server, &format!("/v1/users/user{u}"), |s, b| {
+            s == 200 && b["num_events"] == 10
+        })
+        .await;
+    }
 
     service("down", "kafka", port);
     let (status, body) = server.post_events(post(50, 100)).await;
@@ -538,11 +545,16 @@ async fn with_the_broker_down_posts_get_503_and_consumers_resume_when_it_returns
                 .is_some_and(|e| e.starts_with("down"))
     })
     .await;
-    // Reads go on while the broker is away.
-    assert_eq!(
-        server.get("/v1/users/user1/recommendations?k=3").await.0,
-        200
-    );
+    // Reads go on while the broker is away, past the group's session timeout (6 s) too: the
+    // assignment is lost, but nobody else can have been given the partitions meanwhile.
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        assert_eq!(
+            server.get("/v1/users/user1/recommendations?k=3").await.0,
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     service("up", "kafka", port);
     let accepted = async || server.post_events(post(50, 100)).await.0 == 202;

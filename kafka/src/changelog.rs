@@ -83,6 +83,10 @@ impl Changelog for ChangelogWriter {
 /// Reads `partition` of the changelog from `from` up to its end as of now, calling `apply` on
 /// each record in order; returns the offset after the last one read (the next to read), and
 /// `apply` back. A record that cannot be decoded is logged and skipped: no node wrote it.
+///
+/// The end is where the partition's high watermark was when the read began, and then until a
+/// fetch finds nothing more: some brokers (tansu) report the base offset of the last record
+/// batch, plus one, as the high watermark, which would leave the rest of that batch unread.
 pub async fn read_partition<F>(
     settings: &Settings,
     node_id: &str,
@@ -102,27 +106,30 @@ where
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
         .create()?;
     let deadline = std::time::Instant::now() + timeout;
     // Blocking calls (watermarks, poll) run on the blocking pool, one read at a time.
     tokio::task::spawn_blocking(move || {
         let (low, high) = consumer.fetch_watermarks(&topic, partition as i32, timeout)?;
         let start = (from as i64).max(low);
-        if start >= high {
-            return Ok((high.max(from as i64) as u64, apply));
-        }
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&topic, partition as i32, Offset::Offset(start))?;
         consumer.assign(&list)?;
         let mut next = start;
-        while next < high {
+        loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(KafkaError::Other(format!(
                     "restoring {topic}/{partition}: at offset {next} of {high} when time ran out"
                 )));
             }
-            let Some(message) = consumer.poll(left.min(Duration::from_millis(500))) else {
+            // Past the watermark, one quiet fetch ends the read.
+            let wait = if next >= high { QUIET } else { POLL };
+            let Some(message) = consumer.poll(left.min(wait)) else {
+                if next >= high {
+                    break;
+                }
                 continue;
             };
             let message = message?;
@@ -135,11 +142,15 @@ where
                 }
             }
         }
-        Ok((next as u64, apply))
+        Ok((next.max(from as i64) as u64, apply))
     })
     .await
     .map_err(|e| KafkaError::Other(e.to_string()))?
 }
+
+/// How long a restore waits for a record before the watermark, and past it.
+const POLL: Duration = Duration::from_millis(500);
+const QUIET: Duration = Duration::from_millis(300);
 
 /// Follows every partition of the changelog from its end on: what the owners of the users change
 /// from now on, for a node to hear of changes to users it does not own (see
