@@ -1,10 +1,13 @@
 //! The archiver: copies the event log to the object store, hourly by default
 //! (`objects.archive_interval`). For each partition it writes the records from its own committed
 //! offset (consumer group `archive`) to the end of the log as one gzip'd JSON-lines object,
-//! `archive/events/user-events/partition=PPPP/hour=YYYYMMDDHH/<first>-<last>.jsonl.gz`, and commits
-//! only after the object is stored: a crash rewrites at most one object, never skips records.
-//! [`read_archive`] reads it all back (training, replays), with each record's receive time, so an
-//! erased user's tombstone still applies to records from any node's log.
+//! `archive/events/user-events/partition=PPPP/node=<node id>/hour=YYYYMMDDHH/<first>-<last>.jsonl.gz`,
+//! and commits only after the object is stored: a crash rewrites at most one object, never skips
+//! records. Offsets are those of the node's own log, so the node id in the key keeps the nodes of
+//! a cluster (which share the object store, and may each have held a partition in turn) from
+//! overwriting each other. [`read_archive`] reads it all back (training, replays), with each
+//! record's receive time, so an erased user's tombstone still applies to records from any node's
+//! log.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -172,7 +175,8 @@ pub async fn archive_once(services: &Services) -> Result<ArchiveRun, ApiError> {
             };
             let (first, last) = (first.offset, last.offset);
             let key = format!(
-                "{PREFIX}{TOPIC}/partition={partition:04}/hour={}/{first:020}-{last:020}.jsonl.gz",
+                "{PREFIX}{TOPIC}/partition={partition:04}/node={}/hour={}/{first:020}-{last:020}.jsonl.gz",
+                services.cluster.node_id(),
                 hour_bucket(common::now_millis())
             );
             let bytes = encode(records).map_err(ApiError::internal)?;
@@ -202,13 +206,19 @@ fn encode(records: Vec<Record>) -> std::io::Result<Vec<u8>> {
     gz.finish()
 }
 
-/// Every archived record, once, in (partition, offset) order. An upload whose answer was lost
-/// (the store took it, the network dropped the reply) is retried from the last committed offset
-/// with whatever has arrived since, so objects may overlap; a record is its (partition, offset),
-/// and overlaps read back once.
+/// Every archived record, once, in (partition, node, offset) order. An upload whose answer was
+/// lost (the store took it, the network dropped the reply) is retried from the last committed
+/// offset with whatever has arrived since, so objects may overlap; a record is its (partition,
+/// node, offset), and overlaps read back once. Objects archived before keys named their node
+/// count as one node's.
 pub async fn read_archive(objects: &dyn ObjectStore) -> Result<Vec<Record>, ApiError> {
     let mut records = Vec::new();
     for key in objects.list(PREFIX).await.map_err(ApiError::from)? {
+        let node = key
+            .split('/')
+            .find_map(|segment| segment.strip_prefix("node="))
+            .unwrap_or_default()
+            .to_owned();
         let Some(bytes) = objects.get(&key).await.map_err(ApiError::from)? else {
             continue;
         };
@@ -219,17 +229,18 @@ pub async fn read_archive(objects: &dyn ObjectStore) -> Result<Vec<Record>, ApiE
         for line in text.lines().filter(|l| !l.is_empty()) {
             let a: ArchivedRecord = serde_json::from_str(line)
                 .map_err(|e| ApiError::internal(format!("archive object {key}: {e}")))?;
-            records.push(Record {
+            let record = Record {
                 partition: a.partition,
                 offset: a.offset,
                 received_ms: a.received_ms,
                 event: a.event,
-            });
+            };
+            records.push((node.clone(), record));
         }
     }
-    records.sort_by_key(|r| (r.partition, r.offset));
-    records.dedup_by_key(|r| (r.partition, r.offset));
-    Ok(records)
+    records.sort_by(|(a, x), (b, y)| (x.partition, a, x.offset).cmp(&(y.partition, b, y.offset)));
+    records.dedup_by(|(a, x), (b, y)| (x.partition, &*a, x.offset) == (y.partition, &*b, y.offset));
+    Ok(records.into_iter().map(|(_, record)| record).collect())
 }
 
 #[cfg(test)]
@@ -276,5 +287,15 @@ mod tests {
         let expected: Vec<(u64, Option<i64>)> =
             (0..5).map(|o| (o, Some(1_000 + o as i64))).collect();
         assert_eq!(read, expected);
+
+        // Another node's log, which held the partition in turn, has offsets of its own: the
+        // same numbers are other records, and read back too.
+        let bytes = encode((0..=1).map(record).collect()).expect("encode");
+        let key = format!(
+            "{PREFIX}{TOPIC}/partition=0000/node=n2/hour=2026120700/{:020}-{:020}.jsonl.gz",
+            0, 1
+        );
+        objects.put(&key, bytes).await.expect("put");
+        assert_eq!(read_archive(&objects).await.expect("read").len(), 7);
     }
 }

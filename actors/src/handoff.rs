@@ -104,10 +104,16 @@ pub async fn restore(
     let started = Instant::now();
     stop_sessions(sessions, &[partition]).await?;
     let from = services.store.restored_through(partition)?;
-    let own = match &services.changelog {
-        Some(changelog) => changelog.writer().to_owned(),
-        None => String::new(),
+    let Some(changelog) = &services.changelog else {
+        // No changelog (the embedded log): this node's store is the only copy.
+        services.cluster.activate(partition);
+        return Ok(Restored {
+            partition,
+            ..Default::default()
+        });
     };
+    let own = changelog.writer().to_owned();
+    let until = changelog.mark(partition).await?;
     let replay = Arc::new(Mutex::new(Restore::default()));
     let feed = replay.clone();
     let (through, _) = kafka::changelog::read_partition(
@@ -115,6 +121,7 @@ pub async fn restore(
         services.cluster.node_id(),
         partition,
         from,
+        until,
         RESTORE_TIMEOUT,
         move |record| {
             feed.lock().push(record);

@@ -8,6 +8,14 @@
 //! than `model.max_regression` below the active version's. A rejected version is kept (for
 //! inspection, or to activate by hand) and says why. Any stored version can be activated again,
 //! and a rollback returns to the version that was active before the current one.
+//!
+//! The nodes of a cluster share the object store, and so the manifest: every change reads the
+//! stored manifest afresh before writing it, [`ModelRegistry::refresh`] (every few seconds) makes
+//! a version activated or rolled back on any node active on this one too, and a lease
+//! (`models/lease.json`, [`ModelRegistry::try_lease`]) lets one node train at a time. The object
+//! store has no conditional write, so the lease is taken by writing it and reading it back: two
+//! nodes that take it within the same instant may both train, and the manifest then lists both
+//! versions, the later activation winning, as after two runs one after the other.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +28,14 @@ use storage::ObjectStore;
 use tokio::sync::Mutex;
 
 const MANIFEST: &str = "models/manifest.json";
+const LEASE: &str = "models/lease.json";
+
+/// Who trains now, and until when (epoch ms) unless it renews.
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+    until_ms: i64,
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
@@ -187,7 +203,7 @@ impl ModelRegistry {
             .active()
             .and_then(|active| gate(&active.meta, &artifact.meta, max_regression));
         let mut manifest = self.manifest.lock().await;
-        let mut next = manifest.clone();
+        let mut next = self.stored(&manifest).await?;
         let meta = &artifact.meta;
         next.versions.push(VersionInfo {
             version: meta.version.clone(),
@@ -222,11 +238,12 @@ impl ModelRegistry {
     /// Makes a stored version the active one again.
     pub async fn activate(&self, version: &str) -> Result<Arc<ModelArtifact>, ApiError> {
         let mut manifest = self.manifest.lock().await;
+        *manifest = self.stored(&manifest).await?;
         if !manifest.versions.iter().any(|v| v.version == version) {
             return Err(ApiError::not_found(format!("no model version {version:?}")));
         }
         let artifact = Arc::new(self.load(version).await?);
-        let mut next = manifest.clone();
+        let mut next = self.stored(&manifest).await?;
         next.active = Some(version.to_owned());
         next.activations.push(version.to_owned());
         self.write_manifest(&next).await?;
@@ -274,7 +291,7 @@ impl ModelRegistry {
                 rewritten.push(version.to_owned());
             }
         }
-        let mut next = manifest.clone();
+        let mut next = self.stored(&manifest).await?;
         next.personal_fields_scrubbed
             .extend(fields.iter().map(|f| f.to_lowercase()));
         next.personal_fields_scrubbed.sort_unstable();
@@ -304,6 +321,77 @@ impl ModelRegistry {
             .rev()
             .find(|v| v.as_str() != current)
             .cloned()
+    }
+
+    /// Reads the manifest again (another node may have changed it): if another version is
+    /// active now, loads it and makes it this node's active one. Returns whether it did.
+    pub async fn refresh(&self) -> Result<bool, ApiError> {
+        let mut manifest = self.manifest.lock().await;
+        let stored = self.stored(&manifest).await?;
+        let changed = stored.active.is_some() && stored.active != manifest.active;
+        if let Some(version) = stored.active.as_deref().filter(|_| changed) {
+            let artifact = self.load(version).await?;
+            self.active.store(Some(Arc::new(artifact)));
+            tracing::info!(%version, "model version activated on another node");
+        }
+        *manifest = stored;
+        Ok(changed)
+    }
+
+    /// Takes the training lease for `holder` for `ttl`, unless another holder's is current.
+    pub async fn try_lease(
+        &self,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, ApiError> {
+        let now = common::now_millis();
+        if let Some(lease) = self.lease().await?
+            && lease.holder != holder
+            && lease.until_ms > now
+        {
+            return Ok(false);
+        }
+        let lease = Lease {
+            holder: holder.to_owned(),
+            until_ms: now + ttl.as_millis() as i64,
+        };
+        self.objects
+            .put(LEASE, serde_json::to_vec(&lease).map_err(io)?)
+            .await
+            .map_err(io)?;
+        // Read back: of two nodes that wrote at once, the one whose write landed last holds it.
+        Ok(self.lease().await?.is_some_and(|l| l.holder == holder))
+    }
+
+    /// Gives the lease up, if `holder` holds it.
+    pub async fn end_lease(&self, holder: &str) -> Result<(), ApiError> {
+        if self.lease().await?.is_some_and(|l| l.holder == holder) {
+            let ended = Lease {
+                holder: holder.to_owned(),
+                until_ms: 0,
+            };
+            self.objects
+                .put(LEASE, serde_json::to_vec(&ended).map_err(io)?)
+                .await
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
+    async fn lease(&self) -> Result<Option<Lease>, ApiError> {
+        match self.objects.get(LEASE).await.map_err(io)? {
+            // A lease that does not parse holds nothing: the next taker overwrites it.
+            Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// The manifest as stored, or `cached` when none is stored yet.
+    async fn stored(&self, cached: &Manifest) -> Result<Manifest, ApiError> {
+        match self.objects.get(MANIFEST).await.map_err(io)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(io),
+            None => Ok(cached.clone()),
+        }
     }
 
     async fn write_manifest(&self, manifest: &Manifest) -> Result<(), ApiError> {
@@ -348,6 +436,57 @@ mod tests {
     async fn registry(dir: &std::path::Path) -> ModelRegistry {
         let objects = Arc::new(storage::LocalObjectStore::new(dir).expect("store"));
         ModelRegistry::open(objects).await.expect("open")
+    }
+
+    #[tokio::test]
+    async fn nodes_sharing_the_store_follow_each_others_versions_and_keep_all_of_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (registry(dir.path()).await, registry(dir.path()).await);
+        a.publish(artifact("v1", Some(0.2)), 0.05)
+            .await
+            .expect("v1");
+        assert!(b.active().is_none());
+        assert!(b.refresh().await.expect("refresh"), "b follows a");
+        assert_eq!(b.active().expect("active").meta.version, "v1");
+        assert!(!b.refresh().await.expect("refresh"), "nothing new");
+        // b publishes from a manifest it reads afresh: v1 stays listed.
+        b.publish(artifact("v2", Some(0.3)), 0.05)
+            .await
+            .expect("v2");
+        assert!(a.refresh().await.expect("refresh"));
+        assert_eq!(a.active().expect("active").meta.version, "v2");
+        let listed: Vec<String> = a
+            .manifest()
+            .await
+            .versions
+            .into_iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(listed, ["v1", "v2"]);
+        // A rollback on a reaches b.
+        a.activate("v1").await.expect("rollback");
+        assert!(b.refresh().await.expect("refresh"));
+        assert_eq!(b.active().expect("active").meta.version, "v1");
+    }
+
+    #[tokio::test]
+    async fn one_node_holds_the_training_lease_until_it_ends_or_expires() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (registry(dir.path()).await, registry(dir.path()).await);
+        let hour = std::time::Duration::from_secs(3600);
+        assert!(a.try_lease("node-a", hour).await.expect("lease"));
+        assert!(a.try_lease("node-a", hour).await.expect("renewed"));
+        assert!(!b.try_lease("node-b", hour).await.expect("held"));
+        b.end_lease("node-b").await.expect("not b's to end");
+        assert!(!b.try_lease("node-b", hour).await.expect("still held"));
+        a.end_lease("node-a").await.expect("ended");
+        assert!(
+            b.try_lease("node-b", std::time::Duration::ZERO)
+                .await
+                .expect("free")
+        );
+        // Expired at once: anyone may take it.
+        assert!(a.try_lease("node-a", hour).await.expect("expired"));
     }
 
     #[tokio::test]

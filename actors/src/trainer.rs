@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::config::TrainSource;
 use common::pii::PersonalFields;
@@ -35,7 +35,15 @@ pub enum TrainerMsg {
         iterations: usize,
     },
     Done(Result<String, String>),
+    /// Reads the shared manifest again: another node may have activated a version (sent to
+    /// itself every [`FOLLOW_INTERVAL`] in a cluster).
+    Follow,
 }
+
+/// How often a node of a cluster reads the shared model manifest.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(3);
+/// How long a run may hold the training lease; a node that dies training holds it no longer.
+const LEASE_TTL: Duration = Duration::from_secs(3600);
 
 pub struct TrainerActor;
 
@@ -81,6 +89,10 @@ impl Actor for TrainerActor {
         // once, off the start path (the object store may be slow or away; a run tries again).
         let migrating = services.clone();
         tokio::spawn(async move { scrub_stored_versions(&migrating).await });
+        // A cluster shares its object store: versions made or activated elsewhere are followed.
+        if services.changelog.is_some() {
+            mailbox::tell_every(myself.clone(), FOLLOW_INTERVAL, || TrainerMsg::Follow);
+        }
         let interval = services.config.model.retrain_interval;
         if !interval.is_zero() {
             mailbox::tell_every(myself.clone(), interval, || TrainerMsg::Train {
@@ -170,6 +182,17 @@ impl Actor for TrainerActor {
                     let _ = reply.send(result.clone().map_err(ApiError::unavailable));
                 }
             }
+            TrainerMsg::Follow => match state.services.registry.refresh().await {
+                Ok(true) => {
+                    if let Err(error) = swapped_in(&state.services).await {
+                        tracing::warn!(error = %error.message, "loading the version activated elsewhere");
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error.message, "reading the model manifest");
+                }
+            },
         }
         state.obs.publish(&state.obs_state);
         Ok(())
@@ -188,7 +211,27 @@ async fn scrub_stored_versions(services: &Services) {
     }
 }
 
+/// One run, under the training lease: a node whose cluster is training elsewhere does not
+/// start another.
 async fn run(services: &Services, trainer: &ActorRef<TrainerMsg>) -> Result<String, ApiError> {
+    let holder = services.cluster.node_id();
+    if !services.registry.try_lease(holder, LEASE_TTL).await? {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "another node of the cluster is training",
+        ));
+    }
+    let result = train_once(services, trainer).await;
+    if let Err(error) = services.registry.end_lease(holder).await {
+        tracing::warn!(error = %error.message, "ending the training lease; it expires by itself");
+    }
+    result
+}
+
+async fn train_once(
+    services: &Services,
+    trainer: &ActorRef<TrainerMsg>,
+) -> Result<String, ApiError> {
     scrub_stored_versions(services).await;
     let (mut data, range) = collect(services).await?;
     // Every catalogued item is a candidate, interactions or not; its content describes it.

@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use storage::changelog::{ChangeRecord, Changelog};
+use storage::changelog::{ChangeRecord, Changelog, MARKER_KEY};
 use storage::error::StorageError;
 
 use crate::{KafkaError, Result, Settings, millis};
@@ -78,20 +78,38 @@ impl Changelog for ChangelogWriter {
             .map(drop)
             .map_err(|(e, _)| StorageError::Backend(format!("sessions changelog: {e}")))
     }
+
+    async fn mark(&self, partition: u32) -> storage::error::Result<u64> {
+        let mut marker = ChangeRecord::erased(MARKER_KEY, 0);
+        marker.change = storage::Change::Marker;
+        marker.writer.clone_from(&self.writer);
+        let value = marker.encode();
+        let delivery = self
+            .producer
+            .send(
+                FutureRecord::to(&self.topic)
+                    .partition(partition as i32)
+                    .key(MARKER_KEY)
+                    .payload(&value),
+                self.timeout,
+            )
+            .await
+            .map_err(|(e, _)| StorageError::Backend(format!("sessions changelog marker: {e}")))?;
+        Ok(delivery.offset as u64)
+    }
 }
 
-/// Reads `partition` of the changelog from `from` up to its end as of now, calling `apply` on
-/// each record in order; returns the offset after the last one read (the next to read), and
-/// `apply` back. A record that cannot be decoded is logged and skipped: no node wrote it.
-///
-/// The end is where the partition's high watermark was when the read began, and then until a
-/// fetch finds nothing more: some brokers (tansu) report the base offset of the last record
-/// batch, plus one, as the high watermark, which would leave the rest of that batch unread.
+/// Reads `partition` of the changelog from `from` through offset `until` (a marker the reader
+/// wrote with [`Changelog::mark`] just before, so everything recorded before the read began is
+/// read, whatever high watermark the broker reports), calling `apply` on each record in order;
+/// returns the offset after the last one read (the next to read), and `apply` back. A record
+/// that cannot be decoded is logged and skipped: no node wrote it.
 pub async fn read_partition<F>(
     settings: &Settings,
     node_id: &str,
     partition: u32,
     from: u64,
+    until: u64,
     timeout: Duration,
     mut apply: F,
 ) -> Result<(u64, F)>
@@ -106,30 +124,25 @@ where
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "100")
         .create()?;
     let deadline = std::time::Instant::now() + timeout;
-    // Blocking calls (watermarks, poll) run on the blocking pool, one read at a time.
+    // Blocking calls (poll) run on the blocking pool, one read at a time.
     tokio::task::spawn_blocking(move || {
-        let (low, high) = consumer.fetch_watermarks(&topic, partition as i32, timeout)?;
-        let start = (from as i64).max(low);
+        let mut next = from as i64;
+        if next > until as i64 {
+            return Ok((from, apply));
+        }
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&topic, partition as i32, Offset::Offset(start))?;
+        list.add_partition_offset(&topic, partition as i32, Offset::Offset(next))?;
         consumer.assign(&list)?;
-        let mut next = start;
-        loop {
+        while next <= until as i64 {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(KafkaError::Other(format!(
-                    "restoring {topic}/{partition}: at offset {next} of {high} when time ran out"
+                    "restoring {topic}/{partition}: at offset {next} of {until} when time ran out"
                 )));
             }
-            // Past the watermark, one quiet fetch ends the read.
-            let wait = if next >= high { QUIET } else { POLL };
-            let Some(message) = consumer.poll(left.min(wait)) else {
-                if next >= high {
-                    break;
-                }
+            let Some(message) = consumer.poll(left.min(Duration::from_millis(500))) else {
                 continue;
             };
             let message = message?;
@@ -142,15 +155,11 @@ where
                 }
             }
         }
-        Ok((next.max(from as i64) as u64, apply))
+        Ok((next as u64, apply))
     })
     .await
     .map_err(|e| KafkaError::Other(e.to_string()))?
 }
-
-/// How long a restore waits for a record before the watermark, and past it.
-const POLL: Duration = Duration::from_millis(500);
-const QUIET: Duration = Duration::from_millis(300);
 
 /// Follows every partition of the changelog from its end on: what the owners of the users change
 /// from now on, for a node to hear of changes to users it does not own (see
@@ -190,6 +199,7 @@ impl ChangelogTail {
         while let Some(received) = next.take() {
             match received {
                 Ok(message) => match ChangeRecord::decode(message.key(), message.payload()) {
+                    Ok(record) if record.change == storage::Change::Marker => {}
                     Ok(record) => records.push((message.partition() as u32, record)),
                     Err(error) => {
                         tracing::warn!(offset = message.offset(), %error, "skipped a changelog record");

@@ -38,7 +38,13 @@ pub enum Change {
     },
     /// The user was erased at `at_ms` (the owner's clock): a new owner forgets the user too.
     Erased { at_ms: i64 },
+    /// Written by a node about to restore the partition, under [`MARKER_KEY`]: its offset is
+    /// where the restore ends, whatever high watermark the broker reports. About no user.
+    Marker,
 }
+
+/// The key of [`Change::Marker`] records: a control character, which no user id holds.
+pub const MARKER_KEY: &str = "\u{1}restore";
 
 /// One changelog record: the key is the user id.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,6 +115,9 @@ pub trait Changelog: Send + Sync + 'static {
     fn writer(&self) -> &str;
     /// Returns once every record is durably recorded (acknowledged by the broker).
     async fn record(&self, records: Vec<ChangeRecord>) -> Result<()>;
+    /// Appends a [`Change::Marker`] to `partition` and returns its offset: a restore that has
+    /// read up to it has read everything recorded before it began.
+    async fn mark(&self, partition: u32) -> Result<u64>;
 }
 
 /// One partition's restore: fed the records of the range read, in order, then applied.
@@ -125,6 +134,7 @@ impl Restore {
         let ids = match &record.change {
             Change::State { applied, .. } => applied.clone(),
             Change::Erased { .. } => Vec::new(),
+            Change::Marker => return,
         };
         match self.last.entry(record.user_id.clone()) {
             Entry::Occupied(mut slot) => {
@@ -172,6 +182,7 @@ impl Restore {
                     };
                     store.erase(&user, tombstone, &[])?;
                 }
+                Change::Marker => continue,
             }
             changed.push(user);
         }
@@ -241,7 +252,10 @@ mod tests {
     fn a_restore_ends_at_each_users_last_record_with_the_ids_of_all() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RocksSessionStore::new(Arc::new(Db::open(dir.path()).expect("db")));
+        let mut marker = ChangeRecord::erased(MARKER_KEY, 0);
+        marker.change = Change::Marker;
         let records = [
+            marker,
             state("u", "a", 1, &["e1"]),
             state("u", "b", 2, &["e2"]),
             erased("v", "a", 5),

@@ -24,6 +24,9 @@ use tokio::sync::Mutex;
 
 use crate::supervisor::SupervisorMsg;
 
+/// Longest a node starting in a cluster waits for the first model another node trains.
+const FIRST_MODEL_TIMEOUT: Duration = Duration::from_secs(600);
+
 mod admin;
 mod catalog;
 mod models;
@@ -73,11 +76,35 @@ impl Node {
         });
         if node.services.registry.active().is_none() {
             tracing::info!("no model yet: training a first one");
-            node.train(true)
-                .await
-                .map_err(|e| anyhow::anyhow!("first training failed: {}", e.message))?;
+            match node.train(true).await {
+                Ok(_) => {}
+                // Another node of the cluster is training the first one: it will be shared.
+                Err(e) if e.code == common::ErrorCode::Conflict => node.first_model().await?,
+                Err(e) => anyhow::bail!("first training failed: {}", e.message),
+            }
         }
         Ok(node)
+    }
+
+    /// Waits for the version another node is training to be published, then activates it.
+    async fn first_model(&self) -> anyhow::Result<()> {
+        let registry = &self.services.registry;
+        let deadline = tokio::time::Instant::now() + FIRST_MODEL_TIMEOUT;
+        while !registry
+            .refresh()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the model manifest: {}", e.message))?
+        {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("no first model from the node holding the training lease");
+            }
+            tokio::time::sleep(actors::trainer::FOLLOW_INTERVAL).await;
+        }
+        self.services
+            .models
+            .reload_all()
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))
     }
 
     pub fn services(&self) -> &Arc<Services> {
