@@ -579,7 +579,8 @@ async fn three_nodes_share_users_and_lose_none_when_one_is_killed_or_all_restart
         .collect();
     assert!(!ids.contains(&top.as_str()), "{top} still in {update}");
     eprintln!(
-        "cluster: a WebSocket on {} for {user} (owned by {owner}) got the push {:.0} ms after          an event posted through a third node",
+        "cluster: a WebSocket on {} for {user} (owned by {owner}) got the push {:.0} ms after \
+         an event posted through a third node",
         nodes[0].id,
         pushed.elapsed().as_secs_f64() * 1000.0
     );
