@@ -663,7 +663,7 @@ async fn nodes_meet_on_the_status_topic_and_a_leaving_node_says_so() {
         peer_member,
         Some(json!({"node_id": "node-t", "address": "127.0.0.1:1", "partitions": [3]}))
     );
-    // The members gauge counts both.
+    // The members gauge counts both; the ownership gauges say what the node owns.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let metrics = server
@@ -675,7 +675,12 @@ async fn nodes_meet_on_the_status_topic_and_a_leaving_node_says_so() {
             .text()
             .await
             .expect("text");
-        if metrics.lines().any(|l| l == "streamrec_cluster_members 2") {
+        // Alone in its group, the node owns (active) every partition, one series each.
+        let owns_all = (0..PARTITIONS).all(|p| {
+            let line = format!("streamrec_cluster_partition_owned{{partition=\"{p}\"}} 2");
+            metrics.lines().any(|l| l == line)
+        });
+        if owns_all && metrics.lines().any(|l| l == "streamrec_cluster_members 2") {
             break;
         }
         assert!(Instant::now() < deadline, "never two members: {metrics}");

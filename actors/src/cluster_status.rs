@@ -43,6 +43,16 @@ static PARTITIONS_OWNED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+static PARTITION_OWNED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "streamrec_cluster_partition_owned",
+        "Whether this node owns each partition of the user topics: 0 no, 1 restoring, 2 active \
+         (one series per partition, so bounded by events.num_partitions).",
+        &["partition"]
+    )
+    .expect("metric registers once")
+});
+
 static MEMBERS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "streamrec_cluster_members",
@@ -272,6 +282,16 @@ impl ClusterStatusState {
         PARTITIONS_OWNED
             .with_label_values(&["restoring"])
             .set(restoring as i64);
+        for partition in 0..self.args.services.cluster.num_partitions() {
+            let state = match own.partitions.get(&partition) {
+                None | Some(PartitionState::Moving) => 0,
+                Some(PartitionState::Restoring) => 1,
+                Some(PartitionState::Active) => 2,
+            };
+            PARTITION_OWNED
+                .with_label_values(&[&partition.to_string()])
+                .set(state);
+        }
         MEMBERS.set(view.members.len() as i64);
         self.obs_state.num_members = view.members.len();
         self.obs_state.num_partitions_owned = own.partitions.len();
