@@ -528,6 +528,7 @@ async fn three_nodes_share_users_and_lose_none_when_one_is_killed_or_all_restart
     // (they go through `product-updates`, which every node reads whole).
     let items: Vec<String> = (0..7).map(|i| format!("item{i}")).collect();
     live(&nodes)[0].catalog(&items).await;
+    live(&nodes)[0].catalog(["solo"]).await;
     for server in live(&nodes) {
         eventually(server, "/v1/items/item6", |s, _| s == 200).await;
     }
@@ -586,6 +587,20 @@ async fn three_nodes_share_users_and_lose_none_when_one_is_killed_or_all_restart
         nodes[0].id,
         pushed.elapsed().as_secs_f64() * 1000.0
     );
+
+    // Trending counts the whole cluster: an item only the owner's user clicked trends on
+    // every node.
+    post(third, &[click("solo-1", user, "solo")]).await;
+    *expected.get_mut(user).expect("counted") += 1;
+    for server in live(&nodes) {
+        eventually(server, "/v1/trending?k=50", |s, b| {
+            s == 200
+                && b["items"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|i| i["item_id"] == "solo"))
+        })
+        .await;
+    }
 
     // (f) A rolling restart (SIGTERM, one node at a time) under a steady read load on the other
     // nodes fails no read: a moving partition's requests wait for its new owner.

@@ -5,16 +5,21 @@
 //! and a WebSocket, GraphQL or gRPC subscriber on any node hears of every change to its user:
 //! the push hub recomputes the list through `Users`, which asks the owner.
 //!
-//! The tail starts at the end of the changelog: what changed before a node started, its cache
-//! never held. A broker outage never fails it: the client reconnects by itself.
+//! It also follows every event of `user-events` into this node's trending windows, so that
+//! trending counts the whole cluster's activity (sessions do not count it in a cluster: their
+//! node sees only its own users).
+//!
+//! The tail starts at the end: what changed before a node started, its cache never held. A
+//! broker outage never fails it: the client reconnects by itself.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kafka::Settings;
-use kafka::changelog::ChangelogTail;
+use kafka::tail::{Tail, Tailed};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
+use storage::catalog::ItemStatus;
 
 use crate::Services;
 use crate::changes::Changes;
@@ -39,15 +44,18 @@ pub struct TailArgs {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TailObs {
     pub topic: String,
+    /// Changelog records read.
     pub num_records: u64,
     /// Records about users another node owns, published on this node's feed.
     pub num_remote: u64,
+    /// Events of `user-events` read (into trending).
+    pub num_events: u64,
     pub last_error: Option<String>,
 }
 
 pub struct TailState {
     args: TailArgs,
-    tail: Option<ChangelogTail>,
+    tail: Option<Tail>,
     obs_state: TailObs,
     obs: Arc<Obs<TailObs>>,
 }
@@ -109,7 +117,7 @@ impl Actor for ChangelogTailActor {
             let node_id = state.args.services.cluster.node_id();
             match kafka::ensure_topics(settings, Duration::from_secs(5))
                 .await
-                .and_then(|_| ChangelogTail::new(settings, node_id))
+                .and_then(|_| Tail::new(settings, node_id))
             {
                 Ok(tail) => {
                     state.tail = Some(tail);
@@ -127,12 +135,33 @@ impl Actor for ChangelogTailActor {
         if let Some(tail) = &state.tail {
             let services = &state.args.services;
             let records = tail.next(MAX_RECORDS, POLL_WAIT).await;
-            state.obs_state.num_records += records.len() as u64;
-            for (partition, record) in records {
-                // This node's own sessions published their changes already.
-                if !services.cluster.is_active(partition) {
-                    services.changes.publish(Changes::User(record.user_id));
-                    state.obs_state.num_remote += 1;
+            let now = common::now_millis();
+            for tailed in records {
+                match tailed {
+                    // This node's own sessions published their changes already.
+                    Tailed::Change { partition, record } => {
+                        state.obs_state.num_records += 1;
+                        if !services.cluster.is_active(partition) {
+                            services.changes.publish(Changes::User(record.user_id));
+                            state.obs_state.num_remote += 1;
+                        }
+                    }
+                    Tailed::Event(e) => {
+                        state.obs_state.num_events += 1;
+                        // Ids nobody catalogued never trend.
+                        if let ItemStatus::Catalogued(item) =
+                            services.catalog.read().status(&e.item_id)
+                        {
+                            services.trending.record(
+                                &e.user_id,
+                                &e.item_id,
+                                &item.categories,
+                                f64::from(e.weight()),
+                                e.ts,
+                                now,
+                            );
+                        }
+                    }
                 }
             }
             state.obs.publish(&state.obs_state);

@@ -311,7 +311,10 @@ impl SessionState {
             }
             let now = common::now_millis();
             let view = services.catalog.read();
-            for r in &records {
+            // In a cluster every node counts every event into trending from the tail of
+            // `user-events` (see `changelog_tail`); a session sees only its node's users.
+            let trending = services.changelog.is_none();
+            for r in records.iter().filter(|_| trending) {
                 let e = &r.event;
                 // Ids nobody catalogued never trend.
                 if let ItemStatus::Catalogued(item) = view.status(&e.item_id)

@@ -9,9 +9,8 @@
 
 use std::time::Duration;
 
-use futures::FutureExt;
 use futures::future::try_join_all;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -159,61 +158,4 @@ where
     })
     .await
     .map_err(|e| KafkaError::Other(e.to_string()))?
-}
-
-/// Follows every partition of the changelog from its end on: what the owners of the users change
-/// from now on, for a node to hear of changes to users it does not own (see
-/// `actors::changelog_tail`). Like [`StatusReader`](crate::status::StatusReader) it assigns the
-/// partitions itself: it is no member of the nodes' group and commits nothing.
-pub struct ChangelogTail {
-    consumer: StreamConsumer,
-}
-
-impl ChangelogTail {
-    pub fn new(settings: &Settings, node_id: &str) -> Result<Self> {
-        let consumer: StreamConsumer = settings
-            .client_config()
-            .set("group.id", format!("{}.tail.{node_id}", settings.group))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "latest")
-            .create()?;
-        let topic = settings.changelog_topic();
-        let mut partitions = TopicPartitionList::new();
-        for partition in 0..settings.partitions {
-            partitions.add_partition_offset(&topic, partition, Offset::End)?;
-        }
-        consumer.assign(&partitions)?;
-        Ok(Self { consumer })
-    }
-
-    /// Waits up to `wait` for a first record, then takes whatever else is already fetched, up
-    /// to `max`: (partition, record). Cancel-safe; client errors are logged and end the batch.
-    pub async fn next(&self, max: usize, wait: Duration) -> Vec<(u32, ChangeRecord)> {
-        let mut records = Vec::new();
-        let Ok(first) = tokio::time::timeout(wait, self.consumer.recv()).await else {
-            return records;
-        };
-        let mut next = Some(first);
-        while let Some(received) = next.take() {
-            match received {
-                Ok(message) => match ChangeRecord::decode(message.key(), message.payload()) {
-                    Ok(record) if record.change == storage::Change::Marker => {}
-                    Ok(record) => records.push((message.partition() as u32, record)),
-                    Err(error) => {
-                        tracing::warn!(offset = message.offset(), %error, "skipped a changelog record");
-                    }
-                },
-                Err(error) => {
-                    tracing::warn!(%error, "kafka changelog tail");
-                    break;
-                }
-            }
-            if records.len() < max {
-                next = self.consumer.recv().now_or_never();
-            }
-        }
-        records
-    }
 }

@@ -11,6 +11,7 @@
 //! - [`status`]: the cluster's status topic, each node's ownership and address, read by all.
 //! - [`changelog`]: the sessions changelog, written by a partition's owner and replayed by the
 //!   node that gains it.
+//! - [`tail`]: what every node follows from the end on: the changelog and `user-events`.
 //!
 //! Nothing here knows about actors or sessions: the bridge actor composes these parts.
 
@@ -20,6 +21,7 @@ mod consumer;
 mod decode;
 mod producer;
 pub mod status;
+pub mod tail;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

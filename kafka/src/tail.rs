@@ -1,0 +1,110 @@
+//! What every node of a cluster follows besides its own partitions, from the end on: the
+//! sessions changelog (each owner's changes to its users, so that a node hears of changes to
+//! users it does not own) and `user-events` (every event, so that trending counts the whole
+//! cluster's activity). Like [`StatusReader`](crate::status::StatusReader) it assigns the
+//! partitions itself: it is no member of the nodes' group and commits nothing.
+
+use std::time::Duration;
+
+use common::Event;
+use futures::FutureExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use storage::changelog::{Change, ChangeRecord};
+
+use crate::{Decoded, Message, Result, Settings, Topic, decode};
+
+/// One record the tail read.
+#[derive(Debug)]
+pub enum Tailed {
+    /// A change of the changelog's `partition`.
+    Change {
+        partition: u32,
+        record: ChangeRecord,
+    },
+    /// An event of `user-events`.
+    Event(Event),
+}
+
+pub struct Tail {
+    consumer: StreamConsumer,
+    settings: Settings,
+}
+
+impl Tail {
+    pub fn new(settings: &Settings, node_id: &str) -> Result<Self> {
+        let consumer: StreamConsumer = settings
+            .client_config()
+            .set("group.id", format!("{}.tail.{node_id}", settings.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "latest")
+            .create()?;
+        let mut partitions = TopicPartitionList::new();
+        for topic in [
+            settings.changelog_topic(),
+            settings.topic(Topic::UserEvents),
+        ] {
+            for partition in 0..settings.partitions {
+                partitions.add_partition_offset(&topic, partition, Offset::End)?;
+            }
+        }
+        consumer.assign(&partitions)?;
+        Ok(Self {
+            consumer,
+            settings: settings.clone(),
+        })
+    }
+
+    /// Waits up to `wait` for a first record, then takes whatever else is already fetched, up
+    /// to `max`. What cannot be read (a bad event is the owner's dead letter) is skipped.
+    /// Cancel-safe; client errors are logged and end the batch.
+    pub async fn next(&self, max: usize, wait: Duration) -> Vec<Tailed> {
+        let mut records = Vec::new();
+        let Ok(first) = tokio::time::timeout(wait, self.consumer.recv()).await else {
+            return records;
+        };
+        let changelog = self.settings.changelog_topic();
+        let now = common::now_millis();
+        let mut next = Some(first);
+        while let Some(received) = next.take() {
+            match received {
+                Ok(m) if m.topic() == changelog => {
+                    match ChangeRecord::decode(m.key(), m.payload()) {
+                        Ok(record) if record.change == Change::Marker => {}
+                        Ok(record) => records.push(Tailed::Change {
+                            partition: m.partition() as u32,
+                            record,
+                        }),
+                        Err(error) => {
+                            tracing::warn!(offset = m.offset(), %error, "skipped a changelog record");
+                        }
+                    }
+                }
+                Ok(m) => {
+                    let message = Message {
+                        topic: Topic::UserEvents,
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        timestamp: m.timestamp().to_millis(),
+                    };
+                    if let Ok(Decoded::Event(event)) = decode(&self.settings, &message, now) {
+                        records.push(Tailed::Event(event));
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "kafka tail");
+                    break;
+                }
+            }
+            if records.len() < max {
+                next = self.consumer.recv().now_or_never();
+            }
+        }
+        records
+    }
+}
