@@ -7,7 +7,9 @@
 #   - for the console's browser test: Debian's chromium, and playwright-core ${PLAYWRIGHT_VERSION}
 #     from npm into the tool cache (it drives the system chromium; it downloads no browser);
 #   - for the OpenAPI fuzz test: schemathesis ${SCHEMATHESIS_VERSION} from PyPI, in a virtualenv
-#     in the tool cache.
+#     in the tool cache;
+#   - for the observability test (`promtool check rules` / `test rules` on deploy/prometheus):
+#     Debian's prometheus package, which ships promtool.
 # The tool cache is $STREAMREC_CACHE, else $XDG_CACHE_HOME/streamrec, else ~/.cache/streamrec.
 set -euo pipefail
 
@@ -35,6 +37,7 @@ command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
 command -v chromium >/dev/null || missing+=(chromium)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
