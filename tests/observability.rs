@@ -16,28 +16,51 @@ use futures::StreamExt;
 use serde_json::Value;
 use support::*;
 
-/// Metrics that only a node consuming from Kafka (`events.url = kafka://...`) exports, each once
-/// what it counts has happened: a single embedded node owns every partition, so it never
-/// publishes cluster status, restores a partition, forwards a request or waits for a handoff.
-/// For these the test checks that the source defines them (a literal name in a `.rs` file).
+/// Metrics that only a node consuming from Kafka (`events.url = kafka://...`) exports: the
+/// actors that set them run only there, and what they are labelled by exists only there. For
+/// these the test checks that the source defines them (a literal name in a `.rs` file).
+/// Everything else a single node exports from start (`supervisors::Node::start` registers the
+/// counters of rare events at 0), even what only a cluster counts: restores, forwarded
+/// requests, handoff waits.
 const KAFKA_ONLY: &[&str] = &[
-    // actors/src/cluster_status.rs: the status topic and the shard map.
+    // actors/src/cluster_status.rs: the status topic and the shard map (no such actor on a
+    // single node).
     "streamrec_cluster_members",
     "streamrec_cluster_partitions_owned",
-    // actors/src/users.rs: a user owned by another node, a partition that is moving.
-    "streamrec_forwarded_requests_total",
-    "streamrec_handoff_waits_total",
-    // actors/src/kafka_bridge.rs: messages consumed, applied or dead-lettered.
+    // actors/src/kafka_bridge.rs: messages consumed, applied or dead-lettered, by topic (the
+    // configured topics: nothing to register them with before the bridge runs).
     "streamrec_kafka_messages_total",
-    // actors/src/handoff.rs: a partition restored from the sessions changelog.
-    "streamrec_restore_seconds",
-    "streamrec_restores_total",
 ];
 
-/// Metrics registered when first counted (a `LazyLock` touched only there) for something a
-/// healthy node does not do: a supervised child failing (supervisors/src/supervisor.rs). Also
-/// checked against the source.
-const ON_FIRST_FAILURE: &[&str] = &["streamrec_supervisor_child_failures_total"];
+/// Series a node exports from start, before it has counted anything (so that the first count
+/// is an increase `rate()` and `increase()` see), each with every label value it can have.
+const FROM_START: &[&str] = &[
+    r#"streamrec_supervisor_child_failures_total{failure="panic"}"#,
+    r#"streamrec_supervisor_child_failures_total{failure="error"}"#,
+    r#"streamrec_supervisor_child_failures_total{failure="kill"}"#,
+    r#"streamrec_sessions_live"#,
+    r#"streamrec_sessions_stopped_total{reason="passivated"}"#,
+    r#"streamrec_sessions_stopped_total{reason="evicted"}"#,
+    r#"streamrec_sessions_stopped_total{reason="released"}"#,
+    r#"streamrec_sessions_stopped_total{reason="failed"}"#,
+    r#"streamrec_model_activations_total"#,
+    r#"streamrec_forwarded_requests_total{outcome="ok"}"#,
+    r#"streamrec_forwarded_requests_total{outcome="error"}"#,
+    r#"streamrec_handoff_waits_total"#,
+    r#"streamrec_restores_total{kind="full"}"#,
+    r#"streamrec_restores_total{kind="incremental"}"#,
+    r#"streamrec_restore_seconds_count"#,
+];
+
+/// Series whose value a ready single node knows: a model is active, and the readiness probes
+/// that found it ready found every embedded dependency up.
+const WHEN_READY: &[(&str, f64)] = &[
+    ("streamrec_model_active", 1.0),
+    (r#"streamrec_dependency_up{dependency="events"}"#, 1.0),
+    (r#"streamrec_dependency_up{dependency="catalog"}"#, 1.0),
+    (r#"streamrec_dependency_up{dependency="cache"}"#, 1.0),
+    (r#"streamrec_dependency_up{dependency="objects"}"#, 1.0),
+];
 
 /// Suffixes of the series of a histogram family.
 const HISTOGRAM_SUFFIXES: &[&str] = &["_bucket", "_sum", "_count"];
@@ -150,6 +173,19 @@ fn exported_families(exposition: &str) -> BTreeMap<String, String> {
         }
     }
     families
+}
+
+/// The samples of a Prometheus text exposition: each series (`name{labels}`, as written) with
+/// its value.
+fn samples(exposition: &str) -> BTreeMap<&str, f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series, value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The family a series name belongs to: itself, or a histogram's (or summary's) name without
@@ -269,19 +305,43 @@ async fn every_metric_the_dashboard_and_rules_name_is_exported_by_a_node() {
 
     let (_guard, dir) = workdir();
     let server = Server::start(&dir).await;
+
+    // Before any traffic: the counters of rare events are exported, each label value, and the
+    // gauges of a ready node say so.
+    let scrape = async || {
+        let response = reqwest::get(server.url("/metrics")).await.expect("scrape");
+        assert_eq!(response.status(), 200);
+        response.text().await.expect("metrics text")
+    };
+    let exposition = scrape().await;
+    let at_start = samples(&exposition);
+    let absent: Vec<&&str> = FROM_START
+        .iter()
+        .filter(|series| !at_start.contains_key(**series))
+        .collect();
+    assert!(
+        absent.is_empty(),
+        "not exported from start: {absent:?}\n{exposition}"
+    );
+    for (series, value) in WHEN_READY {
+        assert_eq!(
+            at_start.get(series),
+            Some(value),
+            "{series} on a ready node\n{exposition}"
+        );
+    }
+
     drive_traffic(&server).await;
 
     // Metrics appear when first counted, some after the request that counts them has answered
     // (a push, say): scrape until every expected one is there, then report what is missing.
-    let exempt: BTreeSet<&str> = KAFKA_ONLY.iter().chain(ON_FIRST_FAILURE).copied().collect();
+    let exempt: BTreeSet<&str> = KAFKA_ONLY.iter().copied().collect();
     let mut missing = Vec::new();
     let mut families = BTreeMap::new();
     wait_until(
         async || {
             // As Prometheus scrapes: without a token.
-            let response = reqwest::get(server.url("/metrics")).await.expect("scrape");
-            assert_eq!(response.status(), 200);
-            families = exported_families(&response.text().await.expect("metrics text"));
+            families = exported_families(&scrape().await);
             missing = referenced
                 .iter()
                 .filter(|name| family_of(name, &families).is_none())
@@ -299,8 +359,8 @@ async fn every_metric_the_dashboard_and_rules_name_is_exported_by_a_node() {
         families.keys().collect::<Vec<_>>()
     );
 
-    // The names only a Kafka cluster (or a failure) exports are real: defined in the source, and
-    // still used by the dashboard or the rules (else they go from these lists).
+    // The names only a Kafka cluster exports are real: defined in the source, and
+    // still used by the dashboard or the rules (else they go from the list).
     let sources: Vec<String> = workspace_sources()
         .iter()
         .filter_map(|path| std::fs::read_to_string(path).ok())

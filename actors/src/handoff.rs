@@ -44,6 +44,16 @@ static RESTORES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Registers the restore counter (each `kind` at 0) and histogram, so that a node's first
+/// restore is an increase `rate()` sees. Called once at start (`supervisors::Node::start`);
+/// calling it again changes nothing.
+pub fn register_metrics() {
+    for kind in ["full", "incremental"] {
+        RESTORES.with_label_values(&[kind]);
+    }
+    LazyLock::force(&RESTORE_SECONDS);
+}
+
 /// Longest one partition's restore may take before the bridge fails (and, restarted by its
 /// supervisor, joins the group again).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);

@@ -16,16 +16,45 @@
 //! store has no conditional write, so the lease is taken by writing it and reading it back: two
 //! nodes that take it within the same instant may both train, and the manifest then lists both
 //! versions, the later activation winning, as after two runs one after the other.
+//!
+//! Every change of the in-memory active version goes through one method (`set_active`), which
+//! keeps `streamrec_model_active` and `streamrec_model_activations_total` with it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwapOption;
 use common::ApiError;
 use models::{ModelArtifact, ModelMeta};
+use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
 use serde::{Deserialize, Serialize};
 use storage::ObjectStore;
 use tokio::sync::Mutex;
+
+static MODEL_ACTIVE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "streamrec_model_active",
+        "1 when a model version is active on this node (its registry holds one for the model \
+         actors to serve), 0 before the first."
+    )
+    .expect("metric registers once")
+});
+
+static MODEL_ACTIVATIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "streamrec_model_activations_total",
+        "Times the active model version changed on this node: loaded at start, a trained version \
+         that passed the gate, an activation or rollback here, or one followed from another node."
+    )
+    .expect("metric registers once")
+});
+
+/// Registers the model gauge and the activations counter (both at 0 until a version is active).
+/// Called once at start (`supervisors::Node::start`); calling it again changes nothing.
+pub fn register_metrics() {
+    LazyLock::force(&MODEL_ACTIVE);
+    LazyLock::force(&MODEL_ACTIVATIONS);
+}
 
 const MANIFEST: &str = "models/manifest.json";
 const LEASE: &str = "models/lease.json";
@@ -114,11 +143,21 @@ impl ModelRegistry {
             manifest: Mutex::new(manifest.clone()),
         };
         if let Some(version) = &manifest.active {
-            registry
-                .active
-                .store(Some(Arc::new(registry.load(version).await?)));
+            registry.set_active(Arc::new(registry.load(version).await?));
         }
         Ok(registry)
+    }
+
+    /// Makes `artifact` the active version in memory, where model actors load it from; the one
+    /// place that does, so the metrics follow it. Replacing a version by itself (reloaded after a
+    /// scrub, or activated again) is no activation.
+    fn set_active(&self, artifact: Arc<ModelArtifact>) {
+        let version = artifact.meta.version.clone();
+        let previous = self.active.swap(Some(artifact));
+        MODEL_ACTIVE.set(1);
+        if previous.is_none_or(|p| p.meta.version != version) {
+            MODEL_ACTIVATIONS.inc();
+        }
     }
 
     async fn load(&self, version: &str) -> Result<ModelArtifact, ApiError> {
@@ -228,7 +267,7 @@ impl ModelRegistry {
         *manifest = next;
         Ok(match verdict {
             None => {
-                self.active.store(Some(Arc::new(artifact)));
+                self.set_active(Arc::new(artifact));
                 Published::Activated
             }
             Some(why) => Published::Rejected(why),
@@ -248,7 +287,7 @@ impl ModelRegistry {
         next.activations.push(version.to_owned());
         self.write_manifest(&next).await?;
         *manifest = next;
-        self.active.store(Some(artifact.clone()));
+        self.set_active(artifact.clone());
         Ok(artifact)
     }
 
@@ -306,7 +345,7 @@ impl ModelRegistry {
         if let Some(active) = manifest.active.as_deref()
             && rewritten.iter().any(|v| v == active)
         {
-            self.active.store(Some(Arc::new(self.load(active).await?)));
+            self.set_active(Arc::new(self.load(active).await?));
         }
         Ok(rewritten.len())
     }
@@ -331,7 +370,7 @@ impl ModelRegistry {
         let changed = stored.active.is_some() && stored.active != manifest.active;
         if let Some(version) = stored.active.as_deref().filter(|_| changed) {
             let artifact = self.load(version).await?;
-            self.active.store(Some(Arc::new(artifact)));
+            self.set_active(Arc::new(artifact));
             tracing::info!(%version, "model version activated on another node");
         }
         *manifest = stored;

@@ -9,14 +9,19 @@
 //!
 //! Passivation is a message queued behind everything already routed to the session, and the
 //! session leaves the map before it is sent, so no message is ever routed to a stopping session.
+//!
+//! Metrics: `streamrec_sessions_live` (the map's size) and `streamrec_sessions_stopped_total`
+//! by `reason` (passivated, evicted, released, failed), the same counts the observable state
+//! keeps.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use common::partition::partition_for;
 use common::{ApiError, RecQuery, Recommendations};
 use lru::LruCache;
+use prometheus::{IntCounterVec, IntGauge, register_int_counter_vec, register_int_gauge};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde::Serialize;
 use storage::Record;
@@ -56,6 +61,66 @@ pub enum SessionManagerMsg {
         partitions: Vec<u32>,
         reply: RpcReplyPort<usize>,
     },
+}
+
+static LIVE: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "streamrec_sessions_live",
+        "Live session actors on this node."
+    )
+    .expect("metric registers once")
+});
+
+static STOPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "streamrec_sessions_stopped_total",
+        "Live sessions that ended, by reason: passivated (idle past sessions.idle_timeout), \
+         evicted (least recently used, past sessions.max_live), released (their partition moved \
+         to another node) or failed (the actor failed; it restarts on its user's next message).",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+/// Why a live session ended: the `reason` label of `streamrec_sessions_stopped_total`.
+#[derive(Clone, Copy)]
+enum Stop {
+    Passivated,
+    Evicted,
+    Released,
+    Failed,
+}
+
+impl Stop {
+    const ALL: [Stop; 4] = [
+        Stop::Passivated,
+        Stop::Evicted,
+        Stop::Released,
+        Stop::Failed,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stop::Passivated => "passivated",
+            Stop::Evicted => "evicted",
+            Stop::Released => "released",
+            Stop::Failed => "failed",
+        }
+    }
+
+    fn count(self, n: usize) {
+        STOPPED.with_label_values(&[self.name()]).inc_by(n as u64);
+    }
+}
+
+/// Registers the sessions gauge, and the stopped counter with every `reason` at 0 so that the
+/// first eviction or failure is an increase `rate()` sees. Called once at start
+/// (`supervisors::Node::start`); calling it again changes nothing.
+pub fn register_metrics() {
+    LazyLock::force(&LIVE);
+    for stop in Stop::ALL {
+        STOPPED.with_label_values(&[stop.name()]);
+    }
 }
 
 /// The shortest sweep period, whatever the idle timeout.
@@ -107,6 +172,8 @@ impl Actor for SessionManager {
             .register(&myself.get_cell(), "session_manager", &obs_state);
         let period = (services.config.sessions.idle_timeout / 2).max(MIN_SWEEP);
         mailbox::tell_every(myself.clone(), period, || SessionManagerMsg::Sweep);
+        // A restarted manager starts with no live session.
+        LIVE.set(0);
         Ok(SessionManagerState {
             services,
             sessions: LruCache::unbounded(),
@@ -122,6 +189,7 @@ impl Actor for SessionManager {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.services.obs.deregister(&myself.get_cell());
+        LIVE.set(0);
         Ok(())
     }
 
@@ -190,12 +258,15 @@ impl Actor for SessionManager {
                 let _ = reply.send(result);
             }
             SessionManagerMsg::Release { partitions, reply } => {
-                let _ = reply.send(state.release(&partitions));
+                let released = state.release(&partitions);
+                Stop::Released.count(released);
+                let _ = reply.send(released);
             }
             SessionManagerMsg::Sweep => {
                 let idle = state.services.config.sessions.idle_timeout;
                 let passivated = state.sweep(Instant::now(), idle);
                 state.obs_state.num_passivated += passivated as u64;
+                Stop::Passivated.count(passivated);
             }
         }
         state.publish();
@@ -226,6 +297,7 @@ impl Actor for SessionManager {
         if let Some(error) = failure {
             tracing::warn!(actor = %cell.get_id(), %error, "session failed; it restarts on its next message");
             state.obs_state.num_failed += 1;
+            Stop::Failed.count(1);
             state.obs_state.last_failure = Some(error);
         }
         state.publish();
@@ -315,6 +387,7 @@ impl SessionManagerState {
             self.users_by_actor.remove(&evicted.session.get_id());
             let _ = mailbox::tell(&evicted.session, SessionMsg::Passivate);
             self.obs_state.num_evicted += 1;
+            Stop::Evicted.count(1);
         }
         let args = SessionArgs {
             user_id: user_id.to_owned(),
@@ -339,6 +412,7 @@ impl SessionManagerState {
 
     fn publish(&mut self) {
         self.obs_state.num_live = self.sessions.len();
+        LIVE.set(self.sessions.len() as i64);
         self.obs.publish(&self.obs_state);
     }
 }

@@ -45,6 +45,16 @@ static HANDOFF_WAITS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Registers the forwarding and hand-off counters at 0 (each `outcome` of the forwarded ones),
+/// so that their first count is an increase `rate()` sees; a single node never counts them.
+/// Called once at start (`supervisors::Node::start`); calling it again changes nothing.
+pub fn register_metrics() {
+    for outcome in ["ok", "error"] {
+        FORWARDED.with_label_values(&[outcome]);
+    }
+    LazyLock::force(&HANDOFF_WAITS);
+}
+
 tokio::task_local! {
     /// The node that served the user-scoped call(s) of the current request, for the gateways
     /// to return as `x-streamrec-owner`. Set only where a gateway opened a scope.

@@ -34,6 +34,15 @@ static FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Registers `streamrec_supervisor_child_failures_total` with every `failure` at 0, so that a
+/// node's first failure is an increase that `rate()` and `increase()` see, not a new series they
+/// miss. [`crate::Node::start`] calls it; calling it again changes nothing.
+pub fn register_metrics() {
+    for failure in [Failure::Panic, Failure::Error, Failure::Kill] {
+        FAILURES.with_label_values(&[failure.name()]);
+    }
+}
+
 type SpawnFuture = Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>;
 
 /// What a child's factory spawns with: the supervisor to link the child to, and the heartbeat

@@ -2,17 +2,32 @@
 //! and dependency probes, the console's snapshot, and archiving on demand. Nothing here is on
 //! a user's request path.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use actors::archiver::{ArchiveRun, ArchiverMsg};
 use actors::{CALL_TIMEOUT, call, mailbox, slot_get};
 use common::ApiError;
+use prometheus::{IntGaugeVec, register_int_gauge_vec};
 use ractor::ActorRef;
 use serde::Serialize;
 
 use crate::supervisor::SupervisorMsg;
 
 use super::Node;
+
+static DEPENDENCY_UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "streamrec_dependency_up",
+        "1 if the dependency (events, catalog, cache, objects) answered the node's last probe, 0 \
+         if not. Set only when the node probes: on GET /readyz (at most once per \
+         server.readyz_cache_ttl), which an orchestrator's readiness probe calls every few \
+         seconds; absent before the first probe, and as old as the last one without /readyz \
+         traffic.",
+        &["dependency"]
+    )
+    .expect("metric registers once")
+});
 
 // `GET /readyz`: what is up and what is not.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -180,7 +195,8 @@ impl Node {
     }
 
     /// Each dependency's health, probed now (at most a second each, all at once): `up`, or
-    /// `down: <why>`, for `events`, `catalog`, `cache` and `objects`.
+    /// `down: <why>`, for `events`, `catalog`, `cache` and `objects`; also sets
+    /// `streamrec_dependency_up` for each.
     pub async fn probe_dependencies(&self) -> std::collections::BTreeMap<&'static str, String> {
         let s = &self.services;
         let (events, catalog, cache, objects) = tokio::join!(
@@ -189,13 +205,19 @@ impl Node {
             probe(s.cache.health()),
             probe(s.registry.health()),
         );
-        [
+        let dependencies: std::collections::BTreeMap<&'static str, String> = [
             ("events", events),
             ("catalog", catalog),
             ("cache", cache),
             ("objects", objects),
         ]
-        .into()
+        .into();
+        for (name, health) in &dependencies {
+            DEPENDENCY_UP
+                .with_label_values(&[*name])
+                .set(i64::from(health == "up"));
+        }
+        dependencies
     }
 
     /// Readiness now, with dependencies probed by the caller (`/readyz` reuses recent probes).

@@ -50,10 +50,26 @@ pub struct Node {
     items: Option<kafka::Producer>,
 }
 
+/// Registers, before anything can count them, the metrics of what a healthy node may do rarely
+/// or never (a child failing, a session evicted, a partition restored, a request forwarded or
+/// waiting for a handoff, a model activated), each label value at 0: a counter's first increment
+/// is then an increase that `rate()` and `increase()` see, not a series that appears already at
+/// 1 and that they miss. The sessions and model gauges are exported from here on too.
+/// `streamrec_dependency_up` is left out on purpose: absent until the first probe, never a
+/// guessed 0 or 1. Once per process is enough; calling it again changes nothing.
+fn register_metrics() {
+    crate::supervisor::register_metrics();
+    actors::session_manager::register_metrics();
+    actors::registry::register_metrics();
+    actors::users::register_metrics();
+    actors::handoff::register_metrics();
+}
+
 impl Node {
     /// Opens everything under `config.data_dir` and starts the actor tree. Trains a first model
     /// (on whatever data exists, possibly none) if there is no model yet.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Node>> {
+        register_metrics();
         ::models::runtime::environment(config.model.onnxruntime_path.as_deref())?;
         let config = Arc::new(config);
         let tree::Stores {
