@@ -124,7 +124,8 @@ pub async fn restore(
     };
     let own = changelog.writer().to_owned();
     let until = changelog.mark(partition).await?;
-    let replay = Arc::new(Mutex::new(Restore::default()));
+    // From where this store last restored through, the range begins under its own marker.
+    let replay = Arc::new(Mutex::new(Restore::new((from > 0).then(|| own.clone()))));
     let feed = replay.clone();
     let (through, _) = kafka::changelog::read_partition(
         settings,
@@ -140,7 +141,7 @@ pub async fn restore(
     )
     .await?;
     let replay = std::mem::take(&mut *replay.lock());
-    let records = replay.num_read();
+    let (records, fenced) = (replay.num_read(), replay.num_fenced());
     // An erasure replayed here covers whatever this node's log already holds of the user.
     let local_end = *services.log.high_watermark(partition).borrow();
     let changed = replay.apply(services.store.as_ref(), &own, local_end)?;
@@ -157,6 +158,7 @@ pub async fn restore(
         from,
         through,
         records,
+        fenced,
         users = changed.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "partition restored"

@@ -302,6 +302,13 @@ impl BridgeState {
             })
             .await?;
         }
+        tracing::debug!(
+            messages = batch.len(),
+            first = ?batch.first().map(|m| (m.topic, m.partition, m.offset)),
+            last = ?batch.last().map(|m| (m.topic, m.partition, m.offset)),
+            duplicates,
+            "batch applied; committing"
+        );
         // A failed commit loses nothing: the next batch's commit covers these offsets, and a
         // replay after a crash is dropped as duplicates.
         match consumer.commit(&batch).await {

@@ -121,20 +121,45 @@ pub trait Changelog: Send + Sync + 'static {
 }
 
 /// One partition's restore: fed the records of the range read, in order, then applied.
+///
+/// Markers fence: the writer of the latest marker is the partition's owner from there on, and
+/// a record another store writes after it comes from a node that has not yet noticed it lost the
+/// partition (some brokers, tansu among them, assign a partition to its new owner for a while
+/// before the old one gives it up). Such a record is skipped; the events it covers are the new
+/// owner's to apply, from the input offsets it was assigned at.
 #[derive(Default)]
 pub struct Restore {
     /// Per user, the last record, with the event ids of every state record read.
     last: HashMap<String, (ChangeRecord, Vec<String>)>,
+    /// The writer of the latest marker read (or the owner the range began under).
+    fence: Option<String>,
     read: u64,
+    fenced: u64,
 }
 
 impl Restore {
+    /// A restore of a range that begins under `owner`'s marker: a store restoring from where
+    /// it last restored through begins after its own marker. `None` from the start.
+    pub fn new(owner: Option<String>) -> Self {
+        Self {
+            fence: owner,
+            ..Self::default()
+        }
+    }
+
     pub fn push(&mut self, record: ChangeRecord) {
         self.read += 1;
         let ids = match &record.change {
+            Change::Marker => {
+                self.fence = Some(record.writer);
+                return;
+            }
+            _ if self.fence.as_ref().is_some_and(|f| *f != record.writer) => {
+                self.fenced += 1;
+                return;
+            }
             Change::State { applied, .. } => applied.clone(),
             Change::Erased { .. } => Vec::new(),
-            Change::Marker => return,
         };
         match self.last.entry(record.user_id.clone()) {
             Entry::Occupied(mut slot) => {
@@ -155,6 +180,11 @@ impl Restore {
     /// Records read.
     pub fn num_read(&self) -> u64 {
         self.read
+    }
+
+    /// Records skipped as written by a store after another's marker.
+    pub fn num_fenced(&self) -> u64 {
+        self.fenced
     }
 
     /// Applies each user's last record to `store`, but a state `own` (this store) wrote: the
@@ -231,6 +261,13 @@ mod tests {
         record
     }
 
+    fn marker(writer: &str) -> ChangeRecord {
+        let mut record = ChangeRecord::erased(MARKER_KEY, 0);
+        record.change = Change::Marker;
+        record.writer = writer.to_owned();
+        record
+    }
+
     fn restore(store: &dyn SessionStore, own: &str, records: &[ChangeRecord]) -> Vec<String> {
         let mut restore = Restore::default();
         for record in records {
@@ -252,10 +289,7 @@ mod tests {
     fn a_restore_ends_at_each_users_last_record_with_the_ids_of_all() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RocksSessionStore::new(Arc::new(Db::open(dir.path()).expect("db")));
-        let mut marker = ChangeRecord::erased(MARKER_KEY, 0);
-        marker.change = Change::Marker;
         let records = [
-            marker,
             state("u", "a", 1, &["e1"]),
             state("u", "b", 2, &["e2"]),
             erased("v", "a", 5),
@@ -280,6 +314,33 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn a_record_written_after_another_stores_marker_is_fenced_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksSessionStore::new(Arc::new(Db::open(dir.path()).expect("db")));
+        let records = [
+            marker("old"),
+            state("u", "old", 1, &["e1"]),
+            // The new owner marks the partition; the old one, not yet aware, writes on.
+            marker("new"),
+            state("u", "new", 3, &["e2", "e3"]),
+            state("u", "old", 2, &["e2"]),
+            erased("v", "old", 9),
+        ];
+        let mut restore = Restore::default();
+        for record in &records {
+            restore.push(record.clone());
+        }
+        assert_eq!(restore.num_fenced(), 2);
+        assert_eq!(restore.apply(&store, "me", 0).expect("applies"), ["u"]);
+        assert_eq!(load(&store, "u").as_deref(), Some(r#"{"n":3}"#));
+        // A range that begins under an owner's marker is fenced from its first record.
+        let mut restore = Restore::new(Some("new".into()));
+        restore.push(state("w", "old", 5, &["e5"]));
+        assert_eq!(restore.num_fenced(), 1);
+        assert!(restore.apply(&store, "me", 0).expect("applies").is_empty());
     }
 
     #[test]
