@@ -114,7 +114,11 @@ pub fn api_error(node_id: &str, status: &tonic::Status) -> ApiError {
         Some(code) => ApiError::new(code, status.message()),
         None => {
             use tonic::Code;
+            // An error of the connection itself (an HTTP/2 stream reset as the peer shuts down,
+            // say) comes with its cause: whatever its code, the service never answered.
+            let transport = std::error::Error::source(status).is_some();
             let code = match status.code() {
+                _ if transport => ErrorCode::Unavailable,
                 Code::InvalidArgument => ErrorCode::InvalidArgument,
                 Code::NotFound => ErrorCode::NotFound,
                 Code::PermissionDenied => ErrorCode::PermissionDenied,
@@ -194,6 +198,10 @@ mod tests {
             api_error("n2", &tonic::Status::internal("boom")).code,
             ErrorCode::Internal
         );
+        // The same code from the connection (a peer shutting down resets its streams).
+        let mut reset = tonic::Status::internal("h2 protocol error: http2 error");
+        reset.set_source(std::sync::Arc::new(std::io::Error::other("stream reset")));
+        assert_eq!(api_error("n2", &reset).code, ErrorCode::Unavailable);
         // The owner refusing this node's credentials is not the caller's fault.
         let refused = grpc_status(&ApiError::new(ErrorCode::Unauthenticated, "no"));
         assert_eq!(api_error("n2", &refused).code, ErrorCode::Unavailable);
