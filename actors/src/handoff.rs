@@ -68,6 +68,9 @@ pub struct Restored {
     pub users: usize,
     /// The changelog offset restored through.
     pub through: u64,
+    /// The input offset the restored states cover, when the changelog says: the partition is
+    /// consumed from there (see [`storage::changelog::Restore::covered`]).
+    pub covered: Option<u64>,
 }
 
 /// The group revoked `partitions`: their users route elsewhere from now on, and their live
@@ -141,7 +144,7 @@ pub async fn restore(
     )
     .await?;
     let replay = std::mem::take(&mut *replay.lock());
-    let (records, fenced) = (replay.num_read(), replay.num_fenced());
+    let (records, fenced, covered) = (replay.num_read(), replay.num_fenced(), replay.covered());
     // An erasure replayed here covers whatever this node's log already holds of the user.
     let local_end = *services.log.high_watermark(partition).borrow();
     let changed = replay.apply(services.store.as_ref(), &own, local_end)?;
@@ -159,6 +162,7 @@ pub async fn restore(
         through,
         records,
         fenced,
+        ?covered,
         users = changed.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "partition restored"
@@ -168,5 +172,6 @@ pub async fn restore(
         records,
         users: changed.len(),
         through,
+        covered,
     })
 }

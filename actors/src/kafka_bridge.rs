@@ -253,7 +253,10 @@ impl BridgeState {
             // reads them again from the committed offsets.
             let owned = consumer.owned();
             batch.retain(|m| owned.contains(&(m.topic, m.partition)));
-            self.rebalance(rebalances).await?;
+            let rewound = self.rebalance(rebalances).await?;
+            batch.retain(|m| {
+                !(m.topic == Topic::UserEvents && rewound.contains(&(m.partition as u32)))
+            });
         }
         let Some(consumer) = &self.consumer else {
             return Ok(());
@@ -293,10 +296,18 @@ impl BridgeState {
                 .or_default()
                 .push(e.event_id.clone());
         }
+        // Per partition of user-events, the input offset after this batch.
+        let mut through: BTreeMap<u32, u64> = BTreeMap::new();
+        for m in batch.iter().filter(|m| m.topic == Topic::UserEvents) {
+            let next = through.entry(m.partition as u32).or_default();
+            *next = (*next).max(m.offset as u64 + 1);
+        }
         let duplicates = journal_and_apply(&*services.log, events, APPLY_TIMEOUT).await?;
         self.obs_state.num_duplicates += duplicates as u64;
         if let Some(changelog) = &services.changelog {
-            let records = changes(&*services.store, applied)?;
+            let partitions = services.log.num_partitions();
+            let through = |user: &str| through.get(&partition_for(user, partitions)).copied();
+            let records = changes(&*services.store, applied, through)?;
             retry("recording the changelog", RETRY_FOR, || {
                 changelog.record(records.clone())
             })
@@ -328,7 +339,11 @@ impl BridgeState {
     /// released, those assigned restored (after `events.assign_settle`) before anything of
     /// theirs applies. Partitions lost with the broker out of reach keep serving reads from
     /// this node's state until the next assignment says whether they are still its own.
-    async fn rebalance(&mut self, rebalances: Vec<Rebalance>) -> Result<(), ActorProcessingErr> {
+    /// Returns the partitions rewound: the messages of theirs already fetched come again.
+    async fn rebalance(
+        &mut self,
+        rebalances: Vec<Rebalance>,
+    ) -> Result<Vec<u32>, ActorProcessingErr> {
         let services = self.args.services.clone();
         let user_partitions = |list: &[(Topic, i32)]| -> Vec<u32> {
             list.iter()
@@ -363,9 +378,10 @@ impl BridgeState {
             }
         }
         if gained.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         tokio::time::sleep(services.config.events.assign_settle).await;
+        let mut rewound = Vec::new();
         for partition in gained {
             let restored = handoff::restore(
                 &services,
@@ -376,8 +392,20 @@ impl BridgeState {
             .await?;
             self.obs_state.num_restores += 1;
             self.obs_state.num_restored_records += restored.records;
+            // Consume from where the restored states end, not from the committed offset: a
+            // node that had not yet seen it lost the partition may have committed past events
+            // whose states the restore fenced off. What the states already hold is dropped as
+            // applied.
+            if let (Some(covered), Some(consumer)) = (restored.covered, &self.consumer) {
+                match consumer.rewind(Topic::UserEvents, partition as i32, covered) {
+                    Ok(()) => rewound.push(partition),
+                    Err(error) => {
+                        tracing::warn!(partition, covered, %error, "cannot rewind to what the restore covers");
+                    }
+                }
+            }
         }
-        Ok(())
+        Ok(rewound)
     }
 
     async fn release(&mut self, partitions: &[u32]) -> Result<(), ActorProcessingErr> {
@@ -396,11 +424,13 @@ impl BridgeState {
 fn changes(
     store: &dyn storage::SessionStore,
     applied: BTreeMap<String, Vec<String>>,
+    through: impl Fn(&str) -> Option<u64>,
 ) -> Result<Vec<storage::ChangeRecord>, ActorProcessingErr> {
     let mut records = Vec::with_capacity(applied.len());
     for (user, ids) in applied {
         if let Some(state) = store.load(&user)? {
-            records.push(storage::ChangeRecord::state(&user, &state, ids)?);
+            let record = storage::ChangeRecord::state(&user, &state, ids, through(&user))?;
+            records.push(record);
         }
     }
     Ok(records)

@@ -211,6 +211,17 @@ impl GroupConsumer {
         Ok(())
     }
 
+    /// Consumes `partition` of `topic` again from `offset` (an assigned partition).
+    pub fn rewind(&self, topic: Topic, partition: i32, offset: u64) -> Result<()> {
+        self.inner.seek(
+            &self.settings.topic(topic),
+            partition,
+            Offset::Offset(offset as i64),
+            Duration::from_secs(5),
+        )?;
+        Ok(())
+    }
+
     /// The rebalances since the last call, in order.
     pub fn take_rebalances(&self) -> Vec<Rebalance> {
         std::mem::take(&mut *self.inner.context().pending.lock())

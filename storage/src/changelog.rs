@@ -35,6 +35,10 @@ pub enum Change {
     State {
         state: serde_json::Value,
         applied: Vec<String>,
+        /// The input offset (of the user's partition of `user-events`) after the batch this
+        /// state came from: everything before it, the writer had applied.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        through: Option<u64>,
     },
     /// The user was erased at `at_ms` (the owner's clock): a new owner forgets the user too.
     Erased { at_ms: i64 },
@@ -65,13 +69,23 @@ struct Value {
 }
 
 impl ChangeRecord {
-    /// A state record from the stored bytes of a session (JSON).
-    pub fn state(user_id: &str, state: &[u8], applied: Vec<String>) -> Result<Self> {
+    /// A state record from the stored bytes of a session (JSON), of a batch whose input ended
+    /// before offset `through` of the user's partition.
+    pub fn state(
+        user_id: &str,
+        state: &[u8],
+        applied: Vec<String>,
+        through: Option<u64>,
+    ) -> Result<Self> {
         let state = serde_json::from_slice(state)?;
         Ok(Self {
             user_id: user_id.to_owned(),
             writer: String::new(),
-            change: Change::State { state, applied },
+            change: Change::State {
+                state,
+                applied,
+                through,
+            },
         })
     }
 
@@ -133,6 +147,8 @@ pub struct Restore {
     last: HashMap<String, (ChangeRecord, Vec<String>)>,
     /// The writer of the latest marker read (or the owner the range began under).
     fence: Option<String>,
+    /// The furthest input offset an accepted record says its writer had applied up to.
+    covered: Option<u64>,
     read: u64,
     fenced: u64,
 }
@@ -158,7 +174,12 @@ impl Restore {
                 self.fenced += 1;
                 return;
             }
-            Change::State { applied, .. } => applied.clone(),
+            Change::State {
+                applied, through, ..
+            } => {
+                self.covered = self.covered.max(*through);
+                applied.clone()
+            }
             Change::Erased { .. } => Vec::new(),
         };
         match self.last.entry(record.user_id.clone()) {
@@ -185,6 +206,13 @@ impl Restore {
     /// Records skipped as written by a store after another's marker.
     pub fn num_fenced(&self) -> u64 {
         self.fenced
+    }
+
+    /// The input offset the accepted records cover: the partition's owners had applied every
+    /// event before it. Where a fenced-off node committed input offsets past it, the new owner
+    /// consumes again from here (see `actors::handoff`).
+    pub fn covered(&self) -> Option<u64> {
+        self.covered
     }
 
     /// Applies each user's last record to `store`, but a state `own` (this store) wrote: the
@@ -229,8 +257,9 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_as_written() {
-        let mut state = ChangeRecord::state("u1", br#"{"num_events":2}"#, vec!["e1".into()])
-            .expect("json state");
+        let mut state =
+            ChangeRecord::state("u1", br#"{"num_events":2}"#, vec!["e1".into()], Some(7))
+                .expect("json state");
         state.writer = "store-1".into();
         let back = ChangeRecord::decode(Some(b"u1"), Some(&state.encode())).expect("decodes");
         assert_eq!(back, state);
@@ -244,13 +273,14 @@ mod tests {
         );
         assert!(ChangeRecord::decode(None, Some(&erased.encode())).is_err());
         assert!(ChangeRecord::decode(Some(b"u2"), Some(b"{\"kind\":\"other\"}")).is_err());
-        assert!(ChangeRecord::state("u", b"not json", vec![]).is_err());
+        assert!(ChangeRecord::state("u", b"not json", vec![], None).is_err());
     }
 
     fn state(user: &str, writer: &str, n: u32, ids: &[&str]) -> ChangeRecord {
         let body = format!(r#"{{"n":{n}}}"#);
         let ids = ids.iter().map(|id| id.to_string()).collect();
-        let mut record = ChangeRecord::state(user, body.as_bytes(), ids).expect("json");
+        let mut record =
+            ChangeRecord::state(user, body.as_bytes(), ids, Some(u64::from(n) * 10)).expect("json");
         record.writer = writer.to_owned();
         record
     }
@@ -334,6 +364,8 @@ mod tests {
             restore.push(record.clone());
         }
         assert_eq!(restore.num_fenced(), 2);
+        // What the fenced-off writer applied is not covered: the owner consumes it again.
+        assert_eq!(restore.covered(), Some(30));
         assert_eq!(restore.apply(&store, "me", 0).expect("applies"), ["u"]);
         assert_eq!(load(&store, "u").as_deref(), Some(r#"{"n":3}"#));
         // A range that begins under an owner's marker is fenced from its first record.

@@ -57,7 +57,12 @@ async fn main() -> anyhow::Result<()> {
             .map(|&u| {
                 let state = session(u).to_string();
                 bytes += state.len();
-                ChangeRecord::state(&format!("user{u}"), state.as_bytes(), vec![format!("e{u}")])
+                ChangeRecord::state(
+                    &format!("user{u}"),
+                    state.as_bytes(),
+                    vec![format!("e{u}")],
+                    Some(u as u64 + 1),
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         writer.record(records).await?;
