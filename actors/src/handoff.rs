@@ -104,7 +104,8 @@ async fn stop_sessions(
     Ok(stopped.unwrap_or(0))
 }
 
-/// Replays `partition`'s changelog into the store, then activates the partition here. A session
+/// Replays `partition`'s changelog into the store; the caller then activates the partition
+/// (after pointing its input where the restored states end). A session
 /// of the partition still live here (started by a replay of this node's own journal) would
 /// hold what the store held before: it is stopped first. Every restored user's cached lists are
 /// dropped (and live subscribers told) on the way.
@@ -119,7 +120,6 @@ pub async fn restore(
     let from = services.store.restored_through(partition)?;
     let Some(changelog) = &services.changelog else {
         // No changelog (the embedded log): this node's store is the only copy.
-        services.cluster.activate(partition);
         return Ok(Restored {
             partition,
             ..Default::default()
@@ -152,7 +152,6 @@ pub async fn restore(
     for user in &changed {
         services.changes.publish(Changes::User(user.clone()));
     }
-    services.cluster.activate(partition);
     let kind = if from == 0 { "full" } else { "incremental" };
     RESTORES.with_label_values(&[kind]).inc();
     RESTORE_SECONDS.observe(started.elapsed().as_secs_f64());

@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::partition::partition_for;
 use common::{ApiError, ErrorCode, Event, Item};
@@ -120,6 +120,8 @@ pub struct BridgeState {
     consumer: Option<GroupConsumer>,
     /// Partitions of `user-events` lost with the broker out of reach, until the next assignment.
     lost: Vec<u32>,
+    /// Partitions of `user-events` assigned here and not restored yet, with when.
+    pending: BTreeMap<u32, Instant>,
     obs_state: BridgeObs,
     obs: Arc<Obs<BridgeObs>>,
 }
@@ -146,6 +148,7 @@ impl Actor for KafkaBridge {
             args,
             consumer: None,
             lost: Vec::new(),
+            pending: BTreeMap::new(),
             obs_state,
             obs,
         })
@@ -253,11 +256,14 @@ impl BridgeState {
             // reads them again from the committed offsets.
             let owned = consumer.owned();
             batch.retain(|m| owned.contains(&(m.topic, m.partition)));
-            let rewound = self.rebalance(rebalances).await?;
-            batch.retain(|m| {
-                !(m.topic == Topic::UserEvents && rewound.contains(&(m.partition as u32)))
-            });
+            self.rebalance(rebalances).await?;
         }
+        // Nothing of a partition applies before it is restored: its messages come again, from
+        // where the restore says (see `activate_pending`).
+        batch.retain(|m| {
+            !(m.topic == Topic::UserEvents && self.pending.contains_key(&(m.partition as u32)))
+        });
+        self.activate_pending().await?;
         let Some(consumer) = &self.consumer else {
             return Ok(());
         };
@@ -336,14 +342,10 @@ impl BridgeState {
     }
 
     /// Acts on what the group moved, in order: partitions of `user-events` revoked are
-    /// released, those assigned restored (after `events.assign_settle`) before anything of
-    /// theirs applies. Partitions lost with the broker out of reach keep serving reads from
-    /// this node's state until the next assignment says whether they are still its own.
-    /// Returns the partitions rewound: the messages of theirs already fetched come again.
-    async fn rebalance(
-        &mut self,
-        rebalances: Vec<Rebalance>,
-    ) -> Result<Vec<u32>, ActorProcessingErr> {
+    /// released, those assigned become pending (see [`Self::activate_pending`]). Partitions lost
+    /// with the broker out of reach keep serving reads from this node's state until the next
+    /// assignment says whether they are still its own.
+    async fn rebalance(&mut self, rebalances: Vec<Rebalance>) -> Result<(), ActorProcessingErr> {
         let services = self.args.services.clone();
         let user_partitions = |list: &[(Topic, i32)]| -> Vec<u32> {
             list.iter()
@@ -351,12 +353,13 @@ impl BridgeState {
                 .map(|(_, p)| *p as u32)
                 .collect()
         };
-        let mut gained = Vec::new();
         for rebalance in rebalances {
             match rebalance {
                 Rebalance::Revoked(list) => {
                     let lost = user_partitions(&list);
-                    gained.retain(|p| !lost.contains(p));
+                    for p in &lost {
+                        self.pending.remove(p);
+                    }
                     self.release(&lost).await?;
                 }
                 Rebalance::Lost(list) => {
@@ -372,17 +375,38 @@ impl BridgeState {
                     self.release(&gone).await?;
                     if !new.is_empty() {
                         services.cluster.assigned(&new);
-                        gained.extend(new);
+                        let now = Instant::now();
+                        self.pending.extend(new.into_iter().map(|p| (p, now)));
                     }
                 }
             }
         }
-        if gained.is_empty() {
-            return Ok(Vec::new());
-        }
-        tokio::time::sleep(services.config.events.assign_settle).await;
-        let mut rewound = Vec::new();
-        for partition in gained {
+        Ok(())
+    }
+
+    /// Restores and activates the pending partitions whose previous holder has let go: no other
+    /// live member still says it holds the partition (it releases only between its batches, and
+    /// says so on the status topic), or it has said so for longer than two member timeouts (a
+    /// holder that stopped speaking is dropped after one). Some brokers (tansu) assign a partition
+    /// to its new owner for a while before the old one gives it up, or assign it for a moment to
+    /// a node that gives it back; waiting here keeps two nodes from applying it at once. Once
+    /// restored, the partition is consumed again from the input offset its states cover (else
+    /// the committed one): what was fetched meanwhile was dropped.
+    async fn activate_pending(&mut self) -> Result<(), ActorProcessingErr> {
+        let services = self.args.services.clone();
+        let settle = services.config.events.assign_settle;
+        let give_up = services.config.cluster.member_timeout * 2;
+        let ready: Vec<u32> = self
+            .pending
+            .iter()
+            .filter(|(p, since)| {
+                since.elapsed() >= settle
+                    && (services.cluster.claimed_elsewhere(**p).is_none()
+                        || since.elapsed() >= give_up)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in ready {
             let restored = handoff::restore(
                 &services,
                 &self.args.sessions,
@@ -390,22 +414,22 @@ impl BridgeState {
                 partition,
             )
             .await?;
+            if let Some(consumer) = &self.consumer {
+                let from = consumer
+                    .rewind(Topic::UserEvents, partition as i32, restored.covered)
+                    .await?;
+                tracing::info!(
+                    partition,
+                    from,
+                    "partition consumed from what its restore covers"
+                );
+            }
+            self.pending.remove(&partition);
+            services.cluster.activate(partition);
             self.obs_state.num_restores += 1;
             self.obs_state.num_restored_records += restored.records;
-            // Consume from where the restored states end, not from the committed offset: a
-            // node that had not yet seen it lost the partition may have committed past events
-            // whose states the restore fenced off. What the states already hold is dropped as
-            // applied.
-            if let (Some(covered), Some(consumer)) = (restored.covered, &self.consumer) {
-                match consumer.rewind(Topic::UserEvents, partition as i32, covered) {
-                    Ok(()) => rewound.push(partition),
-                    Err(error) => {
-                        tracing::warn!(partition, covered, %error, "cannot rewind to what the restore covers");
-                    }
-                }
-            }
         }
-        Ok(rewound)
+        Ok(())
     }
 
     async fn release(&mut self, partitions: &[u32]) -> Result<(), ActorProcessingErr> {

@@ -163,6 +163,12 @@ impl Cluster {
         self.inner.read().own.get(&partition) == Some(&PartitionState::Active)
     }
 
+    /// Another live member that still says it holds `partition`, if any: a node assigned the
+    /// partition waits for it to let go before restoring (see `actors::handoff`).
+    pub fn claimed_elsewhere(&self, partition: u32) -> Option<NodeId> {
+        owner_among_others(&self.inner.read(), partition).map(|s| s.node_id.clone())
+    }
+
     /// This node's own status, as published on the status topic.
     pub fn status(&self, leaving: bool) -> Status {
         let inner = self.inner.read();

@@ -211,15 +211,34 @@ impl GroupConsumer {
         Ok(())
     }
 
-    /// Consumes `partition` of `topic` again from `offset` (an assigned partition).
-    pub fn rewind(&self, topic: Topic, partition: i32, offset: u64) -> Result<()> {
+    /// Consumes `partition` of `topic` (assigned here) from `offset`, else from the offset the
+    /// group committed, else from the start.
+    pub async fn rewind(&self, topic: Topic, partition: i32, offset: Option<u64>) -> Result<u64> {
+        let name = self.settings.topic(topic);
+        let offset = match offset {
+            Some(offset) => offset,
+            None => {
+                let mut list = TopicPartitionList::new();
+                list.add_partition(&name, partition);
+                let inner = self.inner.clone();
+                let committed = tokio::task::spawn_blocking(move || {
+                    inner.committed_offsets(list, Duration::from_secs(10))
+                })
+                .await
+                .map_err(|e| KafkaError::Other(e.to_string()))??;
+                match committed.elements().first().map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) if o >= 0 => o as u64,
+                    _ => 0,
+                }
+            }
+        };
         self.inner.seek(
-            &self.settings.topic(topic),
+            &name,
             partition,
             Offset::Offset(offset as i64),
             Duration::from_secs(5),
         )?;
-        Ok(())
+        Ok(offset)
     }
 
     /// The rebalances since the last call, in order.
