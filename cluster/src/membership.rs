@@ -284,3 +284,93 @@ fn owner_among_others(inner: &Inner, partition: u32) -> Option<&Status> {
         .filter(|s| s.partitions.contains_key(&partition))
         .max_by_key(|s| (s.partitions[&partition] == PartitionState::Active, s.at_ms))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn status(node: &str, partitions: &[(u32, PartitionState)], at_ms: i64) -> Status {
+        Status {
+            node_id: node.into(),
+            address: format!("{node}:8080"),
+            partitions: partitions.iter().copied().collect(),
+            generation: 1,
+            at_ms,
+            leaving: false,
+        }
+    }
+
+    /// A user of partition `p` among `n`.
+    fn user_in(p: u32, n: u32) -> String {
+        (0..)
+            .map(|i| format!("user{i}"))
+            .find(|u| partition_of(u, n) == p)
+            .expect("some user lands in every partition")
+    }
+
+    #[test]
+    fn a_partition_restoring_here_waits_and_one_active_here_is_local() {
+        let cluster = Cluster::new("a".into(), "a:8080".into(), 4);
+        let user = user_in(2, 4);
+        assert_eq!(cluster.route(&user), Route::Wait, "nobody owns it yet");
+        cluster.assigned(&[2]);
+        assert_eq!(cluster.route(&user), Route::Wait, "restoring");
+        cluster.activate(2);
+        assert_eq!(cluster.route(&user), Route::Local);
+        cluster.revoked(&[2]);
+        assert_eq!(cluster.route(&user), Route::Wait);
+    }
+
+    #[test]
+    fn a_stale_map_routes_to_the_latest_claim_and_never_to_an_expired_member() {
+        let cluster = Cluster::new("a".into(), "a:8080".into(), 4);
+        let user = user_in(1, 4);
+        // b held partition 1; c says, later, that it is restoring it: the hand-off seen half-way.
+        cluster.observe(status("b", &[(1, PartitionState::Active)], 1_000));
+        cluster.observe(status("c", &[(1, PartitionState::Restoring)], 2_000));
+        // An active holder is preferred to one still restoring.
+        assert!(matches!(cluster.route(&user), Route::Remote { node_id, .. } if node_id == "b"));
+        assert_eq!(cluster.claimed_elsewhere(1).as_deref(), Some("b"));
+        // c active now, b not yet updated: the later claim wins.
+        cluster.observe(status("c", &[(1, PartitionState::Active)], 3_000));
+        assert!(matches!(cluster.route(&user), Route::Remote { node_id, .. } if node_id == "c"));
+        // Members gone silent are forgotten: nobody claims the partition, requests wait.
+        assert_eq!(cluster.expire(std::time::Duration::ZERO), 2);
+        assert_eq!(cluster.route(&user), Route::Wait);
+        assert_eq!(cluster.claimed_elsewhere(1), None);
+        // This node's own status read back is not another member.
+        cluster.observe(status("a", &[(1, PartitionState::Active)], 4_000));
+        assert_eq!(cluster.claimed_elsewhere(1), None);
+    }
+
+    proptest! {
+        /// Whatever the members claim, every node's view names one owner per partition at most,
+        /// and a user routes to that owner (or here, or waits when there is none).
+        #[test]
+        fn routes_agree_with_the_view(claims in proptest::collection::vec((0u8..3, 0u32..4, any::<bool>(), 0i64..100), 0..20)) {
+            let cluster = Cluster::new("me".into(), "me:1".into(), 4);
+            let mut statuses: BTreeMap<u8, Status> = BTreeMap::new();
+            for (node, partition, active, at) in claims {
+                let state = if active { PartitionState::Active } else { PartitionState::Restoring };
+                let s = statuses.entry(node).or_insert_with(|| status(&format!("n{node}"), &[], 0));
+                s.partitions.insert(partition, state);
+                s.at_ms = s.at_ms.max(at);
+            }
+            for s in statuses.into_values() {
+                cluster.observe(s);
+            }
+            let view = cluster.view();
+            for p in 0..4 {
+                let user = user_in(p, 4);
+                let shown = &view.partitions[p as usize];
+                match cluster.route(&user) {
+                    Route::Remote { node_id, .. } => prop_assert_eq!(shown.owner.as_deref(), Some(node_id.as_str())),
+                    Route::Wait => prop_assert!(shown.owner.is_none()),
+                    Route::Local => prop_assert!(false, "this node owns nothing"),
+                }
+            }
+        }
+    }
+}
