@@ -120,9 +120,26 @@ print(f"{head}.{body}.{enc(sig)}")
 PY
 }
 
+# The consumer group of this run of the cluster. tansu (0.6) leaves a group that every member
+# left at once (a `down`) in a state where no member that joins later is ever assigned a
+# partition, so a cluster started with no node running joins a group of its own; a node added
+# to a running cluster joins the running one's. The nodes' data dirs stay, and the new group
+# starts from the topics' beginning: what the nodes already applied is dropped as duplicates.
+group_of_run() {
+    local i
+    for i in $(seq 1 64); do
+        if running "$i" && [ -f "$DIR/group" ]; then
+            cat "$DIR/group"
+            return
+        fi
+    done
+    echo "local-cluster-$(date +%s)" | tee "$DIR/group"
+}
+
 # The settings every node shares: the broker, the topics and group, the secrets.
 write_config() {
-    local kafka=$1
+    local kafka=$1 group
+    group="$(group_of_run)"
     (
         umask 077
         cat >"$DIR/cluster.toml" <<EOF
@@ -130,7 +147,7 @@ write_config() {
 [events]
 url = "$kafka"
 topic_prefix = "local-cluster."
-group = "local-cluster"
+group = "$group"
 
 [cluster]
 secret = "$(cat "$DIR/secret")"
