@@ -117,12 +117,7 @@ where
 {
     let topic = settings.changelog_topic();
     let consumer: BaseConsumer = settings
-        .client_config()
-        .set("group.id", format!("{}.restore.{node_id}", settings.group))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .set("auto.offset.reset", "earliest")
+        .reader_config("restore", node_id, "earliest")
         .create()?;
     let deadline = std::time::Instant::now() + timeout;
     // Blocking calls (poll) run on the blocking pool, one read at a time.

@@ -147,6 +147,20 @@ impl Settings {
         }
     }
 
+    /// The properties of a reader that assigns its partitions itself (no group membership,
+    /// nothing committed): `<group>.<role>.<node_id>` only names it, as librdkafka needs a group
+    /// id to assign, and `reset` is where it starts when an offset is out of range.
+    fn reader_config(&self, role: &str, node_id: &str, reset: &str) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", format!("{}.{role}.{node_id}", self.group))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", reset);
+        config
+    }
+
     /// The client properties shared by every client: brokers, then the user's own options.
     fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();

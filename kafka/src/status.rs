@@ -107,12 +107,7 @@ impl StatusReader {
     /// and nothing is committed under it.
     pub fn new(settings: &Settings, node_id: &str) -> Result<Self> {
         let consumer: StreamConsumer = settings
-            .client_config()
-            .set("group.id", format!("{}.status.{node_id}", settings.group))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "latest")
+            .reader_config("status", node_id, "latest")
             .create()?;
         let mut partitions = TopicPartitionList::new();
         partitions.add_partition_offset(&settings.status_topic(), 0, Offset::OffsetTail(TAIL))?;

@@ -34,14 +34,8 @@ pub struct Tail {
 
 impl Tail {
     pub fn new(settings: &Settings, node_id: &str) -> Result<Self> {
-        let consumer: StreamConsumer = settings
-            .client_config()
-            .set("group.id", format!("{}.tail.{node_id}", settings.group))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "latest")
-            .create()?;
+        let consumer: StreamConsumer =
+            settings.reader_config("tail", node_id, "latest").create()?;
         let mut partitions = TopicPartitionList::new();
         for topic in [
             settings.changelog_topic(),
