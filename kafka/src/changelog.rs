@@ -34,10 +34,13 @@ pub struct ChangelogWriter {
 
 impl ChangelogWriter {
     pub fn new(settings: &Settings, writer: String) -> Result<Self> {
+        // Not idempotent: a second idempotent producer in the node made tansu fence the events
+        // producer (ProducerFenced on every partition of user-events). A record sent twice is
+        // harmless (a whole state; the last one wins); one request in flight keeps them in order.
         let producer = settings
             .client_config()
             .set("acks", "all")
-            .set("enable.idempotence", "true")
+            .set("max.in.flight.requests.per.connection", "1")
             .set("linger.ms", "1")
             .set("message.timeout.ms", millis(settings.produce_timeout))
             .create()?;
