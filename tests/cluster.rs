@@ -546,8 +546,22 @@ async fn three_nodes_share_users_and_lose_none_when_one_is_killed_or_all_restart
     )
     .await
     .owners;
+    // Training reads every partition's events, whichever node journaled them (the broker's
+    // tails, not only the training node's log): every node's version knows every user.
     for server in live(&nodes) {
         server.train().await;
+        let (_, models) = server.get("/v1/admin/models").await;
+        let newest = models["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .max_by_key(|v| v["created_at"].as_i64())
+            .expect("a version");
+        assert_eq!(
+            newest["features"]["num_users"].as_u64(),
+            Some(users.len() as u64),
+            "{newest}"
+        );
     }
     let user = users
         .iter()

@@ -22,7 +22,7 @@ use storage::{ARCHIVE, ObjectStore, Record};
 
 use crate::Services;
 use crate::mailbox;
-use crate::obs::Obs;
+use crate::obs::Observed;
 
 /// The topic name archived objects carry (the embedded log holds the `user-events` stream).
 pub const TOPIC: &str = "user-events";
@@ -64,8 +64,7 @@ pub struct ArchiverObs {
 
 pub struct ArchiverState {
     services: Arc<Services>,
-    obs_state: ArchiverObs,
-    obs: Arc<Obs<ArchiverObs>>,
+    obs: Observed<ArchiverObs>,
 }
 
 impl Actor for ArchiverActor {
@@ -78,27 +77,17 @@ impl Actor for ArchiverActor {
         myself: ActorRef<ArchiverMsg>,
         services: Arc<Services>,
     ) -> Result<ArchiverState, ActorProcessingErr> {
-        let obs = services
-            .obs
-            .register(&myself.get_cell(), "archiver", &ArchiverObs::default());
+        let obs = Observed::register(
+            &services.obs,
+            &myself.get_cell(),
+            "archiver",
+            ArchiverObs::default(),
+        );
         let interval = services.config.objects.archive_interval;
         if !interval.is_zero() {
             mailbox::tell_every(myself.clone(), interval, || ArchiverMsg::Run(None));
         }
-        Ok(ArchiverState {
-            services,
-            obs_state: ArchiverObs::default(),
-            obs,
-        })
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<ArchiverMsg>,
-        state: &mut ArchiverState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.services.obs.deregister(&myself.get_cell());
-        Ok(())
+        Ok(ArchiverState { services, obs })
     }
 
     async fn handle(
@@ -109,14 +98,8 @@ impl Actor for ArchiverActor {
     ) -> Result<(), ActorProcessingErr> {
         state.obs.handled();
         let result = archive_once(&state.services).await;
-        let obs = &mut state.obs_state;
-        obs.num_runs += 1;
-        obs.last_run_at = Some(common::now_millis());
         match &result {
             Ok(run) => {
-                obs.num_objects += run.objects.len() as u64;
-                obs.num_records += run.records;
-                obs.last_error = None;
                 if run.records > 0 {
                     tracing::info!(
                         objects = run.objects.len(),
@@ -127,10 +110,20 @@ impl Actor for ArchiverActor {
             }
             Err(error) => {
                 tracing::warn!(error = %error.message, "archiving failed; the next run retries");
-                obs.last_error = Some(error.message.clone());
             }
         }
-        state.obs.publish(&state.obs_state);
+        state.obs.update(|obs| {
+            obs.num_runs += 1;
+            obs.last_run_at = Some(common::now_millis());
+            match &result {
+                Ok(run) => {
+                    obs.num_objects += run.objects.len() as u64;
+                    obs.num_records += run.records;
+                    obs.last_error = None;
+                }
+                Err(error) => obs.last_error = Some(error.message.clone()),
+            }
+        });
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }

@@ -24,7 +24,7 @@ use storage::catalog::ItemStatus;
 use crate::Services;
 use crate::changes::Changes;
 use crate::mailbox;
-use crate::obs::Obs;
+use crate::obs::Observed;
 
 const POLL_WAIT: Duration = Duration::from_millis(500);
 const MAX_RECORDS: usize = 1024;
@@ -56,8 +56,7 @@ pub struct TailObs {
 pub struct TailState {
     args: TailArgs,
     tail: Option<Tail>,
-    obs_state: TailObs,
-    obs: Arc<Obs<TailObs>>,
+    obs: Observed<TailObs>,
 }
 
 impl Actor for ChangelogTailActor {
@@ -70,18 +69,19 @@ impl Actor for ChangelogTailActor {
         myself: ActorRef<TailMsg>,
         args: TailArgs,
     ) -> Result<TailState, ActorProcessingErr> {
-        let obs_state = TailObs {
+        let initial = TailObs {
             topic: args.settings.changelog_topic(),
             ..Default::default()
         };
-        let obs = args
-            .services
-            .obs
-            .register(&myself.get_cell(), "changelog_tail", &obs_state);
+        let obs = Observed::register(
+            &args.services.obs,
+            &myself.get_cell(),
+            "changelog_tail",
+            initial,
+        );
         Ok(TailState {
             args,
             tail: None,
-            obs_state,
             obs,
         })
     }
@@ -92,15 +92,6 @@ impl Actor for ChangelogTailActor {
         _: &mut TailState,
     ) -> Result<(), ActorProcessingErr> {
         mailbox::tell(&myself, TailMsg::Poll)?;
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<TailMsg>,
-        state: &mut TailState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.args.services.obs.deregister(&myself.get_cell());
         Ok(())
     }
 
@@ -121,12 +112,11 @@ impl Actor for ChangelogTailActor {
             {
                 Ok(tail) => {
                     state.tail = Some(tail);
-                    state.obs_state.last_error = None;
+                    state.obs.update(|o| o.last_error = None);
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot follow the sessions changelog yet; retrying");
-                    state.obs_state.last_error = Some(error.to_string());
-                    state.obs.publish(&state.obs_state);
+                    state.obs.update(|o| o.last_error = Some(error.to_string()));
                     mailbox::tell_after(myself.clone(), SETUP_RETRY, || TailMsg::Poll);
                     return Ok(());
                 }
@@ -136,18 +126,19 @@ impl Actor for ChangelogTailActor {
             let services = &state.args.services;
             let records = tail.next(MAX_RECORDS, POLL_WAIT).await;
             let now = common::now_millis();
+            let (mut num_records, mut num_remote, mut num_events) = (0, 0, 0);
             for tailed in records {
                 match tailed {
                     // This node's own sessions published their changes already.
                     Tailed::Change { partition, record } => {
-                        state.obs_state.num_records += 1;
+                        num_records += 1;
                         if !services.cluster.is_active(partition) {
                             services.changes.publish(Changes::User(record.user_id));
-                            state.obs_state.num_remote += 1;
+                            num_remote += 1;
                         }
                     }
                     Tailed::Event(e) => {
-                        state.obs_state.num_events += 1;
+                        num_events += 1;
                         // Ids nobody catalogued never trend.
                         if let ItemStatus::Catalogued(item) =
                             services.catalog.read().status(&e.item_id)
@@ -164,7 +155,11 @@ impl Actor for ChangelogTailActor {
                     }
                 }
             }
-            state.obs.publish(&state.obs_state);
+            state.obs.update(|o| {
+                o.num_records += num_records;
+                o.num_remote += num_remote;
+                o.num_events += num_events;
+            });
         }
         mailbox::tell(&myself, TailMsg::Poll)?;
         Ok(())

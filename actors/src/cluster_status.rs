@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use crate::Services;
 use crate::mailbox;
-use crate::obs::Obs;
+use crate::obs::Observed;
 
 static PARTITIONS_OWNED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register_int_gauge_vec!(
@@ -111,8 +111,7 @@ pub struct ClusterStatusState {
     /// What this node last published (or tried to).
     published: Option<Ownership>,
     next_heartbeat: Instant,
-    obs_state: ClusterStatusObs,
-    obs: Arc<Obs<ClusterStatusObs>>,
+    obs: Observed<ClusterStatusObs>,
 }
 
 impl Actor for ClusterStatusActor {
@@ -125,21 +124,22 @@ impl Actor for ClusterStatusActor {
         myself: ActorRef<ClusterStatusMsg>,
         args: ClusterStatusArgs,
     ) -> Result<ClusterStatusState, ActorProcessingErr> {
-        let obs_state = ClusterStatusObs {
+        let initial = ClusterStatusObs {
             topic: args.settings.status_topic(),
             ..Default::default()
         };
-        let obs = args
-            .services
-            .obs
-            .register(&myself.get_cell(), "cluster_status", &obs_state);
+        let obs = Observed::register(
+            &args.services.obs,
+            &myself.get_cell(),
+            "cluster_status",
+            initial,
+        );
         Ok(ClusterStatusState {
             changes: args.services.cluster.changes(),
             args,
             clients: None,
             published: None,
             next_heartbeat: Instant::now(),
-            obs_state,
             obs,
         })
     }
@@ -155,7 +155,7 @@ impl Actor for ClusterStatusActor {
 
     async fn post_stop(
         &self,
-        myself: ActorRef<ClusterStatusMsg>,
+        _: ActorRef<ClusterStatusMsg>,
         state: &mut ClusterStatusState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some((writer, _)) = &state.clients {
@@ -166,7 +166,6 @@ impl Actor for ClusterStatusActor {
                 Err(_) => tracing::warn!("publishing the leaving status timed out"),
             }
         }
-        state.args.services.obs.deregister(&myself.get_cell());
         Ok(())
     }
 
@@ -180,12 +179,11 @@ impl Actor for ClusterStatusActor {
         if state.clients.is_none() {
             if let Err(error) = state.connect().await {
                 tracing::warn!(%error, "cannot set up the cluster status topic yet; retrying");
-                state.obs_state.last_error = Some(error.to_string());
-                state.obs.publish(&state.obs_state);
+                state.obs.update(|o| o.last_error = Some(error.to_string()));
                 mailbox::tell_after(myself.clone(), SETUP_RETRY, || ClusterStatusMsg::Poll);
                 return Ok(());
             }
-            state.obs_state.last_error = None;
+            state.obs.update(|o| o.last_error = None);
         }
         state.poll().await;
         mailbox::tell(&myself, ClusterStatusMsg::Poll)?;
@@ -232,16 +230,17 @@ impl ClusterStatusState {
         let max_age = i64::try_from(config.member_timeout.as_millis()).unwrap_or(i64::MAX);
         for status in statuses {
             if now_ms.saturating_sub(status.at_ms) > max_age {
-                self.obs_state.num_stale += 1;
+                self.obs.update(|o| o.num_stale += 1);
                 continue;
             }
-            self.obs_state.num_observed += 1;
+            self.obs.update(|o| o.num_observed += 1);
             cluster.observe(status);
         }
         let heartbeat = Instant::now() >= self.next_heartbeat;
         if observed || heartbeat {
             // A leaving member goes at once; a silent one after `member_timeout`.
-            self.obs_state.num_expired += cluster.expire(config.member_timeout) as u64;
+            let expired = cluster.expire(config.member_timeout) as u64;
+            self.obs.update(|o| o.num_expired += expired);
         }
         // Seen up to here, our own updates included; a change from now on wakes the next poll.
         self.changes.borrow_and_update();
@@ -250,21 +249,21 @@ impl ClusterStatusState {
             self.published = Some(ownership(&own));
             self.next_heartbeat = Instant::now() + config.status_interval;
             match writer.publish(&own).await {
-                Ok(()) => {
-                    self.obs_state.num_published += 1;
-                    self.obs_state.last_error = None;
-                }
+                Ok(()) => self.obs.update(|o| {
+                    o.num_published += 1;
+                    o.last_error = None;
+                }),
                 // Tried again at the next heartbeat.
                 Err(error) => {
                     tracing::warn!(%error, "could not publish this node's cluster status");
-                    self.obs_state.last_error = Some(error.to_string());
+                    self.obs.update(|o| o.last_error = Some(error.to_string()));
                 }
             }
         }
         self.observe_metrics(&own);
     }
 
-    fn observe_metrics(&mut self, own: &Status) {
+    fn observe_metrics(&self, own: &Status) {
         let view = self.args.services.cluster.view();
         let count = |wanted: PartitionState| {
             own.partitions
@@ -293,8 +292,9 @@ impl ClusterStatusState {
                 .set(state);
         }
         MEMBERS.set(view.members.len() as i64);
-        self.obs_state.num_members = view.members.len();
-        self.obs_state.num_partitions_owned = own.partitions.len();
-        self.obs.publish(&self.obs_state);
+        self.obs.update(|o| {
+            o.num_members = view.members.len();
+            o.num_partitions_owned = own.partitions.len();
+        });
     }
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use storage::{EventLog, Record};
 
 use crate::mailbox;
-use crate::obs::Obs;
+use crate::obs::Observed;
 use crate::session_manager::SessionManagerMsg;
 use crate::{Services, Slot, call, slot_get};
 
@@ -70,8 +70,7 @@ pub struct IngestObs {
 pub struct IngestState {
     args: IngestArgs,
     committed: u64,
-    obs_state: IngestObs,
-    obs: Arc<Obs<IngestObs>>,
+    obs: Observed<IngestObs>,
 }
 
 impl Actor for IngestActor {
@@ -88,19 +87,15 @@ impl Actor for IngestActor {
             .services
             .log
             .committed(storage::INGEST, args.partition)?;
-        let obs_state = IngestObs {
+        let initial = IngestObs {
             partition: args.partition,
             committed,
             ..Default::default()
         };
-        let obs = args
-            .services
-            .obs
-            .register(&myself.get_cell(), "ingest", &obs_state);
+        let obs = Observed::register(&args.services.obs, &myself.get_cell(), "ingest", initial);
         Ok(IngestState {
             args,
             committed,
-            obs_state,
             obs,
         })
     }
@@ -111,15 +106,6 @@ impl Actor for IngestActor {
         _: &mut IngestState,
     ) -> Result<(), ActorProcessingErr> {
         mailbox::tell(&myself, IngestMsg::Poll)?;
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<IngestMsg>,
-        state: &mut IngestState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.args.services.obs.deregister(&myself.get_cell());
         Ok(())
     }
 
@@ -135,9 +121,9 @@ impl Actor for IngestActor {
         let mut hw = services.log.high_watermark(partition);
         let batch = services.config.events.consume_batch;
         let records = services.log.read(partition, state.committed, batch).await?;
-        state.obs_state.high_watermark = *hw.borrow();
+        let high_watermark = *hw.borrow();
         if records.is_empty() {
-            state.publish();
+            state.publish(high_watermark);
             let committed = state.committed;
             tokio::spawn(async move {
                 if hw.wait_for(|&h| h > committed).await.is_ok() {
@@ -171,23 +157,29 @@ impl Actor for IngestActor {
         .await?;
         let n = applied.num_events;
         state.committed = applied.next;
-        state.obs_state.num_events += n;
-        state.obs_state.num_batches += 1;
-        state.obs_state.num_duplicates += applied.num_duplicates;
+        state.obs.update(|o| {
+            o.num_events += n;
+            o.num_batches += 1;
+            o.num_duplicates += applied.num_duplicates;
+        });
         EVENTS.inc_by(n);
-        state.publish();
+        state.publish(high_watermark);
         mailbox::tell(&myself, IngestMsg::Poll)?;
         Ok(())
     }
 }
 
 impl IngestState {
-    fn publish(&mut self) {
-        self.obs_state.committed = self.committed;
-        self.obs_state.lag = self.obs_state.high_watermark.saturating_sub(self.committed);
+    /// Shows how far the partition is read, against the log's end `high_watermark`.
+    fn publish(&self, high_watermark: u64) {
+        let lag = high_watermark.saturating_sub(self.committed);
         LAG.with_label_values(&[&self.args.partition.to_string()])
-            .set(self.obs_state.lag as i64);
-        self.obs.publish(&self.obs_state);
+            .set(lag as i64);
+        self.obs.update(|o| {
+            o.high_watermark = high_watermark;
+            o.committed = self.committed;
+            o.lag = lag;
+        });
     }
 }
 

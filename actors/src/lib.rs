@@ -1,6 +1,6 @@
 //! The actors of a streamrec node. Each file holds one actor: its behaviour struct, `Args`,
-//! `Msg`, private `State` and a serialisable `Obs` (observable state) published on a watch
-//! channel, so that the console reads an actor without ever waiting on it.
+//! `Msg`, private `State` and a serialisable `Obs` (observable state) kept in an
+//! [`obs::Observed`], so that the console reads an actor without ever waiting on it.
 //!
 //! - [`session::SessionActor`]: one per active user; applies events, keeps the live profile.
 //! - [`session_manager::SessionManager`]: spawns, routes to and passivates sessions.
@@ -90,6 +90,9 @@ pub struct Services {
     /// With Kafka, where every session state and erasure is also recorded, so that the next
     /// owner of a partition can restore it (see [`handoff`]); none on the embedded log.
     pub changelog: Option<Arc<dyn storage::Changelog>>,
+    /// With Kafka, every partition's events the broker still holds, for training (see
+    /// [`trainer::collect`]); none on the embedded log, whose node has every event itself.
+    pub history: Option<Arc<dyn storage::EventHistory>>,
 }
 
 impl Services {

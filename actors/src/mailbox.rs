@@ -72,7 +72,7 @@ impl Counters {
 
 static TABLE: LazyLock<RwLock<HashMap<ActorId, Arc<Counters>>>> = LazyLock::new(Default::default);
 
-/// Starts counting for an actor (called by `ObsRegistry::register`).
+/// Starts counting for an actor (called by `Observed::register`).
 pub(crate) fn attach(actor: &ActorCell) -> Arc<Counters> {
     let counters = Arc::new(Counters::new());
     TABLE.write().insert(actor.get_id(), counters.clone());

@@ -18,7 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use storage::CatalogView;
 
-use crate::obs::{Obs, ObsRegistry};
+use crate::obs::{ObsRegistry, Observed};
 use crate::popularity::Popularity;
 use crate::ranking::{self, MaskCache, Ranker, Signals, UnlistedCache};
 pub use crate::ranking::{ModelRequest, UserVector};
@@ -96,8 +96,7 @@ pub struct ModelState {
     loaded: Option<Loaded>,
     masks: MaskCache,
     unlisted: UnlistedCache,
-    obs_state: ModelObs,
-    obs: Arc<Obs<ModelObs>>,
+    obs: Observed<ModelObs>,
 }
 
 async fn load(artifact: Arc<ModelArtifact>, intra_threads: usize) -> Result<Loaded, ApiError> {
@@ -133,10 +132,11 @@ impl ModelState {
             return Ok(());
         }
         let loaded = load(active, self.args.intra_threads).await?;
-        self.obs_state.version = Some(loaded.artifact.meta.version.clone());
-        self.obs_state.num_items = loaded.artifact.num_items();
+        self.obs.update(|o| {
+            o.version = Some(loaded.artifact.meta.version.clone());
+            o.num_items = loaded.artifact.num_items();
+        });
         self.loaded = Some(loaded);
-        self.obs.publish(&self.obs_state);
         Ok(())
     }
 }
@@ -151,28 +151,16 @@ impl Actor for ModelActor {
         myself: ActorRef<ModelMsg>,
         args: ModelArgs,
     ) -> Result<ModelState, ActorProcessingErr> {
-        let obs = args
-            .obs
-            .register(&myself.get_cell(), "model", &ModelObs::default());
+        let obs = Observed::register(&args.obs, &myself.get_cell(), "model", ModelObs::default());
         let mut state = ModelState {
             args,
             loaded: None,
             masks: MaskCache::default(),
             unlisted: UnlistedCache::default(),
-            obs_state: ModelObs::default(),
             obs,
         };
         state.reload().await?;
         Ok(state)
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<ModelMsg>,
-        state: &mut ModelState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.args.obs.deregister(&myself.get_cell());
-        Ok(())
     }
 
     async fn handle(
@@ -191,10 +179,11 @@ impl Actor for ModelActor {
                 REQUESTS
                     .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])
                     .inc();
-                state.obs_state.num_requests += 1;
-                state.obs_state.num_errors += u64::from(result.is_err());
-                state.obs_state.last_latency_us = elapsed.as_micros() as u64;
-                state.obs.publish(&state.obs_state);
+                state.obs.update(|o| {
+                    o.num_requests += 1;
+                    o.num_errors += u64::from(result.is_err());
+                    o.last_latency_us = elapsed.as_micros() as u64;
+                });
                 let _ = reply.send(result);
             }
             ModelMsg::Reload(reply) => {

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::Services;
 use crate::changes::Changes;
 use crate::mailbox;
-use crate::obs::Obs;
+use crate::obs::Observed;
 
 static SUBSCRIBERS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -100,15 +100,13 @@ struct Subscriber {
 }
 
 pub struct PushState {
-    services: Arc<Services>,
     recommender: Arc<dyn Recommender>,
     /// Forwards the change feed into the mailbox; stopped with the hub.
     feed: JoinHandle<()>,
     subs: HashMap<String, Vec<Subscriber>>,
     next_id: u64,
     next_seq: u64,
-    obs_state: PushObs,
-    obs: Arc<Obs<PushObs>>,
+    obs: Observed<PushObs>,
 }
 
 impl Actor for PushHub {
@@ -124,34 +122,34 @@ impl Actor for PushHub {
             recommender,
         }: PushArgs,
     ) -> Result<PushState, ActorProcessingErr> {
-        let obs = services
-            .obs
-            .register(&myself.get_cell(), "push_hub", &PushObs::default());
+        let obs = Observed::register(
+            &services.obs,
+            &myself.get_cell(),
+            "push_hub",
+            PushObs::default(),
+        );
         // Subscribed before the hub takes subscribers, so no change after a subscribe is missed.
         let feed = tokio::spawn(forward_changes(
             services.changes.subscribe(),
             myself.clone(),
         ));
         Ok(PushState {
-            services,
             recommender,
             feed,
             subs: HashMap::new(),
             next_id: 0,
             next_seq: 0,
-            obs_state: PushObs::default(),
             obs,
         })
     }
 
     async fn post_stop(
         &self,
-        myself: ActorRef<PushMsg>,
+        _: ActorRef<PushMsg>,
         state: &mut PushState,
     ) -> Result<(), ActorProcessingErr> {
-        state.services.obs.deregister(&myself.get_cell());
         state.feed.abort();
-        SUBSCRIBERS.sub(state.obs_state.num_subscribers as i64);
+        SUBSCRIBERS.sub(state.obs.get().num_subscribers as i64);
         Ok(())
     }
 
@@ -205,7 +203,7 @@ impl Actor for PushHub {
                     .filter(|s| s.query == query)
                 {
                     if sub.offer(seq, &recs) {
-                        state.obs_state.num_updates += 1;
+                        state.obs.update(|o| o.num_updates += 1);
                         PUSHES.inc();
                     }
                 }
@@ -216,11 +214,15 @@ impl Actor for PushHub {
             subs.retain(|s| !s.tx.is_closed());
             !subs.is_empty()
         });
-        let before = state.obs_state.num_subscribers;
-        state.obs_state.num_subscribers = state.subs.values().map(Vec::len).sum();
-        state.obs_state.num_users = state.subs.len();
-        SUBSCRIBERS.add(state.obs_state.num_subscribers as i64 - before as i64);
-        state.obs.publish(&state.obs_state);
+        let subscribers: usize = state.subs.values().map(Vec::len).sum();
+        let users = state.subs.len();
+        let before = state.obs.update(|o| {
+            let before = o.num_subscribers;
+            o.num_subscribers = subscribers;
+            o.num_users = users;
+            before
+        });
+        SUBSCRIBERS.add(subscribers as i64 - before as i64);
         Ok(())
     }
 }
@@ -252,7 +254,7 @@ impl PushState {
         let queries: std::collections::HashSet<RecQuery> =
             subs.iter().map(|s| s.query.clone()).collect();
         for query in queries {
-            self.obs_state.num_recomputes += 1;
+            self.obs.update(|o| o.num_recomputes += 1);
             self.next_seq += 1;
             let seq = self.next_seq;
             let (recommender, hub, user_id) =

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::Services;
 use crate::mailbox;
-use crate::obs::Obs;
+use crate::obs::Observed;
 
 /// How often retention runs.
 const EVERY: Duration = Duration::from_secs(300);
@@ -46,8 +46,7 @@ pub struct RetentionObs {
 
 pub struct RetentionState {
     services: Arc<Services>,
-    obs_state: RetentionObs,
-    obs: Arc<Obs<RetentionObs>>,
+    obs: Observed<RetentionObs>,
 }
 
 impl Actor for RetentionActor {
@@ -60,24 +59,14 @@ impl Actor for RetentionActor {
         myself: ActorRef<RetentionMsg>,
         services: Arc<Services>,
     ) -> Result<RetentionState, ActorProcessingErr> {
-        let obs = services
-            .obs
-            .register(&myself.get_cell(), "retention", &RetentionObs::default());
+        let obs = Observed::register(
+            &services.obs,
+            &myself.get_cell(),
+            "retention",
+            RetentionObs::default(),
+        );
         mailbox::tell_every(myself.clone(), EVERY, || RetentionMsg::Run(None));
-        Ok(RetentionState {
-            services,
-            obs_state: RetentionObs::default(),
-            obs,
-        })
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<RetentionMsg>,
-        state: &mut RetentionState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.services.obs.deregister(&myself.get_cell());
-        Ok(())
+        Ok(RetentionState { services, obs })
     }
 
     async fn handle(
@@ -91,21 +80,21 @@ impl Actor for RetentionActor {
         let result = tokio::task::spawn_blocking(move || retain_once(&services, SystemTime::now()))
             .await
             .unwrap_or_else(|e| Err(ApiError::internal(e)));
-        let obs = &mut state.obs_state;
-        obs.num_runs += 1;
-        obs.last_run_at = Some(common::now_millis());
-        match &result {
-            Ok(run) => {
-                obs.num_segments_deleted += run.segments_deleted;
-                obs.num_tombstones_pruned += run.tombstones_pruned;
-                obs.last_error = None;
-            }
-            Err(error) => {
-                tracing::warn!(error = %error.message, "retention failed; the next run retries");
-                obs.last_error = Some(error.message.clone());
-            }
+        if let Err(error) = &result {
+            tracing::warn!(error = %error.message, "retention failed; the next run retries");
         }
-        state.obs.publish(&state.obs_state);
+        state.obs.update(|obs| {
+            obs.num_runs += 1;
+            obs.last_run_at = Some(common::now_millis());
+            match &result {
+                Ok(run) => {
+                    obs.num_segments_deleted += run.segments_deleted;
+                    obs.num_tombstones_pruned += run.tombstones_pruned;
+                    obs.last_error = None;
+                }
+                Err(error) => obs.last_error = Some(error.message.clone()),
+            }
+        });
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }

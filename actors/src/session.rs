@@ -22,7 +22,7 @@ use storage::{Record, Tombstone};
 use crate::Services;
 use crate::changes::Changes;
 use crate::model::{ModelRequest, UserVector};
-use crate::obs::Obs;
+use crate::obs::Observed;
 
 /// One interaction in the user's recent history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -173,8 +173,7 @@ pub struct SessionState {
     tombstone: Option<Tombstone>,
     /// The real-time user vector, folded in from `data` by the model; dropped on every change.
     vector: Option<UserVector>,
-    obs_state: SessionObs,
-    obs: Arc<Obs<SessionObs>>,
+    obs: Observed<SessionObs>,
 }
 
 impl Actor for SessionActor {
@@ -193,34 +192,21 @@ impl Actor for SessionActor {
             None => SessionData::default(),
         };
         let tombstone = store.tombstone(&args.user_id)?;
-        let obs_state = SessionObs {
+        let initial = SessionObs {
             user_id: args.user_id.clone(),
             num_events: data.num_events,
             num_items: data.items.len(),
             last_event_ts: data.recent.front().map(|i| i.ts),
             ..Default::default()
         };
-        let obs = args
-            .services
-            .obs
-            .register(&myself.get_cell(), "session", &obs_state);
+        let obs = Observed::register(&args.services.obs, &myself.get_cell(), "session", initial);
         Ok(SessionState {
             args,
             data,
             tombstone,
             vector: None,
-            obs_state,
             obs,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<SessionMsg>,
-        state: &mut SessionState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.args.services.obs.deregister(&myself.get_cell());
-        Ok(())
     }
 
     async fn handle(
@@ -281,7 +267,6 @@ impl SessionState {
             applied_ids.push(&e.event_id);
             outcome.applied += 1;
         }
-        self.obs_state.num_duplicates += outcome.duplicates as u64;
         if outcome.applied > 0 {
             // Past `sessions.max_items` the least recent, then lightest, items go; `deltas` below
             // takes back their share of popularity with them (an erasure, which takes back the
@@ -334,10 +319,13 @@ impl SessionState {
             self.vector = None;
             services.changes.publish(Changes::User(user.to_owned()));
         }
-        self.obs_state.num_events = self.data.num_events;
-        self.obs_state.num_items = self.data.items.len();
-        self.obs_state.last_event_ts = self.data.recent.front().map(|i| i.ts);
-        self.obs.publish(&self.obs_state);
+        let data = &self.data;
+        self.obs.update(|o| {
+            o.num_duplicates += outcome.duplicates as u64;
+            o.num_events = data.num_events;
+            o.num_items = data.items.len();
+            o.last_event_ts = data.recent.front().map(|i| i.ts);
+        });
         Ok(outcome)
     }
 
@@ -353,13 +341,14 @@ impl SessionState {
             .cache
             .put(user, &recs.model_version, &query, recs.clone())
             .await;
-        self.obs_state.num_recommendations += 1;
-        self.obs_state.model_version = Some(recs.model_version.clone());
-        self.obs_state.vector_norm = vector
-            .as_ref()
-            .map(|v| v.values.iter().map(|x| x * x).sum::<f32>().sqrt());
+        self.obs.update(|o| {
+            o.num_recommendations += 1;
+            o.model_version = Some(recs.model_version.clone());
+            o.vector_norm = vector
+                .as_ref()
+                .map(|v| v.values.iter().map(|x| x * x).sum::<f32>().sqrt());
+        });
         self.vector = vector;
-        self.obs.publish(&self.obs_state);
         Ok(recs)
     }
 

@@ -27,7 +27,7 @@ use serde::Serialize;
 use storage::Record;
 
 use crate::mailbox;
-use crate::obs::Obs;
+use crate::obs::Observed;
 use crate::session::{
     self, ApplyOutcome, SessionActor, SessionArgs, SessionData, SessionMsg, UserView,
 };
@@ -149,8 +149,7 @@ pub struct SessionManagerState {
     /// Least recently used last.
     sessions: LruCache<String, Live>,
     users_by_actor: HashMap<ActorId, String>,
-    obs_state: SessionManagerObs,
-    obs: Arc<Obs<SessionManagerObs>>,
+    obs: Observed<SessionManagerObs>,
 }
 
 impl Actor for SessionManager {
@@ -163,13 +162,16 @@ impl Actor for SessionManager {
         myself: ActorRef<Self::Msg>,
         services: Arc<Services>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let obs_state = SessionManagerObs {
+        let initial = SessionManagerObs {
             max_live: services.config.sessions.max_live,
             ..Default::default()
         };
-        let obs = services
-            .obs
-            .register(&myself.get_cell(), "session_manager", &obs_state);
+        let obs = Observed::register(
+            &services.obs,
+            &myself.get_cell(),
+            "session_manager",
+            initial,
+        );
         let period = (services.config.sessions.idle_timeout / 2).max(MIN_SWEEP);
         mailbox::tell_every(myself.clone(), period, || SessionManagerMsg::Sweep);
         // A restarted manager starts with no live session.
@@ -178,17 +180,15 @@ impl Actor for SessionManager {
             services,
             sessions: LruCache::unbounded(),
             users_by_actor: HashMap::new(),
-            obs_state,
             obs,
         })
     }
 
     async fn post_stop(
         &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
+        _: ActorRef<Self::Msg>,
+        _: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.services.obs.deregister(&myself.get_cell());
         LIVE.set(0);
         Ok(())
     }
@@ -265,7 +265,7 @@ impl Actor for SessionManager {
             SessionManagerMsg::Sweep => {
                 let idle = state.services.config.sessions.idle_timeout;
                 let passivated = state.sweep(Instant::now(), idle);
-                state.obs_state.num_passivated += passivated as u64;
+                state.obs.update(|o| o.num_passivated += passivated as u64);
                 Stop::Passivated.count(passivated);
             }
         }
@@ -296,9 +296,11 @@ impl Actor for SessionManager {
         }
         if let Some(error) = failure {
             tracing::warn!(actor = %cell.get_id(), %error, "session failed; it restarts on its next message");
-            state.obs_state.num_failed += 1;
             Stop::Failed.count(1);
-            state.obs_state.last_failure = Some(error);
+            state.obs.update(|o| {
+                o.num_failed += 1;
+                o.last_failure = Some(error);
+            });
         }
         state.publish();
         Ok(())
@@ -386,7 +388,7 @@ impl SessionManagerState {
             };
             self.users_by_actor.remove(&evicted.session.get_id());
             let _ = mailbox::tell(&evicted.session, SessionMsg::Passivate);
-            self.obs_state.num_evicted += 1;
+            self.obs.update(|o| o.num_evicted += 1);
             Stop::Evicted.count(1);
         }
         let args = SessionArgs {
@@ -406,14 +408,14 @@ impl SessionManagerState {
         );
         self.users_by_actor
             .insert(session.get_id(), user_id.to_owned());
-        self.obs_state.num_spawned += 1;
+        self.obs.update(|o| o.num_spawned += 1);
         Ok(session)
     }
 
     fn publish(&mut self) {
-        self.obs_state.num_live = self.sessions.len();
-        LIVE.set(self.sessions.len() as i64);
-        self.obs.publish(&self.obs_state);
+        let live = self.sessions.len();
+        LIVE.set(live as i64);
+        self.obs.update(|o| o.num_live = live);
     }
 }
 
@@ -429,8 +431,8 @@ mod tests {
             .0
     }
 
-    fn obs(services: &Services, manager: &ActorRef<SessionManagerMsg>) -> serde_json::Value {
-        services.obs.state(&manager.get_cell()).expect("registered")
+    fn obs(services: &Services, manager: &ActorRef<SessionManagerMsg>) -> SessionManagerObs {
+        services.obs.get(&manager.get_cell()).expect("registered")
     }
 
     async fn apply(manager: &ActorRef<SessionManagerMsg>, user: &str, id: &str) {
@@ -475,8 +477,8 @@ mod tests {
             // Used more often than the idle timeout: never passivated.
             assert!(get(&manager, "busy").await.is_some());
             let state = obs(&t.services, &manager);
-            if state["num_passivated"] == 1 {
-                assert_eq!(state["num_live"], 1, "only the idle session went");
+            if state.num_passivated == 1 {
+                assert_eq!(state.num_live, 1, "only the idle session went");
                 break;
             }
             assert!(
@@ -515,7 +517,7 @@ mod tests {
             .expect("released");
         assert_eq!(stopped.expect("answered"), in_released);
         assert_eq!(
-            obs(&t.services, &manager)["num_live"],
+            obs(&t.services, &manager).num_live,
             users.len() - in_released
         );
         // The state stays in the store: a session started again reads it back.
@@ -530,7 +532,7 @@ mod tests {
         let t = testing::services(common::Config::default()).await;
         let manager = manager(&t.services).await;
         assert!(get(&manager, "nobody").await.is_none());
-        assert_eq!(obs(&t.services, &manager)["num_spawned"], 0);
+        assert_eq!(obs(&t.services, &manager).num_spawned, 0);
     }
 
     #[tokio::test]
@@ -542,7 +544,7 @@ mod tests {
         apply(&manager, "gone", "e1").await;
         // The cap of one live session evicts `gone`.
         apply(&manager, "other", "e2").await;
-        assert_eq!(obs(&t.services, &manager)["num_evicted"], 1);
+        assert_eq!(obs(&t.services, &manager).num_evicted, 1);
         let user_id = "gone".to_owned();
         call(
             &manager,

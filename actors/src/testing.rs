@@ -62,6 +62,7 @@ pub async fn services(config: Config) -> TestServices {
             num_partitions,
         )),
         changelog: None,
+        history: None,
     });
     TestServices {
         services,

@@ -21,7 +21,7 @@ use storage::{Record, Tombstone};
 use crate::Services;
 use crate::archiver::read_archive;
 use crate::mailbox;
-use crate::obs::Obs;
+use crate::obs::Observed;
 use crate::registry::Published;
 
 pub enum TrainerMsg {
@@ -68,8 +68,7 @@ pub struct TrainerState {
     services: Arc<Services>,
     started: Option<Instant>,
     waiting: Vec<RpcReplyPort<Result<String, ApiError>>>,
-    obs_state: TrainerObs,
-    obs: Arc<Obs<TrainerObs>>,
+    obs: Observed<TrainerObs>,
 }
 
 impl Actor for TrainerActor {
@@ -82,9 +81,12 @@ impl Actor for TrainerActor {
         myself: ActorRef<TrainerMsg>,
         services: Arc<Services>,
     ) -> Result<TrainerState, ActorProcessingErr> {
-        let obs = services
-            .obs
-            .register(&myself.get_cell(), "trainer", &TrainerObs::default());
+        let obs = Observed::register(
+            &services.obs,
+            &myself.get_cell(),
+            "trainer",
+            TrainerObs::default(),
+        );
         // Versions stored before profiles were filtered may hold personal fields: rewrite them
         // once, off the start path (the object store may be slow or away; a run tries again).
         let migrating = services.clone();
@@ -104,18 +106,8 @@ impl Actor for TrainerActor {
             services,
             started: None,
             waiting: Vec::new(),
-            obs_state: TrainerObs::default(),
             obs,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<TrainerMsg>,
-        state: &mut TrainerState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.services.obs.deregister(&myself.get_cell());
-        Ok(())
     }
 
     async fn handle(
@@ -127,7 +119,7 @@ impl Actor for TrainerActor {
         state.obs.handled();
         match msg {
             TrainerMsg::Train { wait, reply } => {
-                if state.obs_state.running {
+                if state.obs.get().running {
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(ApiError::new(
                             ErrorCode::Conflict,
@@ -136,12 +128,13 @@ impl Actor for TrainerActor {
                     }
                     return Ok(());
                 }
-                state.obs_state.running = true;
-                state.obs_state.progress = Some("reading events".into());
+                // Visible before the caller hears "started": whoever then reads the state sees
+                // the run.
+                state.obs.update(|o| {
+                    o.running = true;
+                    o.progress = Some("reading events".into());
+                });
                 state.started = Some(Instant::now());
-                // Published before the caller hears "started": whoever then reads the state
-                // sees the run.
-                state.obs.publish(&state.obs_state);
                 match (wait, reply) {
                     (true, Some(reply)) => state.waiting.push(reply),
                     (false, Some(reply)) => drop(reply.send(Ok("started".into()))),
@@ -158,26 +151,34 @@ impl Actor for TrainerActor {
                 iterations,
             } => {
                 tracing::info!(iteration, iterations, "training");
-                state.obs_state.progress = Some(format!("iteration {iteration}/{iterations}"));
+                state
+                    .obs
+                    .update(|o| o.progress = Some(format!("iteration {iteration}/{iterations}")));
             }
             TrainerMsg::Done(result) => {
-                state.obs_state.running = false;
-                state.obs_state.progress = None;
-                state.obs_state.num_runs += 1;
-                state.obs_state.last_duration_ms =
-                    state.started.take().map(|s| s.elapsed().as_millis() as u64);
+                let duration_ms = state.started.take().map(|s| s.elapsed().as_millis() as u64);
                 match &result {
                     Ok(version) => {
-                        tracing::info!(%version, duration_ms = state.obs_state.last_duration_ms, "model trained and activated");
-                        state.obs_state.last_version = Some(version.clone());
-                        state.obs_state.last_error = None;
+                        tracing::info!(%version, duration_ms, "model trained and activated")
                     }
-                    Err(error) => {
-                        tracing::error!(%error, "training failed");
-                        state.obs_state.num_failures += 1;
-                        state.obs_state.last_error = Some(error.clone());
-                    }
+                    Err(error) => tracing::error!(%error, "training failed"),
                 }
+                state.obs.update(|o| {
+                    o.running = false;
+                    o.progress = None;
+                    o.num_runs += 1;
+                    o.last_duration_ms = duration_ms;
+                    match &result {
+                        Ok(version) => {
+                            o.last_version = Some(version.clone());
+                            o.last_error = None;
+                        }
+                        Err(error) => {
+                            o.num_failures += 1;
+                            o.last_error = Some(error.clone());
+                        }
+                    }
+                });
                 for reply in state.waiting.drain(..) {
                     let _ = reply.send(result.clone().map_err(ApiError::unavailable));
                 }
@@ -194,7 +195,6 @@ impl Actor for TrainerActor {
                 }
             },
         }
-        state.obs.publish(&state.obs_state);
         Ok(())
     }
 }
@@ -343,8 +343,10 @@ async fn swapped_in(services: &Services) -> Result<(), ApiError> {
 
 /// Reads every event into training data, skipping events of erased users: from the node's log,
 /// or (`model.train_source = "archive"`) from the event archive, which every node writes, plus
-/// the node's own tail not archived yet. An event id seen twice (an event journaled by two nodes
-/// across a rebalance) counts once.
+/// the node's own tail not archived yet. With Kafka, the partitions other nodes own are read
+/// from the broker too (their tails are in no archive yet; see [`history_since`]). An event id
+/// seen twice (journaled by two nodes across a rebalance, or in the archive and on the broker)
+/// counts once.
 pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, i64)>), ApiError> {
     let log = &services.log;
     let mut data = Interactions::default();
@@ -352,6 +354,7 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
     let mut tombstones: HashMap<String, Option<Tombstone>> = HashMap::new();
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let from_archive = services.config.model.train_source == TrainSource::Archive;
+    let dedupe = from_archive || services.history.is_some();
     // Records of this node's log are judged by offset, archived ones (several nodes' logs) by
     // their receive time.
     let mut add = |r: Record, archived: bool| -> Result<(), ApiError> {
@@ -376,7 +379,7 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
         }) {
             return Ok(());
         }
-        if from_archive && !seen.insert((e.user_id.clone(), e.event_id.clone())) {
+        if dedupe && !seen.insert((e.user_id.clone(), e.event_id.clone())) {
             return Ok(());
         }
         data.add(&e.user_id, &e.item_id, e.weight(), e.ts);
@@ -397,5 +400,28 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
         };
         storage::log::scan(log.as_ref(), partition, from, |r| add(r, false)).await?;
     }
+    if let Some(history) = &services.history {
+        let since = history_since(services, common::now_millis());
+        let records = history.since(since).await.map_err(ApiError::internal)?;
+        tracing::info!(
+            since,
+            records = records.len(),
+            "read the broker's user-events for training"
+        );
+        for r in records {
+            add(r, true)?;
+        }
+    }
     Ok((data, range))
+}
+
+/// From when the broker's events are read: with the archive, three archive intervals back
+/// (every node archived what is older, with room for a late run); without it, everything the
+/// broker still holds.
+fn history_since(services: &Services, now_ms: i64) -> i64 {
+    let interval = services.config.objects.archive_interval;
+    if services.config.model.train_source != TrainSource::Archive || interval.is_zero() {
+        return 0;
+    }
+    now_ms.saturating_sub(i64::try_from(interval.as_millis() * 3).unwrap_or(i64::MAX))
 }

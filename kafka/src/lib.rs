@@ -12,6 +12,7 @@
 //! - [`changelog`]: the sessions changelog, written by a partition's owner and replayed by the
 //!   node that gains it.
 //! - [`tail`]: what every node follows from the end on: the changelog and `user-events`.
+//! - [`history`]: `user-events` read whole since a point in time, for training.
 //!
 //! Nothing here knows about actors or sessions: the bridge actor composes these parts.
 
@@ -19,6 +20,7 @@ mod admin;
 pub mod changelog;
 mod consumer;
 mod decode;
+pub mod history;
 mod producer;
 pub mod status;
 pub mod tail;

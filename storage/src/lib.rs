@@ -26,7 +26,7 @@ pub use changelog::{Change, ChangeRecord, Changelog};
 pub use db::Db;
 pub use error::StorageError;
 pub use log::{ARCHIVE, INGEST};
-pub use log::{AppendOutcome, EventLog, EventSink, FileEventLog, Record};
+pub use log::{AppendOutcome, EventHistory, EventLog, EventSink, FileEventLog, Record};
 pub use objects::{LocalObjectStore, ObjectStore};
 pub use pg_catalog::PgCatalog;
 pub use redis_cache::TieredCache;

@@ -47,7 +47,7 @@ pub struct RestartTracker {
 }
 
 /// What to do about a failure.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     RestartAfter(Duration),
     Escalate,

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use actors::obs::{Obs, ObsRegistry};
+use actors::obs::{ObsRegistry, Observed};
 use prometheus::{IntCounterVec, register_int_counter_vec};
 use ractor::{
     Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
@@ -213,8 +213,7 @@ pub struct SupervisorState {
     args_policy: RestartPolicy,
     registry: Arc<ObsRegistry>,
     children: Vec<Child>,
-    obs_state: SupervisorObs,
-    obs: Arc<Obs<SupervisorObs>>,
+    obs: Observed<SupervisorObs>,
     heartbeats: Option<JoinHandle<()>>,
 }
 
@@ -236,7 +235,7 @@ impl SupervisorState {
         self.registry.label(&cell, child.spec.name.clone());
         child.cell = Some(cell);
         child.started = Instant::now();
-        self.obs_state.children[index].alive = true;
+        self.obs.update(|o| o.children[index].alive = true);
         Ok(())
     }
 
@@ -255,7 +254,7 @@ impl SupervisorState {
         if let Some(hook) = &child.spec.on_exit {
             hook();
         }
-        self.obs_state.children[index].alive = false;
+        self.obs.update(|o| o.children[index].alive = false);
     }
 
     /// Kills every child that has been in one message longer than its limit.
@@ -294,7 +293,7 @@ impl Actor for Supervisor {
         myself: ActorRef<SupervisorMsg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        let obs_state = SupervisorObs {
+        let initial = SupervisorObs {
             children: args
                 .children
                 .iter()
@@ -306,7 +305,7 @@ impl Actor for Supervisor {
                 .collect(),
             ..Default::default()
         };
-        let obs = args.obs.register(&myself.get_cell(), args.kind, &obs_state);
+        let obs = Observed::register(&args.obs, &myself.get_cell(), args.kind, initial);
         let children = args
             .children
             .into_iter()
@@ -324,7 +323,6 @@ impl Actor for Supervisor {
             args_policy: args.policy,
             registry: args.obs,
             children,
-            obs_state,
             obs,
             heartbeats: None,
         };
@@ -340,19 +338,17 @@ impl Actor for Supervisor {
                 || SupervisorMsg::Heartbeat,
             ));
         }
-        state.obs.publish(&state.obs_state);
         Ok(state)
     }
 
     async fn post_stop(
         &self,
-        myself: ActorRef<SupervisorMsg>,
+        _: ActorRef<SupervisorMsg>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(heartbeats) = state.heartbeats.take() {
             heartbeats.abort();
         }
-        state.registry.deregister(&myself.get_cell());
         Ok(())
     }
 
@@ -395,19 +391,15 @@ impl Actor for Supervisor {
                 // The exit event may still be queued; restart now and ignore it when it arrives.
                 state.exited(index);
                 let result = state.spawn(&myself, index).await.map_err(|e| e.to_string());
-                state.obs_state.num_restarts += 1;
-                state.obs_state.children[index].num_restarts += 1;
-                // Published before the reply, so that whoever asked sees the restart counted.
-                state.obs.publish(&state.obs_state);
+                // Counted before the reply, so that whoever asked sees the restart counted.
+                state.obs.update(|o| {
+                    o.num_restarts += 1;
+                    o.children[index].num_restarts += 1;
+                });
                 let _ = reply.send(result);
             }
-            SupervisorMsg::Heartbeat => {
-                // Nothing to publish unless a kill follows, and its exit publishes then.
-                state.kill_stuck();
-                return Ok(());
-            }
+            SupervisorMsg::Heartbeat => state.kill_stuck(),
         }
-        state.obs.publish(&state.obs_state);
         Ok(())
     }
 
@@ -424,7 +416,8 @@ impl Actor for Supervisor {
                 };
                 let name = state.children[index].spec.name.clone();
                 tracing::warn!(child = %name, %error, "child failed");
-                // A failed actor's `post_stop` never ran: forget its observable state here.
+                // Forgotten now, not when ractor drops the failed actor's state, so that the tree
+                // never shows it beside its replacement.
                 state.registry.deregister(&cell);
                 state.exited(index);
                 schedule_restart(
@@ -455,7 +448,6 @@ impl Actor for Supervisor {
             }
             _ => {}
         }
-        state.obs.publish(&state.obs_state);
         Ok(())
     }
 }
@@ -469,41 +461,42 @@ fn schedule_restart(
     message: String,
 ) -> Result<(), ActorProcessingErr> {
     FAILURES.with_label_values(&[failure.name()]).inc();
-    state.obs_state.failures.count(failure);
     let child = &mut state.children[index];
     let decision = child
         .tracker
         .on_failure(&state.args_policy, child.started, Instant::now());
-    let obs = &mut state.obs_state.children[index];
-    obs.failures.count(failure);
-    obs.last_failure = Some(message);
-    obs.last_failure_at = Some(common::now_millis());
+    state.obs.update(|o| {
+        o.failures.count(failure);
+        let obs = &mut o.children[index];
+        obs.failures.count(failure);
+        obs.last_failure = Some(message);
+        obs.last_failure_at = Some(common::now_millis());
+        match decision {
+            Decision::RestartAfter(_) => {
+                obs.num_restarts += 1;
+                o.num_restarts += 1;
+            }
+            Decision::Escalate => o.num_escalations += 1,
+        }
+    });
     match decision {
         Decision::RestartAfter(delay) => {
-            obs.num_restarts += 1;
-            state.obs_state.num_restarts += 1;
             actors::mailbox::tell_after(myself.clone(), delay, move || {
                 SupervisorMsg::Respawn(index)
             });
             Ok(())
         }
-        Decision::Escalate => {
-            state.obs_state.num_escalations += 1;
-            state.obs.publish(&state.obs_state);
-            Err(format!(
-                "child {} failed more than {} times within {:?}; escalating",
-                child.spec.name, state.args_policy.max_restarts, state.args_policy.window
-            )
-            .into())
-        }
+        Decision::Escalate => Err(format!(
+            "child {} failed more than {} times within {:?}; escalating",
+            child.spec.name, state.args_policy.max_restarts, state.args_policy.window
+        )
+        .into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use serde_json::Value;
 
     use testkit::wait_until;
 
@@ -526,21 +519,25 @@ mod tests {
 
     impl Actor for Faulty {
         type Msg = FaultyMsg;
-        type State = ();
+        type State = Observed<()>;
         type Arguments = Arc<ObsRegistry>;
         async fn pre_start(
             &self,
             myself: ActorRef<FaultyMsg>,
             registry: Arc<ObsRegistry>,
-        ) -> Result<(), ActorProcessingErr> {
-            registry.register(&myself.get_cell(), "faulty", &());
-            Ok(())
+        ) -> Result<Observed<()>, ActorProcessingErr> {
+            Ok(Observed::register(
+                &registry,
+                &myself.get_cell(),
+                "faulty",
+                (),
+            ))
         }
         async fn handle(
             &self,
             _: ActorRef<FaultyMsg>,
             msg: FaultyMsg,
-            _: &mut (),
+            _: &mut Observed<()>,
         ) -> Result<(), ActorProcessingErr> {
             match msg {
                 FaultyMsg::Panic => panic!("told to panic"),
@@ -664,10 +661,18 @@ mod tests {
         sup.stop(None);
     }
 
-    /// The counts the supervisor published, as the console reads them.
-    fn counts(state: &Value) -> [u64; 4] {
-        ["num_restarts", "num_panics", "num_errors", "num_kills"]
-            .map(|key| state[key].as_u64().unwrap_or(u64::MAX))
+    /// Restarts, then failures by kind.
+    fn counts(num_restarts: u64, failures: FailureCounts) -> [u64; 4] {
+        let FailureCounts {
+            num_panics,
+            num_errors,
+            num_kills,
+        } = failures;
+        [num_restarts, num_panics, num_errors, num_kills]
+    }
+
+    fn totals(state: &SupervisorObs) -> [u64; 4] {
+        counts(state.num_restarts, state.failures)
     }
 
     #[tokio::test]
@@ -681,9 +686,13 @@ mod tests {
         let spec = faulty_spec(spawned.clone(), current.clone(), &registry).stuck_after(limit);
         let args = args(spec, quick_restarts(10), &registry);
         let (sup, _) = Actor::spawn(None, Supervisor, args).await.expect("spawn");
-        let state = || registry.state(&sup.get_cell()).expect("registered");
+        let state = || {
+            registry
+                .get::<SupervisorObs>(&sup.get_cell())
+                .expect("registered")
+        };
         let child = || current.lock().clone().expect("child");
-        assert_eq!(state()["children"][0]["stuck_after_ms"], 1000);
+        assert_eq!(state().children[0].stuck_after_ms, Some(1000));
 
         let panicked = child().get_cell();
         child().cast(FaultyMsg::Panic).expect("send");
@@ -694,10 +703,10 @@ mod tests {
             )
             .await
         );
-        assert_eq!(counts(&state()), [1, 1, 0, 0]);
-        // A failed actor never ran `post_stop`; its supervisor deregistered it.
-        assert!(registry.state(&panicked).is_none());
-        assert!(registry.state(&child().get_cell()).is_some());
+        assert_eq!(totals(&state()), [1, 1, 0, 0]);
+        // A failed actor is forgotten; its replacement is there.
+        assert!(!registry.contains(&panicked));
+        assert!(registry.contains(&child().get_cell()));
 
         child().cast(FaultyMsg::Error).expect("send");
         assert!(
@@ -707,7 +716,7 @@ mod tests {
             )
             .await
         );
-        assert_eq!(counts(&state()), [2, 1, 1, 0]);
+        assert_eq!(totals(&state()), [2, 1, 1, 0]);
 
         // Work within the limit is left alone, however many heartbeats it spans.
         let beats = || {
@@ -746,18 +755,22 @@ mod tests {
         );
         assert_ne!(child().get_id(), hung.get_id());
         assert!(
-            registry.state(&hung).is_none(),
+            !registry.contains(&hung),
             "a killed actor is deregistered too"
         );
         let now = state();
-        assert_eq!(counts(&now), [3, 1, 1, 1]);
-        let child_state = &now["children"][0];
-        assert_eq!(counts(child_state), [3, 1, 1, 1]);
+        assert_eq!(totals(&now), [3, 1, 1, 1]);
+        let child_state = &now.children[0];
+        assert_eq!(
+            counts(child_state.num_restarts, child_state.failures),
+            [3, 1, 1, 1]
+        );
         assert!(
-            child_state["last_failure"]
-                .as_str()
+            child_state
+                .last_failure
+                .as_deref()
                 .is_some_and(|f| f.starts_with("stuck in one message")),
-            "{now}"
+            "{now:?}"
         );
 
         // An idle child is never taken for a stuck one: wait out more than the limit in
@@ -765,7 +778,7 @@ mod tests {
         let before = beats();
         assert!(wait_until(async || beats() > before + 60, Duration::from_secs(10)).await);
         assert_eq!(spawned.load(Ordering::SeqCst), 4);
-        assert_eq!(counts(&state()), [3, 1, 1, 1]);
+        assert_eq!(totals(&state()), [3, 1, 1, 1]);
         sup.stop(None);
     }
 
@@ -778,6 +791,10 @@ mod tests {
             .stuck_after(Duration::from_millis(50));
         let args = args(spec, quick_restarts(1), &registry);
         let (sup, handle) = Actor::spawn(None, Supervisor, args).await.expect("spawn");
+        // Watched from the start: the state outlives the supervisor that escalated.
+        let watched = registry
+            .watch::<SupervisorObs>(&sup.get_cell())
+            .expect("registered");
         current
             .lock()
             .clone()
@@ -803,8 +820,12 @@ mod tests {
             .expect("join");
         assert_eq!(sup.get_status(), ractor::ActorStatus::Stopped);
         assert_eq!(spawned.load(Ordering::SeqCst), 2);
-        let last = registry.state(&sup.get_cell()).expect("its last state");
-        assert_eq!(counts(&last), [1, 0, 0, 2]);
-        assert_eq!(last["num_escalations"], 1);
+        assert!(
+            !registry.contains(&sup.get_cell()),
+            "a stopped actor is forgotten"
+        );
+        let last = watched.borrow().clone();
+        assert_eq!(totals(&last), [1, 0, 0, 2]);
+        assert_eq!(last.num_escalations, 1);
     }
 }

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::model::ModelMsg;
+use actors::session_manager::SessionManagerObs;
 use common::{Config, Event, EventKind, RecQuery};
 use supervisors::Node;
+use supervisors::supervisor::{FailureCounts, SupervisorObs};
 use testkit::wait_until;
 
 /// The test node, with the model pool's two workers and short training runs.
@@ -37,15 +39,16 @@ async fn num_events(node: &Node, user: &str) -> u64 {
         .num_events
 }
 
-/// The observable state of the first actor of `kind` in the tree.
-fn obs(node: &Node, kind: &str) -> serde_json::Value {
-    fn find(v: &serde_json::Value, kind: &str) -> Option<serde_json::Value> {
-        if v["kind"] == kind {
-            return Some(v["state"].clone());
-        }
-        v["children"].as_array()?.iter().find_map(|c| find(c, kind))
-    }
-    find(&node.actors(10_000), kind).unwrap_or_default()
+/// The session manager's observable state.
+fn manager(node: &Node) -> SessionManagerObs {
+    node.observed("session_manager")
+        .pop()
+        .expect("a session manager")
+}
+
+/// The observable state of the supervisor of `kind`.
+fn supervisor(node: &Node, kind: &str) -> SupervisorObs {
+    node.observed(kind).pop().expect("the supervisor")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,24 +61,24 @@ async fn idle_sessions_passivate_and_wake_up_with_their_state() {
         .await
         .expect("append");
     assert!(node.wait_caught_up(Duration::from_secs(10)).await);
-    assert!(obs(&node, "session_manager")["num_live"].as_u64() >= Some(1));
+    assert!(manager(&node).num_live >= 1);
 
     let passivated = wait_until(
-        async || obs(&node, "session_manager")["num_live"] == 0,
+        async || manager(&node).num_live == 0,
         Duration::from_secs(10),
     )
     .await;
     assert!(
         passivated,
-        "idle session was not passivated: {}",
-        obs(&node, "session_manager")
+        "idle session was not passivated: {:?}",
+        manager(&node)
     );
-    assert!(obs(&node, "session_manager")["num_passivated"].as_u64() >= Some(1));
+    assert!(manager(&node).num_passivated >= 1);
 
     // A request wakes the session up, rehydrated from the store.
     let user = node.user("alice").await.expect("get").expect("known user");
     assert_eq!(user.num_events, 2);
-    assert_eq!(obs(&node, "session_manager")["num_live"], 1);
+    assert_eq!(manager(&node).num_live, 1);
     node.shutdown().await;
 }
 
@@ -91,9 +94,9 @@ async fn live_session_cap_evicts_least_recently_used() {
             .expect("append");
     }
     assert!(node.wait_caught_up(Duration::from_secs(10)).await);
-    let manager = obs(&node, "session_manager");
-    assert!(manager["num_live"].as_u64() <= Some(2), "{manager}");
-    assert!(manager["num_evicted"].as_u64() >= Some(2), "{manager}");
+    let manager = manager(&node);
+    assert!(manager.num_live <= 2, "{manager:?}");
+    assert!(manager.num_evicted >= 2, "{manager:?}");
     for user in ["u1", "u2", "u3", "u4"] {
         assert_eq!(
             node.user(user)
@@ -143,37 +146,33 @@ async fn a_panicking_model_actor_fails_its_request_and_is_restarted() {
     )
     .await;
     assert!(restarted, "model actor was not restarted");
-    let models = obs(&node, "model_supervisor");
-    assert_eq!(models["num_restarts"], 1, "{models}");
+    let models = supervisor(&node, "model_supervisor");
+    assert_eq!(models.num_restarts, 1, "{models:?}");
+    let worker = &models.children[0];
     assert!(
-        models["children"][0]["last_failure"]
-            .as_str()
+        worker
+            .last_failure
+            .as_deref()
             .is_some_and(|f| f.contains("injected fault")),
-        "{models}"
+        "{models:?}"
     );
     // Counted as a panic, neither an error nor a kill, in the child and in the total.
-    for counts in [&models, &models["children"][0]] {
-        assert_eq!(
-            [
-                &counts["num_panics"],
-                &counts["num_errors"],
-                &counts["num_kills"]
-            ],
-            [1, 0, 0],
-            "{models}"
-        );
-    }
-    // Each child's limit for one message comes from `[supervision.stuck_after]`.
-    assert_eq!(models["children"][0]["stuck_after_ms"], 7000, "{models}");
-    let root = obs(&node, "root_supervisor");
-    let limit = |name: &str| {
-        root["children"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == name))
-            .map(|c| c["stuck_after_ms"].clone())
+    let panic = FailureCounts {
+        num_panics: 1,
+        ..Default::default()
     };
-    assert_eq!(limit("sessions"), Some(serde_json::json!(60_000)), "{root}");
-    assert_eq!(limit("models"), Some(serde_json::Value::Null), "{root}");
+    assert_eq!((models.failures, worker.failures), (panic, panic));
+    // Each child's limit for one message comes from `[supervision.stuck_after]`.
+    assert_eq!(worker.stuck_after_ms, Some(7000), "{models:?}");
+    let root = supervisor(&node, "root_supervisor");
+    let limit = |name: &str| {
+        root.children
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.stuck_after_ms)
+    };
+    assert_eq!(limit("sessions"), Some(Some(60_000)), "{root:?}");
+    assert_eq!(limit("models"), Some(None), "{root:?}");
     // Serving works again.
     node.recommend(
         "anyone",

@@ -14,7 +14,6 @@ use prometheus::{IntCounterVec, register_int_counter_vec};
 use ractor::ActorProcessingErr;
 use storage::EventLog;
 
-use super::BridgeObs;
 use crate::Services;
 
 static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -83,18 +82,20 @@ pub(super) struct Sorted {
     pub(super) journal: Vec<Event>,
     /// Events of `transaction-stream`, for `user-events` (their owner may be another node).
     pub(super) reroute: Vec<Event>,
+    /// Catalog changes applied.
+    pub(super) num_catalog_changes: u64,
+    /// Messages sent to a dead-letter topic.
+    pub(super) num_dead_letters: u64,
 }
 
 /// Sorts one batch: its events are returned in order, for the journal or for `user-events`;
 /// catalog changes are applied; what cannot be decoded, or that the catalog refuses as
-/// invalid, goes to its topic's dead-letter topic with the reason. Counts catalog changes and
-/// dead letters in `obs`.
+/// invalid, goes to its topic's dead-letter topic with the reason.
 pub(super) async fn route(
     settings: &Settings,
     batch: &[Message],
     now: i64,
     effects: &impl Effects,
-    obs: &mut BridgeObs,
 ) -> Result<Sorted, ActorProcessingErr> {
     let mut sorted = Sorted::default();
     for message in batch {
@@ -129,11 +130,11 @@ pub(super) async fn route(
                 })
             })
             .await?;
-            obs.num_dead_letters += 1;
+            sorted.num_dead_letters += 1;
             MESSAGES.with_label_values(&[topic, "dead_letter"]).inc();
             continue;
         }
-        obs.num_catalog_changes += 1;
+        sorted.num_catalog_changes += 1;
         MESSAGES.with_label_values(&[topic, "applied"]).inc();
     }
     Ok(sorted)
@@ -338,8 +339,7 @@ mod tests {
             ),
         ];
         let effects = FakeEffects::default();
-        let mut obs = BridgeObs::default();
-        let sorted = route(&settings(), &batch, 5, &effects, &mut obs)
+        let sorted = route(&settings(), &batch, 5, &effects)
             .await
             .expect("nothing fails the bridge");
 
@@ -364,7 +364,10 @@ mod tests {
         assert_eq!(letters[0].3, b"not json");
         assert_eq!((letters[1].0, letters[1].1), (Topic::ProductUpdates, 2));
         assert!(letters[1].2.starts_with("invalid item"), "{letters:?}");
-        assert_eq!((obs.num_catalog_changes, obs.num_dead_letters), (2, 2));
+        assert_eq!(
+            (sorted.num_catalog_changes, sorted.num_dead_letters),
+            (2, 2)
+        );
     }
 
     /// A journal of two partitions in `dir`.

@@ -22,14 +22,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::partition::partition_for;
 use kafka::{GroupConsumer, Producer, Settings, Topic};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 
-use crate::obs::Obs;
+use crate::obs::Observed;
 use crate::session_manager::SessionManagerMsg;
 use crate::{Services, Slot, handoff, mailbox};
 
@@ -104,12 +104,9 @@ pub struct BridgeObs {
 pub struct BridgeState {
     args: BridgeArgs,
     consumer: Option<GroupConsumer>,
-    /// Partitions of `user-events` lost with the broker out of reach, until the next assignment.
-    lost: Vec<u32>,
-    /// Partitions of `user-events` assigned here and not restored yet, with when.
-    pending: BTreeMap<u32, Instant>,
-    obs_state: BridgeObs,
-    obs: Arc<Obs<BridgeObs>>,
+    /// Partitions of `user-events` on the move: lost, or assigned and not restored yet.
+    moves: ownership::Moves,
+    obs: Observed<BridgeObs>,
 }
 
 impl Actor for KafkaBridge {
@@ -122,20 +119,20 @@ impl Actor for KafkaBridge {
         myself: ActorRef<BridgeMsg>,
         args: BridgeArgs,
     ) -> Result<BridgeState, ActorProcessingErr> {
-        let obs_state = BridgeObs {
+        let initial = BridgeObs {
             group: args.settings.group.clone(),
             ..Default::default()
         };
-        let obs = args
-            .services
-            .obs
-            .register(&myself.get_cell(), args.role.kind(), &obs_state);
+        let obs = Observed::register(
+            &args.services.obs,
+            &myself.get_cell(),
+            args.role.kind(),
+            initial,
+        );
         Ok(BridgeState {
             args,
             consumer: None,
-            lost: Vec::new(),
-            pending: BTreeMap::new(),
-            obs_state,
+            moves: ownership::Moves::default(),
             obs,
         })
     }
@@ -146,15 +143,6 @@ impl Actor for KafkaBridge {
         _: &mut BridgeState,
     ) -> Result<(), ActorProcessingErr> {
         mailbox::tell(&myself, BridgeMsg::Poll)?;
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<BridgeMsg>,
-        state: &mut BridgeState,
-    ) -> Result<(), ActorProcessingErr> {
-        state.args.services.obs.deregister(&myself.get_cell());
         Ok(())
     }
 
@@ -170,13 +158,14 @@ impl Actor for KafkaBridge {
             match kafka::ensure_topics(&state.args.settings, Duration::from_secs(5)).await {
                 Ok(_) => {
                     state.consumer = Some(state.join().await?);
-                    state.obs_state.topics_ready = true;
-                    state.obs_state.last_error = None;
+                    state.obs.update(|o| {
+                        o.topics_ready = true;
+                        o.last_error = None;
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot create Kafka topics yet; retrying");
-                    state.obs_state.last_error = Some(error.to_string());
-                    state.obs.publish(&state.obs_state);
+                    state.obs.update(|o| o.last_error = Some(error.to_string()));
                     mailbox::tell_after(myself.clone(), Duration::from_secs(1), || BridgeMsg::Poll);
                     return Ok(());
                 }
@@ -247,15 +236,15 @@ impl BridgeState {
         // Nothing of a partition applies before it is restored: its messages come again, from
         // where the restore says (see `activate_pending`).
         batch.retain(|m| {
-            !(m.topic == Topic::UserEvents && self.pending.contains_key(&(m.partition as u32)))
+            !(m.topic == Topic::UserEvents && self.moves.is_pending(m.partition as u32))
         });
         self.activate_pending().await?;
         let Some(consumer) = &self.consumer else {
             return Ok(());
         };
-        self.obs_state.assignment = consumer.assignment();
+        let assignment = consumer.assignment();
+        self.obs.update(|o| o.assignment = assignment);
         if batch.is_empty() {
-            self.obs.publish(&self.obs_state);
             return Ok(());
         }
         let effects = NodeEffects {
@@ -263,24 +252,22 @@ impl BridgeState {
             producer: &self.args.producer,
         };
         let now = common::now_millis();
-        let sorted = route(
-            &self.args.settings,
-            &batch,
-            now,
-            &effects,
-            &mut self.obs_state,
-        )
-        .await?;
+        let sorted = route(&self.args.settings, &batch, now, &effects).await?;
+        self.obs.update(|o| {
+            o.num_catalog_changes += sorted.num_catalog_changes;
+            o.num_dead_letters += sorted.num_dead_letters;
+        });
         if !sorted.reroute.is_empty() {
             let producer = &self.args.producer;
             retry("re-producing transactions", RETRY_FOR, || {
                 producer.publish(&sorted.reroute)
             })
             .await?;
-            self.obs_state.num_rerouted += sorted.reroute.len() as u64;
+            self.obs
+                .update(|o| o.num_rerouted += sorted.reroute.len() as u64);
         }
         let events = sorted.journal;
-        self.obs_state.num_events += events.len() as u64;
+        self.obs.update(|o| o.num_events += events.len() as u64);
         let mut applied: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for e in &events {
             applied
@@ -295,7 +282,7 @@ impl BridgeState {
             *next = (*next).max(m.offset as u64 + 1);
         }
         let duplicates = journal_and_apply(&*services.log, events, APPLY_TIMEOUT).await?;
-        self.obs_state.num_duplicates += duplicates as u64;
+        self.obs.update(|o| o.num_duplicates += duplicates as u64);
         if let Some(changelog) = &services.changelog {
             let partitions = services.log.num_partitions();
             let through = |user: &str| through.get(&partition_for(user, partitions)).copied();
@@ -314,16 +301,15 @@ impl BridgeState {
         );
         // A failed commit loses nothing: the next batch's commit covers these offsets, and a
         // replay after a crash is dropped as duplicates.
-        match consumer.commit(&batch).await {
-            Ok(()) => self.obs_state.last_error = None,
-            Err(error) => {
-                tracing::warn!(%error, "committing Kafka offsets failed; the next commit covers them");
-                self.obs_state.last_error = Some(error.to_string());
-            }
+        let committed = consumer.commit(&batch).await;
+        if let Err(error) = &committed {
+            tracing::warn!(%error, "committing Kafka offsets failed; the next commit covers them");
         }
-        self.obs_state.num_messages += batch.len() as u64;
-        self.obs_state.num_batches += 1;
-        self.obs.publish(&self.obs_state);
+        self.obs.update(|o| {
+            o.last_error = committed.err().map(|error| error.to_string());
+            o.num_messages += batch.len() as u64;
+            o.num_batches += 1;
+        });
         Ok(())
     }
 }

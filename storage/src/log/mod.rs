@@ -58,6 +58,17 @@ use recovery::{recover, restore_ids};
 use writer::Faults;
 use writer::{AppendReq, Writer};
 
+/// The events a broker still holds of every partition, whichever node consumed them (Kafka
+/// mode). Training adds them to the archive, so that a model sees the whole cluster's recent
+/// events and not only those of the partitions the training node owns.
+#[async_trait]
+pub trait EventHistory: Send + Sync + 'static {
+    /// Every event of every partition received at or after `since_ms` (by the broker's
+    /// timestamps; from the first one kept if the broker cannot tell), up to the end of each
+    /// partition when the read began. `received_ms` is the broker's timestamp.
+    async fn since(&self, since_ms: i64) -> Result<Vec<Record>>;
+}
+
 /// One event at its place in a partition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {

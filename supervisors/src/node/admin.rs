@@ -6,6 +6,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use actors::archiver::{ArchiveRun, ArchiverMsg};
+use actors::kafka_bridge::{BridgeObs, Role};
+use actors::obs::Observable;
 use actors::{CALL_TIMEOUT, call, mailbox, slot_get};
 use common::ApiError;
 use prometheus::{IntGaugeVec, register_int_gauge_vec};
@@ -77,14 +79,12 @@ impl Node {
             .sum();
         let lag: u64 = partitions.iter().filter_map(|p| p["lag"].as_u64()).sum();
         let tree = self.actors(200);
-        fn dead_letters(node: &serde_json::Value) -> u64 {
-            if node["kind"] == "kafka_bridge" {
-                return node["state"]["num_dead_letters"].as_u64().unwrap_or(0);
-            }
-            node["children"]
-                .as_array()
-                .map_or(0, |c| c.iter().map(dead_letters).sum())
-        }
+        // Every bridge's: bad catalogue and transaction messages are dead letters too.
+        let dead_letters: u64 = Role::ALL
+            .iter()
+            .flat_map(|role| self.observed::<BridgeObs>(role.kind()))
+            .map(|bridge| bridge.num_dead_letters)
+            .sum();
         let (hits, misses) = storage::cache::lookup_totals();
         serde_json::json!({
             "tree": tree,
@@ -92,7 +92,7 @@ impl Node {
             "ingest": {
                 "events": events,
                 "lag": lag,
-                "dead_letters": dead_letters(&tree),
+                "dead_letters": dead_letters,
                 "partitions": partitions,
             },
             "cache": {"hits": hits, "misses": misses},
@@ -103,6 +103,11 @@ impl Node {
     /// The cluster's shard map as this node sees it (`GET /v1/admin/cluster`).
     pub fn cluster(&self) -> cluster::View {
         self.services.cluster.view()
+    }
+
+    /// The typed observable state of every actor of `kind` in the tree (see [`actors::obs`]).
+    pub fn observed<T: Observable>(&self, kind: &str) -> Vec<T> {
+        self.services.obs.all(&self.root.get_cell(), kind)
     }
 
     /// One actor's snapshot by id.

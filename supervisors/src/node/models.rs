@@ -36,8 +36,7 @@ impl Node {
         let trainer = slot_get(&self.trainer, "trainer")?;
         self.services
             .obs
-            .state(&trainer.get_cell())
-            .and_then(|state| serde_json::from_value(state).ok())
+            .get(&trainer.get_cell())
             .ok_or_else(|| ApiError::unavailable("the trainer is not available"))
     }
 

@@ -76,6 +76,12 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
         )),
         None => None,
     };
+    let history: Option<Arc<dyn storage::EventHistory>> = kafka.as_ref().map(|(settings, _)| {
+        Arc::new(kafka::history::History::new(
+            settings,
+            &config.cluster.node_id,
+        )) as _
+    });
     let pii = Arc::new(
         storage::pii::PiiCipher::from_config(&config.pii, &config.data_dir)
             .context("loading the PII keys")?,
@@ -127,6 +133,7 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
         changes: ChangeFeed::new(cache),
         cluster: Arc::new(cluster(config, kafka.is_some())),
         changelog,
+        history,
     });
     Ok(Stores {
         services,
