@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::{ApiError, Recommendation};
 use models::linalg::dot;
+use models::scorer::Query;
 use models::{ModelArtifact, Scorer};
 use parking_lot::Mutex;
 use storage::CatalogView;
@@ -26,7 +27,8 @@ use crate::trending::Trending;
 /// What a session asks the model.
 #[derive(Clone, Debug)]
 pub struct ModelRequest {
-    /// (item id, summed weight) of the user's interactions.
+    /// (item id, summed weight) of the user's interactions: what the CF vector is folded in
+    /// from, and (the positive ones, as a set) the input of the item-to-item part.
     pub interactions: Vec<(String, f32)>,
     /// The user's recent positive interactions, oldest first: the input of the transition part.
     pub history: Vec<String>,
@@ -141,8 +143,10 @@ pub struct Ranker<'a> {
 /// The user as the model sees them.
 struct User {
     vector: Arc<Vec<f32>>,
-    /// Model rows of the recent history, with their weights.
+    /// Model rows of the recent history, with their recency weights (the transitions' input).
     history: Vec<(u32, f32)>,
+    /// Model rows of every positive interaction, weight 1 each (the item-to-item input).
+    liked: Vec<(u32, f32)>,
     /// Whether the vector comes from the profile (no interactions yet).
     from_profile: bool,
 }
@@ -150,7 +154,17 @@ struct User {
 impl User {
     /// Whether the model has anything to go on; if not, the list is all fill.
     fn known(&self) -> bool {
-        self.vector.iter().any(|v| *v != 0.0) || !self.history.is_empty()
+        self.vector.iter().any(|v| *v != 0.0) || !self.history.is_empty() || !self.liked.is_empty()
+    }
+
+    /// What the graph scores this user from, with the version's blend for them.
+    fn query<'a>(&'a self, artifact: &ModelArtifact) -> Query<'a> {
+        Query {
+            user: &self.vector,
+            items: &self.liked,
+            history: &self.history,
+            weights: artifact.weights(&self.liked),
+        }
     }
 }
 
@@ -191,6 +205,7 @@ impl Ranker<'_> {
             }
         };
         let history = artifact.history(req.history.iter().map(String::as_str));
+        let liked = artifact.liked(req.interactions.iter().map(|(id, w)| (id.as_str(), *w)));
         let mut from_profile = false;
         if vector.iter().all(|v| *v == 0.0) && history.is_empty() && !req.profile.is_empty() {
             let v = artifact.user_content.embed(&req.profile);
@@ -202,6 +217,7 @@ impl Ranker<'_> {
         User {
             vector,
             history,
+            liked,
             from_profile,
         }
     }
@@ -259,7 +275,7 @@ impl Ranker<'_> {
         let artifact = self.artifact;
         let top = scorer
             .lock()
-            .top_k(&user.vector, &user.history, &self.request_mask(req), req.k)
+            .top_k(&user.query(artifact), &self.request_mask(req), req.k)
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         Ok(top
             .into_iter()
@@ -317,7 +333,7 @@ impl Ranker<'_> {
         let vectors: Vec<&[f32]> = fresh.iter().map(|u| u.vector.as_slice()).collect();
         let scores = self
             .artifact
-            .score_unlisted(&user.vector, &user.history, &vectors);
+            .score_unlisted(&user.query(self.artifact), &vectors);
         for (u, score) in fresh.into_iter().zip(scores) {
             let why = [Reason::NewItemByContent]
                 .into_iter()
@@ -745,6 +761,73 @@ mod tests {
                 .iter()
                 .any(|r| r.starts_with("often_next_after"))
         );
+    }
+
+    #[tokio::test]
+    async fn what_goes_with_the_whole_history_is_recommended() {
+        // y1 was liked long ago (not in the recent history); the item-to-item table says y2
+        // goes with it. With the blend on that part, y2 comes first for this x1 fan.
+        let (_, _, catalog, popularity) = fixture().await;
+        let ids = ["x1", "x2", "x3", "x4", "y1", "y2"];
+        let factors = vec![1.0, 0.0, 0.9, 0.1, 0.8, 0.0, 0.7, 0.1, 0.0, 1.0, 0.1, 0.9];
+        let mut neighbours = vec![Vec::new(); 6];
+        neighbours[4] = vec![(5, 1.0)];
+        let meta = ModelMeta {
+            blend: Some(models::blend::Blend::fixed(models::blend::Weights::new(
+                0.2, 0.8, 0.0,
+            ))),
+            ..testkit::model::meta("v1", 2, 6)
+        };
+        let artifact = ModelArtifact::build_hybrid(
+            meta,
+            ids.iter().map(|&id| id.to_owned()).collect(),
+            factors,
+            vec![1.0; 6],
+            vec![Vec::new(); 6],
+            neighbours,
+        );
+        let scorer =
+            Mutex::new(Scorer::new(&artifact.onnx, 6, 2, 1).expect("ONNX Runtime (make setup)"));
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let mut req = request(2, None);
+        req.interactions.push(("y1".into(), 1.0));
+        req.exclude.insert("y1".into());
+        let (items, _) = Ranker {
+            artifact: &artifact,
+            scorer: Some(&scorer),
+            mask: &mask,
+            unlisted: &[],
+            catalog: &catalog,
+            signals: Signals::popular(&popularity),
+        }
+        .rank(&req)
+        .expect("score");
+        assert_eq!(items[0].item_id, "y2", "{items:?}");
+        // Without that part, CF alone puts the x-item first.
+        let cf_only = ModelArtifact::build_hybrid(
+            ModelMeta {
+                blend: Some(models::blend::Blend::fixed(models::blend::Weights::new(
+                    1.0, 0.0, 0.0,
+                ))),
+                ..artifact.meta.clone()
+            },
+            artifact.item_ids.clone(),
+            artifact.factors.clone(),
+            artifact.popularity.clone(),
+            artifact.successors.clone(),
+            artifact.neighbours.clone(),
+        );
+        let (items, _) = Ranker {
+            artifact: &cf_only,
+            scorer: Some(&scorer),
+            mask: &mask,
+            unlisted: &[],
+            catalog: &catalog,
+            signals: Signals::popular(&popularity),
+        }
+        .rank(&req)
+        .expect("score");
+        assert_eq!(items[0].item_id, "x2", "{items:?}");
     }
 
     #[tokio::test]

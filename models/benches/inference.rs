@@ -1,15 +1,20 @@
 //! Inference latency of the hybrid ONNX scoring graph at production scale: 100K items, d = 64,
-//! 300 successors per item (the default table), a 50-item history, top-20, with a realistic mask (a few hundred seen
-//! items filtered). Prints criterion's figures.
+//! 300 successors per item (the default transition table), 100 item-to-item neighbours per item
+//! (the default table), a 50-item recent history, a 200-item whole history, top-20, with a
+//! realistic mask (a few hundred seen items filtered). Prints criterion's figures.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use models::Scorer;
+use models::blend::Weights;
+use models::scorer::Query;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const ITEMS: usize = 100_000;
 const DIM: usize = 64;
 const SUCCESSORS: usize = 300;
+const NEIGHBOURS: usize = 100;
+const LIKED: usize = 200;
 
 fn bench(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(1);
@@ -24,7 +29,14 @@ fn bench(c: &mut Criterion) {
                 .collect()
         })
         .collect();
-    let onnx = models::onnx::scoring_graph(&factors, &bias, DIM, &successors, 0.6, "bench");
+    let neighbours: Vec<Vec<(u32, f32)>> = (0..ITEMS)
+        .map(|_| {
+            (0..NEIGHBOURS)
+                .map(|_| (rng.random_range(0..ITEMS as u32), rng.random::<f32>() - 0.3))
+                .collect()
+        })
+        .collect();
+    let onnx = models::onnx::scoring_graph(&factors, &bias, DIM, &successors, &neighbours, "bench");
     let history: Vec<(u32, f32)> = (0..50)
         .map(|i| {
             (
@@ -38,11 +50,20 @@ fn bench(c: &mut Criterion) {
     for _ in 0..300 {
         mask[rng.random_range(0..ITEMS)] = f32::NEG_INFINITY;
     }
+    let liked: Vec<(u32, f32)> = (0..LIKED)
+        .map(|_| (rng.random_range(0..ITEMS as u32), 1.0))
+        .collect();
+    let query = Query {
+        user: &user,
+        items: &liked,
+        history: &history,
+        weights: Weights::new(0.3, 0.4, 0.3),
+    };
     for threads in [1, 2] {
         let mut scorer =
             Scorer::new(&onnx, ITEMS, DIM, threads).expect("ONNX Runtime (run `make setup`)");
         c.bench_function(&format!("onnx_top20_100k_items_d64_{threads}thread"), |b| {
-            b.iter(|| scorer.top_k(&user, &history, &mask, 20).expect("run"))
+            b.iter(|| scorer.top_k(&query, &mask, 20).expect("run"))
         });
     }
     let artifact_items: Vec<String> = (0..ITEMS).map(|i| format!("item-{i}")).collect();
@@ -63,6 +84,8 @@ fn bench(c: &mut Criterion) {
         },
         metrics: Default::default(),
         hybrid: Default::default(),
+        item_item: None,
+        blend: None,
     };
     let artifact =
         models::ModelArtifact::build(meta, artifact_items, factors, vec![1.0; ITEMS], successors);

@@ -2,10 +2,15 @@
 //!
 //! Stored as objects under `models/<version>/`: `meta.json`, `items.json` (ids and popularity),
 //! `factors.bin` (little-endian f32, items × dim, for fold-in and reasons), `transitions.bin`
-//! (per item: u32 count, then (u32 row, f32 weight) successors; absent in versions from before
-//! the hybrid, which then score by CF alone), `content.json` (the map from item content to
-//! factors, for items added after training; absent in older versions) and `model.onnx`. A version without items (trained
-//! on no data) has no graph and serves popularity only.
+//! (per item: u32 count, then (u32 row, f32 weight) successors; then, in versions with the
+//! item-to-item part, the same for each item's item-to-item weights; absent in versions from
+//! before the hybrid, which then score by CF alone), `content.json` (the map from item content to
+//! factors, for items added after training; absent in older versions) and `model.onnx`. A
+//! version without items (trained on no data) has no graph and serves popularity only.
+//!
+//! Versions from before the item-to-item part have no `blend` in their meta: they blend CF and
+//! transitions by `hybrid.cf_weight`, and their stored graph (which takes no blend input) is
+//! replaced on load by the current graph built from their tables, which scores them the same.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,8 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::als::TrainParams;
+use crate::blend::{Blend, Weights};
 use crate::content::ContentModel;
+use crate::item_item::ItemItemParams;
 use crate::linalg::gram;
+use crate::scorer::Query;
 use crate::transitions::TransitionParams;
 
 /// How the hybrid blends its two parts.
@@ -51,6 +59,23 @@ pub struct ModelMeta {
     pub metrics: BTreeMap<String, f64>,
     #[serde(default)]
     pub hybrid: HybridParams,
+    /// The item-to-item part; absent in versions from before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_item: Option<ItemItemParams>,
+    /// The blend of the three parts, chosen on validation; absent in versions from before the
+    /// item-to-item part (see [`ModelMeta::blend`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blend: Option<Blend>,
+}
+
+impl ModelMeta {
+    /// The version's blend: as chosen, else CF and transitions by `hybrid.cf_weight`.
+    pub fn blend(&self) -> Blend {
+        self.blend.clone().unwrap_or_else(|| {
+            let cf = self.hybrid.cf_weight;
+            Blend::fixed(Weights::new(cf, 0.0, 1.0 - cf))
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,6 +96,8 @@ pub struct ModelArtifact {
     pub gram: Vec<f64>,
     /// Per item row, its strongest successors (row, weight).
     pub successors: Vec<Vec<(u32, f32)>>,
+    /// Per item row, its strongest item-to-item weights (row, weight); empty in older versions.
+    pub neighbours: Vec<Vec<(u32, f32)>>,
     /// Mean item vector, for the CF score statistics of items outside the graph.
     pub mean_factor: Vec<f64>,
     /// Content → factors, for items the version has no row for.
@@ -85,12 +112,25 @@ pub struct ModelArtifact {
 const BIAS_SCALE: f32 = 1e-3;
 
 impl ModelArtifact {
+    /// A version of CF and transitions (no item-to-item part).
     pub fn build(
         meta: ModelMeta,
         item_ids: Vec<String>,
         factors: Vec<f32>,
         popularity: Vec<f32>,
         successors: Vec<Vec<(u32, f32)>>,
+    ) -> Self {
+        Self::build_hybrid(meta, item_ids, factors, popularity, successors, Vec::new())
+    }
+
+    /// A version of every part: CF factors, transition successors and item-to-item neighbours.
+    pub fn build_hybrid(
+        meta: ModelMeta,
+        item_ids: Vec<String>,
+        factors: Vec<f32>,
+        popularity: Vec<f32>,
+        successors: Vec<Vec<(u32, f32)>>,
+        neighbours: Vec<Vec<(u32, f32)>>,
     ) -> Self {
         let max = popularity.iter().copied().fold(0.0f32, f32::max);
         let bias = popularity
@@ -111,22 +151,10 @@ impl ModelArtifact {
                 &bias,
                 meta.dim,
                 &successors,
-                meta.hybrid.cf_weight,
+                &neighbours,
                 &meta.version,
             )
         };
-        Self::assemble(meta, item_ids, factors, bias, popularity, successors, onnx)
-    }
-
-    fn assemble(
-        meta: ModelMeta,
-        item_ids: Vec<String>,
-        factors: Vec<f32>,
-        bias: Vec<f32>,
-        popularity: Vec<f32>,
-        successors: Vec<Vec<(u32, f32)>>,
-        onnx: Vec<u8>,
-    ) -> Self {
         let item_index = item_ids
             .iter()
             .enumerate()
@@ -149,6 +177,7 @@ impl ModelArtifact {
             popularity,
             gram,
             successors,
+            neighbours,
             mean_factor,
             content: ContentModel::default(),
             user_content: ContentModel::default(),
@@ -193,6 +222,28 @@ impl ModelArtifact {
         rows.into_iter().zip(weights).collect()
     }
 
+    /// A user's positive items (item id, summed weight > 0) as graph rows of weight 1 each,
+    /// each once: the item-to-item part's input, the whole history as a set. Items the version
+    /// does not know, and non-positive weights, are skipped.
+    pub fn liked<'a>(
+        &self,
+        interactions: impl IntoIterator<Item = (&'a str, f32)>,
+    ) -> Vec<(u32, f32)> {
+        let mut rows: Vec<u32> = interactions
+            .into_iter()
+            .filter(|(_, w)| *w > 0.0)
+            .filter_map(|(id, _)| self.item_index.get(id).copied())
+            .collect();
+        rows.sort_unstable();
+        rows.dedup();
+        rows.into_iter().map(|r| (r, 1.0)).collect()
+    }
+
+    /// The blend weights for a user with these liked items.
+    pub fn weights(&self, liked: &[(u32, f32)]) -> Weights {
+        self.meta.blend().weights(liked.len())
+    }
+
     /// The history item that most makes `row` a likely next item, with its contribution.
     pub fn strongest_predecessor(&self, row: u32, history: &[(u32, f32)]) -> Option<(u32, f32)> {
         history
@@ -208,17 +259,12 @@ impl ModelArtifact {
     /// Hybrid scores, on the graph's scale, of items the version has no row for (added to the
     /// catalogue after training) from their content vectors: the CF part standardised with the
     /// exact mean and spread of the user's CF scores over the version's items (from the mean
-    /// item vector and `YᵀY`), the transition part at 0 (nothing is known to lead to them)
-    /// standardised with the statistics of the user's transition scores.
-    pub fn score_unlisted(
-        &self,
-        user: &[f32],
-        history: &[(u32, f32)],
-        vectors: &[&[f32]],
-    ) -> Vec<f32> {
+    /// item vector and `YᵀY`); the item-to-item and transition parts at 0 (nothing is known to
+    /// go with or lead to them) standardised with the statistics of the user's scores of each.
+    pub fn score_unlisted(&self, query: &Query<'_>, vectors: &[&[f32]]) -> Vec<f32> {
         let n = self.num_items().max(1) as f64;
         let d = self.meta.dim;
-        let u: Vec<f64> = user.iter().map(|&x| f64::from(x)).collect();
+        let u: Vec<f64> = query.user.iter().map(|&x| f64::from(x)).collect();
         let mean: f64 = u.iter().zip(&self.mean_factor).map(|(a, b)| a * b).sum();
         let mut second = 0.0;
         for i in 0..d {
@@ -227,26 +273,27 @@ impl ModelArtifact {
             }
         }
         let sd = (second / n - mean * mean).max(0.0).sqrt() + f64::from(crate::onnx::STD_EPSILON);
-        let mut next: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
-        for &(h, w) in history {
-            for &(row, t) in self
-                .successors
-                .get(h as usize)
-                .map_or(&[][..], Vec::as_slice)
-            {
-                *next.entry(row).or_default() += f64::from(w) * f64::from(t);
+        // The standardised score of an item no row of `table` reaches from `list`.
+        let zero_z = |table: &[Vec<(u32, f32)>], list: &[(u32, f32)]| {
+            let mut sums: HashMap<u32, f64> = HashMap::new();
+            for &(h, w) in list {
+                for &(row, t) in table.get(h as usize).map_or(&[][..], Vec::as_slice) {
+                    *sums.entry(row).or_default() += f64::from(w) * f64::from(t);
+                }
             }
-        }
-        let next_mean = next.values().sum::<f64>() / n;
-        let next_var = next.values().map(|v| v * v).sum::<f64>() / n - next_mean * next_mean;
-        let next_sd = next_var.max(0.0).sqrt() + f64::from(crate::onnx::STD_EPSILON);
-        let next_z = -next_mean / next_sd;
-        let w = f64::from(self.meta.hybrid.cf_weight);
+            let m = sums.values().sum::<f64>() / n;
+            let var = sums.values().map(|v| v * v).sum::<f64>() / n - m * m;
+            -m / (var.max(0.0).sqrt() + f64::from(crate::onnx::STD_EPSILON))
+        };
+        let next_z = zero_z(&self.successors, query.history);
+        let together_z = zero_z(&self.neighbours, query.items);
+        let w = query.weights;
+        let rest = f64::from(w.item_item) * together_z + f64::from(w.transitions) * next_z;
         vectors
             .iter()
             .map(|v| {
                 let cf: f64 = u.iter().zip(*v).map(|(a, &b)| a * f64::from(b)).sum();
-                (w * (cf - mean) / sd + (1.0 - w) * next_z) as f32
+                (f64::from(w.cf) * (cf - mean) / sd + rest) as f32
             })
             .collect()
     }
@@ -263,7 +310,11 @@ impl ModelArtifact {
                 "factors.bin",
                 self.factors.iter().flat_map(|f| f.to_le_bytes()).collect(),
             ),
-            ("transitions.bin", encode_successors(&self.successors)),
+            ("transitions.bin", {
+                let mut tables = encode_successors(&self.successors);
+                tables.extend(encode_successors(&self.neighbours));
+                tables
+            }),
             ("content.json", to_json(&self.content)?),
             ("user_content.json", to_json(&self.user_content)?),
             ("model.onnx", self.onnx.clone()),
@@ -296,11 +347,11 @@ impl ModelArtifact {
                 meta.version
             )));
         }
-        let successors = match transitions {
-            Some(bytes) => decode_successors(bytes, table.item_ids.len()).ok_or_else(|| {
+        let (successors, neighbours) = match transitions {
+            Some(bytes) => decode_tables(bytes, table.item_ids.len()).ok_or_else(|| {
                 ModelError::Artifact(format!("version {}: bad transitions.bin", meta.version))
             })?,
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         // Rebuild the bias exactly as at training time, so the graph and the tables agree.
         let parse = |bytes: Option<&[u8]>| -> Result<ContentModel, ModelError> {
@@ -309,7 +360,17 @@ impl ModelArtifact {
             })
         };
         let (content, user_content) = (parse(content)?, parse(user_content)?);
-        let rebuilt = Self::build(meta, table.item_ids, factors, table.popularity, successors);
+        let current = meta.blend.is_some();
+        let rebuilt = Self::build_hybrid(
+            meta,
+            table.item_ids,
+            factors,
+            table.popularity,
+            successors,
+            neighbours,
+        );
+        // A graph from before the blend input cannot take today's inputs: use the rebuilt one.
+        let onnx = if current { onnx } else { rebuilt.onnx.clone() };
         Ok(Self {
             onnx,
             content,
@@ -331,7 +392,24 @@ fn encode_successors(successors: &[Vec<(u32, f32)>]) -> Vec<u8> {
     out
 }
 
-/// Reads `transitions.bin`; `None` if it is malformed or names rows beyond `num_items`.
+/// The two neighbour tables of `transitions.bin`: the transitions and (when present) the
+/// item-to-item weights, `num_items` rows each (or none); `None` if malformed.
+type Tables = (Vec<Vec<(u32, f32)>>, Vec<Vec<(u32, f32)>>);
+
+fn decode_tables(bytes: &[u8], num_items: usize) -> Option<Tables> {
+    let mut rows = decode_successors(bytes, num_items)?;
+    match rows.len() {
+        0 => Some((Vec::new(), Vec::new())),
+        n if n == num_items => Some((rows, Vec::new())),
+        n if n == 2 * num_items => {
+            let neighbours = rows.split_off(num_items);
+            Some((rows, neighbours))
+        }
+        _ => None,
+    }
+}
+
+/// Reads rows of `(row, weight)` lists; `None` if malformed or naming rows beyond `num_items`.
 fn decode_successors(bytes: &[u8], num_items: usize) -> Option<Vec<Vec<(u32, f32)>>> {
     let mut words = bytes.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]);
     if !bytes.len().is_multiple_of(4) {
@@ -351,7 +429,7 @@ fn decode_successors(bytes: &[u8], num_items: usize) -> Option<Vec<Vec<(u32, f32
         }
         out.push(row);
     }
-    (out.is_empty() || out.len() == num_items).then_some(out)
+    Some(out)
 }
 
 fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, ModelError> {
@@ -362,77 +440,15 @@ fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, ModelError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trips_through_files() {
-        let meta = ModelMeta {
-            version: "v1".into(),
+    fn meta(version: &str, dim: usize, n: usize, blend: Option<Blend>) -> ModelMeta {
+        ModelMeta {
+            version: version.into(),
             created_at: 1,
-            dim: 2,
-            num_items: 2,
-            num_users: 1,
-            num_interactions: 2,
-            data_range: Some((1, 2)),
-            params: TrainParams {
-                dim: 2,
-                iterations: 1,
-                regularization: 0.1,
-                alpha: 1.0,
-                seed: 1,
-            },
-            metrics: BTreeMap::new(),
-            hybrid: HybridParams {
-                cf_weight: 0.6,
-                transitions: TransitionParams::default(),
-            },
-        };
-        let a = ModelArtifact::build(
-            meta,
-            vec!["a".into(), "b".into()],
-            vec![1.0, 0.0, 0.0, 1.0],
-            vec![3.0, 1.0],
-            vec![vec![(1, 0.5)], vec![]],
-        );
-        assert!(a.bias[0] > a.bias[1]);
-        let files: HashMap<_, _> = a.to_files().expect("files").into_iter().collect();
-        let b = ModelArtifact::from_files(
-            &files["meta.json"],
-            &files["items.json"],
-            &files["factors.bin"],
-            Some(&files["transitions.bin"]),
-            Some(&files["content.json"]),
-            Some(&files["user_content.json"]),
-            files["model.onnx"].clone(),
-        )
-        .expect("loads");
-        assert_eq!(
-            (b.meta, b.factors, b.bias, b.successors, b.onnx),
-            (a.meta, a.factors, a.bias, a.successors, a.onnx)
-        );
-        assert_eq!(
-            decode_successors(&files["transitions.bin"], 1),
-            None,
-            "rows beyond the items"
-        );
-        assert_eq!(decode_successors(&[1, 0, 0], 2), None, "a torn file");
-    }
-
-    #[test]
-    fn items_outside_the_graph_score_on_the_graphs_scale() {
-        use rand::{Rng, SeedableRng};
-        let (n, dim) = (30, 4);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let factors: Vec<f32> = (0..n * dim).map(|_| rng.random::<f32>() - 0.5).collect();
-        let mut successors = vec![Vec::new(); n];
-        successors[0] = vec![(1, 0.7), (2, 0.2)];
-        successors[5] = vec![(1, 0.1), (9, 0.4)];
-        let meta = ModelMeta {
-            version: "v".into(),
-            created_at: 0,
             dim,
             num_items: n,
             num_users: 1,
-            num_interactions: 1,
-            data_range: None,
+            num_interactions: 2,
+            data_range: Some((1, 2)),
             params: TrainParams {
                 dim,
                 iterations: 1,
@@ -445,20 +461,152 @@ mod tests {
                 cf_weight: 0.6,
                 transitions: TransitionParams::default(),
             },
+            item_item: blend.as_ref().map(|_| ItemItemParams::default()),
+            blend,
+        }
+    }
+
+    fn load(files: &HashMap<&str, Vec<u8>>) -> Result<ModelArtifact, ModelError> {
+        ModelArtifact::from_files(
+            &files["meta.json"],
+            &files["items.json"],
+            &files["factors.bin"],
+            files.get("transitions.bin").map(Vec::as_slice),
+            files.get("content.json").map(Vec::as_slice),
+            files.get("user_content.json").map(Vec::as_slice),
+            files["model.onnx"].clone(),
+        )
+    }
+
+    #[test]
+    fn round_trips_through_files() {
+        let blend = Blend::fixed(Weights::new(0.3, 0.5, 0.2));
+        let a = ModelArtifact::build_hybrid(
+            meta("v1", 2, 2, Some(blend)),
+            vec!["a".into(), "b".into()],
+            vec![1.0, 0.0, 0.0, 1.0],
+            vec![3.0, 1.0],
+            vec![vec![(1, 0.5)], vec![]],
+            vec![vec![(1, -0.25)], vec![(0, 0.75)]],
+        );
+        assert!(a.bias[0] > a.bias[1]);
+        let files: HashMap<_, _> = a.to_files().expect("files").into_iter().collect();
+        let b = load(&files).expect("loads");
+        assert_eq!(
+            (
+                b.meta,
+                b.factors,
+                b.bias,
+                b.successors,
+                b.neighbours,
+                b.onnx
+            ),
+            (
+                a.meta,
+                a.factors,
+                a.bias,
+                a.successors,
+                a.neighbours,
+                a.onnx
+            )
+        );
+        assert_eq!(
+            decode_tables(&files["transitions.bin"], 1),
+            None,
+            "rows beyond the items"
+        );
+        assert_eq!(decode_tables(&[1, 0, 0], 2), None, "a torn file");
+        assert_eq!(
+            decode_tables(&[0; 12], 2),
+            None,
+            "neither one table nor two"
+        );
+    }
+
+    #[test]
+    fn versions_from_before_the_item_to_item_part_load_and_score_as_they_did() {
+        // A version as written before: no blend in its meta, one table, and a graph that takes
+        // no blend input (any bytes here: it is replaced).
+        let old = ModelArtifact::build(
+            meta("v0", 2, 3, None),
+            vec!["a".into(), "b".into(), "c".into()],
+            vec![1.0, 0.0, 0.0, 1.0, 0.5, 0.5],
+            vec![3.0, 1.0, 2.0],
+            vec![vec![(1, 0.5)], vec![(2, 1.0)], vec![]],
+        );
+        let mut files: HashMap<_, _> = old.to_files().expect("files").into_iter().collect();
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&files["meta.json"]).expect("json");
+        assert!(json.get("blend").is_none() && json.get("item_item").is_none());
+        json.as_object_mut().expect("object").remove("hybrid");
+        files.insert("meta.json", serde_json::to_vec(&json).expect("json"));
+        files.insert("model.onnx", b"an older graph".to_vec());
+        let loaded = load(&files).expect("loads");
+        assert!(loaded.neighbours.is_empty());
+        assert_eq!(
+            loaded.meta.blend().weights(10),
+            Weights::new(1.0, 0.0, 0.0),
+            "no hybrid in the meta: CF alone, as before the hybrid"
+        );
+        assert_eq!(
+            loaded.onnx, old.onnx,
+            "the graph is rebuilt from the tables"
+        );
+        let mut scorer =
+            crate::Scorer::new(&loaded.onnx, 3, 2, 1).expect("ONNX Runtime (make setup)");
+        let liked = loaded.liked([("a", 2.0), ("z", 1.0), ("b", -1.0)]);
+        assert_eq!(
+            liked,
+            vec![(0, 1.0)],
+            "unknown and disliked items are not liked"
+        );
+        let query = Query {
+            user: &[1.0, 0.0],
+            items: &liked,
+            history: &loaded.history(["a"]),
+            weights: loaded.weights(&liked),
         };
+        let top = scorer.top_k(&query, &[0.0; 3], 3).expect("run");
+        assert_eq!(top[0].0, 0);
+    }
+
+    #[test]
+    fn items_outside_the_graph_score_on_the_graphs_scale() {
+        use rand::{Rng, SeedableRng};
+        let (n, dim) = (30, 4);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let factors: Vec<f32> = (0..n * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+        let mut successors = vec![Vec::new(); n];
+        successors[0] = vec![(1, 0.7), (2, 0.2)];
+        successors[5] = vec![(1, 0.1), (9, 0.4)];
+        let mut neighbours = vec![Vec::new(); n];
+        neighbours[0] = vec![(3, 0.4), (4, -0.1)];
+        neighbours[7] = vec![(3, 0.2), (11, 0.3)];
+        let blend = Blend::fixed(Weights::new(0.4, 0.35, 0.25));
         let ids: Vec<String> = (0..n).map(|i| format!("i{i}")).collect();
         // No popularity: no bias, so the graph's score is the blend alone.
-        let a = ModelArtifact::build(meta, ids, factors, vec![0.0; n], successors);
+        let a = ModelArtifact::build_hybrid(
+            meta("v", dim, n, Some(blend)),
+            ids,
+            factors,
+            vec![0.0; n],
+            successors,
+            neighbours,
+        );
         let mut scorer = crate::Scorer::new(&a.onnx, n, dim, 1).expect("ONNX Runtime (make setup)");
-        let user = [0.3, -0.2, 0.5, 0.1];
         let history = a.history(["i0", "i5"]);
-        let graph = scorer
-            .top_k(&user, &history, &vec![0.0; n], n)
-            .expect("run");
-        // Item 20 has no transition score: scored from its vector alone, it lands where the
-        // graph put it.
+        let liked = a.liked([("i0", 1.0), ("i5", 2.0), ("i7", 1.0)]);
+        let query = Query {
+            user: &[0.3, -0.2, 0.5, 0.1],
+            items: &liked,
+            history: &history,
+            weights: a.weights(&liked),
+        };
+        let graph = scorer.top_k(&query, &vec![0.0; n], n).expect("run");
+        // Item 20 has no transition or item-to-item score: scored from its vector alone, it
+        // lands where the graph put it.
         let from_graph = graph.iter().find(|(r, _)| *r == 20).expect("item 20").1;
-        let outside = a.score_unlisted(&user, &history, &[a.item_vector(20)])[0];
+        let outside = a.score_unlisted(&query, &[a.item_vector(20)])[0];
         assert!(
             (from_graph - outside).abs() < 1e-4,
             "graph {from_graph}, outside {outside}"

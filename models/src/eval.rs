@@ -3,10 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::HybridParams;
-use crate::als::{Cell, Factors, Interactions, TrainParams, train};
+use crate::als::{Cell, Factors};
 use crate::linalg::dot;
-use crate::transitions::{Transitions, blend};
 
 /// Ranking quality @k averaged over evaluated users.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -155,38 +153,6 @@ pub fn sequences(cells: &[Cell], num_users: usize) -> Vec<Vec<u32>> {
             v.into_iter().map(|(_, i)| i).collect()
         })
         .collect()
-}
-
-/// Trains the hybrid on a temporal hold-out of `data` and evaluates it @10; `None` if no user
-/// has enough data.
-pub fn holdout_metrics(
-    data: &Interactions,
-    params: &TrainParams,
-    hybrid: &HybridParams,
-) -> Option<Metrics> {
-    let (train_cells, test_cells) = temporal_split(&data.cells(), 0.2, 5);
-    if test_cells.is_empty() {
-        return None;
-    }
-    let num_items = data.items.len();
-    let f = train(&data.with_cells(&train_cells), params, |_, _| {});
-    let sequences = sequences(&train_cells, data.users.len());
-    let transitions = Transitions::train(num_items, &sequences, hybrid.transitions);
-    let d = f.dim;
-    Some(evaluate_with(
-        num_items,
-        &train_cells,
-        &test_cells,
-        10,
-        |user| {
-            let x = &f.users[user as usize * d..(user as usize + 1) * d];
-            let cf = (0..num_items)
-                .map(|i| dot(x, &f.items[i * d..(i + 1) * d]))
-                .collect();
-            let next = transitions.score(&sequences[user as usize], num_items);
-            blend(cf, next, hybrid.cf_weight)
-        },
-    ))
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 
 pub mod als;
 pub mod artifact;
+pub mod blend;
 pub mod content;
 pub mod eval;
+pub mod item_item;
 pub mod linalg;
 pub mod movielens;
 pub mod onnx;
@@ -15,6 +17,7 @@ pub mod runtime;
 pub mod scorer;
 pub mod training;
 pub mod transitions;
+pub mod validation;
 
 pub use als::{Interactions, TrainParams};
 pub use artifact::{HybridParams, ModelArtifact, ModelMeta};

@@ -1,19 +1,25 @@
 //! Writes the scoring graph as an ONNX model, with no Python and no `protoc`: the few ONNX
 //! protobuf messages it needs are declared here (field numbers from `onnx.proto3`).
 //!
-//! The hybrid graph, for one user over N items with D factors and at most K successors per item:
+//! The hybrid graph, for one user over N items with D factors, at most K successors and at
+//! most J item-to-item neighbours per item:
 //! ```text
-//! user [1, D] ── MatMul(item_factors_t [D, N]) ── standardise ──────────────┐ × cf_weight
-//! history [H], history_weight [H] ── Gather(successor_rows [N, K]),         ├─ Add ── Add(item_bias [N])
-//!   Gather(successor_weights [N, K]) × weight ── ScatterElements(add) [N] ── standardise ─┘ × (1 - cf_weight)
-//!   ── Add(mask [1, N]) ── TopK(k [1]) ── scores [1, k], indices [1, k]
+//! user [1, D] ── MatMul(item_factors_t [D, N]) ── standardise ───────────────────────────┐ cf
+//! items [M], item_weight [M] ── Gather(neighbour_rows [N, J]),                           │
+//!   Gather(neighbour_weights [N, J]) × weight ── ScatterElements(add) [N] ── standardise ─┤ item-item
+//! history [H], history_weight [H] ── Gather(successor_rows [N, K]),                      │
+//!   Gather(successor_weights [N, K]) × weight ── ScatterElements(add) [N] ── standardise ─┤ transitions
+//!   Concat [3, N] ── MatMul(blend [1, 3]) ── Add(item_bias [N]) ── Add(mask [1, N]) ───────┘
+//!   ── TopK(k [1]) ── scores [1, k], indices [1, k]
 //! ```
-//! Collaborative filtering scores what the user likes overall, the transition table what tends
-//! to come next after their recent items; each is standardised (mean 0, sd 1 over all items) so
-//! that one weight blends them. `mask` is 0 for candidates and -inf for filtered items (seen,
-//! deleted, unavailable, other category), so filtering happens inside the graph and TopK only
-//! ranks candidates. The graph computes exactly what [`crate::transitions`] and
-//! [`crate::transitions::standardize`] compute in Rust.
+//! Collaborative filtering scores what the user likes overall, the item-to-item table what goes
+//! with everything they liked (their whole history, each item weight 1), the transition table
+//! what tends to come next after their recent items (recency weights); each is standardised
+//! (mean 0, sd 1 over all items) so that the request's `blend` weights mix them. `mask` is 0 for
+//! candidates and -inf for filtered items (seen, deleted, unavailable, other category), so
+//! filtering happens inside the graph and TopK only ranks candidates. The graph computes exactly
+//! what [`crate::blend::combine`] computes in Rust from [`crate::als`],
+//! [`crate::item_item::ItemItem::score`] and [`crate::transitions::Transitions::score`].
 
 use prost::Message;
 
@@ -274,77 +280,103 @@ fn f32_tensor(name: &str, dims: Vec<i64>, data: impl Iterator<Item = f32>) -> Te
     }
 }
 
+/// Nodes that score a neighbour table from a weighted list of item rows: `{part}` [1, N] is,
+/// for every item, the sum over the list of `weight × table weight` towards it.
+fn neighbour_nodes(part: &str, table: &str, index: &str, weight: &str) -> Vec<NodeProto> {
+    let n = |suffix: &str| format!("{part}_{suffix}");
+    let (rows, weights, col, weighted, rows_flat, weighted_flat, sum) = (
+        n("rows"),
+        n("weights"),
+        n("weight_col"),
+        n("weighted"),
+        n("rows_flat"),
+        n("weighted_flat"),
+        n("sum"),
+    );
+    let (table_rows, table_weights) = (format!("{table}_rows"), format!("{table}_weights"));
+    vec![
+        node(
+            "Gather",
+            &[&table_rows, index],
+            &[&rows],
+            vec![int_attr("axis", 0)],
+        ),
+        node(
+            "Gather",
+            &[&table_weights, index],
+            &[&weights],
+            vec![int_attr("axis", 0)],
+        ),
+        node("Unsqueeze", &[weight, "axis_1"], &[&col], vec![]),
+        node("Mul", &[&weights, &col], &[&weighted], vec![]),
+        node("Reshape", &[&rows, "flat"], &[&rows_flat], vec![]),
+        node("Reshape", &[&weighted, "flat"], &[&weighted_flat], vec![]),
+        node(
+            "ScatterElements",
+            &["zeros", &rows_flat, &weighted_flat],
+            &[&sum],
+            vec![int_attr("axis", 0), string_attr("reduction", "add")],
+        ),
+        node("Unsqueeze", &[&sum, "axis_0"], &[part], vec![]),
+    ]
+}
+
+/// A neighbour table as dense `[n, k]` initializers `{name}_rows` and `{name}_weights`, padded
+/// with row 0 at weight 0 (k at least 1).
+fn table_tensors(name: &str, table: &[Vec<(u32, f32)>], n: usize) -> [TensorProto; 2] {
+    let k = table.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let padded = |i: usize, j: usize| table.get(i).and_then(|row| row.get(j)).copied();
+    let rows = (0..n).flat_map(|i| (0..k).map(move |j| padded(i, j).map_or(0, |(r, _)| r as i32)));
+    let weights = (0..n).flat_map(|i| (0..k).map(move |j| padded(i, j).map_or(0.0, |(_, w)| w)));
+    [
+        i32_tensor(&format!("{name}_rows"), vec![n as i64, k as i64], rows),
+        f32_tensor(
+            &format!("{name}_weights"),
+            vec![n as i64, k as i64],
+            weights,
+        ),
+    ]
+}
+
 /// The hybrid scoring graph for row-major item factors `[n, dim]`, `n` item biases, each item's
-/// successors `(row, weight)` and the weight of collaborative filtering in the blend.
+/// transition successors and its item-to-item neighbours, `(row, weight)` each.
 pub fn scoring_graph(
     item_factors: &[f32],
     item_bias: &[f32],
     dim: usize,
     successors: &[Vec<(u32, f32)>],
-    cf_weight: f32,
+    neighbours: &[Vec<(u32, f32)>],
     version: &str,
 ) -> Vec<u8> {
     let n = item_bias.len();
     // MatMul wants [D, N]: store the factors transposed.
     let transposed = (0..dim).flat_map(|k| (0..n).map(move |i| item_factors[i * dim + k]));
-    // A dense [N, K] successor table, padded with row 0 at weight 0.
-    let k = successors.iter().map(Vec::len).max().unwrap_or(0).max(1);
-    let padded = |i: usize, j: usize| successors.get(i).and_then(|row| row.get(j)).copied();
-    let rows = (0..n).flat_map(|i| (0..k).map(move |j| padded(i, j).map_or(0, |(r, _)| r as i32)));
-    let weights = (0..n).flat_map(|i| (0..k).map(move |j| padded(i, j).map_or(0.0, |(_, w)| w)));
-    let mut nodes = vec![
-        node("MatMul", &["user", "item_factors_t"], &["cf"], vec![]),
-        node(
-            "Gather",
-            &["successor_rows", "history"],
-            &["next_rows"],
-            vec![int_attr("axis", 0)],
-        ),
-        node(
-            "Gather",
-            &["successor_weights", "history"],
-            &["next_weights"],
-            vec![int_attr("axis", 0)],
-        ),
-        node(
-            "Unsqueeze",
-            &["history_weight", "axis_1"],
-            &["history_weight_col"],
-            vec![],
-        ),
-        node(
-            "Mul",
-            &["next_weights", "history_weight_col"],
-            &["next_weighted"],
-            vec![],
-        ),
-        node(
-            "Reshape",
-            &["next_rows", "flat"],
-            &["next_rows_flat"],
-            vec![],
-        ),
-        node(
-            "Reshape",
-            &["next_weighted", "flat"],
-            &["next_weighted_flat"],
-            vec![],
-        ),
-        node(
-            "ScatterElements",
-            &["zeros", "next_rows_flat", "next_weighted_flat"],
-            &["next_sum"],
-            vec![int_attr("axis", 0), string_attr("reduction", "add")],
-        ),
-        node("Unsqueeze", &["next_sum", "axis_0"], &["next"], vec![]),
-    ];
+    let mut nodes = vec![node("MatMul", &["user", "item_factors_t"], &["cf"], vec![])];
+    nodes.extend(neighbour_nodes(
+        "together",
+        "neighbour",
+        "items",
+        "item_weight",
+    ));
+    nodes.extend(neighbour_nodes(
+        "next",
+        "successor",
+        "history",
+        "history_weight",
+    ));
     nodes.extend(standardize_nodes("cf"));
+    nodes.extend(standardize_nodes("together"));
     nodes.extend(standardize_nodes("next"));
     nodes.extend([
-        node("Mul", &["cf_z", "cf_weight"], &["cf_part"], vec![]),
-        node("Mul", &["next_z", "next_weight"], &["next_part"], vec![]),
-        node("Add", &["cf_part", "next_part"], &["blend"], vec![]),
-        node("Add", &["blend", "item_bias"], &["biased"], vec![]),
+        node(
+            "Concat",
+            &["cf_z", "together_z", "next_z"],
+            &["parts"],
+            vec![int_attr("axis", 0)],
+        ),
+        node("Unsqueeze", &["blend", "axis_0"], &["blend_row"], vec![]),
+        node("MatMul", &["blend_row", "parts"], &["blended"], vec![]),
+        node("Add", &["blended", "item_bias"], &["biased"], vec![]),
         node("Add", &["biased", "mask"], &["masked"], vec![]),
         node(
             "TopK",
@@ -357,26 +389,28 @@ pub fn scoring_graph(
             ],
         ),
     ]);
+    let mut initializer = vec![
+        f32_tensor("item_factors_t", vec![dim as i64, n as i64], transposed),
+        f32_tensor("item_bias", vec![n as i64], item_bias.iter().copied()),
+        f32_tensor("zeros", vec![n as i64], std::iter::repeat_n(0.0, n)),
+        f32_tensor("epsilon", vec![1], [STD_EPSILON].into_iter()),
+        i64_tensor("axis_0", vec![1], &[0]),
+        i64_tensor("axis_1", vec![1], &[1]),
+        i64_tensor("flat", vec![1], &[-1]),
+    ];
+    initializer.extend(table_tensors("successor", successors, n));
+    initializer.extend(table_tensors("neighbour", neighbours, n));
     let graph = GraphProto {
         name: "streamrec_scoring".into(),
         node: nodes,
-        initializer: vec![
-            f32_tensor("item_factors_t", vec![dim as i64, n as i64], transposed),
-            f32_tensor("item_bias", vec![n as i64], item_bias.iter().copied()),
-            i32_tensor("successor_rows", vec![n as i64, k as i64], rows),
-            f32_tensor("successor_weights", vec![n as i64, k as i64], weights),
-            f32_tensor("zeros", vec![n as i64], std::iter::repeat_n(0.0, n)),
-            f32_tensor("epsilon", vec![1], [STD_EPSILON].into_iter()),
-            f32_tensor("cf_weight", vec![1], [cf_weight].into_iter()),
-            f32_tensor("next_weight", vec![1], [1.0 - cf_weight].into_iter()),
-            i64_tensor("axis_0", vec![1], &[0]),
-            i64_tensor("axis_1", vec![1], &[1]),
-            i64_tensor("flat", vec![1], &[-1]),
-        ],
+        initializer,
         input: vec![
             value_info("user", FLOAT, &[Dim::Fixed(1), Dim::Fixed(dim as i64)]),
+            value_info("items", INT64, &[Dim::Named("items")]),
+            value_info("item_weight", FLOAT, &[Dim::Named("items")]),
             value_info("history", INT64, &[Dim::Named("history")]),
             value_info("history_weight", FLOAT, &[Dim::Named("history")]),
+            value_info("blend", FLOAT, &[Dim::Fixed(3)]),
             value_info("mask", FLOAT, &[Dim::Fixed(1), Dim::Fixed(n as i64)]),
             value_info("k", INT64, &[Dim::Fixed(1)]),
         ],

@@ -1,10 +1,24 @@
-//! Training a version from collected data, free of actors and I/O: hold-out metrics, ALS, the
-//! transition table and the content maps, assembled into a [`ModelArtifact`]. The trainer actor
-//! collects the data and runs this on the blocking pool; the MovieLens tools and tests call it
-//! directly.
+//! Training a version from collected data, free of actors and I/O: the blend chosen on
+//! validation splits cut from the data, hold-out metrics, ALS, the item-to-item and transition
+//! tables and the content maps, assembled into a [`ModelArtifact`]. The trainer actor collects
+//! the data and runs this on the blocking pool; the MovieLens tools and tests call it directly.
+//!
+//! The blend is chosen as `streamrec eval` chooses it ([`crate::validation::choose`]): on a
+//! temporal and a random validation split of the hold-out's train part, so that neither the
+//! choice nor the metrics the activation gate reads have seen the hold-out.
 
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::als::{Cell, Factors};
+use crate::blend::{Blend, Weights, combine};
 use crate::content::{ContentModel, ContentParams};
+use crate::eval::{evaluate_with, sequences, temporal_split};
+use crate::item_item::{ItemItem, ItemItemParams};
+use crate::linalg::dot;
 use crate::transitions::Transitions;
+use crate::validation::{Scored, Split, choose};
 use crate::{HybridParams, Interactions, ModelArtifact, ModelMeta, TrainParams};
 
 /// What one user's summed weight `total` on an item adds to the item's popularity (and, per
@@ -36,10 +50,117 @@ fn fit_content(
     ContentModel::fit(&features, &rows, factors, dim, ContentParams::default())
 }
 
-/// Trains a version: hold-out metrics first, then ALS, the transition table and the content maps
-/// (items and user profiles) on everything. An item without interactions gets its factors from
-/// its content. An item's popularity (its bias) counts each user's weight up to
-/// `max_user_weight`, as live popularity does.
+/// Every part fitted on some cells.
+struct Parts {
+    num_items: usize,
+    factors: Factors,
+    transitions: Transitions,
+    item_item: ItemItem,
+    sequences: Vec<Vec<u32>>,
+}
+
+impl Parts {
+    fn fit(
+        data: &Interactions,
+        cells: &[Cell],
+        params: &TrainParams,
+        hybrid: &HybridParams,
+    ) -> Self {
+        let num_items = data.items.len();
+        let sequences = sequences(cells, data.users.len());
+        Self {
+            num_items,
+            factors: crate::als::train(&data.with_cells(cells), params, |_, _| {}),
+            transitions: Transitions::train(num_items, &sequences, hybrid.transitions),
+            item_item: ItemItem::train(num_items, &sequences, ItemItemParams::default()),
+            sequences,
+        }
+    }
+
+    /// The raw scores of each part for a user of the data: CF, item-to-item, transitions.
+    fn scores(&self, user: u32) -> [Vec<f32>; 3] {
+        let d = self.factors.dim;
+        let x = &self.factors.users[user as usize * d..(user as usize + 1) * d];
+        let history = &self.sequences[user as usize];
+        [
+            (0..self.num_items)
+                .map(|i| dot(x, &self.factors.items[i * d..(i + 1) * d]))
+                .collect(),
+            self.item_item.score(history, self.num_items),
+            self.transitions.score(history, self.num_items),
+        ]
+    }
+}
+
+/// Per user with at least 5 positives, a random fifth of them (seeded).
+fn random_split(cells: &[Cell], seed: u64) -> (Vec<Cell>, Vec<Cell>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut by_user: std::collections::BTreeMap<u32, Vec<Cell>> = Default::default();
+    for c in cells {
+        by_user.entry(c.user).or_default().push(*c);
+    }
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (_, mut cells) in by_user {
+        let (mut positives, rest): (Vec<Cell>, Vec<Cell>) =
+            cells.drain(..).partition(|c| c.weight > 0.0);
+        train.extend(rest);
+        let n_test = if positives.len() >= 5 {
+            positives.len() / 5
+        } else {
+            0
+        };
+        positives.shuffle(&mut rng);
+        test.extend(positives.drain(..n_test));
+        train.extend(positives);
+    }
+    (train, test)
+}
+
+/// The blend that does best on a temporal and a random validation split of `cells`; `None` when
+/// there is too little data to hold any out.
+fn choose_blend(
+    data: &Interactions,
+    cells: &[Cell],
+    params: &TrainParams,
+    hybrid: &HybridParams,
+) -> Option<Blend> {
+    let splits = [
+        temporal_split(cells, 0.2, 5),
+        random_split(cells, params.seed),
+    ];
+    if splits.iter().any(|(_, validation)| validation.is_empty()) {
+        return None;
+    }
+    let fitted: Vec<(Split, [crate::validation::Scores; 3])> = splits
+        .iter()
+        .map(|(fit, validation)| {
+            let split = Split::new(data.items.len(), fit, validation);
+            let parts = Parts::fit(data, fit, params, hybrid);
+            let scores = split.parts(|u| parts.scores(u));
+            (split, scores)
+        })
+        .collect();
+    let reference: Vec<f64> = fitted
+        .iter()
+        .map(|(split, parts)| parts.iter().map(|p| split.alone(p)).fold(1e-9, f64::max))
+        .collect();
+    let scored: Vec<Scored<'_>> = fitted
+        .iter()
+        .zip(["temporal", "random"])
+        .map(|((split, [a, b, c]), name)| Scored {
+            name,
+            split,
+            parts: [a, b, c],
+        })
+        .collect();
+    Some(choose(&scored, &reference).blend)
+}
+
+/// Trains a version: the blend chosen on validation and hold-out metrics first, then ALS, the
+/// item-to-item and transition tables and the content maps (items and user profiles) on
+/// everything. An item without interactions gets its factors from its content. An item's
+/// popularity (its bias) counts each user's weight up to `max_user_weight`, as live popularity
+/// does. With too little data to validate on, the blend is `hybrid`'s CF and transitions.
 pub fn train(
     data: Interactions,
     content: Content,
@@ -49,11 +170,24 @@ pub fn train(
     max_user_weight: f64,
     progress: impl FnMut(usize, usize),
 ) -> ModelArtifact {
-    let metrics = crate::eval::holdout_metrics(&data, &params, &hybrid)
-        .map(|m| m.to_map())
-        .unwrap_or_default();
-    let mut factors = crate::als::train(&data, &params, progress);
     let cells = data.cells();
+    let (train_cells, test_cells) = temporal_split(&cells, 0.2, 5);
+    let blend = choose_blend(&data, &train_cells, &params, &hybrid).unwrap_or_else(|| {
+        let cf = hybrid.cf_weight;
+        Blend::fixed(Weights::new(cf, 0.0, 1.0 - cf))
+    });
+    let metrics = if test_cells.is_empty() {
+        Default::default()
+    } else {
+        let parts = Parts::fit(&data, &train_cells, &params, &hybrid);
+        evaluate_with(data.items.len(), &train_cells, &test_cells, 10, |u| {
+            let [cf, together, next] = parts.scores(u);
+            let w = blend.weights(parts.sequences[u as usize].len());
+            combine(cf, together, next, w)
+        })
+        .to_map()
+    };
+    let mut factors = crate::als::train(&data, &params, progress);
     let mut popularity = vec![0.0f32; data.items.len()];
     let mut interacted = vec![false; data.items.len()];
     for cell in &cells {
@@ -76,6 +210,8 @@ pub fn train(
     let user_map = fit_content(&content.users, &active_users, &factors.users, d);
     let sequences = crate::eval::sequences(&cells, data.users.len());
     let transitions = Transitions::train(data.items.len(), &sequences, hybrid.transitions);
+    let item_item_params = ItemItemParams::default();
+    let item_item = ItemItem::train(data.items.len(), &sequences, item_item_params);
     let meta = ModelMeta {
         version: format!("v{}", common::now_millis()),
         created_at: common::now_millis(),
@@ -87,13 +223,16 @@ pub fn train(
         params,
         metrics,
         hybrid,
+        item_item: Some(item_item_params),
+        blend: Some(blend),
     };
-    let mut artifact = ModelArtifact::build(
+    let mut artifact = ModelArtifact::build_hybrid(
         meta,
         data.items,
         factors.items,
         popularity,
         transitions.successors,
+        item_item.rows,
     );
     artifact.content = content_map;
     artifact.user_content = user_map;

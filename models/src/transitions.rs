@@ -123,33 +123,6 @@ impl Transitions {
     }
 }
 
-/// Standardises `scores` to mean 0 and standard deviation 1 (all zeros if constant), so that
-/// scores of different models can be blended.
-pub fn standardize(scores: &mut [f32]) {
-    let n = scores.len().max(1) as f64;
-    let mean = scores.iter().map(|&s| f64::from(s)).sum::<f64>() / n;
-    let var = scores
-        .iter()
-        .map(|&s| (f64::from(s) - mean).powi(2))
-        .sum::<f64>()
-        / n;
-    let sd = var.sqrt() + f64::from(crate::onnx::STD_EPSILON);
-    for s in scores {
-        *s = ((f64::from(*s) - mean) / sd) as f32;
-    }
-}
-
-/// The hybrid score: standardised CF and transition scores, weighted `cf_weight` and
-/// `1 - cf_weight`. What the ONNX graph computes before the item bias and the mask.
-pub fn blend(mut cf: Vec<f32>, mut next: Vec<f32>, cf_weight: f32) -> Vec<f32> {
-    standardize(&mut cf);
-    standardize(&mut next);
-    cf.iter()
-        .zip(&next)
-        .map(|(c, t)| cf_weight * c + (1.0 - cf_weight) * t)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,18 +197,6 @@ mod tests {
         let t = Transitions::train(6, &seqs, params);
         let kept: Vec<u32> = t.successors[0].iter().map(|(i, _)| *i).collect();
         assert_eq!(kept, vec![1, 2]);
-    }
-
-    #[test]
-    fn standardized_scores_have_zero_mean_unit_spread() {
-        let mut s = vec![1.0, 2.0, 3.0, 6.0];
-        standardize(&mut s);
-        let mean: f32 = s.iter().sum::<f32>() / 4.0;
-        let var: f32 = s.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / 4.0;
-        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-4, "{s:?}");
-        let mut flat = vec![2.0; 3];
-        standardize(&mut flat);
-        assert_eq!(flat, vec![0.0; 3]);
     }
 
     use proptest::prelude::*;

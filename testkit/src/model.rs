@@ -27,6 +27,8 @@ pub fn meta(version: &str, dim: usize, num_items: usize) -> ModelMeta {
         },
         metrics: Default::default(),
         hybrid: Default::default(),
+        item_item: None,
+        blend: None,
     }
 }
 

@@ -1,26 +1,30 @@
 //! The offline yardstick on MovieLens files, which `streamrec eval DIR` prints: how popularity,
-//! ALS, transitions and their hybrid rank what users did next.
+//! each part of the hybrid alone (ALS, item-to-item, transitions), an EASE baseline and the
+//! hybrid rank what users did next (temporal split) and what else they liked (random split), and
+//! how items nobody has touched rank from their content.
 //!
 //! Protocol: a rating >= 4 is a positive (weight 1), other ratings are dropped. Per user with n
 //! positives, the last floor(0.2 n) by (timestamp, item id) are test; users with fewer than 5
 //! positives stay in train. Every catalogue item is ranked per evaluated user, excluding the
 //! user's train positives; metrics @10 are averaged over evaluated users. Hyper-parameters are
-//! chosen on a validation split made the same way from the train set, never on test.
+//! chosen on validation splits cut from the train set (temporal as the protocol, and random),
+//! never on test: one configuration for both splits, the EASE baseline's λ tuned for each on its
+//! own kind of validation split.
 
 use std::path::Path;
 use std::time::Instant;
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::MovieLensError;
-use crate::als::{self, Cell, Factors, TrainParams};
-use crate::content::{ContentModel, ContentParams};
-use crate::eval::{Metrics, evaluate_with, sequences, temporal_split};
-use crate::transitions::{TransitionParams, Transitions, blend};
-use crate::{Interactions, linalg};
+use super::fitted::{Fitted, Model};
+use super::tune::{Chosen, tune};
+use crate::Interactions;
+use crate::als::Cell;
+use crate::eval::{Metrics, temporal_split};
 
 #[derive(Debug, Serialize)]
 pub struct Row {
@@ -57,11 +61,8 @@ pub struct ColdReport {
     pub results: Vec<Row>,
 }
 
-/// How many items the cold-start check holds out (as in the yardstick for MovieLens-100k).
-const COLD_ITEMS: usize = 289;
-
 /// Per user with at least `min_positives` positives, a random `floor(fraction · n)` of them.
-fn random_split(
+pub(super) fn random_split(
     cells: &[Cell],
     fraction: f64,
     min_positives: usize,
@@ -86,103 +87,7 @@ fn random_split(
     (train, test)
 }
 
-fn cold_items(
-    data: &Interactions,
-    items: &[common::Item],
-    cells: &[Cell],
-    als_params: &TrainParams,
-    seed: u64,
-) -> ColdReport {
-    let num_items = data.items.len();
-    let mut rows: Vec<u32> = (0..num_items as u32).collect();
-    rows.shuffle(&mut StdRng::seed_from_u64(seed));
-    let cold: std::collections::HashSet<u32> = rows
-        .into_iter()
-        .take(COLD_ITEMS.min(num_items / 5))
-        .collect();
-    let (test, train): (Vec<Cell>, Vec<Cell>) = cells.iter().partition(|c| cold.contains(&c.item));
-    let factors = als::train(&data.with_cells(&train), als_params, |_, _| {});
-    let d = factors.dim;
-    let mut tokens: Vec<Vec<String>> = vec![Vec::new(); num_items];
-    for item in items {
-        if let Some(row) = data.item_index(&item.item_id) {
-            tokens[row as usize] = crate::content::tokens(item.into());
-        }
-    }
-    let warm: Vec<u32> = {
-        let mut seen: Vec<u32> = train.iter().map(|c| c.item).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen
-    };
-    let warm_tokens: Vec<Vec<String>> = warm.iter().map(|&r| tokens[r as usize].clone()).collect();
-    let content = ContentModel::fit(
-        &warm_tokens,
-        &warm,
-        &factors.items,
-        d,
-        ContentParams::default(),
-    );
-    let content_vectors: Vec<Option<Vec<f32>>> = (0..num_items)
-        .map(|r| {
-            cold.contains(&(r as u32))
-                .then(|| content.embed(&tokens[r]))
-        })
-        .collect();
-    // Only cold items are candidates; CF alone has nothing for them, so its baseline is a random
-    // order (seeded).
-    let candidates = |scores: Vec<f32>| -> Vec<f32> {
-        scores
-            .into_iter()
-            .enumerate()
-            .map(|(r, s)| {
-                if cold.contains(&(r as u32)) {
-                    s
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-            .collect()
-    };
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let random: Vec<f32> = (0..num_items).map(|_| rng.random()).collect();
-    let content_score = |user: u32| -> Vec<f32> {
-        let x = &factors.users[user as usize * d..(user as usize + 1) * d];
-        candidates(
-            content_vectors
-                .iter()
-                .map(|v| v.as_ref().map_or(0.0, |v| linalg::dot(x, v)))
-                .collect(),
-        )
-    };
-    let users: std::collections::HashSet<u32> = test.iter().map(|c| c.user).collect();
-    ColdReport {
-        held_out_items: cold.len(),
-        evaluated_users: users.len(),
-        results: vec![
-            row(
-                "random",
-                evaluate_with(num_items, &train, &test, K, |_| candidates(random.clone())),
-            ),
-            row(
-                "hybrid (content)",
-                evaluate_with(num_items, &train, &test, K, content_score),
-            ),
-        ],
-    }
-}
-
-/// The hyper-parameters picked on the validation split.
-#[derive(Clone, Debug, Serialize)]
-pub struct Chosen {
-    pub als: TrainParams,
-    pub transitions: TransitionParams,
-    /// Weight of the standardised CF scores in the blend (the rest is transitions).
-    pub cf_weight: f32,
-    pub validation_ndcg: f64,
-}
-
-const K: usize = 10;
+pub(super) const K: usize = 10;
 
 /// Item ids in numeric order when they are all numbers, else in text order, so that the
 /// (timestamp, item id) tie-break of the protocol is the id's natural order.
@@ -220,50 +125,47 @@ pub fn run(dir: &Path, seed: u64, say: impl Fn(&str)) -> Result<Report, MovieLen
     let (train, test) = temporal_split(&cells, 0.2, 5);
     let (fit, validation) = temporal_split(&train, 0.2, 5);
 
-    say("tuning on the validation split");
+    say("tuning on validation splits cut from train");
     let chosen = tune(
         &data,
         &[(fit, validation), random_split(&train, 0.2, 5, seed)],
         seed,
         &say,
     );
-    say("fitting the chosen models on the train split");
-    let fitted = Fitted::new(&data, &train, &chosen.als, chosen.transitions);
     let all_models = |fitted: &Fitted, train: &[Cell], test: &[Cell]| {
-        vec![
-            row("popularity", fitted.metrics(Model::Popularity, train, test)),
-            row("als", fitted.metrics(Model::Als, train, test)),
-            row(
-                "transitions",
-                fitted.metrics(Model::Transitions, train, test),
-            ),
-            row(
-                "hybrid",
-                fitted.metrics(Model::Hybrid(chosen.cf_weight), train, test),
-            ),
-        ]
+        let rows = [
+            ("popularity", Model::Popularity),
+            ("als", Model::Als),
+            ("transitions", Model::Transitions),
+            ("item-item", Model::ItemItem),
+            ("ease (baseline)", Model::Ease),
+            ("hybrid", Model::Hybrid(&chosen.blend)),
+        ];
+        rows.into_iter()
+            .map(|(name, model)| row(name, fitted.metrics(model, train, test)))
+            .collect::<Vec<_>>()
     };
+    say("fitting the chosen models on the train split");
+    let fit = |train: &[Cell], ease_lambda| {
+        Fitted::new(
+            &data,
+            train,
+            &chosen.als,
+            chosen.transitions,
+            chosen.item_item,
+            ease_lambda,
+        )
+    };
+    let results = all_models(&fit(&train, chosen.ease_lambda.0), &train, &test);
     say("the same models on a random split");
     let (random_train, random_test) = random_split(&cells, 0.2, 5, seed);
-    let random_fitted = Fitted::new(&data, &random_train, &chosen.als, chosen.transitions);
-    let random = all_models(&random_fitted, &random_train, &random_test);
+    let random = all_models(
+        &fit(&random_train, chosen.ease_lambda.1),
+        &random_train,
+        &random_test,
+    );
     say("cold items: held out of training entirely, ranked from their content");
-    let cold = cold_items(&data, &dataset.items, &cells, &chosen.als, seed);
-    let results = vec![
-        row(
-            "popularity",
-            fitted.metrics(Model::Popularity, &train, &test),
-        ),
-        row("als", fitted.metrics(Model::Als, &train, &test)),
-        row(
-            "transitions",
-            fitted.metrics(Model::Transitions, &train, &test),
-        ),
-        row(
-            "hybrid",
-            fitted.metrics(Model::Hybrid(chosen.cf_weight), &train, &test),
-        ),
-    ];
+    let cold = super::cold::cold_items(&data, &dataset.items, &cells, &chosen.als, seed);
     let evaluated_users = test
         .iter()
         .map(|c| c.user)
@@ -283,7 +185,7 @@ pub fn run(dir: &Path, seed: u64, say: impl Fn(&str)) -> Result<Report, MovieLen
     })
 }
 
-fn row(model: &'static str, m: Metrics) -> Row {
+pub(super) fn row(model: &'static str, m: Metrics) -> Row {
     Row {
         model,
         precision: m.precision,
@@ -292,150 +194,6 @@ fn row(model: &'static str, m: Metrics) -> Row {
         hit_rate: m.hit_rate,
         coverage: m.coverage,
     }
-}
-
-#[derive(Clone, Copy)]
-enum Model {
-    Popularity,
-    Als,
-    Transitions,
-    /// Standardised ALS and transition scores, the first weighted by the given weight.
-    Hybrid(f32),
-}
-
-/// Every model fitted on one train split.
-struct Fitted {
-    num_items: usize,
-    popularity: Vec<f32>,
-    factors: Factors,
-    transitions: Transitions,
-    sequences: Vec<Vec<u32>>,
-}
-
-impl Fitted {
-    fn new(
-        data: &Interactions,
-        train: &[Cell],
-        als_params: &TrainParams,
-        transition_params: TransitionParams,
-    ) -> Self {
-        let num_users = data.users.len();
-        let num_items = data.items.len();
-        let mut popularity = vec![0f32; num_items];
-        for c in train {
-            popularity[c.item as usize] += 1.0;
-        }
-        let factors = als::train(&data.with_cells(train), als_params, |_, _| {});
-        let sequences = sequences(train, num_users);
-        let transitions = Transitions::train(num_items, &sequences, transition_params);
-        Self {
-            num_items,
-            popularity,
-            factors,
-            transitions,
-            sequences,
-        }
-    }
-
-    fn cf(&self, user: u32) -> Vec<f32> {
-        let d = self.factors.dim;
-        let x = &self.factors.users[user as usize * d..(user as usize + 1) * d];
-        (0..self.num_items)
-            .map(|i| linalg::dot(x, &self.factors.items[i * d..(i + 1) * d]))
-            .collect()
-    }
-
-    fn score(&self, model: Model, user: u32) -> Vec<f32> {
-        match model {
-            Model::Popularity => self.popularity.clone(),
-            Model::Als => self.cf(user),
-            Model::Transitions => self
-                .transitions
-                .score(&self.sequences[user as usize], self.num_items),
-            Model::Hybrid(cf_weight) => {
-                let next = self
-                    .transitions
-                    .score(&self.sequences[user as usize], self.num_items);
-                blend(self.cf(user), next, cf_weight)
-            }
-        }
-    }
-
-    fn metrics(&self, model: Model, train: &[Cell], test: &[Cell]) -> Metrics {
-        evaluate_with(self.num_items, train, test, K, |u| self.score(model, u))
-    }
-}
-
-/// A small grid, searched on validation: ALS shapes, the transition window and recency, and the
-/// blend weight. Each point is scored on two validation splits cut from train: temporal, as the
-/// protocol, and random. The choice is the best on the temporal one among the points that do at
-/// least as well as ALS alone on the random one, so that it holds on more than one kind of split.
-fn tune(
-    data: &Interactions,
-    splits: &[(Vec<Cell>, Vec<Cell>); 2],
-    seed: u64,
-    say: &dyn Fn(&str),
-) -> Chosen {
-    let mut best: Option<((bool, f64), Chosen)> = None;
-    for (dim, regularization, alpha) in [(32, 1.0, 5.0), (64, 5.0, 5.0), (32, 5.0, 10.0)] {
-        let als = TrainParams {
-            dim,
-            iterations: 10,
-            regularization,
-            alpha,
-            seed,
-        };
-        // ALS does not depend on the transition window: train it once per split.
-        let mut fitted: Vec<(Fitted, f64)> = splits
-            .iter()
-            .map(|(fit, validation)| {
-                let f = Fitted::new(data, fit, &als, TransitionParams::default());
-                let als_ndcg = f.metrics(Model::Als, fit, validation).ndcg;
-                (f, als_ndcg.max(1e-9))
-            })
-            .collect();
-        for window in [20, 50] {
-            let transitions = TransitionParams {
-                window,
-                ..Default::default()
-            };
-            for (f, _) in &mut fitted {
-                f.transitions = Transitions::train(f.num_items, &f.sequences, transitions);
-            }
-            for half_life in [3.0, 10.0] {
-                for (f, _) in &mut fitted {
-                    f.transitions.params.half_life = half_life;
-                }
-                for cf_weight in [0.4, 0.5, 0.6, 0.7] {
-                    let ndcgs: Vec<f64> = fitted
-                        .iter()
-                        .zip(splits)
-                        .map(|((f, _), (fit, validation))| {
-                            f.metrics(Model::Hybrid(cf_weight), fit, validation).ndcg
-                        })
-                        .collect();
-                    let robust = ndcgs[1] >= fitted[1].1;
-                    // Robust points first, then by temporal NDCG.
-                    let rank = (robust, ndcgs[0]);
-                    if best.as_ref().is_none_or(|(r, _)| rank > *r) {
-                        best = Some((
-                            rank,
-                            Chosen {
-                                als: als.clone(),
-                                transitions: fitted[0].0.transitions.params,
-                                cf_weight,
-                                validation_ndcg: ndcgs[0],
-                            },
-                        ));
-                    }
-                }
-            }
-        }
-        say(&format!(
-            "ALS d={dim} reg={regularization} alpha={alpha} searched"
-        ));
-    }
-    best.expect("the grid is not empty").1
 }
 
 /// The report as a text table.
@@ -477,15 +235,34 @@ pub fn table(report: &Report) -> String {
     rows(&mut out, &report.cold_items.results);
     let c = &report.chosen;
     out += &format!(
-        "chosen on validation (ndcg@{k} {:.4}): ALS d={} reg={} alpha={} iterations={}; transitions window={} half_life={}; cf_weight={}\n",
-        c.validation_ndcg,
+        "\nchosen on validation: ALS d={} reg={} alpha={} iterations={}; transitions window={} half_life={}; item-item λ={} top_k={}; EASE baseline λ={} (temporal), {} (random)\n",
         c.als.dim,
         c.als.regularization,
         c.als.alpha,
         c.als.iterations,
         c.transitions.window,
         c.transitions.half_life,
-        c.cf_weight
+        c.item_item.lambda,
+        c.item_item.top_k,
+        c.ease_lambda.0,
+        c.ease_lambda.1,
     );
+    out += "blend weights (cf, item-item, transitions) by history length:";
+    for (from, w) in &c.blend.by_history {
+        out += &format!(
+            " from {from}: ({}, {}, {});",
+            w.cf, w.item_item, w.transitions
+        );
+    }
+    out += &format!(
+        "\nvalidation ndcg@{k} of the candidates (merit: relative to the best single part, averaged over both splits):\n{:>8} {:>8} {:>7}  candidate\n",
+        "temporal", "random", "merit"
+    );
+    for v in &c.validation {
+        out += &format!(
+            "{:>8.4} {:>8.4} {:>7.4}  {}\n",
+            v.ndcg[0], v.ndcg[1], v.merit, v.name
+        );
+    }
     out
 }

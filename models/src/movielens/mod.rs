@@ -7,7 +7,10 @@
 //! Ratings become `rating` events with deterministic event ids, so importing twice stores each
 //! rating once.
 
+mod cold;
 pub mod eval;
+mod fitted;
+mod tune;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
