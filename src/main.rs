@@ -82,6 +82,16 @@ enum Command {
         #[arg(long, env = "STREAMREC_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Rebuild this node's data dir (which must hold no database and no log) from the newest
+    /// snapshot of its database at or before --at, and its log from the archive; the node
+    /// replays the archived events after the snapshot when it next starts.
+    Restore {
+        #[command(flatten)]
+        node: NodeOpts,
+        /// RFC 3339 (`2026-12-07T18:00:00Z`) or epoch milliseconds; default now.
+        #[arg(long, value_parser = parse_time)]
+        at: Option<i64>,
+    },
     /// Evaluate the models on MovieLens files (temporal hold-out of positives, metrics @10);
     /// prints a table, or JSON with --json.
     Eval {
@@ -103,6 +113,19 @@ enum ImportSource {
         #[command(flatten)]
         node: NodeOpts,
     },
+}
+
+/// Epoch milliseconds, or an RFC 3339 time.
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{text:?} is neither epoch milliseconds nor RFC 3339: {e}"))?;
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{text:?} is before 1970"))?;
+    i64::try_from(since.as_millis()).map_err(|_| format!("{text:?} is too far ahead"))
 }
 
 fn load_config(opts: &NodeOpts) -> anyhow::Result<Config> {
@@ -172,6 +195,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, false) => inspect::What::Tree,
             };
             inspect::run(&url, what, token.as_deref()).await
+        }
+        Command::Restore { node, at } => {
+            let config = load_config(&node)?;
+            let at = at.unwrap_or_else(common::now_millis);
+            let restored = supervisors::restore::restore(&config, at).await?;
+            println!("{}", serde_json::to_string_pretty(&restored)?);
+            Ok(())
         }
         Command::Eval { dir, json, seed } => {
             let started = std::time::Instant::now();

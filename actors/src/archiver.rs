@@ -205,6 +205,14 @@ fn encode(records: Vec<Record>) -> std::io::Result<Vec<u8>> {
 /// node, offset), and overlaps read back once. Objects archived before keys named their node
 /// count as one node's.
 pub async fn read_archive(objects: &dyn ObjectStore) -> Result<Vec<Record>, ApiError> {
+    read_archive_of(objects, None).await
+}
+
+/// The archived records of one node's log (`Some(node id)`), or of every node's.
+pub async fn read_archive_of(
+    objects: &dyn ObjectStore,
+    only: Option<&str>,
+) -> Result<Vec<Record>, ApiError> {
     let mut records = Vec::new();
     for key in objects.list(PREFIX).await.map_err(ApiError::from)? {
         let node = key
@@ -212,6 +220,9 @@ pub async fn read_archive(objects: &dyn ObjectStore) -> Result<Vec<Record>, ApiE
             .find_map(|segment| segment.strip_prefix("node="))
             .unwrap_or_default()
             .to_owned();
+        if only.is_some_and(|only| only != node) {
+            continue;
+        }
         let Some(bytes) = objects.get(&key).await.map_err(ApiError::from)? else {
             continue;
         };

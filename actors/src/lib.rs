@@ -15,6 +15,7 @@
 //! - [`trainer::TrainerActor`]: retrains off the serving path and swaps the new version in.
 //! - [`archiver::ArchiverActor`]: copies the event log to the object store, hourly.
 //! - [`retention::RetentionActor`]: deletes log segments and tombstones nothing needs any more.
+//! - [`snapshotter::SnapshotActor`]: snapshots the node's database to the object store, hourly.
 //! - [`kafka_bridge::KafkaBridge`]: with Kafka configured, feeds the log from the consumer group.
 //! - [`cluster_status::ClusterStatusActor`]: with Kafka configured, publishes this node's
 //!   ownership on the status topic and reads the other members' into the shard map.
@@ -36,6 +37,7 @@ pub mod registry;
 pub mod retention;
 pub mod session;
 pub mod session_manager;
+pub mod snapshotter;
 #[cfg(test)]
 mod testing;
 pub mod trainer;

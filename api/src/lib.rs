@@ -70,6 +70,10 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/admin/train", post(rest::train).get(rest::training))
         .route("/v1/admin/models", get(rest::models))
+        .route(
+            "/v1/admin/snapshots",
+            post(rest::snapshot).get(rest::snapshots),
+        )
         .route("/v1/admin/models/rollback", post(rest::rollback))
         .route("/v1/admin/models/{version}/activate", post(rest::activate))
         .route("/graphql", get(graphql::graphql).post(graphql::graphql))

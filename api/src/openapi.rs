@@ -42,6 +42,8 @@ use crate::rest;
         rest::train,
         rest::training,
         rest::models,
+        rest::snapshot,
+        rest::snapshots,
         rest::rollback,
         rest::activate,
         rest::actors,

@@ -248,6 +248,21 @@ pub async fn train(State(node): State<Arc<Node>>) -> Result<Response> {
     Ok((StatusCode::ACCEPTED, Json(Status { status: "started" })).into_response())
 }
 
+/// Takes a snapshot of the node's database now, for `streamrec restore`; one is also taken
+/// every `objects.snapshot_interval`.
+#[utoipa::path(post, path = "/v1/admin/snapshots", tag = "admin",
+    responses((status = 200, description = "The snapshot taken", body = supervisors::SnapshotManifest), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
+pub async fn snapshot(State(node): State<Arc<Node>>) -> Result<Response> {
+    Ok(Json(node.snapshot_now().await?).into_response())
+}
+
+/// This node's snapshots in the object store, oldest first.
+#[utoipa::path(get, path = "/v1/admin/snapshots", tag = "admin",
+    responses((status = 200, description = "The snapshots", body = Vec<supervisors::SnapshotManifest>), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
+pub async fn snapshots(State(node): State<Arc<Node>>) -> Result<Response> {
+    Ok(Json(node.snapshots().await?).into_response())
+}
+
 /// Whether a training run is going, and how the last one ended. A script that started a run polls
 /// this until `running` is false.
 #[utoipa::path(get, path = "/v1/admin/train", tag = "admin",

@@ -276,6 +276,14 @@ impl Db {
         batch.delete_range_cf(self.cf(cf), prefix, end.as_slice());
     }
 
+    /// Writes a consistent copy of the whole database to `path`, which must not exist yet: a
+    /// RocksDB checkpoint (memtables flushed, table files hard-linked where the file system
+    /// allows), the unit of a snapshot.
+    pub fn checkpoint(&self, path: &Path) -> Result<()> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(path)?;
+        Ok(())
+    }
+
     /// Makes every write so far durable (on shutdown).
     pub fn flush(&self) -> Result<()> {
         self.db.flush_wal(true)?;

@@ -19,6 +19,7 @@ pub mod pii;
 pub mod redis_cache;
 pub mod s3;
 pub mod sessions;
+pub mod snapshot;
 
 pub use cache::{MemoryCache, RecCache};
 pub use catalog::{Catalog, CatalogView, RocksCatalog};

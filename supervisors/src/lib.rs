@@ -12,14 +12,21 @@
 //!       ├─ sessions        SessionManager ── session × live users
 //!       ├─ models          Supervisor ── model-0 .. model-N
 //!       ├─ ingest          Supervisor ── ingest-0 .. ingest-P
-//!       └─ trainer         TrainerActor
+//!       ├─ trainer         TrainerActor
+//!       ├─ archiver        ArchiverActor
+//!       ├─ retention       RetentionActor
+//!       └─ snapshotter     SnapshotActor
 //! ```
+//!
+//! [`restore`] rebuilds a lost node's data dir from its snapshots and the archive.
 
 pub mod backoff;
 pub mod heartbeat;
 pub mod node;
+pub mod restore;
 pub mod supervisor;
 
 pub use backoff::RestartPolicy;
 pub use node::{Node, Subscription};
+pub use storage::snapshot::Manifest as SnapshotManifest;
 pub use supervisor::{ChildSpec, Parent, Supervisor, SupervisorArgs, SupervisorMsg};

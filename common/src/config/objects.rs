@@ -21,9 +21,19 @@ pub struct ObjectsConfig {
     /// How often the event log is archived to the store; `0s` turns archiving off. Default 1h.
     #[serde(default = "archive_interval", with = "humantime_serde")]
     pub archive_interval: Duration,
+    /// How often a snapshot of the node's database (sessions, embedded catalogue, profiles,
+    /// erasures, id sets and the offsets they cover) goes to the store, under
+    /// `snapshots/node=<node id>/`; `streamrec restore` rebuilds a data dir from one. `0s` turns
+    /// snapshots off. Default 1h.
+    #[serde(default = "snapshot_interval", with = "humantime_serde")]
+    pub snapshot_interval: Duration,
 }
 
 fn archive_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn snapshot_interval() -> Duration {
     Duration::from_secs(3600)
 }
 

@@ -27,9 +27,11 @@
 //! By concern: `record` is the on-disk format (segments, records, the sparse index, reading a
 //! range), `accepted` the dedupe by accepted-id hashes, `recovery` what opening does to a
 //! partition, `writer` the group-commit thread, `retention` the deletion of segments every
-//! consumer is done with. This file holds the API and [`FileEventLog`], which ties them.
+//! consumer is done with, `rebuild` a partition written back from the archive by a restore.
+//! This file holds the API and [`FileEventLog`], which ties them.
 
 mod accepted;
+mod rebuild;
 mod record;
 mod recovery;
 mod retention;
@@ -57,6 +59,8 @@ use recovery::{recover, restore_ids};
 #[cfg(test)]
 use writer::Faults;
 use writer::{AppendReq, Writer};
+
+pub use rebuild::rebuild_partition;
 
 /// The events a broker still holds of every partition, whichever node consumed them (Kafka
 /// mode). Training adds them to the archive, so that a model sees the whole cluster's recent
@@ -313,6 +317,19 @@ fn offset_key(group: &str, partition: u32) -> Vec<u8> {
     key
 }
 
+/// Commits `offset` for `group` on `partition`, in the database alone (no log open).
+pub fn commit_in(db: &Db, group: &str, partition: u32, offset: u64) -> Result<()> {
+    db.put(Cf::Offsets, &offset_key(group, partition), &offset.to_be_bytes())
+}
+
+/// The offset `group` committed on `partition`, read from the database alone (no log open).
+pub fn committed_in(db: &Db, group: &str, partition: u32) -> Result<u64> {
+    Ok(db
+        .get(Cf::Offsets, &offset_key(group, partition))?
+        .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
+}
+
 #[async_trait]
 impl EventLog for FileEventLog {
     fn num_partitions(&self) -> u32 {
@@ -386,19 +403,11 @@ impl EventLog for FileEventLog {
     }
 
     fn committed(&self, group: &str, partition: u32) -> Result<u64> {
-        Ok(self
-            .db
-            .get(Cf::Offsets, &offset_key(group, partition))?
-            .and_then(|v| v.try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0))
+        committed_in(&self.db, group, partition)
     }
 
     fn commit(&self, group: &str, partition: u32, offset: u64) -> Result<()> {
-        self.db.put(
-            Cf::Offsets,
-            &offset_key(group, partition),
-            &offset.to_be_bytes(),
-        )
+        commit_in(&self.db, group, partition, offset)
     }
 
     fn enforce_retention(&self, now: SystemTime) -> Result<u64> {

@@ -8,11 +8,13 @@ use std::time::Duration;
 use actors::archiver::{ArchiveRun, ArchiverMsg};
 use actors::kafka_bridge::{BridgeObs, Role};
 use actors::obs::Observable;
+use actors::snapshotter::SnapshotMsg;
 use actors::{CALL_TIMEOUT, call, mailbox, slot_get};
 use common::ApiError;
 use prometheus::{IntGaugeVec, register_int_gauge_vec};
 use ractor::ActorRef;
 use serde::Serialize;
+use storage::snapshot::Manifest;
 
 use crate::supervisor::SupervisorMsg;
 
@@ -60,6 +62,29 @@ impl Node {
             Duration::from_secs(600),
         )
         .await
+    }
+
+    /// Takes a snapshot of the node's database now (one is also taken every
+    /// `objects.snapshot_interval`).
+    pub async fn snapshot_now(&self) -> Result<Manifest, ApiError> {
+        let snapshotter = slot_get(&self.snapshotter, "snapshotter")?;
+        call(
+            &snapshotter,
+            "snapshotter",
+            |reply| SnapshotMsg::Run(Some(reply)),
+            Duration::from_secs(3600),
+        )
+        .await
+    }
+
+    /// This node's complete snapshots in the object store, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<Manifest>, ApiError> {
+        storage::snapshot::list(
+            self.services.registry.objects(),
+            self.services.cluster.node_id(),
+        )
+        .await
+        .map_err(ApiError::from)
     }
 
     /// What the console shows, in one JSON value: the tree, the models, ingestion per partition,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::archiver::ArchiverMsg;
+use actors::snapshotter::SnapshotMsg;
 use actors::trainer::TrainerMsg;
 use actors::{Services, Slot, Users};
 use common::Config;
@@ -45,6 +46,7 @@ pub struct Node {
     root_exit: Mutex<Option<tokio::task::JoinHandle<()>>>,
     trainer: Slot<TrainerMsg>,
     archiver: Slot<ArchiverMsg>,
+    snapshotter: Slot<SnapshotMsg>,
     users: Arc<Users>,
     /// With Kafka: where catalogue writes go first, so that every node's catalogue sees them.
     items: Option<kafka::Producer>,
@@ -76,9 +78,10 @@ impl Node {
             services,
             db,
             kafka,
+            snapshots,
         } = tree::open(&config).await?;
         let items = kafka.as_ref().map(|(_, producer)| producer.clone());
-        let tree = tree::spawn(&services, kafka).await?;
+        let tree = tree::spawn(&services, kafka, snapshots).await?;
         let node = Arc::new(Node {
             config,
             services,
@@ -87,6 +90,7 @@ impl Node {
             root_exit: Mutex::new(Some(tree.root_exit)),
             trainer: tree.trainer,
             archiver: tree.archiver,
+            snapshotter: tree.snapshotter,
             users: tree.users,
             items,
         });

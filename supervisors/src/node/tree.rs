@@ -11,12 +11,14 @@ use actors::model::{ModelActor, ModelArgs};
 use actors::push::{PushArgs, PushHub};
 use actors::retention::RetentionActor;
 use actors::session_manager::SessionManager;
+use actors::snapshotter::{SnapshotActor, SnapshotArgs, SnapshotMsg};
 use actors::trainer::{TrainerActor, TrainerMsg};
 use actors::{ModelPool, ModelRegistry, ObsRegistry, Popularity, Services, Slot, Users};
 use anyhow::Context;
 use cluster::Cluster;
 use common::Config;
 use ractor::{Actor, ActorRef};
+use storage::snapshot::Snapshots;
 use storage::{CatalogView, Db, EventSink, FileEventLog, RocksSessionStore, backends};
 
 use crate::RestartPolicy;
@@ -31,6 +33,7 @@ pub(super) struct Stores {
     pub services: Arc<Services>,
     pub db: Arc<Db>,
     pub kafka: Option<KafkaWrites>,
+    pub snapshots: Arc<Snapshots>,
 }
 
 /// The running tree: its root, the root's exit, and the slots of the actors the facade calls
@@ -40,6 +43,7 @@ pub(super) struct Tree {
     pub root_exit: tokio::task::JoinHandle<()>,
     pub trainer: Slot<TrainerMsg>,
     pub archiver: Slot<ArchiverMsg>,
+    pub snapshotter: Slot<SnapshotMsg>,
     pub users: Arc<Users>,
 }
 
@@ -109,6 +113,13 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
         .await
         .context("opening the object store")?;
     let cache = backends::cache(&config.cache).context("opening the cache")?;
+    let snapshots = Arc::new(Snapshots::new(
+        db.clone(),
+        objects.clone(),
+        &config.cluster.node_id,
+        dir.join("snapshots.tmp"),
+        config.events.num_partitions,
+    ));
     let registry = Arc::new(
         ModelRegistry::open(objects)
             .await
@@ -139,6 +150,7 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
         services,
         db,
         kafka,
+        snapshots,
     })
 }
 
@@ -146,8 +158,9 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
 pub(super) async fn spawn(
     services: &Arc<Services>,
     kafka: Option<KafkaWrites>,
+    snapshots: Arc<Snapshots>,
 ) -> anyhow::Result<Tree> {
-    let (trainer, archiver) = (slot(), slot());
+    let (trainer, archiver, snapshotter) = (slot(), slot(), slot());
     let limits = &services.config.supervision.stuck_after;
     let users = Arc::new(Users::new(services.clone()));
     let mut children = root_children(services, &users, &trainer, &archiver);
@@ -155,6 +168,21 @@ pub(super) async fn spawn(
     children.push(
         slotted("retention", || RetentionActor, move || s.clone(), slot())
             .stuck_after(limits.retention),
+    );
+    let s = services.clone();
+    let snapshot_args = move || SnapshotArgs {
+        services: s.clone(),
+        snapshots: snapshots.clone(),
+    };
+    // An upload, like the archiver's: the archiver's limit.
+    children.push(
+        slotted(
+            "snapshotter",
+            || SnapshotActor,
+            snapshot_args,
+            snapshotter.clone(),
+        )
+        .stuck_after(limits.archiver),
     );
     if let Some((settings, producer)) = kafka {
         children.push(cluster_status(services, settings.clone()).stuck_after(limits.kafka));
@@ -173,6 +201,7 @@ pub(super) async fn spawn(
         root_exit: handle,
         trainer,
         archiver,
+        snapshotter,
         users,
     })
 }
