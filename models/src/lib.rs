@@ -1,8 +1,10 @@
-//! The recommendation model, synchronous and free of actors: implicit-feedback matrix
-//! factorisation (ALS) trained in Rust, exported as an ONNX graph (user vector × item matrix +
-//! item bias + filter mask → TopK), served through ONNX Runtime, with a real-time fold-in of a
-//! user's live interactions. [`movielens`] reads the yardstick data set and evaluates the models
-//! on it offline.
+//! The recommendation model, synchronous and free of actors: a hybrid of implicit-feedback
+//! matrix factorisation (ALS, with a real-time fold-in of a user's live interactions), an
+//! order-free item-to-item part learned as EASE learns it ([`item_item`]) and sequential
+//! transitions ([`transitions`]), each standardised and blended ([`blend`]) with weights chosen
+//! on validation ([`validation`]). Trained in Rust, exported as one ONNX graph (parts → blend +
+//! item bias + filter mask → TopK), served through ONNX Runtime. [`movielens`] reads the
+//! yardstick data set and evaluates the models on it offline.
 
 pub mod als;
 pub mod artifact;

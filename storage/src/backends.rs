@@ -10,6 +10,7 @@ use common::config::{
 };
 
 use crate::error::Result;
+use crate::redis_cache::Redis;
 use crate::{
     Catalog, Db, LocalObjectStore, MemoryCache, ObjectStore, PgCatalog, RecCache, RocksCatalog,
     S3ObjectStore, TieredCache,
@@ -28,8 +29,9 @@ pub fn cache(config: &CacheConfig) -> Result<Arc<dyn RecCache>> {
     let l1 = MemoryCache::new(config.max_users, config.max_variants_per_user, config.ttl);
     Ok(match &config.url {
         CacheBackend::Memory => Arc::new(l1),
-        CacheBackend::Redis(url) => {
-            Arc::new(TieredCache::connect(url, l1, config.ttl, config.timeout)?)
+        CacheBackend::Redis(url) => Arc::new(TieredCache::open(Redis::Server(url), l1, config)?),
+        CacheBackend::RedisCluster { nodes, .. } => {
+            Arc::new(TieredCache::open(Redis::Cluster(nodes), l1, config)?)
         }
     })
 }

@@ -1,32 +1,114 @@
-//! Redis as the shared recommendation cache (L2) behind the in-process one (L1).
+//! Redis as the shared recommendation cache (L2) behind the in-process one (L1), on one Redis
+//! server or on a Redis Cluster.
 //!
-//! A user's entries are one Redis hash, `streamrec:recs:{user}`, with a field per (model
+//! A user's entries are one Redis hash, `<cache.key_prefix>recs:<user>`, with a field per (model
 //! version, k, category) and a TTL; past `cache.max_variants_per_user` fields the hash starts
-//! over. When a session changes, its node drops the user from L1 at once, deletes the hash and
-//! publishes the user id on `streamrec:invalidate`; every other node drops it from its L1 on
-//! receipt. Redis being down never fails a request: L2 lookups time out
-//! quickly, count as errors, and serving goes on from L1 and the model.
+//! over. Every command and pipeline touches that one key, so on a cluster each goes to the one
+//! shard owning the user's slot, and no hash tag is needed. When a session changes, its node
+//! drops the user from L1 at once, deletes the hash and publishes the user id on
+//! `<cache.key_prefix>invalidate`; every other node drops it from its L1 on receipt. On a cluster
+//! the channel is a sharded one (`SPUBLISH`, [`cluster`]): a plain `PUBLISH` would be copied to
+//! every node of the cluster. A node that lost its subscription for a while (Redis restarted, a
+//! failover) may have missed invalidations, so it drops its whole L1 once subscribed again.
+//!
+//! Redis being down never fails a request: L2 lookups time out quickly, count as errors, and
+//! serving goes on from L1 and the model.
+
+mod cluster;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::config::CacheConfig;
 use common::{RecQuery, Recommendations};
 use futures::StreamExt;
-use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
 
 use crate::cache::{LOOKUPS, MemoryCache, RecCache};
 use crate::error::{Result, StorageError};
 
-const CHANNEL: &str = "streamrec:invalidate";
-const KEY_PREFIX: &str = "streamrec:recs:";
 /// Separates the parts of a hash field and of an invalidation message (ids never contain it).
 const SEP: char = '\u{1f}';
+/// How long a lost invalidation channel waits before subscribing again.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
+/// Where the shared tier lives, as `storage::backends` read it from `cache.url`.
+#[derive(Clone, Copy, Debug)]
+pub enum Redis<'a> {
+    /// One server (or a primary behind a failover proxy), by its `redis://` URL.
+    Server(&'a str),
+    /// A Redis Cluster, by the URLs of some of its nodes.
+    Cluster(&'a [String]),
+}
+
+/// The connection commands go through; both kinds route a one-key command to its server.
+#[derive(Clone)]
+enum Conn {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Server(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Server(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// The names this cache uses in Redis, under `cache.key_prefix`.
+#[derive(Clone, Debug)]
+struct Names {
+    /// Prepended to a user id to make the user's key.
+    recs: String,
+    channel: String,
+}
+
+impl Names {
+    fn new(prefix: &str) -> Self {
+        Self {
+            recs: format!("{prefix}recs:"),
+            channel: format!("{prefix}invalidate"),
+        }
+    }
+
+    fn key(&self, user_id: &str) -> String {
+        format!("{}{user_id}", self.recs)
+    }
+
+    /// The `SCAN` pattern of every user's key.
+    fn all_keys(&self) -> String {
+        format!("{}*", self.recs)
+    }
+}
 
 pub struct TieredCache {
     l1: Arc<MemoryCache>,
-    conn: ConnectionManager,
+    conn: Conn,
+    names: Names,
     ttl: Duration,
     /// Identifies this cache instance in invalidation messages, so it ignores its own.
     node_id: String,
@@ -39,10 +121,6 @@ impl Drop for TieredCache {
     }
 }
 
-fn key(user_id: &str) -> String {
-    format!("{KEY_PREFIX}{user_id}")
-}
-
 fn field(version: &str, query: &RecQuery) -> String {
     format!(
         "{version}{SEP}{}{SEP}{}",
@@ -52,24 +130,53 @@ fn field(version: &str, query: &RecQuery) -> String {
 }
 
 impl TieredCache {
-    /// Connects lazily: the node starts (and serves from L1) even while Redis is down.
+    /// One Redis server under the default key prefix (`streamrec:`).
     pub fn connect(url: &str, l1: MemoryCache, ttl: Duration, timeout: Duration) -> Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StorageError::Backend(format!("redis url: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| StorageError::Backend(format!("redis: {e}")))?;
+        let config = CacheConfig {
+            ttl,
+            timeout,
+            ..CacheConfig::default()
+        };
+        Self::open(Redis::Server(url), l1, &config)
+    }
+
+    /// Connects lazily: the node starts (and serves from L1) even while Redis is down. Takes
+    /// `ttl`, `timeout` and `key_prefix` from `config`.
+    pub fn open(redis: Redis<'_>, l1: MemoryCache, config: &CacheConfig) -> Result<Self> {
         let l1 = Arc::new(l1);
+        let names = Names::new(&config.key_prefix);
         let node_id = uuid::Uuid::now_v7().to_string();
-        let subscriber = tokio::spawn(subscribe(client, l1.clone(), node_id.clone()));
+        let listener = Listener {
+            l1: l1.clone(),
+            node_id: node_id.clone(),
+            channel: names.channel.clone(),
+        };
+        let (conn, subscriber) = match redis {
+            Redis::Server(url) => {
+                let client = redis::Client::open(url)
+                    .map_err(|e| StorageError::Backend(format!("redis url: {e}")))?;
+                let manager = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(config.timeout))
+                    .set_connection_timeout(Some(config.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1));
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+                    .map_err(|e| StorageError::Backend(format!("redis: {e}")))?;
+                let subscriber = tokio::spawn(listener.follow_server(client));
+                (Conn::Server(conn), subscriber)
+            }
+            Redis::Cluster(nodes) => {
+                let (conn, pushes) = cluster::connect(nodes, config.timeout)
+                    .map_err(|e| StorageError::Backend(format!("redis cluster: {e}")))?;
+                let subscriber = tokio::spawn(listener.follow_cluster(conn.clone(), pushes));
+                (Conn::Cluster(conn), subscriber)
+            }
+        };
         Ok(Self {
             l1,
             conn,
-            ttl,
+            names,
+            ttl: config.ttl,
             node_id,
             subscriber,
         })
@@ -77,15 +184,24 @@ impl TieredCache {
 
     fn publish(&self, user_or_all: String) {
         let mut conn = self.conn.clone();
+        let names = self.names.clone();
         let message = format!("{}{SEP}{user_or_all}", self.node_id);
-        let delete = (user_or_all != "*").then(|| key(&user_or_all));
+        let delete = (user_or_all != "*").then(|| names.key(&user_or_all));
         tokio::spawn(async move {
             let result: redis::RedisResult<()> = async {
                 match delete {
                     Some(key) => conn.del::<_, ()>(key).await?,
-                    None => clear_all(&mut conn).await?,
+                    None => clear_all(&mut conn, &names.all_keys()).await?,
                 }
-                conn.publish::<_, _, ()>(CHANNEL, message).await
+                let publish = match conn {
+                    Conn::Server(_) => "PUBLISH",
+                    Conn::Cluster(_) => "SPUBLISH",
+                };
+                redis::cmd(publish)
+                    .arg(&names.channel)
+                    .arg(message)
+                    .query_async(&mut conn)
+                    .await
             }
             .await;
             if let Err(error) = result {
@@ -95,17 +211,25 @@ impl TieredCache {
     }
 }
 
-async fn clear_all(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+fn scan(cursor: u64, pattern: &str) -> Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(500);
+    cmd
+}
+
+/// Deletes every key matching `pattern`: on each primary of a cluster, or on the one server.
+async fn clear_all(conn: &mut Conn, pattern: &str) -> redis::RedisResult<()> {
+    let conn = match conn {
+        Conn::Cluster(conn) => return cluster::clear_all(conn, pattern).await,
+        Conn::Server(conn) => conn,
+    };
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{KEY_PREFIX}*"))
-            .arg("COUNT")
-            .arg(500)
-            .query_async(conn)
-            .await?;
+        let (next, keys): (u64, Vec<String>) = scan(cursor, pattern).query_async(conn).await?;
         if !keys.is_empty() {
             redis::cmd("UNLINK")
                 .arg(&keys)
@@ -119,35 +243,58 @@ async fn clear_all(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
     }
 }
 
-/// Applies other nodes' invalidations to this node's L1, reconnecting whenever Redis goes away.
-async fn subscribe(client: redis::Client, l1: Arc<MemoryCache>, node_id: String) {
-    loop {
-        let result: redis::RedisResult<()> = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(CHANNEL).await?;
-            let mut messages = pubsub.on_message();
-            while let Some(message) = messages.next().await {
-                let payload: String = message.get_payload()?;
-                let Some((from, target)) = payload.split_once(SEP) else {
-                    continue;
-                };
-                if from == node_id {
-                    continue;
+/// Applies other nodes' invalidations to this node's L1.
+struct Listener {
+    l1: Arc<MemoryCache>,
+    node_id: String,
+    channel: String,
+}
+
+impl Listener {
+    fn apply(&self, payload: &str) {
+        let Some((from, target)) = payload.split_once(SEP) else {
+            return;
+        };
+        if from == self.node_id {
+            return;
+        }
+        if target == "*" {
+            self.l1.clear()
+        } else {
+            self.l1.invalidate(target)
+        }
+    }
+
+    /// Called once subscribed: after the first time, what was published while the
+    /// subscription was lost is unknown, and the L1 starts over.
+    fn subscribed(&self, again: bool) {
+        if again {
+            tracing::info!("redis invalidation channel subscribed again; L1 cleared");
+            self.l1.clear();
+        }
+    }
+
+    /// Follows the channel on one server, subscribing again whenever Redis goes away.
+    async fn follow_server(self, client: redis::Client) {
+        let mut again = false;
+        loop {
+            let result: redis::RedisResult<()> = async {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&self.channel).await?;
+                self.subscribed(again);
+                again = true;
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    self.apply(&message.get_payload::<String>()?);
                 }
-                if target == "*" {
-                    l1.clear()
-                } else {
-                    l1.invalidate(target)
-                }
+                Ok(())
             }
-            Ok(())
+            .await;
+            if let Err(error) = result {
+                tracing::debug!(%error, "redis invalidation channel lost; reconnecting");
+            }
+            tokio::time::sleep(RESUBSCRIBE_AFTER).await;
         }
-        .await;
-        if let Err(error) = result {
-            tracing::debug!(%error, "redis invalidation channel lost; reconnecting");
-        }
-        // While disconnected, other nodes' invalidations are missed: L1's TTL bounds staleness.
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -163,8 +310,9 @@ impl RecCache for TieredCache {
             return Some(hit);
         }
         let mut conn = self.conn.clone();
-        let found: redis::RedisResult<Option<String>> =
-            conn.hget(key(user_id), field(version, query)).await;
+        let found: redis::RedisResult<Option<String>> = conn
+            .hget(self.names.key(user_id), field(version, query))
+            .await;
         let recs = match found {
             Ok(Some(json)) => serde_json::from_str::<Recommendations>(&json)
                 .ok()
@@ -197,7 +345,7 @@ impl RecCache for TieredCache {
             return;
         };
         let mut conn = self.conn.clone();
-        let (key, field) = (key(user_id), field(version, query));
+        let (key, field) = (self.names.key(user_id), field(version, query));
         let ttl = self.ttl.as_secs().max(1) as i64;
         let result: redis::RedisResult<()> = async {
             let (len,): (usize,) = redis::pipe()
