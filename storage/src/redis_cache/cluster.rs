@@ -8,11 +8,11 @@
 //!
 //! Invalidations use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7): the channel lives on
 //! the shard owning its slot, where a plain `PUBLISH` would be copied to every node of the
-//! cluster. The client subscribes over RESP3 and moves the subscription when the channel's
-//! slot moves, but it learns of a move only when a command to that slot fails, so after a lost
-//! connection the listener probes the channel until it hears itself (see
-//! [`Listener::follow_cluster`]); once subscribed again, it clears L1 of whatever it may have
-//! missed. A connection lost to another shard costs a probe and leaves L1 serving.
+//! cluster. The client does not reliably move a subscription when a failover moves the
+//! channel's slot, so after a lost connection the listener makes sure it is still subscribed,
+//! on the channel's current primary (see [`Listener::follow_cluster`]); if it had to subscribe
+//! again, it clears L1 of whatever it may have missed. A connection lost to another shard costs
+//! one probe and leaves L1 serving.
 
 use std::time::Duration;
 
@@ -82,7 +82,9 @@ impl Listener {
                             let payload =
                                 push.data.last().map(redis::from_redis_value_ref::<String>);
                             match payload {
-                                Some(Ok(payload)) if payload == probe => (lost, probed) = (false, false),
+                                Some(Ok(payload)) if payload == probe => {
+                                    (lost, probed) = (false, false);
+                                }
                                 Some(Ok(payload)) => self.apply(&payload),
                                 _ => {}
                             }
@@ -111,7 +113,7 @@ impl Listener {
                             .await
                     };
                     if let Err(error) = result {
-                        tracing::debug!(%error, "redis cluster invalidation channel not reached yet");
+                        tracing::debug!(%error, "redis cluster invalidation channel not reached");
                     }
                 }
             }
