@@ -33,7 +33,7 @@ test: setup services lint unit
 ## The real servers the integration tests talk to (PostgreSQL, Redis, S3, a Kafka broker), on
 ## loopback.
 services:
-	@scripts/services.sh up postgres redis s3 kafka
+	@scripts/services.sh up postgres redis redis-cluster s3 kafka
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs (if missing) and starts on loopback the real servers the integration tests talk to:
-# a Kafka-protocol broker (tansu), PostgreSQL, Redis and an S3-compatible store (SeaweedFS).
+# a Kafka-protocol broker (tansu), PostgreSQL, Redis (one server, and a Redis Cluster of six) and an
+# S3-compatible store (SeaweedFS).
 #
 #   scripts/services.sh up [SERVICE...]   start what is not already answering (all of postgres,
-#                                         redis, s3, kafka by default); wait until each answers
+#                                         redis, redis-cluster, s3, kafka by default); wait until
+#                                         each answers
 #   scripts/services.sh status   say what answers, and who started it
 #   scripts/services.sh env      print the URLs as STREAMREC_TEST_* exports
 #   scripts/services.sh down [SERVICE...] stop only what this script started (all by default)
@@ -21,6 +23,8 @@ SEAWEED_VERSION=4.48
 KAFKA_PORT="${STREAMREC_KAFKA_PORT:-9092}"
 PG_PORT="${STREAMREC_PG_PORT:-5432}"
 REDIS_PORT="${STREAMREC_REDIS_PORT:-6379}"
+# The cluster's six instances listen on this port and the five after it (bus: each port + 10000).
+REDIS_CLUSTER_PORT="${STREAMREC_REDIS_CLUSTER_PORT:-7000}"
 S3_PORT="${STREAMREC_S3_PORT:-8333}"
 S3_KEY=streamrec
 S3_SECRET=streamrec-secret
@@ -48,7 +52,7 @@ wait_for() {
 
 # A pid file under $STATE marks a server this script started, per service and port, so a server
 # that answers on a port this script did not start there is never taken for its own.
-port_of() { case $1 in postgres) echo "$PG_PORT" ;; redis) echo "$REDIS_PORT" ;; s3) echo "$S3_PORT" ;; kafka) echo "$KAFKA_PORT" ;; esac; }
+port_of() { case $1 in postgres) echo "$PG_PORT" ;; redis) echo "$REDIS_PORT" ;; redis-cluster) echo "$REDIS_CLUSTER_PORT" ;; s3) echo "$S3_PORT" ;; kafka) echo "$KAFKA_PORT" ;; esac; }
 pidfile() { echo "$STATE/$1-$(port_of "$1").pid"; }
 started_here() { [ -f "$(pidfile "$1")" ] && kill -0 "$(cat "$(pidfile "$1")")" 2>/dev/null; }
 # Stops a server this script started, by its recorded pid (never by port), with signal $2
@@ -101,6 +105,61 @@ start_redis() {
     wait_for 10 redis_up
 }
 stop_redis() { stop_pid redis; }
+
+# --- Redis Cluster ----------------------------------------------------------------------------
+# Three primaries with a replica each. A silent primary is failed over after 3 s, and a shard
+# failing over leaves the others serving (cluster-require-full-coverage no), as a cache wants.
+# Nothing is persisted: `down` removes the cluster's state and the next `up` creates it afresh;
+# an instance that died is started again by `up` and rejoins from its nodes.conf.
+RC_DIR="$STATE/redis-cluster-$REDIS_CLUSTER_PORT"
+rc_ports() { seq "$REDIS_CLUSTER_PORT" $((REDIS_CLUSTER_PORT + 5)); }
+rc_pidfile() { echo "$STATE/redis-cluster-$1.pid"; }
+rc_cli() { local port=$1; shift; redis-cli -h 127.0.0.1 -p "$port" "$@" 2>/dev/null | tr -d '\r'; }
+rc_info() { rc_cli "$1" cluster info | sed -n "s/^$2://p"; }
+rc_node_up() { [ "$(rc_cli "$1" ping)" = PONG ]; }
+# Every instance sees the cluster ok, and it has three primaries, six connected nodes, none failing.
+redis_cluster_up() {
+    local port nodes
+    for port in $(rc_ports); do [ "$(rc_info "$port" cluster_state)" = ok ] || return 1; done
+    nodes="$(rc_cli "$REDIS_CLUSTER_PORT" cluster nodes)"
+    [ "$(grep -c ' connected' <<<"$nodes")" = 6 ] && [ "$(grep -c master <<<"$nodes")" = 3 ] \
+        && ! grep -q fail <<<"$nodes"
+}
+start_redis_cluster() {
+    redis_cluster_up && return 0
+    command -v redis-server >/dev/null || apt_install redis-server
+    local port nodes=()
+    for port in $(rc_ports); do
+        nodes+=("127.0.0.1:$port")
+        rc_node_up "$port" && continue
+        mkdir -p "$RC_DIR/$port"
+        redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --pidfile "$(rc_pidfile "$port")" \
+            --dir "$RC_DIR/$port" --logfile "$RC_DIR/$port/redis.log" --save '' --appendonly no \
+            --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 3000 \
+            --cluster-require-full-coverage no
+    done
+    for port in $(rc_ports); do wait_for 10 rc_node_up "$port"; done
+    if [ "$(rc_info "$REDIS_CLUSTER_PORT" cluster_slots_assigned)" = 0 ]; then
+        redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$RC_DIR/create.log"
+    fi
+    wait_for 30 redis_cluster_up || { say "redis-cluster is not healthy; see $RC_DIR"; return 1; }
+}
+# All at once: an instance takes a second or two to exit.
+stop_redis_cluster() {
+    local port file pid pids=()
+    for port in $(rc_ports); do
+        file="$(rc_pidfile "$port")"
+        if [ -f "$file" ] && pid="$(cat "$file")" && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" && pids+=("$pid")
+        fi
+        rm -f "$file"
+    done
+    for pid in "${pids[@]}"; do
+        wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid"
+    done
+    rm -rf "$RC_DIR"
+}
+rc_url() { rc_ports | sed 's/^/127.0.0.1:/' | paste -sd, | sed 's|^|redis+cluster://|'; }
 
 # --- SeaweedFS (S3) ---------------------------------------------------------------------------
 weed_bin() { echo "$TOOLS/venv/bin/weed"; }
@@ -155,11 +214,12 @@ status_line() {
 case "${1:-}" in
     up)
         shift
-        for service in "${@:-postgres redis s3 kafka}"; do
+        for service in "${@:-postgres redis redis-cluster s3 kafka}"; do
             for s in $service; do
                 case $s in
                     postgres) start_postgres; say "postgres ready on 127.0.0.1:$PG_PORT" ;;
                     redis) start_redis; say "redis ready on 127.0.0.1:$REDIS_PORT" ;;
+                    redis-cluster) start_redis_cluster; say "redis-cluster ready at $(rc_url)" ;;
                     s3) start_s3; say "s3 ready on 127.0.0.1:$S3_PORT" ;;
                     kafka) start_kafka; say "kafka ready on 127.0.0.1:$KAFKA_PORT" ;;
                     *) echo "unknown service $s" >&2; exit 2 ;;
@@ -169,10 +229,11 @@ case "${1:-}" in
         ;;
     down)
         shift
-        for service in "${@:-kafka s3 redis postgres}"; do
+        for service in "${@:-kafka s3 redis-cluster redis postgres}"; do
             for s in $service; do
                 case $s in
                     postgres | redis | s3 | kafka) "stop_$s" ;;
+                    redis-cluster) stop_redis_cluster ;;
                     *) echo "unknown service $s" >&2; exit 2 ;;
                 esac
             done
@@ -180,7 +241,8 @@ case "${1:-}" in
         say "stopped what this script had started"
         ;;
     status)
-        status_line postgres pg_up; status_line redis redis_up; status_line s3 s3_up; status_line kafka kafka_up
+        status_line postgres pg_up; status_line redis redis_up; status_line redis-cluster redis_cluster_up
+        status_line s3 s3_up; status_line kafka kafka_up
         ;;
     env)
         echo "export STREAMREC_TEST_KAFKA=kafka://127.0.0.1:$KAFKA_PORT"
@@ -188,6 +250,7 @@ case "${1:-}" in
         echo "export STREAMREC_TEST_SCHEMATHESIS=$TOOLS/schemathesis/bin/st"
         echo "export STREAMREC_TEST_POSTGRES=postgres://postgres@127.0.0.1:$PG_PORT/streamrec"
         echo "export STREAMREC_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT"
+        echo "export STREAMREC_TEST_REDIS_CLUSTER=$(rc_url)"
         echo "export STREAMREC_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"
         echo "export AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=us-east-1"
         ;;
