@@ -66,6 +66,18 @@ fn bench(c: &mut Criterion) {
             b.iter(|| scorer.top_k(&query, &mask, 20).expect("run"))
         });
     }
+    // The same graph without an item-to-item table: what that part costs per request.
+    let without = models::onnx::scoring_graph(&factors, &bias, DIM, &successors, &[], "bench");
+    let mut scorer = Scorer::new(&without, ITEMS, DIM, 1).expect("ONNX Runtime");
+    let cf_and_transitions = Query {
+        items: &[],
+        weights: Weights::new(0.6, 0.0, 0.4),
+        ..query
+    };
+    c.bench_function("onnx_top20_100k_items_d64_1thread_no_item_item", |b| {
+        b.iter(|| scorer.top_k(&cf_and_transitions, &mask, 20).expect("run"))
+    });
+    drop(scorer);
     let artifact_items: Vec<String> = (0..ITEMS).map(|i| format!("item-{i}")).collect();
     let meta = models::ModelMeta {
         version: "bench".into(),
