@@ -54,6 +54,13 @@ pub enum SessionManagerMsg {
     },
     /// Passivates the sessions unused for `sessions.idle_timeout` (sent to itself).
     Sweep,
+    /// Passivates `user_id`'s live session now (an operator's action): it leaves the map before
+    /// it is told to stop, so the user's next message starts a new one instead of reaching the
+    /// stopping one. Replies whether there was one.
+    Passivate {
+        user_id: String,
+        reply: RpcReplyPort<bool>,
+    },
     /// Stops the live sessions of users in `partitions`, which this node no longer owns: their
     /// next owner restores their state, and should this node get a partition back, its
     /// sessions start again from what it restored. Replies how many stopped.
@@ -256,6 +263,16 @@ impl Actor for SessionManager {
                     },
                 };
                 let _ = reply.send(result);
+            }
+            SessionManagerMsg::Passivate { user_id, reply } => {
+                let live = state.sessions.pop(&user_id);
+                if let Some(live) = &live {
+                    state.users_by_actor.remove(&live.session.get_id());
+                    let _ = mailbox::tell(&live.session, SessionMsg::Passivate);
+                    Stop::Passivated.count(1);
+                    state.obs.update(|o| o.num_passivated += 1);
+                }
+                let _ = reply.send(live.is_some());
             }
             SessionManagerMsg::Release { partitions, reply } => {
                 let released = state.release(&partitions);

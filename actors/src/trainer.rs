@@ -402,14 +402,28 @@ pub async fn collect(services: &Services) -> Result<(Interactions, Option<(i64, 
     }
     if let Some(history) = &services.history {
         let since = history_since(services, common::now_millis());
-        let records = history.since(since).await.map_err(ApiError::internal)?;
-        tracing::info!(
-            since,
-            records = records.len(),
-            "read the broker's user-events for training"
-        );
-        for r in records {
-            add(r, true)?;
+        match history.since(since).await {
+            Ok(records) => {
+                tracing::info!(
+                    since,
+                    records = records.len(),
+                    "read the broker's user-events for training"
+                );
+                for r in records {
+                    add(r, true)?;
+                }
+            }
+            // A first model is better than none; a later one waits for the broker rather than
+            // replace a version that saw every node's events with one that did not.
+            Err(error) if services.registry.active().is_none() => tracing::warn!(
+                %error,
+                "the broker's events cannot be read: the first model trains on this node's own"
+            ),
+            Err(error) => {
+                return Err(ApiError::unavailable(format!(
+                    "reading every partition's events from the broker: {error}"
+                )));
+            }
         }
     }
     Ok((data, range))

@@ -48,8 +48,19 @@ impl History {
             .settings
             .reader_config("history", &self.node_id, "earliest")
             .create()?;
+        // A topic nobody wrote to yet (a cluster's first start) holds nothing to read.
+        let metadata = consumer.fetch_metadata(Some(&topic), REQUEST_TIMEOUT)?;
+        let known: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if known.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut wanted = TopicPartitionList::new();
-        for partition in 0..self.settings.partitions {
+        for &partition in &known {
             wanted.add_partition_offset(&topic, partition, Offset::Offset(since_ms.max(0)))?;
         }
         // Offsets by time; a broker that cannot tell gives the start of each partition.
@@ -61,7 +72,7 @@ impl History {
             .ok();
         let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
         let mut assign = TopicPartitionList::new();
-        for partition in 0..self.settings.partitions {
+        for &partition in &known {
             let (low, high) = consumer.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?;
             let start = match starts
                 .as_ref()

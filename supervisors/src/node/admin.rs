@@ -8,6 +8,7 @@ use std::time::Duration;
 use actors::archiver::{ArchiveRun, ArchiverMsg};
 use actors::kafka_bridge::{BridgeObs, Role};
 use actors::obs::Observable;
+use actors::session_manager::SessionManagerMsg;
 use actors::snapshotter::SnapshotMsg;
 use actors::{CALL_TIMEOUT, call, mailbox, slot_get};
 use common::ApiError;
@@ -207,9 +208,26 @@ impl Node {
                 if obs.kind(&cell) != "session" {
                     return Err(conflict(format!("{id} is not a session")));
                 }
-                let session: ActorRef<actors::session::SessionMsg> = cell.into();
-                mailbox::tell(&session, actors::session::SessionMsg::Passivate)
-                    .map_err(|_| ApiError::unavailable("the session is stopping"))
+                // Through the manager, which forgets the session first: a request right after
+                // this one starts a new session rather than reaching the stopping one.
+                let user_id = obs
+                    .label_of(&cell)
+                    .ok_or_else(|| conflict(format!("{id} is stopping")))?;
+                let manager = slot_get(&self.users.sessions, "session manager")?;
+                let passivated = mailbox::ask(
+                    &manager,
+                    |reply| SessionManagerMsg::Passivate { user_id, reply },
+                    Some(CALL_TIMEOUT),
+                )
+                .await
+                .map_err(|_| ApiError::unavailable("the session manager is restarting"))?;
+                match passivated {
+                    ractor::rpc::CallResult::Success(true) => Ok(()),
+                    ractor::rpc::CallResult::Success(false) => {
+                        Err(conflict(format!("{id} is stopping")))
+                    }
+                    _ => Err(ApiError::unavailable("the session manager did not answer")),
+                }
             }
         }
     }
