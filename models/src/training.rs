@@ -116,8 +116,12 @@ fn random_split(cells: &[Cell], seed: u64) -> (Vec<Cell>, Vec<Cell>) {
     (train, test)
 }
 
+/// Fewer users held out than this, and a blend chosen on them is noise (a handful of users can
+/// make any part look best): the configured blend is used instead.
+const MIN_VALIDATION_USERS: usize = 50;
+
 /// The blend that does best on a temporal and a random validation split of `cells`; `None` when
-/// there is too little data to hold any out.
+/// there is too little data to judge one on (fewer than [`MIN_VALIDATION_USERS`] held out).
 fn choose_blend(
     data: &Interactions,
     cells: &[Cell],
@@ -128,7 +132,17 @@ fn choose_blend(
         temporal_split(cells, 0.2, 5),
         random_split(cells, params.seed),
     ];
-    if splits.iter().any(|(_, validation)| validation.is_empty()) {
+    let users = |cells: &[Cell]| {
+        cells
+            .iter()
+            .map(|c| c.user)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    if splits
+        .iter()
+        .any(|(_, validation)| users(validation) < MIN_VALIDATION_USERS)
+    {
         return None;
     }
     let fitted: Vec<(Split, [crate::validation::Scores; 3])> = splits
@@ -161,6 +175,7 @@ fn choose_blend(
 /// everything. An item without interactions gets its factors from its content. An item's
 /// popularity (its bias) counts each user's weight up to `max_user_weight`, as live popularity
 /// does. With too little data to validate on, the blend is `hybrid`'s CF and transitions.
+/// (`MIN_VALIDATION_USERS` held out on each split.)
 pub fn train(
     data: Interactions,
     content: Content,

@@ -319,7 +319,11 @@ fn offset_key(group: &str, partition: u32) -> Vec<u8> {
 
 /// Commits `offset` for `group` on `partition`, in the database alone (no log open).
 pub fn commit_in(db: &Db, group: &str, partition: u32, offset: u64) -> Result<()> {
-    db.put(Cf::Offsets, &offset_key(group, partition), &offset.to_be_bytes())
+    db.put(
+        Cf::Offsets,
+        &offset_key(group, partition),
+        &offset.to_be_bytes(),
+    )
 }
 
 /// The offset `group` committed on `partition`, read from the database alone (no log open).
