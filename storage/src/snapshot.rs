@@ -27,6 +27,7 @@ const MANIFEST: &str = "manifest.json";
 
 /// What a snapshot holds; its `manifest.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = SnapshotManifest)]
 pub struct Manifest {
     pub node_id: String,
     /// The key prefix of its objects, `snapshots/node=<id>/<stamp>/`.
@@ -34,7 +35,8 @@ pub struct Manifest {
     /// When it was taken (epoch ms).
     pub created_at: i64,
     /// Per partition of the log, the offset up to which ingest had applied events when the
-    /// snapshot began: it covers at least these.
+    /// snapshot began: it covers at least these. (JSON keys are the partitions as strings.)
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub ingest_offsets: BTreeMap<u32, u64>,
     pub files: Vec<SnapshotFile>,
 }
