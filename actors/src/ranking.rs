@@ -3,7 +3,8 @@
 //! start from their profile), lift what is trending now, mask what the user may not get, run the
 //! graph, score items the loaded version has no row for by their content, explain each result by
 //! the nearest liked item, and fill from live trending and popularity where the model leaves the
-//! list short (new items, new users).
+//! list short (new items, new users). What the user disliked is masked as seen, and the items that
+//! go with it go down (an [`Aversion`] in the mask), even for a user who has only disliked things.
 //!
 //! Which items may be recommended at all is decided in one place, [`eligible`]: the model's mask,
 //! the fill and the node's trending view all use it.
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ApiError, Recommendation};
+use models::aversion::Aversion;
 use models::linalg::dot;
 use models::scorer::Query;
 use models::{ModelArtifact, Scorer};
@@ -147,14 +149,22 @@ struct User {
     history: Vec<(u32, f32)>,
     /// Model rows of every positive interaction, weight 1 each (the item-to-item input).
     liked: Vec<(u32, f32)>,
+    /// What the user's dislikes take off the items that go with them, if anything.
+    aversion: Option<Aversion>,
     /// Whether the vector comes from the profile (no interactions yet).
     from_profile: bool,
 }
 
 impl User {
-    /// Whether the model has anything to go on; if not, the list is all fill.
-    fn known(&self) -> bool {
+    /// Whether the model has anything positive to go on.
+    fn likes(&self) -> bool {
         self.vector.iter().any(|v| *v != 0.0) || !self.history.is_empty() || !self.liked.is_empty()
+    }
+
+    /// Whether the model has anything to go on; if not, the list is all fill. A user who has
+    /// only disliked things gets the version's popular items, what goes with the dislikes last.
+    fn known(&self) -> bool {
+        self.likes() || self.aversion.is_some()
     }
 
     /// What the graph scores this user from, with the version's blend for them.
@@ -205,7 +215,9 @@ impl Ranker<'_> {
             }
         };
         let history = artifact.history(req.history.iter().map(String::as_str));
-        let liked = artifact.liked(req.interactions.iter().map(|(id, w)| (id.as_str(), *w)));
+        let interactions = || req.interactions.iter().map(|(id, w)| (id.as_str(), *w));
+        let liked = artifact.liked(interactions());
+        let aversion = Aversion::of(artifact, interactions());
         let mut from_profile = false;
         if vector.iter().all(|v| *v == 0.0) && history.is_empty() && !req.profile.is_empty() {
             let v = artifact.user_content.embed(&req.profile);
@@ -218,6 +230,7 @@ impl Ranker<'_> {
             vector,
             history,
             liked,
+            aversion,
             from_profile,
         }
     }
@@ -236,14 +249,18 @@ impl Ranker<'_> {
             .collect()
     }
 
-    /// The eligibility mask with the trending lift added and the user's exclusions applied.
-    fn request_mask(&self, req: &ModelRequest) -> Vec<f32> {
+    /// The eligibility mask with the trending lift added, the user's exclusions applied and
+    /// what goes with the user's dislikes pushed down.
+    fn request_mask(&self, user: &User, req: &ModelRequest) -> Vec<f32> {
         let mut mask = self.mask.to_vec();
         self.lift_trending(&mut mask);
         for id in &req.exclude {
             if let Some(&row) = self.artifact.item_index.get(id) {
                 mask[row as usize] = f32::NEG_INFINITY;
             }
+        }
+        if let Some(aversion) = &user.aversion {
+            aversion.apply(&mut mask);
         }
         mask
     }
@@ -275,12 +292,17 @@ impl Ranker<'_> {
         let artifact = self.artifact;
         let top = scorer
             .lock()
-            .top_k(&user.query(artifact), &self.request_mask(req), req.k)
+            .top_k(&user.query(artifact), &self.request_mask(user, req), req.k)
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         Ok(top
             .into_iter()
             .map(|(row, score)| {
-                let mut why = vec![Reason::CollaborativeFiltering];
+                // Nothing liked: the version's popularity, less what goes with the dislikes.
+                let mut why = vec![if user.likes() {
+                    Reason::CollaborativeFiltering
+                } else {
+                    Reason::Popular
+                }];
                 if user.from_profile {
                     why.push(Reason::MatchesProfile);
                 }
@@ -828,6 +850,89 @@ mod tests {
         .rank(&req)
         .expect("score");
         assert_eq!(items[0].item_id, "x2", "{items:?}");
+    }
+
+    #[tokio::test]
+    async fn a_disliked_item_is_never_returned_and_what_goes_with_it_goes_down() {
+        let (base, _, catalog, _) = fixture().await;
+        // The x-items go together, the y-items too; CF alone ranks.
+        let together = |rows: &[u32]| rows.iter().map(|&r| (r, 0.5)).collect::<Vec<_>>();
+        let neighbours = [
+            &[1, 2, 3][..],
+            &[0, 2, 3],
+            &[0, 1, 3],
+            &[0, 1, 2],
+            &[5],
+            &[4],
+        ];
+        let artifact = ModelArtifact::build_hybrid(
+            ModelMeta {
+                blend: Some(models::blend::Blend::fixed(models::blend::Weights::new(
+                    1.0, 0.0, 0.0,
+                ))),
+                ..base.meta.clone()
+            },
+            base.item_ids.clone(),
+            base.factors.clone(),
+            base.popularity.clone(),
+            base.successors.clone(),
+            neighbours.map(together).to_vec(),
+        );
+        let scorer =
+            Mutex::new(Scorer::new(&artifact.onnx, 6, 2, 1).expect("ONNX Runtime (make setup)"));
+        // x2 is the most popular item: what a user with nothing to go on gets first.
+        let popularity = Popularity::new(
+            [("x2", 50.0), ("x1", 40.0), ("y2", 30.0), ("y1", 20.0)]
+                .map(|(id, p)| (id.to_owned(), p))
+                .to_vec(),
+        );
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let rank = |interactions: &[(&str, f32)]| {
+            let req = ModelRequest {
+                interactions: interactions
+                    .iter()
+                    .map(|&(id, w)| (id.to_owned(), w))
+                    .collect(),
+                history: interactions
+                    .iter()
+                    .filter(|(_, w)| *w > 0.0)
+                    .map(|&(id, _)| id.to_owned())
+                    .collect(),
+                exclude: interactions.iter().map(|&(id, _)| id.to_owned()).collect(),
+                profile: vec![],
+                k: 4,
+                category: None,
+                vector: None,
+            };
+            Ranker {
+                artifact: &artifact,
+                scorer: Some(&scorer),
+                mask: &mask,
+                unlisted: &[],
+                catalog: &catalog,
+                signals: Signals::popular(&popularity),
+            }
+            .rank(&req)
+            .expect("rank")
+            .0
+        };
+        let position = |items: &[Recommendation], id: &str| {
+            items
+                .iter()
+                .position(|r| r.item_id == id)
+                .unwrap_or_else(|| panic!("{id} in {items:?}"))
+        };
+        // Nothing liked, x1 disliked: never x1, and the y-items before the more popular x2.
+        let items = rank(&[("x1", -1.0)]);
+        assert!(items.iter().all(|r| r.item_id != "x1"), "{items:?}");
+        assert!(position(&items, "y1") < position(&items, "x2"), "{items:?}");
+        assert!(position(&items, "y2") < position(&items, "x2"), "{items:?}");
+        assert_eq!(items[0].reasons, ["popular"]);
+        // Both kinds liked, the x-kind a little more: x2 first, until an x-item is disliked.
+        let liked = [("x1", 3.0), ("y1", 1.0)];
+        assert_eq!(rank(&liked)[0].item_id, "x2");
+        let items = rank(&[liked[0], liked[1], ("x3", -1.0)]);
+        assert!(position(&items, "y2") < position(&items, "x2"), "{items:?}");
     }
 
     #[tokio::test]

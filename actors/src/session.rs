@@ -7,6 +7,12 @@
 //!
 //! Every apply is one atomic store write of the new state, the applied event ids and the item
 //! counters they moved; an event id already in the store is a duplicate and changes nothing.
+//!
+//! Negative feedback (a dislike, a low rating) overrides the positive total before it
+//! ([`common::event::accumulate`]): the item is then disliked (weight <= 0) until the user likes it
+//! again. A disliked item is masked like every item the user met, kept past `sessions.max_items`
+//! before any liked one so that it stays masked, left out of the history the transitions read,
+//! and pushes the items like it down in the ranking ([`crate::ranking`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -39,7 +45,8 @@ pub struct SessionData {
     pub num_events: u64,
     /// Most recent first, at most `sessions.max_recent`.
     pub recent: VecDeque<Interaction>,
-    /// Summed interaction weight per item: the input of fold-in and the seen-items filter.
+    /// Summed interaction weight per item ([`common::event::accumulate`]): the input of fold-in
+    /// and the seen-items filter; <= 0 for a disliked item.
     pub items: HashMap<String, f32>,
 }
 
@@ -50,7 +57,8 @@ impl SessionData {
     }
 
     /// Keeps the weights of at most `max_items` items (`sessions.max_items`): those of the most
-    /// recent interactions first, then the heaviest (by absolute weight); returns the evicted ones.
+    /// recent interactions first, then the disliked ones (an evicted item could be recommended
+    /// again), then the heaviest; returns the evicted ones.
     pub fn evict_items(&mut self, max_items: usize) -> Vec<(String, f32)> {
         if self.items.len() <= max_items {
             return Vec::new();
@@ -64,6 +72,7 @@ impl SessionData {
             let rank = |id: &String| recency.get(id.as_str()).copied().unwrap_or(usize::MAX);
             rank(a.0)
                 .cmp(&rank(b.0))
+                .then((a.1 > 0.0).cmp(&(b.1 > 0.0)))
                 .then(b.1.abs().total_cmp(&a.1.abs()))
                 .then(a.0.cmp(b.0))
         });
@@ -254,9 +263,9 @@ impl SessionState {
                 outcome.duplicates += 1;
                 continue;
             }
-            let w = e.weight();
             next.num_events += 1;
-            *next.items.entry(e.item_id.clone()).or_default() += w;
+            let total = next.items.entry(e.item_id.clone()).or_default();
+            *total = common::event::accumulate(*total, e.weight());
             next.recent.push_front(Interaction {
                 item_id: e.item_id.clone(),
                 kind: e.kind,
@@ -395,6 +404,23 @@ pub async fn recommend_for(
         Vec::new()
     };
     let req = ModelRequest {
+        vector,
+        ..model_request(data, query, profile)
+    };
+    let resp = services.models.recommend(req).await?;
+    let recs = Recommendations {
+        user_id: user_id.to_owned(),
+        model_version: resp.model_version,
+        items: resp.items,
+    };
+    Ok((Arc::new(recs), resp.vector))
+}
+
+/// What the model is asked for a user with this session data: every item met (disliked ones
+/// too) to fold in and to exclude; the liked ones, most recent last, as the transitions' history.
+/// No user vector: the caller adds the one it kept.
+fn model_request(data: &SessionData, query: &RecQuery, profile: Vec<String>) -> ModelRequest {
+    ModelRequest {
         profile,
         interactions: data.items.iter().map(|(id, w)| (id.clone(), *w)).collect(),
         // `recent` is most recent first; the transition part wants the positives oldest first.
@@ -408,15 +434,8 @@ pub async fn recommend_for(
         exclude: data.items.keys().cloned().collect(),
         k: query.k,
         category: query.category.clone(),
-        vector,
-    };
-    let resp = services.models.recommend(req).await?;
-    let recs = Recommendations {
-        user_id: user_id.to_owned(),
-        model_version: resp.model_version,
-        items: resp.items,
-    };
-    Ok((Arc::new(recs), resp.vector))
+        vector: None,
+    }
 }
 
 /// Erases a user everywhere: session state, profile, applied event ids, its share of item
@@ -560,8 +579,40 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_dislike_after_clicks_leaves_the_item_disliked_out_of_the_history_and_masked() {
+        let t = testing::services(common::Config::default()).await;
+        let session = spawn(&t.services, "u").await;
+        let event = |offset, id: &str, item: &str, kind| {
+            let mut r = record(offset, "u", id, item);
+            r.event.kind = kind;
+            r
+        };
+        let events = vec![
+            event(0, "e1", "a", EventKind::Click),
+            event(1, "e2", "a", EventKind::Click),
+            event(2, "e3", "b", EventKind::View),
+            event(3, "e4", "a", EventKind::Dislike),
+        ];
+        apply(&session, events).await;
+        let bytes = t.services.store.load("u").expect("store").expect("state");
+        let data = SessionData::decode(&bytes).expect("state");
+        assert!(data.items["a"] < 0.0, "{:?}", data.items);
+        let req = model_request(&data, &RecQuery::new(5, None).expect("query"), Vec::new());
+        assert_eq!(
+            req.history,
+            ["b"],
+            "the transitions read only what is liked"
+        );
+        assert!(req.exclude.contains("a"));
+        assert!(
+            req.interactions
+                .contains(&("a".to_owned(), data.items["a"]))
+        );
+    }
+
     #[test]
-    fn a_session_keeps_at_most_max_items_the_most_recent_then_the_heaviest() {
+    fn a_session_keeps_at_most_max_items_the_most_recent_then_the_disliked_then_the_heaviest() {
         let mut data = SessionData {
             num_events: 6,
             // Most recent first.
@@ -588,6 +639,8 @@ mod tests {
         let mut kept: Vec<&str> = data.items.keys().map(String::as_str).collect();
         kept.sort_unstable();
         assert_eq!(kept, ["disliked", "heavy", "r1", "r2"]);
+        // A disliked item outlasts a heavier liked one: evicted, it could be recommended again.
+        assert_eq!(data.evict_items(3), [("heavy".to_owned(), 5.0)]);
         // Below the recent interactions, the most recent win.
         data.evict_items(1);
         assert_eq!(data.items.keys().collect::<Vec<_>>(), ["r1"]);

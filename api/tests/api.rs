@@ -502,6 +502,64 @@ async fn recommendations_follow_tastes_and_never_return_excluded_items() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disliked_item_leaves_the_users_recommendations_and_what_goes_with_it_goes_down() {
+    let api = Api::start().await;
+    for i in 0..6 {
+        api.put_item(&format!("a{i}"), "alpha", true).await;
+        api.put_item(&format!("b{i}"), "beta", true).await;
+    }
+    // Two taste groups; alpha is the more popular kind.
+    let mut events = Vec::new();
+    for u in 0..30 {
+        let group = if u < 20 { "a" } else { "b" };
+        for i in (0..6).filter(|i| (u + i) % 4 != 0) {
+            events.push(json!({"event_id": format!("d{u}-{i}"), "user_id": format!("u{u}"), "item_id": format!("{group}{i}"), "kind": "click"}));
+        }
+    }
+    for chunk in events.chunks(50) {
+        let (status, _) = api
+            .call(Method::POST, "/v1/events", Some(json!({"events": chunk})))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    api.settle().await;
+    api.call(Method::POST, "/v1/admin/train", None).await;
+    let models = testkit::wait_for(
+        async || {
+            let (_, models) = api.get("/v1/admin/models").await;
+            let trained = models["versions"].as_array().is_some_and(|v| v.len() >= 2);
+            trained.then_some(models)
+        },
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("training finishes");
+    let recommended = async || {
+        let (status, recs) = api.get("/v1/users/grumpy/recommendations?k=4").await;
+        assert_eq!(status, StatusCode::OK, "{recs}");
+        assert_eq!(recs["model_version"], models["active"], "{recs}");
+        let items = recs["items"].as_array().expect("items").iter();
+        items
+            .map(|i| i["item_id"].as_str().expect("id").to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    // A user with nothing yet gets what is popular: alpha items.
+    let before = recommended().await;
+    let disliked = before[0].clone();
+    assert!(disliked.starts_with('a'), "{before:?}");
+    let dislike =
+        json!({"events": [{"user_id": "grumpy", "item_id": disliked, "kind": "dislike"}]});
+    let (status, _) = api.call(Method::POST, "/v1/events", Some(dislike)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    api.settle().await;
+    // Gone, and the kind it belongs to goes after the other.
+    let after = recommended().await;
+    assert!(!after.contains(&disliked), "{disliked} in {after:?}");
+    assert!(after.iter().all(|id| id.starts_with('b')), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasing_a_user_forgets_everything() {
     let api = Api::start().await;
     api.call(Method::POST, "/v1/events", Some(json!({"events": [{"event_id": "z", "user_id": "gdpr", "item_id": "i1", "kind": "view"}]}))).await;

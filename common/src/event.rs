@@ -62,6 +62,20 @@ impl EventKind {
     }
 }
 
+/// A user's summed weight on an item after one more event of weight `weight`. Positive events
+/// add up; negative feedback (a dislike, a low rating) first cancels whatever positive total the
+/// item had, so that an explicit "not for me" after a view or a click leaves the item disliked
+/// (total below 0) rather than a little less liked. Positive events after it count as usual, so a
+/// user who comes back to the item can like it again. Sessions and training sum events this way
+/// alike, so that the live profile and the trained model agree on what a user disliked.
+pub fn accumulate(total: f32, weight: f32) -> f32 {
+    if weight < 0.0 {
+        total.min(0.0) + weight
+    } else {
+        total + weight
+    }
+}
+
 /// A validated event, as stored in the event log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -273,5 +287,24 @@ mod tests {
         assert!(EventKind::Dislike.weight(None) < 0.0);
         assert!(EventKind::Rating.weight(Some(1.0)) < 0.0);
         assert!(EventKind::Rating.weight(Some(5.0)) > EventKind::View.weight(None));
+    }
+
+    #[test]
+    fn negative_feedback_overrides_earlier_positives_and_later_ones_count_again() {
+        let fold = |kinds: &[(EventKind, Option<f64>)]| {
+            kinds
+                .iter()
+                .fold(0.0, |total, (k, v)| accumulate(total, k.weight(*v)))
+        };
+        let (click, dislike) = ((EventKind::Click, None), (EventKind::Dislike, None));
+        let low = (EventKind::Rating, Some(1.0));
+        assert_eq!(fold(&[click, click]), 4.0);
+        assert!(
+            fold(&[click, click, dislike]) < 0.0,
+            "a dislike is a dislike"
+        );
+        assert!(fold(&[(EventKind::Purchase, None), low]) < 0.0);
+        assert!(fold(&[dislike, dislike]) < fold(&[dislike]));
+        assert!(fold(&[dislike, click, click]) > 0.0, "liked again");
     }
 }

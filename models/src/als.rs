@@ -2,8 +2,9 @@
 //!
 //! Each (user, item) pair carries a summed weight w. Positive w means preference 1 with
 //! confidence `1 + alpha·w`; negative w (dislikes, low ratings) means preference 0 with confidence
-//! `1 + alpha·|w|`. Every other pair is preference 0 with confidence 1, which `YᵀY` accounts for
-//! without touching the zeros. The same per-user solve that training uses folds a live session
+//! `1 + alpha·|w|`: a disliked item is never a positive, and it pulls the user's vector (and the
+//! item's) away from each other harder than an item the user never met. Every other pair is
+//! preference 0 with confidence 1, which `YᵀY` accounts for without touching the zeros. The same per-user solve that training uses folds a live session
 //! into a user vector, so a new event changes the next response without retraining.
 
 use std::collections::HashMap;
@@ -44,12 +45,14 @@ pub struct Cell {
 }
 
 impl Interactions {
-    /// Adds one event's weight to the (user, item) cell.
+    /// Adds one event's weight to the (user, item) cell, in the order the user's events happened:
+    /// negative feedback cancels the positive total before it, as in a live session
+    /// ([`common::event::accumulate`]).
     pub fn add(&mut self, user: &str, item: &str, weight: f32, ts: i64) {
         let u = intern(&mut self.users, &mut self.user_index, user);
         let i = intern(&mut self.items, &mut self.item_index, item);
         let cell = self.cells.entry((u, i)).or_insert((0.0, ts));
-        cell.0 += weight;
+        cell.0 = common::event::accumulate(cell.0, weight);
         cell.1 = cell.1.max(ts);
     }
 
@@ -288,6 +291,36 @@ mod tests {
         assert!(
             checked >= 5,
             "the fixture must leave users items to discover ({checked})"
+        );
+    }
+
+    #[test]
+    fn a_dislike_pushes_the_item_away_from_the_user_even_after_a_view() {
+        use common::EventKind::{Dislike, View};
+        // A group-a user who viewed four a-items; what it did with a0 differs between runs.
+        let score = |a0: &[common::EventKind]| {
+            let mut data = two_groups();
+            for i in 1..5 {
+                data.add("fan", &format!("a{i}"), View.weight(None), i);
+            }
+            for kind in a0 {
+                data.add("fan", "a0", kind.weight(None), 10);
+            }
+            let f = train(&data, &params(), |_, _| {});
+            let (u, i) = (data.user_index("fan"), data.item_index("a0"));
+            let (u, i) = (u.expect("user") as usize, i.expect("item") as usize);
+            let d = f.dim;
+            dot(&f.users[u * d..(u + 1) * d], &f.items[i * d..(i + 1) * d])
+        };
+        let (untouched, viewed) = (score(&[]), score(&[View]));
+        let disliked = score(&[View, Dislike]);
+        assert!(
+            disliked < untouched - 0.1 && untouched < viewed,
+            "disliked {disliked}, untouched {untouched}, viewed {viewed}"
+        );
+        assert!(
+            score(&[Dislike, Dislike]) < disliked,
+            "more dislikes, further"
         );
     }
 

@@ -8,6 +8,7 @@
 
 pub mod als;
 pub mod artifact;
+pub mod aversion;
 pub mod blend;
 pub mod content;
 pub mod eval;

@@ -218,8 +218,10 @@ pub fn train(
             factors.items[row * d..(row + 1) * d].copy_from_slice(&v);
         }
     }
+    // Users with positives only: one who only disliked things has a zero vector, which says
+    // nothing about what a profile like theirs likes.
     let mut active_users = vec![false; data.users.len()];
-    for cell in &cells {
+    for cell in cells.iter().filter(|c| c.weight > 0.0) {
         active_users[cell.user as usize] = true;
     }
     let user_map = fit_content(&content.users, &active_users, &factors.users, d);
