@@ -30,7 +30,8 @@ use crate::trending::Trending;
 #[derive(Clone, Debug)]
 pub struct ModelRequest {
     /// (item id, summed weight) of the user's interactions: what the CF vector is folded in
-    /// from, and (the positive ones, as a set) the input of the item-to-item part.
+    /// from, (the positive ones, as a set) the input of the item-to-item part, and (the others)
+    /// the user's dislikes.
     pub interactions: Vec<(String, f32)>,
     /// The user's recent positive interactions, oldest first: the input of the transition part.
     pub history: Vec<String>,
