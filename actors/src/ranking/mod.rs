@@ -9,7 +9,7 @@
 //! Which items may be recommended at all is decided in one place, [`eligible`]: the model's mask,
 //! the fill and the node's trending view all use it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,12 @@ use storage::catalog::CatalogRead;
 
 use crate::popularity::Popularity;
 use crate::trending::Trending;
+
+mod cache;
+mod fill;
+
+pub use cache::{MaskCache, UnlistedCache, UnlistedItem};
+pub use fill::fill;
 
 /// What a session asks the model.
 #[derive(Clone, Debug)]
@@ -126,8 +132,6 @@ const BOOSTED: usize = 100;
 /// How old a trending ranking the lift may use: a fraction of a second is nothing to a signal of
 /// minutes-long windows, and spares a full re-ranking per inference under a stream of events.
 const BOOST_MAX_AGE: Duration = Duration::from_millis(250);
-/// Trending candidates taken beyond `k`, for those the catalog filters out.
-const FILL_SLACK: usize = 50;
 
 /// Everything one ranking with a loaded model reads besides the request.
 #[derive(Clone, Copy)]
@@ -373,153 +377,6 @@ impl Ranker<'_> {
                 .then_with(|| a.item_id.cmp(&b.item_id))
         });
         items.truncate(req.k);
-    }
-}
-
-/// Tops `items` up to `k`: for a user with no history, with what is trending now first; then
-/// with the most popular eligible items. Filled items score below every item before them.
-pub fn fill(
-    items: Vec<Recommendation>,
-    req: &ModelRequest,
-    catalog: &CatalogView,
-    signals: Signals<'_>,
-) -> Vec<Recommendation> {
-    let items = match signals.trending {
-        Some(t) if req.interactions.is_empty() && items.len() < req.k => {
-            let now = common::now_millis();
-            let ranked: Vec<(String, f64)> = t
-                .top(req.k + req.exclude.len() + FILL_SLACK, now, false, |_| true)
-                .into_iter()
-                .map(|e| (e.id, e.score))
-                .collect();
-            fill_ranked(items, req, catalog, &ranked, Reason::Trending)
-        }
-        _ => items,
-    };
-    fill_ranked(
-        items,
-        req,
-        catalog,
-        &signals.popularity.ranked(),
-        Reason::Popular,
-    )
-}
-
-/// Tops `items` up to `k` from `ranked` (best first), scored below every item before them.
-fn fill_ranked(
-    mut items: Vec<Recommendation>,
-    req: &ModelRequest,
-    catalog: &CatalogView,
-    ranked: &[(String, f64)],
-    reason: Reason,
-) -> Vec<Recommendation> {
-    if items.len() >= req.k {
-        return items;
-    }
-    let max = ranked
-        .first()
-        .map_or(1.0, |(_, c)| c.max(f64::MIN_POSITIVE));
-    let floor = items.last().map(|r| r.score.min(0.0) - 1.0);
-    let chosen: HashSet<String> = items.iter().map(|r| r.item_id.clone()).collect();
-    let view = catalog.read();
-    let reason = reason.to_string();
-    for (id, count) in ranked {
-        if items.len() >= req.k {
-            break;
-        }
-        if req.exclude.contains(id)
-            || chosen.contains(id)
-            || !eligible(&view, id, req.category.as_deref())
-        {
-            continue;
-        }
-        let norm = (*count / max) as f32;
-        items.push(Recommendation {
-            item_id: id.clone(),
-            score: floor.map_or(norm, |f| f + norm),
-            reasons: vec![reason.clone()],
-        });
-    }
-    items
-}
-
-/// A recommendable catalogued item the loaded version has no row for, with its content vector.
-pub struct UnlistedItem {
-    pub item_id: String,
-    pub categories: Vec<String>,
-    pub vector: Vec<f32>,
-}
-
-/// The unlisted items of the loaded version, rebuilt when the catalog or the version changes.
-#[derive(Default)]
-pub struct UnlistedCache {
-    key: Option<(String, u64)>,
-    items: Arc<Vec<UnlistedItem>>,
-}
-
-impl UnlistedCache {
-    pub fn get(
-        &mut self,
-        artifact: &ModelArtifact,
-        catalog: &CatalogView,
-    ) -> Arc<Vec<UnlistedItem>> {
-        let key = (artifact.meta.version.clone(), catalog.version());
-        if self.key.as_ref() != Some(&key) {
-            let items = catalog
-                .item_ids()
-                .into_iter()
-                .filter(|id| !artifact.item_index.contains_key(id))
-                .filter_map(|id| catalog.get(&id))
-                .filter(|item| item.available)
-                .map(|item| UnlistedItem {
-                    vector: artifact
-                        .content
-                        .embed(&models::content::tokens(item.as_ref().into())),
-                    item_id: item.item_id.clone(),
-                    categories: item.categories.clone(),
-                })
-                .filter(|u| u.vector.len() == artifact.meta.dim)
-                .collect();
-            self.items = Arc::new(items);
-            self.key = Some(key);
-        }
-        self.items.clone()
-    }
-}
-
-/// Eligibility masks of the loaded version by category, rebuilt when the catalog changes.
-#[derive(Default)]
-pub struct MaskCache {
-    key: Option<(String, u64)>,
-    by_category: HashMap<Option<String>, Arc<Vec<f32>>>,
-}
-
-impl MaskCache {
-    pub fn get(
-        &mut self,
-        artifact: &ModelArtifact,
-        catalog: &CatalogView,
-        category: Option<&str>,
-    ) -> Arc<Vec<f32>> {
-        let key = (artifact.meta.version.clone(), catalog.version());
-        if self.key.as_ref() != Some(&key) {
-            self.key = Some(key);
-            self.by_category.clear();
-        }
-        self.by_category
-            .entry(category.map(str::to_owned))
-            .or_insert_with(|| {
-                let view = catalog.read();
-                let mask = artifact.item_ids.iter().map(|id| {
-                    if eligible(&view, id, category) {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                });
-                Arc::new(mask.collect())
-            })
-            .clone()
     }
 }
 
