@@ -30,8 +30,8 @@ cluster-down:
 ## integration tests against the real servers that scripts/services.sh installs and starts).
 test: setup services lint unit
 
-## The real servers the integration tests talk to (PostgreSQL, Redis, S3, a Kafka broker), on
-## loopback.
+## The real servers the integration tests talk to (PostgreSQL, Redis, a Redis Cluster of six, S3, a
+## Kafka broker), on loopback.
 services:
 	@scripts/services.sh up postgres redis redis-cluster s3 kafka
 
