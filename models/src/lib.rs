@@ -12,6 +12,7 @@ pub mod aversion;
 pub mod blend;
 pub mod content;
 pub mod eval;
+pub mod gate;
 pub mod item_item;
 pub mod linalg;
 pub mod movielens;

@@ -15,6 +15,7 @@ use crate::als::{Cell, Factors};
 use crate::blend::{Blend, Weights, combine};
 use crate::content::{ContentModel, ContentParams};
 use crate::eval::{evaluate_with, sequences, temporal_split};
+use crate::gate;
 use crate::item_item::{ItemItem, ItemItemParams};
 use crate::linalg::dot;
 use crate::transitions::Transitions;
@@ -170,12 +171,18 @@ fn choose_blend(
     Some(choose(&scored, &reference).blend)
 }
 
-/// Trains a version: the blend chosen on validation and hold-out metrics first, then ALS, the
-/// item-to-item and transition tables and the content maps (items and user profiles) on
-/// everything. An item without interactions gets its factors from its content. An item's
-/// popularity (its bias) counts each user's weight up to `max_user_weight`, as live popularity
-/// does. With too little data to validate on, the blend is `hybrid`'s CF and transitions.
-/// (`MIN_VALIDATION_USERS` held out on each split.)
+/// What a version is trained with, beside its data.
+#[derive(Clone, Debug)]
+pub struct Setup {
+    /// Timestamps (epoch ms) of the oldest and newest event of the data.
+    pub range: Option<(i64, i64)>,
+    pub params: TrainParams,
+    pub hybrid: HybridParams,
+    /// What one user's weight on an item adds to its popularity at most.
+    pub max_user_weight: f64,
+}
+
+/// Trains a version with no active version to compare it with: see [`train_against`].
 pub fn train(
     data: Interactions,
     content: Content,
@@ -185,23 +192,66 @@ pub fn train(
     max_user_weight: f64,
     progress: impl FnMut(usize, usize),
 ) -> ModelArtifact {
+    let setup = Setup {
+        range,
+        params,
+        hybrid,
+        max_user_weight,
+    };
+    train_against(data, content, setup, None, progress)
+}
+
+/// Trains a version: the blend chosen on validation and hold-out metrics first, then ALS, the
+/// item-to-item and transition tables and the content maps (items and user profiles) on
+/// everything. An item without interactions gets its factors from its content. An item's
+/// popularity (its bias) counts each user's weight up to `max_user_weight`, as live popularity
+/// does. With too little data to validate on, the blend is `hybrid`'s CF and transitions.
+/// (`MIN_VALIDATION_USERS` held out on each split.)
+///
+/// With an `active` version, both are also scored on the part of the hold-out the active version
+/// never trained on ([`crate::gate`]): the metrics then hold `shared_users` and, with at least
+/// [`crate::gate::MIN_SHARED_USERS`] of them, `shared_ndcg@10` and `active_shared_ndcg@10`.
+pub fn train_against(
+    data: Interactions,
+    content: Content,
+    setup: Setup,
+    active: Option<&ModelArtifact>,
+    progress: impl FnMut(usize, usize),
+) -> ModelArtifact {
+    let Setup {
+        range,
+        params,
+        hybrid,
+        max_user_weight,
+    } = setup;
     let cells = data.cells();
     let (train_cells, test_cells) = temporal_split(&cells, 0.2, 5);
     let blend = choose_blend(&data, &train_cells, &params, &hybrid).unwrap_or_else(|| {
         let cf = hybrid.cf_weight;
         Blend::fixed(Weights::new(cf, 0.0, 1.0 - cf))
     });
-    let metrics = if test_cells.is_empty() {
-        Default::default()
-    } else {
+    let mut metrics = std::collections::BTreeMap::new();
+    if !test_cells.is_empty() {
         let parts = Parts::fit(&data, &train_cells, &params, &hybrid);
-        evaluate_with(data.items.len(), &train_cells, &test_cells, 10, |u| {
-            let [cf, together, next] = parts.scores(u);
-            let w = blend.weights(parts.sequences[u as usize].len());
-            combine(cf, together, next, w)
-        })
-        .to_map()
-    };
+        let candidate = |test: &[Cell]| {
+            evaluate_with(data.items.len(), &train_cells, test, 10, |u| {
+                let [cf, together, next] = parts.scores(u);
+                let w = blend.weights(parts.sequences[u as usize].len());
+                combine(cf, together, next, w)
+            })
+        };
+        metrics = candidate(&test_cells).to_map();
+        if let Some(active) = active {
+            let fresh = gate::fresh(active, &test_cells);
+            let users = gate::users(&fresh);
+            metrics.insert(gate::SHARED_USERS.to_owned(), users as f64);
+            if users >= gate::MIN_SHARED_USERS {
+                let theirs = gate::evaluate_artifact(active, &data, &train_cells, &fresh, 10);
+                metrics.insert(gate::SHARED_NDCG.to_owned(), candidate(&fresh).ndcg);
+                metrics.insert(gate::ACTIVE_SHARED_NDCG.to_owned(), theirs.ndcg);
+            }
+        }
+    }
     let mut factors = crate::als::train(&data, &params, progress);
     let mut popularity = vec![0.0f32; data.items.len()];
     let mut interacted = vec![false; data.items.len()];
