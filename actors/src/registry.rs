@@ -4,8 +4,10 @@
 //! it is written after a version's files, so a crash never activates a half-written model. The
 //! active artifact is also held in memory, where model actors pick it up.
 //!
-//! A new version must pass a gate before it is activated: its hold-out NDCG@10 may not fall more
-//! than `model.max_regression` below the active version's. A rejected version is kept (for
+//! A new version must pass a gate before it is activated: its NDCG@10 may not fall more than
+//! `model.max_regression` below the active version's, both scored on the same fresh hold-out
+//! (events neither trained on, [`models::gate`]) when the trainer could cut one of enough users,
+//! else each on its own hold-out (the verdict says which). A rejected version is kept (for
 //! inspection, or to activate by hand) and says why. Any stored version can be activated again,
 //! and a rollback returns to the version that was active before the current one.
 //!
@@ -95,6 +97,9 @@ pub struct VersionInfo {
     /// Why the gate kept this version from being activated, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
+    /// What the gate compared (both figures, and on which hold-out), if it compared anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
 }
 
 /// The shape of a version: its data and its parts.
@@ -223,9 +228,10 @@ impl ModelRegistry {
         self.manifest.lock().await.clone()
     }
 
-    /// Stores a new version and activates it if it passes the gate: its hold-out `ndcg@10` is at
-    /// least `(1 - max_regression)` times the active version's. Versions without metrics (too
-    /// little data to hold any out) pass, as does the first version.
+    /// Stores a new version and activates it if it passes the gate: its `ndcg@10` is at least
+    /// `(1 - max_regression)` times the active version's, on the shared hold-out if its metrics
+    /// hold one (see [`gate`]). Versions without metrics (too little data to hold any out) pass,
+    /// as does the first version.
     pub async fn publish(
         &self,
         artifact: ModelArtifact,
@@ -241,6 +247,10 @@ impl ModelRegistry {
         let verdict = self
             .active()
             .and_then(|active| gate(&active.meta, &artifact.meta, max_regression));
+        let rejected = verdict
+            .as_ref()
+            .filter(|v| !v.pass)
+            .map(|v| v.message.clone());
         let mut manifest = self.manifest.lock().await;
         let mut next = self.stored(&manifest).await?;
         let meta = &artifact.meta;
@@ -249,7 +259,8 @@ impl ModelRegistry {
             created_at: meta.created_at,
             metrics: meta.metrics.clone(),
             data_range: meta.data_range,
-            rejected: verdict.clone(),
+            rejected: rejected.clone(),
+            gate: verdict.map(|v| v.message),
             features: Some(VersionFeatures {
                 num_items: meta.num_items,
                 num_users: meta.num_users,
@@ -259,13 +270,13 @@ impl ModelRegistry {
                 content_features: artifact.content.features.len(),
             }),
         });
-        if verdict.is_none() {
+        if rejected.is_none() {
             next.active = Some(version.clone());
             next.activations.push(version);
         }
         self.write_manifest(&next).await?;
         *manifest = next;
-        Ok(match verdict {
+        Ok(match rejected {
             None => {
                 self.set_active(Arc::new(artifact));
                 Published::Activated
@@ -441,20 +452,60 @@ impl ModelRegistry {
     }
 }
 
-/// Why `candidate` may not replace `active`, if it may not.
-fn gate(active: &ModelMeta, candidate: &ModelMeta, max_regression: f64) -> Option<String> {
-    let (Some(&old), Some(&new)) = (
-        active.metrics.get(GATE_METRIC),
-        candidate.metrics.get(GATE_METRIC),
-    ) else {
-        return None;
+/// What the gate found: whether the candidate may replace the active version, and the figures
+/// it compared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub pass: bool,
+    pub message: String,
+}
+
+/// Compares `candidate` with `active` on the shared hold-out when the candidate's metrics hold
+/// both figures ([`models::gate`]), else on each version's own hold-out metric, saying why; `None`
+/// when there is nothing to compare (either version without metrics).
+fn gate(active: &ModelMeta, candidate: &ModelMeta, max_regression: f64) -> Option<Verdict> {
+    use models::gate::{ACTIVE_SHARED_NDCG, MIN_SHARED_USERS, SHARED_NDCG, SHARED_USERS};
+    let m = &candidate.metrics;
+    let users = m.get(SHARED_USERS).map(|&u| u as usize);
+    let (new, old, on) = match (m.get(SHARED_NDCG), m.get(ACTIVE_SHARED_NDCG)) {
+        (Some(&new), Some(&old)) => (
+            new,
+            old,
+            format!(
+                "{GATE_METRIC} on the shared hold-out of {} users",
+                users.unwrap_or_default()
+            ),
+        ),
+        _ => {
+            let (Some(&old), Some(&new)) = (active.metrics.get(GATE_METRIC), m.get(GATE_METRIC))
+            else {
+                return None;
+            };
+            let why = users.map_or_else(String::new, |u| {
+                format!(
+                    " (only {u} users with fresh held-out events, fewer than {MIN_SHARED_USERS})"
+                )
+            });
+            (
+                new,
+                old,
+                format!("{GATE_METRIC} on each version's own hold-out{why}"),
+            )
+        }
     };
-    (new < old * (1.0 - max_regression)).then(|| {
-        format!(
-            "{GATE_METRIC} {new:.4} is more than {:.0}% below the active version's {old:.4}",
-            max_regression * 100.0
-        )
-    })
+    let pass = new >= old * (1.0 - max_regression);
+    let message = format!(
+        "{on}: candidate {new:.4}, active {old:.4}{}",
+        if pass {
+            String::new()
+        } else {
+            format!(
+                " (more than {:.0}% below the active version)",
+                max_regression * 100.0
+            )
+        }
+    );
+    Some(Verdict { pass, message })
 }
 
 #[cfg(test)]
@@ -550,7 +601,8 @@ mod tests {
             .await
             .expect("v3");
         assert!(
-            matches!(&verdict, Published::Rejected(why) if why.contains("ndcg@10 0.1500")),
+            matches!(&verdict, Published::Rejected(why)
+                if why.contains("own hold-out: candidate 0.1500, active 0.1950")),
             "{verdict:?}"
         );
         assert_eq!(r.active().expect("active").meta.version, "v2");
@@ -580,6 +632,79 @@ mod tests {
             panic!("an unknown version was activated");
         };
         assert_eq!(missing.code, common::ErrorCode::NotFound);
+    }
+
+    /// A version with its own hold-out NDCG@10 `own` and, scored beside the active version on a
+    /// shared hold-out of `users` users, the candidate's and the active version's figures.
+    fn scored(version: &str, own: f64, users: usize, shared: Option<(f64, f64)>) -> ModelArtifact {
+        use models::gate::{ACTIVE_SHARED_NDCG, SHARED_NDCG, SHARED_USERS};
+        let mut a = artifact(version, Some(own));
+        a.meta.metrics.insert(SHARED_USERS.into(), users as f64);
+        if let Some((candidate, active)) = shared {
+            a.meta.metrics.insert(SHARED_NDCG.into(), candidate);
+            a.meta.metrics.insert(ACTIVE_SHARED_NDCG.into(), active);
+        }
+        a
+    }
+
+    #[tokio::test]
+    async fn versions_are_compared_on_the_shared_hold_out_not_on_their_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry(dir.path()).await;
+        r.publish(artifact("v1", Some(0.30)), 0.05)
+            .await
+            .expect("v1");
+        // Its own metric is a third below v1's, but on the same events it does better.
+        let v2 = r
+            .publish(scored("v2", 0.20, 80, Some((0.25, 0.22))), 0.05)
+            .await
+            .expect("v2");
+        assert_eq!(v2, Published::Activated);
+        // Its own metric is the best yet, but on the same events it is far worse.
+        let v3 = r
+            .publish(scored("v3", 0.40, 80, Some((0.18, 0.25))), 0.05)
+            .await
+            .expect("v3");
+        let Published::Rejected(why) = v3 else {
+            panic!("v3 was activated: {v3:?}");
+        };
+        assert!(
+            why.contains("shared hold-out of 80 users: candidate 0.1800, active 0.2500"),
+            "{why}"
+        );
+        assert_eq!(r.active().expect("active").meta.version, "v2");
+        // Too few fresh users to compare on: each version's own metric, and the verdict says so.
+        let v4 = r
+            .publish(scored("v4", 0.10, 12, None), 0.05)
+            .await
+            .expect("v4");
+        assert!(
+            matches!(&v4, Published::Rejected(why) if why.contains("only 12 users")
+                && why.contains("candidate 0.1000, active 0.2000")),
+            "{v4:?}"
+        );
+
+        let manifest = registry(dir.path()).await.manifest().await;
+        let info = |v: &str| {
+            manifest
+                .versions
+                .iter()
+                .find(|i| i.version == v)
+                .expect("listed")
+                .clone()
+        };
+        let (v2, v3) = (info("v2"), info("v3"));
+        assert!(v2.rejected.is_none());
+        assert!(
+            v2.gate
+                .as_deref()
+                .is_some_and(|g| g.contains("candidate 0.2500, active 0.2200")),
+            "{:?}",
+            v2.gate
+        );
+        assert_eq!(v3.rejected.as_deref(), Some(why.as_str()));
+        assert_eq!(v3.metrics[models::gate::SHARED_NDCG], 0.18);
+        assert_eq!(v3.metrics[models::gate::ACTIVE_SHARED_NDCG], 0.25);
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The trainer: retrains the model on a schedule (`model.retrain_interval`) and on demand, off
 //! the serving path. It reads the event log (what retention keeps of it, or the archive plus the
 //! log's tail), skipping erased users, trains on the blocking pool, measures the new version on
-//! a temporal hold-out, publishes it to the model registry and has every model actor load it;
+//! a temporal hold-out (and, beside the active version, on the part of it the active version
+//! never trained on, for the gate), publishes it to the model registry and has every model actor load it;
 //! then it clears the cache and tells live subscribers.
 
 use std::collections::{HashMap, HashSet};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::config::TrainSource;
 use common::pii::PersonalFields;
 use common::{ApiError, ErrorCode};
-use models::training::{Content, train};
+use models::training::{Content, Setup, train_against};
 use models::transitions::TransitionParams;
 use models::{HybridParams, Interactions, TrainParams};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -285,15 +286,21 @@ async fn train_once(
         items: tokens,
         users: user_tokens,
     };
-    let max_user_weight = services.config.trending.max_user_weight;
-    let artifact = tokio::task::spawn_blocking(move || {
-        train(
+    let setup = Setup {
+        range,
+        params,
+        hybrid,
+        max_user_weight: services.config.trending.max_user_weight,
+    };
+    // The gate compares the new version with this one on events neither trained on.
+    let active = services.registry.active();
+    let against = active.clone();
+    let mut artifact = tokio::task::spawn_blocking(move || {
+        train_against(
             data,
             content,
-            range,
-            params,
-            hybrid,
-            max_user_weight,
+            setup,
+            against.as_deref(),
             |iteration, iterations| {
                 let _ = mailbox::tell(
                     &progress,
@@ -307,6 +314,15 @@ async fn train_once(
     })
     .await
     .map_err(ApiError::internal)?;
+    // Another version activated meanwhile (by hand, or followed from another node): the shared
+    // figures are of one the gate will not compare with, so it falls back to the own metrics.
+    let scored = active.map(|a| a.meta.version.clone());
+    if services.registry.active().map(|a| a.meta.version.clone()) != scored {
+        use models::gate::{ACTIVE_SHARED_NDCG, SHARED_NDCG, SHARED_USERS};
+        for key in [SHARED_NDCG, ACTIVE_SHARED_NDCG, SHARED_USERS] {
+            artifact.meta.metrics.remove(key);
+        }
+    }
     let version = artifact.meta.version.clone();
     match services
         .registry
