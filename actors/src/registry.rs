@@ -113,6 +113,15 @@ pub struct VersionFeatures {
     pub hybrid: models::HybridParams,
     /// Content features the content map knows (categories, tags, attributes, title words).
     pub content_features: usize,
+    /// The weights of CF, item-to-item and transitions the trainer chose, by history length
+    /// (absent for versions from before the blend was chosen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub blend: Option<models::blend::Blend>,
+    /// The item-to-item part's parameters (absent for versions without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub item_item: Option<models::item_item::ItemItemParams>,
 }
 
 /// What publishing a version did.
@@ -268,6 +277,8 @@ impl ModelRegistry {
                 dim: meta.dim,
                 hybrid: meta.hybrid,
                 content_features: artifact.content.features.len(),
+                blend: meta.blend.clone(),
+                item_item: meta.item_item,
             }),
         });
         if rejected.is_none() {
@@ -557,6 +568,39 @@ mod tests {
         a.activate("v1").await.expect("rollback");
         assert!(b.refresh().await.expect("refresh"));
         assert_eq!(b.active().expect("active").meta.version, "v1");
+    }
+
+    #[tokio::test]
+    async fn the_manifest_shows_the_blend_a_version_was_trained_with() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry(dir.path()).await;
+        let blend = models::blend::Blend {
+            by_history: vec![
+                (0, models::blend::Weights::new(0.2, 0.1, 0.7)),
+                (10, models::blend::Weights::new(0.3, 0.3, 0.4)),
+            ],
+        };
+        let mut chosen = artifact("v1", Some(0.2));
+        chosen.meta.blend = Some(blend.clone());
+        r.publish(chosen, 0.05).await.expect("v1");
+        r.publish(artifact("v2", Some(0.2)), 0.05)
+            .await
+            .expect("v2");
+        let manifest = r.manifest().await;
+        let features = |v: &str| {
+            manifest
+                .versions
+                .iter()
+                .find(|i| i.version == v)
+                .and_then(|i| i.features.clone())
+                .expect("features")
+        };
+        assert_eq!(features("v1").blend, Some(blend));
+        assert_eq!(
+            features("v2").blend,
+            None,
+            "a version without one shows none"
+        );
     }
 
     #[tokio::test]
