@@ -133,19 +133,8 @@ impl Actor for ArchiverActor {
 
 /// `YYYYMMDDHH` (UTC) of an epoch-millisecond time.
 pub fn hour_bucket(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, hour) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) / 3600);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}{hour:02}")
+    let (year, month, day, second) = common::utc(ms);
+    format!("{year:04}{month:02}{day:02}{:02}", second / 3600)
 }
 
 /// Archives everything not archived yet.

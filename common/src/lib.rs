@@ -27,6 +27,23 @@ pub fn now_millis() -> i64 {
         .unwrap_or_default()
 }
 
+/// The UTC calendar date and second of the day of an epoch-millisecond time, for object keys
+/// that sort by time (no time zone crate for that).
+pub fn utc(ms: i64) -> (i64, i64, i64, i64) {
+    let secs = ms.div_euclid(1000);
+    let (days, second) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day, second)
+}
+
 /// Longest identifier, in characters.
 pub const MAX_ID_CHARS: usize = 256;
 /// [`validate_id`] as a regular expression (JSON Schema / ECMA syntax).

@@ -31,6 +31,20 @@ pub struct Message {
     pub timestamp: Option<i64>,
 }
 
+impl Message {
+    /// An owned copy of what a client received from `topic`.
+    pub fn of(topic: Topic, m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Self {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            timestamp: m.timestamp().to_millis(),
+        }
+    }
+}
+
 /// A change of this node's share of the group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rebalance {
@@ -176,14 +190,7 @@ impl GroupConsumer {
     }
 
     fn own(&self, m: &rdkafka::message::BorrowedMessage<'_>) -> Option<Message> {
-        Some(Message {
-            topic: self.settings.topic_of(m.topic())?,
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec),
-            timestamp: m.timestamp().to_millis(),
-        })
+        Some(Message::of(self.settings.topic_of(m.topic())?, m))
     }
 
     /// Commits, per topic-partition, the offset after the last of `messages`.

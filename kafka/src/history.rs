@@ -128,14 +128,7 @@ impl History {
             {
                 ends.remove(&m.partition());
             }
-            let message = Message {
-                topic: Topic::UserEvents,
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec),
-                timestamp: m.timestamp().to_millis(),
-            };
+            let message = Message::of(Topic::UserEvents, &m);
             // What cannot be decoded is a dead letter of its owner, and never trained on.
             if let Ok(Decoded::Event(event)) = decode(&self.settings, &message, now) {
                 records.push(Record {

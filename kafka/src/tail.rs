@@ -78,14 +78,7 @@ impl Tail {
                     }
                 }
                 Ok(m) => {
-                    let message = Message {
-                        topic: Topic::UserEvents,
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().map(<[u8]>::to_vec),
-                        timestamp: m.timestamp().to_millis(),
-                    };
+                    let message = Message::of(Topic::UserEvents, &m);
                     if let Ok(Decoded::Event(event)) = decode(&self.settings, &message, now) {
                         records.push(Tailed::Event(event));
                     }

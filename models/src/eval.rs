@@ -1,7 +1,11 @@
-//! Offline evaluation: a temporal hold-out per user and ranking metrics @k. Used to label every
+//! Offline evaluation: a temporal or random hold-out per user and ranking metrics @k. Used to label every
 //! trained version with metrics (and, later, to gate a swap on them).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 
 use crate::als::{Cell, Factors};
 use crate::linalg::dot;
@@ -56,6 +60,35 @@ pub fn temporal_split(
         };
         let cut = pos.len() - n_test;
         test.extend(pos.drain(cut..));
+        train.extend(pos);
+    }
+    (train, test)
+}
+
+/// Per user with at least `min_positives` positive cells, a random `floor(fraction · n)` of the
+/// positives (seeded) go to test; everything else stays in train.
+pub fn random_split(
+    cells: &[Cell],
+    fraction: f64,
+    min_positives: usize,
+    seed: u64,
+) -> (Vec<Cell>, Vec<Cell>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut by_user: BTreeMap<u32, Vec<Cell>> = BTreeMap::new();
+    for c in cells {
+        by_user.entry(c.user).or_default().push(*c);
+    }
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (_, mut cells) in by_user {
+        let (mut pos, neg): (Vec<Cell>, Vec<Cell>) = cells.drain(..).partition(|c| c.weight > 0.0);
+        train.extend(neg);
+        let n_test = if pos.len() >= min_positives {
+            (pos.len() as f64 * fraction).floor() as usize
+        } else {
+            0
+        };
+        pos.shuffle(&mut rng);
+        test.extend(pos.drain(..n_test));
         train.extend(pos);
     }
     (train, test)

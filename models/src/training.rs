@@ -7,14 +7,10 @@
 //! temporal and a random validation split of the hold-out's train part, so that neither the
 //! choice nor the metrics the activation gate reads have seen the hold-out.
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-
 use crate::als::{Cell, Factors};
 use crate::blend::{Blend, Weights, combine};
 use crate::content::{ContentModel, ContentParams};
-use crate::eval::{evaluate_with, sequences, temporal_split};
+use crate::eval::{evaluate_with, random_split, sequences, temporal_split};
 use crate::gate;
 use crate::item_item::{ItemItem, ItemItemParams};
 use crate::linalg::dot;
@@ -93,30 +89,6 @@ impl Parts {
     }
 }
 
-/// Per user with at least 5 positives, a random fifth of them (seeded).
-fn random_split(cells: &[Cell], seed: u64) -> (Vec<Cell>, Vec<Cell>) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut by_user: std::collections::BTreeMap<u32, Vec<Cell>> = Default::default();
-    for c in cells {
-        by_user.entry(c.user).or_default().push(*c);
-    }
-    let (mut train, mut test) = (Vec::new(), Vec::new());
-    for (_, mut cells) in by_user {
-        let (mut positives, rest): (Vec<Cell>, Vec<Cell>) =
-            cells.drain(..).partition(|c| c.weight > 0.0);
-        train.extend(rest);
-        let n_test = if positives.len() >= 5 {
-            positives.len() / 5
-        } else {
-            0
-        };
-        positives.shuffle(&mut rng);
-        test.extend(positives.drain(..n_test));
-        train.extend(positives);
-    }
-    (train, test)
-}
-
 /// Fewer users held out than this, and a blend chosen on them is noise (a handful of users can
 /// make any part look best): the configured blend is used instead.
 const MIN_VALIDATION_USERS: usize = 50;
@@ -131,7 +103,7 @@ fn choose_blend(
 ) -> Option<Blend> {
     let splits = [
         temporal_split(cells, 0.2, 5),
-        random_split(cells, params.seed),
+        random_split(cells, 0.2, 5, params.seed),
     ];
     let users = |cells: &[Cell]| {
         cells

@@ -137,9 +137,7 @@ fn node_prefix(node_id: &str) -> String {
 
 /// `YYYYMMDDTHHMMSSmmmZ` (UTC) of an epoch-millisecond time.
 fn stamp(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil(days);
+    let (y, m, d, rest) = common::utc(ms);
     format!(
         "{y:04}{m:02}{d:02}T{:02}{:02}{:02}{:03}Z",
         rest / 3600,
@@ -147,19 +145,6 @@ fn stamp(ms: i64) -> String {
         rest % 60,
         ms.rem_euclid(1000)
     )
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// The complete snapshots of `node_id`, oldest first.

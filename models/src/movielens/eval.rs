@@ -14,9 +14,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use super::MovieLensError;
@@ -24,7 +21,7 @@ use super::fitted::{Fitted, Model};
 use super::tune::{Chosen, tune};
 use crate::Interactions;
 use crate::als::Cell;
-use crate::eval::{Metrics, temporal_split};
+use crate::eval::{Metrics, random_split, temporal_split};
 
 #[derive(Debug, Serialize)]
 pub struct Row {
@@ -59,32 +56,6 @@ pub struct ColdReport {
     pub held_out_items: usize,
     pub evaluated_users: usize,
     pub results: Vec<Row>,
-}
-
-/// Per user with at least `min_positives` positives, a random `floor(fraction · n)` of them.
-pub(super) fn random_split(
-    cells: &[Cell],
-    fraction: f64,
-    min_positives: usize,
-    seed: u64,
-) -> (Vec<Cell>, Vec<Cell>) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut by_user: std::collections::BTreeMap<u32, Vec<Cell>> = Default::default();
-    for c in cells {
-        by_user.entry(c.user).or_default().push(*c);
-    }
-    let (mut train, mut test) = (Vec::new(), Vec::new());
-    for (_, mut cells) in by_user {
-        let n_test = if cells.len() >= min_positives {
-            (cells.len() as f64 * fraction).floor() as usize
-        } else {
-            0
-        };
-        cells.shuffle(&mut rng);
-        test.extend(cells.drain(..n_test));
-        train.extend(cells);
-    }
-    (train, test)
 }
 
 pub(super) const K: usize = 10;

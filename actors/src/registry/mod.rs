@@ -27,11 +27,17 @@ use std::sync::{Arc, LazyLock};
 
 use arc_swap::ArcSwapOption;
 use common::ApiError;
-use models::{ModelArtifact, ModelMeta};
+use models::ModelArtifact;
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
 use serde::{Deserialize, Serialize};
 use storage::ObjectStore;
 use tokio::sync::Mutex;
+
+mod gate;
+mod lease;
+
+pub use gate::Verdict;
+use gate::gate;
 
 static MODEL_ACTIVE: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -59,14 +65,6 @@ pub fn register_metrics() {
 }
 
 const MANIFEST: &str = "models/manifest.json";
-const LEASE: &str = "models/lease.json";
-
-/// Who trains now, and until when (epoch ms) unless it renews.
-#[derive(Debug, Serialize, Deserialize)]
-struct Lease {
-    holder: String,
-    until_ms: i64,
-}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
@@ -399,54 +397,6 @@ impl ModelRegistry {
         Ok(changed)
     }
 
-    /// Takes the training lease for `holder` for `ttl`, unless another holder's is current.
-    pub async fn try_lease(
-        &self,
-        holder: &str,
-        ttl: std::time::Duration,
-    ) -> Result<bool, ApiError> {
-        let now = common::now_millis();
-        if let Some(lease) = self.lease().await?
-            && lease.holder != holder
-            && lease.until_ms > now
-        {
-            return Ok(false);
-        }
-        let lease = Lease {
-            holder: holder.to_owned(),
-            until_ms: now + ttl.as_millis() as i64,
-        };
-        self.objects
-            .put(LEASE, serde_json::to_vec(&lease).map_err(io)?)
-            .await
-            .map_err(io)?;
-        // Read back: of two nodes that wrote at once, the one whose write landed last holds it.
-        Ok(self.lease().await?.is_some_and(|l| l.holder == holder))
-    }
-
-    /// Gives the lease up, if `holder` holds it.
-    pub async fn end_lease(&self, holder: &str) -> Result<(), ApiError> {
-        if self.lease().await?.is_some_and(|l| l.holder == holder) {
-            let ended = Lease {
-                holder: holder.to_owned(),
-                until_ms: 0,
-            };
-            self.objects
-                .put(LEASE, serde_json::to_vec(&ended).map_err(io)?)
-                .await
-                .map_err(io)?;
-        }
-        Ok(())
-    }
-
-    async fn lease(&self) -> Result<Option<Lease>, ApiError> {
-        match self.objects.get(LEASE).await.map_err(io)? {
-            // A lease that does not parse holds nothing: the next taker overwrites it.
-            Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
-            None => Ok(None),
-        }
-    }
-
     /// The manifest as stored, or `cached` when none is stored yet.
     async fn stored(&self, cached: &Manifest) -> Result<Manifest, ApiError> {
         match self.objects.get(MANIFEST).await.map_err(io)? {
@@ -463,64 +413,10 @@ impl ModelRegistry {
     }
 }
 
-/// What the gate found: whether the candidate may replace the active version, and the figures
-/// it compared.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Verdict {
-    pub pass: bool,
-    pub message: String,
-}
-
-/// Compares `candidate` with `active` on the shared hold-out when the candidate's metrics hold
-/// both figures ([`models::gate`]), else on each version's own hold-out metric, saying why; `None`
-/// when there is nothing to compare (either version without metrics).
-fn gate(active: &ModelMeta, candidate: &ModelMeta, max_regression: f64) -> Option<Verdict> {
-    use models::gate::{ACTIVE_SHARED_NDCG, MIN_SHARED_USERS, SHARED_NDCG, SHARED_USERS};
-    let m = &candidate.metrics;
-    let users = m.get(SHARED_USERS).map(|&u| u as usize);
-    let (new, old, on) = match (m.get(SHARED_NDCG), m.get(ACTIVE_SHARED_NDCG)) {
-        (Some(&new), Some(&old)) => (
-            new,
-            old,
-            format!(
-                "{GATE_METRIC} on the shared hold-out of {} users",
-                users.unwrap_or_default()
-            ),
-        ),
-        _ => {
-            let (Some(&old), Some(&new)) = (active.metrics.get(GATE_METRIC), m.get(GATE_METRIC))
-            else {
-                return None;
-            };
-            let why = users.map_or_else(String::new, |u| {
-                format!(
-                    " (only {u} users with fresh held-out events, fewer than {MIN_SHARED_USERS})"
-                )
-            });
-            (
-                new,
-                old,
-                format!("{GATE_METRIC} on each version's own hold-out{why}"),
-            )
-        }
-    };
-    let pass = new >= old * (1.0 - max_regression);
-    let message = format!(
-        "{on}: candidate {new:.4}, active {old:.4}{}",
-        if pass {
-            String::new()
-        } else {
-            format!(
-                " (more than {:.0}% below the active version)",
-                max_regression * 100.0
-            )
-        }
-    );
-    Some(Verdict { pass, message })
-}
-
 #[cfg(test)]
 mod tests {
+    use models::ModelMeta;
+
     use super::*;
 
     /// A one-item version with hold-out NDCG@10 `ndcg` (none: too little data to hold out).
