@@ -3,7 +3,8 @@
 //! order-free item-to-item part learned as EASE learns it ([`item_item`]) and sequential
 //! transitions ([`transitions`]), each standardised and blended ([`blend`]) with weights chosen
 //! on validation ([`validation`]). Trained in Rust, exported as one ONNX graph (parts → blend +
-//! item bias + filter mask → TopK), served through ONNX Runtime. [`movielens`] reads the
+//! item bias + filter mask → TopK), served through ONNX Runtime. [`diversify`] re-ranks a list
+//! for diversity on request, the same way in serving and offline. [`movielens`] reads the
 //! yardstick data set and evaluates the models on it offline.
 
 pub mod als;
@@ -11,6 +12,7 @@ pub mod artifact;
 pub mod aversion;
 pub mod blend;
 pub mod content;
+pub mod diversify;
 pub mod eval;
 pub mod gate;
 pub mod item_item;

@@ -1,7 +1,8 @@
 //! The offline yardstick on MovieLens files, which `streamrec eval DIR` prints: how popularity,
 //! each part of the hybrid alone (ALS, item-to-item, transitions), an EASE baseline and the
 //! hybrid rank what users did next (temporal split) and what else they liked (random split), and
-//! how items nobody has touched rank from their content.
+//! how items nobody has touched rank from their content, and what diversity on request costs the
+//! hybrid in NDCG and buys in intra-list diversity.
 //!
 //! Protocol: a rating >= 4 is a positive (weight 1), other ratings are dropped. Per user with n
 //! positives, the last floor(0.2 n) by (timestamp, item id) are test; users with fewer than 5
@@ -17,6 +18,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::MovieLensError;
+use super::diversity::DiversityRow;
 use super::fitted::{Fitted, Model};
 use super::tune::{Chosen, tune};
 use crate::Interactions;
@@ -46,7 +48,16 @@ pub struct Report {
     /// The same models and hyper-parameters on a random 20% hold-out per user.
     pub random_split: Vec<Row>,
     pub cold_items: ColdReport,
+    /// The hybrid re-ranked for diversity, on each split.
+    pub diversity: DiversityReport,
     pub seconds: f64,
+}
+
+/// The hybrid's top 10 re-ranked by maximal marginal relevance at each level of `diversity`.
+#[derive(Debug, Serialize)]
+pub struct DiversityReport {
+    pub temporal: Vec<DiversityRow>,
+    pub random: Vec<DiversityRow>,
 }
 
 /// Items held out of training entirely: each evaluated user's positives among them, ranked among
@@ -127,14 +138,20 @@ pub fn run(dir: &Path, seed: u64, say: impl Fn(&str)) -> Result<Report, MovieLen
             ease_lambda,
         )
     };
-    let results = all_models(&fit(&train, chosen.ease_lambda.0), &train, &test);
+    let categories = super::diversity::categories(&data, &dataset.items);
+    let hybrid = Model::Hybrid(&chosen.blend);
+    let fitted = fit(&train, chosen.ease_lambda.0);
+    let results = all_models(&fitted, &train, &test);
+    say("the hybrid re-ranked for diversity");
+    let temporal_diversity = super::diversity::rows(&fitted, hybrid, &categories, &train, &test);
+    drop(fitted);
     say("the same models on a random split");
     let (random_train, random_test) = random_split(&cells, 0.2, 5, seed);
-    let random = all_models(
-        &fit(&random_train, chosen.ease_lambda.1),
-        &random_train,
-        &random_test,
-    );
+    let fitted = fit(&random_train, chosen.ease_lambda.1);
+    let random = all_models(&fitted, &random_train, &random_test);
+    let random_diversity =
+        super::diversity::rows(&fitted, hybrid, &categories, &random_train, &random_test);
+    drop(fitted);
     say("cold items: held out of training entirely, ranked from their content");
     let cold = super::cold::cold_items(&data, &dataset.items, &cells, &chosen.als, seed);
     let evaluated_users = test
@@ -151,6 +168,10 @@ pub fn run(dir: &Path, seed: u64, say: impl Fn(&str)) -> Result<Report, MovieLen
         chosen,
         random_split: random,
         cold_items: cold,
+        diversity: DiversityReport {
+            temporal: temporal_diversity,
+            random: random_diversity,
+        },
         results,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -204,6 +225,22 @@ pub fn table(report: &Report) -> String {
         report.cold_items.held_out_items, report.cold_items.evaluated_users
     );
     rows(&mut out, &report.cold_items.results);
+    out += &format!(
+        "\nthe hybrid re-ranked for diversity (maximal marginal relevance over the top {}; ild: intra-list diversity @{k}):\n{:>9} {:>14} {:>8} {:>12} {:>8}\n",
+        crate::diversify::pool_size(k),
+        "diversity",
+        "temporal ndcg",
+        "ild",
+        "random ndcg",
+        "ild"
+    );
+    let d = &report.diversity;
+    for (t, r) in d.temporal.iter().zip(&d.random) {
+        out += &format!(
+            "{:>9.1} {:>14.4} {:>8.4} {:>12.4} {:>8.4}\n",
+            t.diversity, t.ndcg, t.intra_list_diversity, r.ndcg, r.intra_list_diversity
+        );
+    }
     let c = &report.chosen;
     out += &format!(
         "\nchosen on validation: ALS d={} reg={} alpha={} iterations={}; transitions window={} half_life={}; item-item λ={} top_k={}; EASE baseline λ={} (temporal), {} (random)\n",

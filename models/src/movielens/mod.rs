@@ -8,6 +8,7 @@
 //! rating once.
 
 mod cold;
+pub mod diversity;
 pub mod eval;
 mod fitted;
 mod tune;
