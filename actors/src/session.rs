@@ -434,6 +434,7 @@ fn model_request(data: &SessionData, query: &RecQuery, profile: Vec<String>) -> 
         exclude: data.items.keys().cloned().collect(),
         k: query.k,
         category: query.category.clone(),
+        diversity: query.diversity,
         vector: None,
     }
 }

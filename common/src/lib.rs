@@ -17,7 +17,7 @@ pub use config::Config;
 pub use error::{ApiError, ErrorCode};
 pub use event::{BatchError, Event, EventInput, EventKind, validate_batch};
 pub use item::{Item, ItemInput, validate_json, validate_label, validate_text};
-pub use recs::{RecQuery, Recommendation, Recommendations};
+pub use recs::{Diversity, RecQuery, Recommendation, Recommendations};
 
 /// Milliseconds since the Unix epoch, the one time unit on the wire and at rest.
 pub fn now_millis() -> i64 {

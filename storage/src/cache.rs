@@ -157,10 +157,12 @@ mod tests {
         let q1 = RecQuery {
             k: 10,
             category: None,
+            diversity: Default::default(),
         };
         let q2 = RecQuery {
             k: 5,
             category: Some("c".into()),
+            diversity: Default::default(),
         };
         cache.put("u", "v1", &q1, recs.clone()).await;
         cache.put("u", "v1", &q2, recs.clone()).await;
@@ -185,7 +187,11 @@ mod tests {
             model_version: "v".into(),
             items: vec![],
         });
-        let query = |k| RecQuery { k, category: None };
+        let query = |k| RecQuery {
+            k,
+            category: None,
+            diversity: Default::default(),
+        };
         for k in 1..=10 {
             cache.put("u", "v1", &query(k), recs.clone()).await;
         }

@@ -121,12 +121,18 @@ impl Drop for TieredCache {
     }
 }
 
+/// The hash field of one query: a `diversity` other than none is a fourth part, so that the
+/// plain ranking keeps the field it always had.
 fn field(version: &str, query: &RecQuery) -> String {
-    format!(
+    let mut field = format!(
         "{version}{SEP}{}{SEP}{}",
         query.k,
         query.category.as_deref().unwrap_or("")
-    )
+    );
+    if !query.diversity.is_none() {
+        field += &format!("{SEP}{}", query.diversity.thousandths());
+    }
+    field
 }
 
 impl TieredCache {

@@ -227,6 +227,7 @@ async fn redis_tier_is_shared_between_nodes_and_invalidated_everywhere() {
     let q = RecQuery {
         k: 5,
         category: None,
+        diversity: Default::default(),
     };
     a.put(&user, "v1", &q, recs(&user, "i1")).await;
     // Node b has nothing in L1 but finds it in Redis.
@@ -276,7 +277,11 @@ async fn redis_holds_at_most_max_variants_per_user() {
     let user = unique("user-");
     // A client cycling through `k` would otherwise grow the user's hash without bound.
     for k in 1..=100 {
-        let q = RecQuery { k, category: None };
+        let q = RecQuery {
+            k,
+            category: None,
+            diversity: Default::default(),
+        };
         cache.put(&user, "v1", &q, recs(&user, "i1")).await;
     }
     let mut redis = redis::Client::open(url.as_str())
@@ -293,6 +298,7 @@ async fn redis_holds_at_most_max_variants_per_user() {
     let last = RecQuery {
         k: 100,
         category: None,
+        diversity: Default::default(),
     };
     assert!(tiered(&url).get(&user, "v1", &last).await.is_some());
 }
@@ -334,6 +340,7 @@ async fn redis_down_degrades_to_l1_and_recovers() {
     let q = RecQuery {
         k: 3,
         category: None,
+        diversity: Default::default(),
     };
     cache.put("u1", "v1", &q, recs("u1", "i1")).await;
 

@@ -23,7 +23,11 @@ const WAIT: Duration = Duration::from_secs(10);
 const FAILOVER: Duration = Duration::from_secs(30);
 
 fn query(k: usize) -> RecQuery {
-    RecQuery { k, category: None }
+    RecQuery {
+        k,
+        category: None,
+        diversity: Default::default(),
+    }
 }
 
 fn recs(user: &str, item: &str) -> Arc<Recommendations> {

@@ -128,6 +128,7 @@ async fn a_panicking_model_actor_fails_its_request_and_is_restarted() {
         exclude: Default::default(),
         k: 5,
         category: None,
+        diversity: Default::default(),
         vector: None,
     };
     let held = actors::call(
@@ -179,6 +180,7 @@ async fn a_panicking_model_actor_fails_its_request_and_is_restarted() {
         &RecQuery {
             k: 3,
             category: None,
+            diversity: Default::default(),
         },
     )
     .await

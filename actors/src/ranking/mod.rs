@@ -5,6 +5,8 @@
 //! the nearest liked item, and fill from live trending and popularity where the model leaves the
 //! list short (new items, new users). What the user disliked is masked as seen, and the items that
 //! go with it go down (an [`Aversion`] in the mask), even for a user who has only disliked things.
+//! A request with `diversity` is ranked the same way into a larger pool, then re-ranked by
+//! maximal marginal relevance (`diversify`).
 //!
 //! Which items may be recommended at all is decided in one place, [`eligible`]: the model's mask,
 //! the fill and the node's trending view all use it.
@@ -14,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ApiError, Recommendation};
+use common::{ApiError, Diversity, Recommendation};
 use models::aversion::Aversion;
 use models::linalg::dot;
 use models::scorer::Query;
@@ -27,6 +29,7 @@ use crate::popularity::Popularity;
 use crate::trending::Trending;
 
 mod cache;
+mod diversify;
 mod fill;
 
 pub use cache::{MaskCache, UnlistedCache, UnlistedItem};
@@ -47,6 +50,8 @@ pub struct ModelRequest {
     pub exclude: HashSet<String>,
     pub k: usize,
     pub category: Option<String>,
+    /// How far to re-rank for variety; [`Diversity::NONE`] ranks as the model does.
+    pub diversity: Diversity,
     /// The user vector folded in earlier for the same interactions, with its model version;
     /// reused when that version is still the one loaded.
     pub vector: Option<UserVector>,
@@ -187,6 +192,9 @@ impl Ranker<'_> {
     /// Ranks for one request; returns the items and the user vector used. Pure apart from the
     /// ONNX run.
     pub fn rank(&self, req: &ModelRequest) -> Result<(Vec<Recommendation>, UserVector), ApiError> {
+        if !req.diversity.is_none() {
+            return self.rank_diverse(req);
+        }
         let user = self.user(req);
         let items = match self.scorer {
             Some(scorer) if user.known() => {
@@ -202,6 +210,22 @@ impl Ranker<'_> {
             values: user.vector,
         };
         Ok((fill(items, req, self.catalog, self.signals), vector))
+    }
+
+    /// Ranks a pool larger than `k` under the same rules, then re-ranks it down to `k` for
+    /// diversity.
+    fn rank_diverse(
+        &self,
+        req: &ModelRequest,
+    ) -> Result<(Vec<Recommendation>, UserVector), ApiError> {
+        let pooled = ModelRequest {
+            k: models::diversify::pool_size(req.k),
+            diversity: Diversity::NONE,
+            ..req.clone()
+        };
+        let (pool, vector) = self.rank(&pooled)?;
+        let items = diversify::rerank(self, pool, req.k, req.diversity.value());
+        Ok((items, vector))
     }
 
     /// The vector carried over for this version, else one folded in from the interactions;
@@ -459,6 +483,7 @@ mod tests {
             exclude: HashSet::from(["x1".to_owned()]),
             k,
             category: category.map(str::to_owned),
+            diversity: Diversity::NONE,
             vector: None,
         }
     }
@@ -588,6 +613,7 @@ mod tests {
             exclude: HashSet::new(),
             k: 3,
             category: None,
+            diversity: Diversity::NONE,
             vector: None,
         };
         let (items, _) = Ranker {
@@ -760,6 +786,7 @@ mod tests {
                 profile: vec![],
                 k: 4,
                 category: None,
+                diversity: Diversity::NONE,
                 vector: None,
             };
             Ranker {
@@ -821,6 +848,66 @@ mod tests {
         // An x1 fan: CF puts the other x items first; a strong lift puts the trending y2 first.
         assert_ne!(ranked(0.0)[0], "y2");
         assert_eq!(ranked(10.0)[0], "y2");
+    }
+
+    #[tokio::test]
+    async fn diversity_brings_another_category_up_and_keeps_every_filter() {
+        let (artifact, scorer, catalog, popularity) = fixture().await;
+        // Every x-item but the seen x1 back in the catalogue: an x1 fan's list is all x-items.
+        catalog.upsert(item("x3", "x", true)).await.expect("upsert");
+        catalog.upsert(item("x4", "x", true)).await.expect("upsert");
+        catalog
+            .upsert(item("y3", "y", false))
+            .await
+            .expect("upsert");
+        let mask = MaskCache::default().get(&artifact, &catalog, None);
+        let unlisted = UnlistedCache::default().get(&artifact, &catalog);
+        let ranker = Ranker {
+            artifact: &artifact,
+            scorer: Some(&scorer),
+            mask: &mask,
+            unlisted: &unlisted,
+            catalog: &catalog,
+            signals: Signals::popular(&popularity),
+        };
+        let ranked = |k: usize, diversity: f64| {
+            let req = ModelRequest {
+                diversity: Diversity::new(diversity).expect("in range"),
+                ..request(k, None)
+            };
+            ranker.rank(&req).expect("rank").0
+        };
+        let ids =
+            |items: &[Recommendation]| items.iter().map(|r| r.item_id.clone()).collect::<Vec<_>>();
+        let plain = ranked(3, 0.0);
+        assert_eq!(ids(&plain), ["x2", "x3", "x4"], "{plain:?}");
+        // Diversity keeps the best item first and brings a y-item up beside it.
+        for diversity in [0.7, 1.0] {
+            let diverse = ranked(3, diversity);
+            assert_eq!(diverse[0].item_id, "x2", "{diverse:?}");
+            assert!(diverse[1].item_id.starts_with('y'), "{diverse:?}");
+        }
+        let eligible = ["x2", "x3", "x4", "y1", "y2", "fresh"];
+        for diversity in [0.0, 0.3, 0.7, 1.0] {
+            for k in 0..=8 {
+                let items = ranked(k, diversity);
+                // Only what the plain ranking may return: never seen, unavailable or deleted.
+                assert!(
+                    items.iter().all(|r| eligible.contains(&r.item_id.as_str())),
+                    "{items:?}"
+                );
+                assert_eq!(items.len(), k.min(eligible.len()), "{items:?}");
+                assert!(
+                    items.windows(2).all(|w| w[0].score >= w[1].score),
+                    "not best first: {items:?}"
+                );
+            }
+        }
+        // Diversity 0 is the plain ranking, scores and all.
+        assert_eq!(
+            ranked(4, 0.0),
+            ranker.rank(&request(4, None)).expect("rank").0
+        );
     }
 
     #[test]
@@ -983,6 +1070,7 @@ mod tests {
                 category in prop_oneof![Just(None), Just(Some("x")), Just(Some("y"))],
                 boost in prop_oneof![Just(0.0f32), Just(5.0f32)],
                 profile in proptest::bool::ANY,
+                diversity in prop_oneof![Just(0.0f64), Just(0.3), Just(1.0)],
             ) {
                 let (artifact, scorer) = &*MODEL;
                 let catalog = catalog(&cases);
@@ -1020,6 +1108,7 @@ mod tests {
                     profile: if profile { vec!["p:y".into()] } else { vec![] },
                     k,
                     category: category.map(str::to_owned),
+                    diversity: Diversity::new(diversity).expect("in range"),
                     vector: None,
                 };
                 let signals = Signals {
