@@ -87,6 +87,7 @@ async fn recommends_tracks_upserts_and_streams_over_grpc() {
             user_id: "u1".into(),
             k: 3,
             category: None,
+            diversity: None,
         })
         .await
         .expect("recommend")
@@ -111,6 +112,7 @@ async fn recommends_tracks_upserts_and_streams_over_grpc() {
             user_id: "u1".into(),
             k: 10,
             category: Some("drama".into()),
+            diversity: None,
         })
         .await
         .expect("recommend in a category")
@@ -129,6 +131,7 @@ async fn recommends_tracks_upserts_and_streams_over_grpc() {
             user_id: "fresh".into(),
             k: 5,
             category: None,
+            diversity: None,
         })
         .await
         .expect("watch")
@@ -183,6 +186,7 @@ async fn errors_are_the_shared_table_as_grpc_statuses() {
             user_id: "u".into(),
             k: 1000,
             category: None,
+            diversity: None,
         })
         .await
         .expect_err("k too large");
@@ -242,6 +246,130 @@ async fn errors_are_the_shared_table_as_grpc_statuses() {
     assert_eq!(not_object.code(), Code::InvalidArgument);
     let (status, _) = server.get("/v1/items/arr").await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommend_and_watch_take_a_diversity_over_grpc() {
+    let (_guard, dir) = workdir();
+    let server = Server::start(&dir).await;
+    let mut grpc = client(&server).await;
+    // Four dramas everyone is watching now, one comedy a single user is.
+    for (id, category) in [
+        ("d0", "drama"),
+        ("d1", "drama"),
+        ("d2", "drama"),
+        ("d3", "drama"),
+        ("c0", "comedy"),
+    ] {
+        grpc.upsert_item(pb::UpsertItemRequest {
+            item_id: id.into(),
+            title: format!("Film {id}"),
+            categories: vec![category.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("upsert");
+    }
+    let events: Vec<pb::Event> = (0..4)
+        .flat_map(|u| (0..4).map(move |i| (format!("t{u}"), format!("d{i}"))))
+        .chain([("t4".to_owned(), "c0".to_owned())])
+        .map(|(user, item)| event(&format!("{user}-{item}"), &user, &item))
+        .collect();
+    grpc.track_events(pb::TrackEventsRequest { events })
+        .await
+        .expect("track");
+    let trending = wait_for(
+        async || {
+            let (_, body) = server.get("/v1/trending?k=10").await;
+            let n = body["items"].as_array().map_or(0, Vec::len);
+            (n == 5).then_some(body)
+        },
+        Duration::from_secs(15),
+    )
+    .await;
+    assert!(trending.is_some(), "the events were not applied");
+    // Users never seen get what is trending: dramas only, unless they ask for diversity.
+    let ask = |user: &str, diversity: Option<f64>| pb::RecommendRequest {
+        user_id: user.into(),
+        k: 3,
+        category: None,
+        diversity,
+    };
+    let ids = |recs: &pb::Recommendations| {
+        recs.items
+            .iter()
+            .map(|r| r.item_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let diverse = grpc
+        .recommend(ask("newcomer", Some(0.7)))
+        .await
+        .expect("recommend with diversity")
+        .into_inner();
+    assert_eq!(diverse.items.len(), 3, "{diverse:?}");
+    assert_eq!(diverse.items[1].item_id, "c0", "{diverse:?}");
+    // Another diversity is another list, not the one cached for 0.7.
+    let plain = grpc
+        .recommend(ask("newcomer", None))
+        .await
+        .expect("recommend")
+        .into_inner();
+    assert!(
+        ids(&plain).iter().all(|id| id.starts_with('d')),
+        "{plain:?}"
+    );
+    let zero = grpc
+        .recommend(ask("newcomer", Some(0.0)))
+        .await
+        .expect("recommend with diversity 0")
+        .into_inner();
+    assert_eq!(ids(&zero), ids(&plain));
+    // REST and gRPC agree.
+    let (_, rest) = server
+        .get("/v1/users/newcomer/recommendations?k=3&diversity=0.7")
+        .await;
+    let rest_ids: Vec<&str> = rest["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|r| r["item_id"].as_str())
+        .collect();
+    assert_eq!(rest_ids, ids(&diverse));
+    // The stream takes it too.
+    let mut stream = grpc
+        .watch_recommendations(pb::WatchRequest {
+            user_id: "watcher".into(),
+            k: 3,
+            category: None,
+            diversity: Some(0.7),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("first message in time")
+        .expect("a message")
+        .expect("ok");
+    assert_eq!(first.items[1].item_id, "c0", "{first:?}");
+    // Out of range or not a number: INVALID_ARGUMENT, on both calls.
+    for bad in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+        let refused = grpc
+            .recommend(ask("newcomer", Some(bad)))
+            .await
+            .expect_err("diversity out of range");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{bad}");
+        let refused = grpc
+            .watch_recommendations(pb::WatchRequest {
+                user_id: "watcher".into(),
+                k: 3,
+                category: None,
+                diversity: Some(bad),
+            })
+            .await
+            .expect_err("diversity out of range");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{bad}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -142,6 +142,7 @@ async fn websocket_and_grpc_apply_the_same_policy() {
         user_id: user.into(),
         k: 3,
         category: None,
+        diversity: None,
     };
     let item = || pb::UpsertItemRequest {
         item_id: "sec-1".into(),
@@ -152,6 +153,7 @@ async fn websocket_and_grpc_apply_the_same_policy() {
         user_id: user.into(),
         k: 3,
         category: None,
+        diversity: None,
     };
     let events = |user: &str| pb::TrackEventsRequest {
         events: vec![pb::Event {
@@ -1059,6 +1061,7 @@ async fn a_caller_cannot_hold_more_than_its_share_of_streams() {
             user_id: "alice".into(),
             k: 3,
             category: None,
+            diversity: None,
         })
         .await
         .map(drop)
@@ -1133,6 +1136,7 @@ async fn streams_end_when_their_token_expires() {
             user_id: "alice".into(),
             k: 3,
             category: None,
+            diversity: None,
         })
         .await
         .expect("watch")

@@ -49,10 +49,12 @@ fn check_id(field: &str, id: &str) -> Result<(), Status> {
     common::validate_id(field, id).map_err(invalid)
 }
 
-/// `k` 0 means the default, 10.
-fn rec_query(k: u32, category: Option<String>) -> Result<RecQuery, Status> {
+/// `k` 0 means the default, 10; no `diversity` the model's ranking.
+fn rec_query(k: u32, category: Option<String>, diversity: Option<f64>) -> Result<RecQuery, Status> {
     let k = if k == 0 { 10 } else { k as usize };
-    RecQuery::new(k, category).map_err(invalid)
+    RecQuery::new(k, category)
+        .and_then(|q| q.with_diversity(diversity))
+        .map_err(invalid)
 }
 
 impl From<&common::Recommendations> for pb::Recommendations {
@@ -104,7 +106,7 @@ impl Recommender for Service {
         allow(&request, Action::ReadUser(&request.get_ref().user_id))?;
         let request = request.into_inner();
         check_id("user_id", &request.user_id)?;
-        let query = rec_query(request.k, request.category)?;
+        let query = rec_query(request.k, request.category, request.diversity)?;
         let recs = self
             .node
             .recommend(&request.user_id, &query)
@@ -192,7 +194,7 @@ impl Recommender for Service {
             .map_err(|e| status(&e))?;
         let request = request.into_inner();
         check_id("user_id", &request.user_id)?;
-        let query = rec_query(request.k, request.category)?;
+        let query = rec_query(request.k, request.category, request.diversity)?;
         let updates = crate::watch::recommendations(self.node.clone(), &request.user_id, query)
             .await
             .map_err(|e| status(&e))?;

@@ -208,6 +208,29 @@ pub fn rec_query(params: &HashMap<String, String>) -> Result<RecQuery> {
     RecQuery::new(k, params.get("category").cloned()).map_err(AppError::invalid)
 }
 
+/// The query of a recommendation request beyond [`RecParams`].
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DiversityParams {
+    /// How far to trade relevance for variety, 0 (the model's ranking, the default) to 1:
+    /// re-ranks by maximal marginal relevance over categories and item factors.
+    #[param(minimum = 0.0, maximum = 1.0, default = 0.0)]
+    diversity: Option<f64>,
+}
+
+/// Parses a recommendation request: [`rec_query`] and `diversity` (a number from 0 to 1,
+/// default 0).
+pub fn recommendation_query(params: &HashMap<String, String>) -> Result<RecQuery> {
+    // Not a number: NaN, which the range check refuses with the same message.
+    let diversity = params
+        .get("diversity")
+        .map(|raw| raw.trim().parse().unwrap_or(f64::NAN));
+    rec_query(params)?
+        .with_diversity(diversity)
+        .map_err(AppError::invalid)
+}
+
 /// What is active now, by item (eligible ones, in `category` if given) and by category.
 #[utoipa::path(get, path = "/v1/trending", tag = "recommendations", params(RecParams),
     responses((status = 200, description = "Trending items and categories", body = supervisors::node::TrendingView), (status = 400, description = "Invalid argument", body = ErrorBody)))]
@@ -221,7 +244,7 @@ pub async fn trending(
 
 /// The user's top-k recommendations, with the reasons for each.
 #[utoipa::path(get, path = "/v1/users/{user_id}/recommendations", tag = "recommendations",
-    params(("user_id" = common::Id, Path, description = "User id"), RecParams),
+    params(("user_id" = common::Id, Path, description = "User id"), RecParams, DiversityParams),
     responses((status = 200, description = "Recommendations, best first", body = common::Recommendations), (status = 400, description = "Invalid argument", body = ErrorBody), (status = 503, description = "Unavailable; retry later", body = ErrorBody)))]
 pub async fn get_recommendations(
     State(node): State<Arc<Node>>,
@@ -229,7 +252,7 @@ pub async fn get_recommendations(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response> {
     check_id("user_id", &user_id)?;
-    let query = rec_query(&params)?;
+    let query = recommendation_query(&params)?;
     let recs = node.recommend(&user_id, &query).await?;
     Ok(Json(recs.as_ref()).into_response())
 }

@@ -1,8 +1,9 @@
-//! `GET /v1/ws[?user_id=..&k=..&category=..]`: live recommendations over one WebSocket, for as
-//! many users as the client subscribes to (up to [`MAX_SUBSCRIPTIONS`]).
+//! `GET /v1/ws[?user_id=..&k=..&category=..&diversity=..]`: live recommendations over one
+//! WebSocket, for as many users as the client subscribes to (up to [`MAX_SUBSCRIPTIONS`]).
 //!
 //! Client → server, JSON text messages:
-//! - `{"type":"subscribe","user_id":"u1","k":5,"category":"music"}` (`k`, `category` optional)
+//! - `{"type":"subscribe","user_id":"u1","k":5,"category":"music","diversity":0.3}` (`k`,
+//!   `category`, `diversity` optional)
 //! - `{"type":"unsubscribe","user_id":"u1"}`
 //! - `{"type":"ping"}`
 //!
@@ -43,7 +44,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::{Action, Gate, Principal, authorize};
 use crate::error::AppError;
-use crate::rest::rec_query;
+use crate::rest::recommendation_query;
 use crate::streams::{
     CLOSE_EXPIRED, CLOSE_INIT_TIMEOUT, Caller, StreamGuard, close, expiry, sleep_until,
 };
@@ -70,7 +71,7 @@ pub async fn upgrade(
         Some(user_id) => {
             common::validate_id("user_id", user_id).map_err(AppError::invalid)?;
             authorize(&principal, Action::ReadUser(user_id), "websocket")?;
-            Some((user_id.clone(), rec_query(&params)?))
+            Some((user_id.clone(), recommendation_query(&params)?))
         }
         None => None,
     };
@@ -126,6 +127,9 @@ enum ClientMessage {
         k: Option<usize>,
         #[serde(default)]
         category: Option<String>,
+        /// 0 to 1, as `GET /v1/users/{id}/recommendations?diversity=` takes it.
+        #[serde(default)]
+        diversity: Option<f64>,
     },
     Unsubscribe {
         user_id: String,
@@ -227,6 +231,7 @@ impl Connection {
                 user_id,
                 k,
                 category,
+                diversity,
             }) => {
                 let mut params = HashMap::new();
                 if let Some(k) = k {
@@ -235,7 +240,10 @@ impl Connection {
                 if let Some(c) = category {
                     params.insert("category".to_owned(), c);
                 }
-                match rec_query(&params) {
+                if let Some(d) = diversity {
+                    params.insert("diversity".to_owned(), d.to_string());
+                }
+                match recommendation_query(&params) {
                     Ok(query) => self.subscribe(user_id, query).await,
                     Err(e) => Err(e.error),
                 }

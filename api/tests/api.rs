@@ -501,6 +501,103 @@ async fn recommendations_follow_tastes_and_never_return_excluded_items() {
     }
 }
 
+/// Four alpha items everyone is clicking now and one beta item a single user is: a user never
+/// seen gets trending alpha items, unless they ask for diversity.
+async fn trending_alpha_and_one_beta(api: &Api) {
+    for i in 0..4 {
+        api.put_item(&format!("a{i}"), "alpha", true).await;
+    }
+    api.put_item("b0", "beta", true).await;
+    let mut events: Vec<Value> = (0..4)
+        .flat_map(|u| (0..4).map(move |i| json!({"event_id": format!("t{u}-{i}"), "user_id": format!("t{u}"), "item_id": format!("a{i}"), "kind": "click"})))
+        .collect();
+    events.push(json!({"event_id": "t4-b0", "user_id": "t4", "item_id": "b0", "kind": "click"}));
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/events",
+            Some(json!({ "events": events })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    api.settle().await;
+}
+
+fn item_ids(recs: &Value) -> Vec<String> {
+    recs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["item_id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommendations_take_a_diversity_that_brings_another_category_up() {
+    let api = Api::start().await;
+    trending_alpha_and_one_beta(&api).await;
+    // Diversity first: the plain list asked next must not be the one cached for it.
+    let (status, diverse) = api
+        .get("/v1/users/newcomer/recommendations?k=3&diversity=0.7")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{diverse}");
+    let ids = item_ids(&diverse);
+    assert_eq!(ids.len(), 3, "{diverse}");
+    assert_eq!(ids[1], "b0", "{diverse}");
+    assert!(
+        ids[0].starts_with('a') && ids[2].starts_with('a'),
+        "{diverse}"
+    );
+    let scores: Vec<f64> = diverse["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["score"].as_f64().expect("score"))
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{diverse}");
+    let (_, plain) = api.get("/v1/users/newcomer/recommendations?k=3").await;
+    assert!(
+        item_ids(&plain).iter().all(|id| id.starts_with('a')),
+        "{plain}"
+    );
+    let (_, zero) = api
+        .get("/v1/users/newcomer/recommendations?k=3&diversity=0")
+        .await;
+    assert_eq!(zero, plain, "diversity 0 is the plain ranking");
+    // A user's own items stay out, whatever the diversity.
+    api.call(
+        Method::POST,
+        "/v1/events",
+        Some(json!({"events": [{"user_id": "picky", "item_id": "b0", "kind": "click"}]})),
+    )
+    .await;
+    api.settle().await;
+    for diversity in ["0.3", "0.7", "1"] {
+        let (status, picky) = api
+            .get(&format!(
+                "/v1/users/picky/recommendations?k=4&diversity={diversity}"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{picky}");
+        let ids = item_ids(&picky);
+        assert_eq!(ids.len(), 4, "{picky}");
+        assert!(!ids.contains(&"b0".to_owned()), "{picky}");
+    }
+    for bad in [
+        "diversity=-0.1",
+        "diversity=1.5",
+        "diversity=abc",
+        "diversity=NaN",
+        "diversity=inf",
+        "diversity=",
+    ] {
+        let (status, body) = api
+            .get(&format!("/v1/users/newcomer/recommendations?k=3&{bad}"))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disliked_item_leaves_the_users_recommendations_and_what_goes_with_it_goes_down() {
     let api = Api::start().await;

@@ -149,6 +149,7 @@ async fn every_user_scoped_answer_names_the_node_that_owns_the_user() {
         user_id: "carol".into(),
         k: 3,
         category: None,
+        diversity: None,
     });
     request.metadata_mut().insert(
         "authorization",
@@ -214,6 +215,7 @@ async fn the_internal_service_admits_nodes_only_for_what_their_caller_may_do() {
                 user_id: "alice".into(),
                 k: 3,
                 category: None,
+                diversity_thousandths: 0,
             },
             secret,
             principal,

@@ -196,6 +196,99 @@ async fn errors_carry_the_rest_codes_and_deep_queries_are_refused() {
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommendations_and_their_subscription_take_a_diversity() {
+    let (node, _dir) = node().await;
+    // Four alpha items everyone is clicking now, one beta item a single user is.
+    for (id, category) in [
+        ("a0", "alpha"),
+        ("a1", "alpha"),
+        ("a2", "alpha"),
+        ("a3", "alpha"),
+        ("b0", "beta"),
+    ] {
+        let (status, body) = gql(
+            &node,
+            "mutation($id: String!, $item: ItemInput!) { upsertItem(itemId: $id, item: $item) { itemId } }",
+            json!({"id": id, "item": {"title": format!("Item {id}"), "categories": [category]}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let mut events: Vec<Value> = (0..4)
+        .flat_map(|u| (0..4).map(move |i| json!({"eventId": format!("t{u}-{i}"), "userId": format!("t{u}"), "itemId": format!("a{i}"), "kind": "click"})))
+        .collect();
+    events.push(json!({"eventId": "t4-b0", "userId": "t4", "itemId": "b0", "kind": "click"}));
+    let (_, body) = gql(
+        &node,
+        "mutation($events: [EventInput!]!) { trackEvents(events: $events) { accepted } }",
+        json!({ "events": events }),
+    )
+    .await;
+    assert_eq!(body["data"]["trackEvents"]["accepted"], 17, "{body}");
+    assert!(node.wait_caught_up(Duration::from_secs(10)).await);
+    let recommend = async |diversity: Value| {
+        gql(
+            &node,
+            "query($d: Float) { recommendations(userId: \"newcomer\", k: 3, diversity: $d) { items { itemId score } } }",
+            json!({ "d": diversity }),
+        )
+        .await
+    };
+    let ids = |body: &Value| -> Vec<String> {
+        body["data"]["recommendations"]["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i["itemId"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (status, diverse) = recommend(json!(0.7)).await;
+    assert_eq!(status, StatusCode::OK, "{diverse}");
+    let diverse_ids = ids(&diverse);
+    assert_eq!(diverse_ids.len(), 3, "{diverse}");
+    assert_eq!(diverse_ids[1], "b0", "{diverse}");
+    let (_, plain) = recommend(Value::Null).await;
+    let plain_ids = ids(&plain);
+    assert_eq!(plain_ids.len(), 3, "{plain}");
+    assert!(plain_ids.iter().all(|id| id.starts_with('a')), "{plain}");
+    assert_eq!(ids(&recommend(json!(0)).await.1), plain_ids);
+    // Out of range: the REST code; not a number: refused by the schema.
+    for bad in [json!(-0.5), json!(1.01)] {
+        let (_, body) = recommend(bad).await;
+        assert_eq!(code(&body), Some("invalid_argument"), "{body}");
+        assert_eq!(body["data"], Value::Null, "{body}");
+    }
+    let (_, body) = recommend(json!("lots")).await;
+    assert!(body["errors"][0]["message"].is_string(), "{body}");
+    assert!(ids(&body).is_empty(), "{body}");
+    // The subscription takes the same argument.
+    let (_, schema) = gql(
+        &node,
+        "{ __type(name: \"Subscription\") { fields { name args { name type { name } } } } }",
+        json!({}),
+    )
+    .await;
+    let fields = schema["data"]["__type"]["fields"]
+        .as_array()
+        .expect("fields");
+    let updated = fields
+        .iter()
+        .find(|f| f["name"] == "recommendationsUpdated")
+        .expect("recommendationsUpdated");
+    assert!(
+        updated["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a["name"] == "diversity" && a["type"]["name"] == "Float"),
+        "{updated}"
+    );
+}
+
 fn code(body: &Value) -> Option<&str> {
     body["errors"][0]["extensions"]["code"].as_str()
 }

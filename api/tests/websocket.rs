@@ -160,6 +160,95 @@ async fn v1_ws_subscriptions_spend_the_callers_rate_limit() {
     assert_eq!(next(&mut ws).await["type"], "pong");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_ws_subscribe_takes_a_diversity() {
+    let (addr, node, _dir) = serve(|_| {}).await;
+    // Four alpha items everyone is clicking now, one beta item a single user is.
+    for (id, category) in [
+        ("a0", "alpha"),
+        ("a1", "alpha"),
+        ("a2", "alpha"),
+        ("a3", "alpha"),
+        ("b0", "beta"),
+    ] {
+        node.upsert_item(common::Item {
+            item_id: id.into(),
+            title: format!("Item {id}"),
+            categories: vec![category.into()],
+            tags: vec![],
+            attributes: Default::default(),
+            available: true,
+            updated_at: 0,
+        })
+        .await
+        .expect("upsert");
+    }
+    let now = common::now_millis();
+    let click = |user: String, item: String| common::Event {
+        event_id: format!("{user}-{item}"),
+        user_id: user,
+        item_id: item,
+        kind: common::EventKind::Click,
+        value: None,
+        ts: now,
+    };
+    let mut events: Vec<common::Event> = (0..4)
+        .flat_map(|u| (0..4).map(move |i| (format!("t{u}"), format!("a{i}"))))
+        .map(|(u, i)| click(u, i))
+        .collect();
+    events.push(click("t4".into(), "b0".into()));
+    node.post_events(events).await.expect("events");
+    assert!(node.wait_caught_up(Duration::from_secs(10)).await);
+
+    let token = token("svc", &["service"]);
+    let mut ws = connect(addr, "/v1/ws", Some(&token))
+        .await
+        .expect("upgraded");
+    let ids = |recs: &Value| -> Vec<String> {
+        recs["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["item_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut subscribe = async |user: &str, diversity: Value| {
+        send(
+            &mut ws,
+            json!({"type": "subscribe", "user_id": user, "k": 3, "diversity": diversity}),
+        )
+        .await;
+        let first = next(&mut ws).await;
+        if first["type"] != "subscribed" {
+            return first;
+        }
+        next(&mut ws).await
+    };
+    let diverse = subscribe("newcomer", json!(0.7)).await;
+    assert_eq!(diverse["type"], "recommendations", "{diverse}");
+    assert_eq!(ids(&diverse).len(), 3, "{diverse}");
+    assert_eq!(ids(&diverse)[1], "b0", "{diverse}");
+    let plain = subscribe("other", Value::Null).await;
+    assert!(ids(&plain).iter().all(|id| id.starts_with('a')), "{plain}");
+    for bad in [json!(1.5), json!(-1), json!("lots")] {
+        let refused = subscribe("newcomer", bad).await;
+        assert_eq!(refused["type"], "error", "{refused}");
+        assert_eq!(refused["error"]["code"], "invalid_argument", "{refused}");
+    }
+    // The URL form: a bad diversity is refused at the upgrade.
+    let refused = connect(addr, "/v1/ws?user_id=newcomer&diversity=2", Some(&token)).await;
+    assert_eq!(refused.err(), Some(400));
+    let mut ws = connect(
+        addr,
+        "/v1/ws?user_id=newcomer&k=3&diversity=0.7",
+        Some(&token),
+    )
+    .await
+    .expect("upgraded");
+    let first = next(&mut ws).await;
+    assert_eq!(ids(&first), ids(&diverse), "{first}");
+}
+
 /// The close code and reason of the connection, past any other message (juniper's pongs).
 async fn closed(ws: &mut Ws) -> (u16, String) {
     loop {

@@ -45,6 +45,13 @@ fn query(k: i32, category: Option<String>) -> FieldResult<RecQuery> {
     RecQuery::new(usize::try_from(k).unwrap_or(0), category).map_err(invalid)
 }
 
+/// A recommendation query: [`query`] and `diversity` (0 to 1; none, the model's ranking).
+fn rec_query(k: i32, category: Option<String>, diversity: Option<f64>) -> FieldResult<RecQuery> {
+    query(k, category)?
+        .with_diversity(diversity)
+        .map_err(invalid)
+}
+
 #[derive(GraphQLObject, Clone)]
 pub struct Item {
     item_id: String,
@@ -179,10 +186,14 @@ impl Query {
         user_id: String,
         #[graphql(default = 10)] k: i32,
         category: Option<String>,
+        #[graphql(
+            description = "How far to trade relevance for variety, 0 (the model's ranking, the default) to 1: re-ranks by maximal marginal relevance over categories and item factors."
+        )]
+        diversity: Option<f64>,
     ) -> FieldResult<Recommendations> {
         check_id("userId", &user_id)?;
         ctx.allow(Action::ReadUser(&user_id))?;
-        let query = query(k, category)?;
+        let query = rec_query(k, category, diversity)?;
         let recs = ctx
             .node
             .recommend(&user_id, &query)
@@ -302,10 +313,11 @@ impl Subscription {
         ctx: &Ctx,
         user_id: String,
         #[graphql(default = 10)] k: i32,
+        #[graphql(description = "0 to 1, as `recommendations` takes it.")] diversity: Option<f64>,
     ) -> FieldResult<RecsStream> {
         check_id("userId", &user_id)?;
         ctx.allow(Action::ReadUser(&user_id))?;
-        let query = query(k, None)?;
+        let query = rec_query(k, None, diversity)?;
         let updates = crate::watch::recommendations(ctx.node.clone(), &user_id, query)
             .await
             .map_err(field_error)?;

@@ -163,6 +163,7 @@ impl Remote for Client {
             user_id: user_id.to_owned(),
             k: u32::try_from(query.k).unwrap_or(u32::MAX),
             category: query.category.clone(),
+            diversity_thousandths: u32::from(query.diversity.thousandths()),
         };
         let json = self
             .call(to, message, |mut c, r| async move { c.recommend(r).await })

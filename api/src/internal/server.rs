@@ -67,10 +67,13 @@ impl Users for Server {
             user_id,
             k,
             category,
+            diversity_thousandths,
         } = request.into_inner();
         check_id(&user_id)?;
-        let query =
-            RecQuery::new(k as usize, category).map_err(|e| status(&ApiError::invalid(e)))?;
+        let diversity = (diversity_thousandths > 0).then(|| f64::from(diversity_thousandths) / 1e3);
+        let query = RecQuery::new(k as usize, category)
+            .and_then(|q| q.with_diversity(diversity))
+            .map_err(|e| status(&ApiError::invalid(e)))?;
         let users = self.node.users();
         let recs = users
             .recommend_local(&user_id, &query)
