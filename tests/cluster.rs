@@ -618,6 +618,11 @@ async fn three_nodes_share_users_and_lose_none_when_one_is_killed_or_all_restart
         .await;
     }
 
+    // Popularity counts every partition's users: every node holds every item clicked since it
+    // was catalogued ("solo" by one user of one partition too), its own partitions' weights from
+    // its store and the others' as their owners published them, so all agree on the total.
+    let before_restarts = popularity_agrees(&nodes, items.len() + 1).await;
+
     // (f) A rolling restart (SIGTERM, one node at a time) under a steady read load on the other
     // nodes fails no read: a moving partition's requests wait for its new owner.
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -670,6 +675,42 @@ async fn three_nodes_share_users_and_lose_none_when_one_is_killed_or_all_restart
         slowest_ms.load(Ordering::Relaxed),
         started.elapsed().as_secs_f64()
     );
+    // Every node came back on its store and reread the others' weights: they agree still.
+    let after_restarts = popularity_agrees(&nodes, items.len() + 1).await;
+    eprintln!(
+        "cluster: item popularity the same on every node: total {before_restarts:.2}, \
+         {after_restarts:.2} after the rolling restart"
+    );
+}
+
+/// Waits until every running node's popularity holds `num_items` items and the same total
+/// weight (> 0); returns it.
+async fn popularity_agrees(nodes: &[Node], num_items: usize) -> f64 {
+    let mut last = Vec::new();
+    let agreed = wait_until(
+        async || {
+            last.clear();
+            for server in live(nodes) {
+                let state = actor_state(server, "popularity_publisher").await;
+                last.push((state["num_items"].as_u64(), state["total_weight"].as_f64()));
+            }
+            let totals: Vec<f64> = last.iter().filter_map(|(_, t)| *t).collect();
+            last.iter().all(|(n, _)| *n == Some(num_items as u64))
+                && totals.len() == last.len()
+                && totals[0] > 0.0
+                && totals
+                    .iter()
+                    .all(|t| (t - totals[0]).abs() < 1e-6 * totals[0])
+        },
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        agreed,
+        "nodes' popularity (items, total) never agreed: {last:?}\n{}",
+        logs(nodes)
+    );
+    last[0].1.unwrap_or_default()
 }
 
 /// Reads every user's view from `nodes` in turn until `stop`, counting reads and recording any

@@ -7,10 +7,14 @@
 //!
 //! It also follows every event of `user-events` into this node's trending windows, so that
 //! trending counts the whole cluster's activity (sessions do not count it in a cluster: their
-//! node sees only its own users).
+//! node sees only its own users), and every weight on the popularity topic into this node's
+//! popularity, for the partitions it does not hold: their owners' word (see `popularity`). An
+//! item this node has not heard of yet counts (its owner catalogued it); a deleted one does not.
 //!
-//! The tail starts at the end: what changed before a node started, its cache never held. A
-//! broker outage never fails it: the client reconnects by itself.
+//! The tail starts at the end of the changelog and of `user-events`: what changed before a node
+//! started, its cache never held. It reads the popularity topic from its start, which holds
+//! every partition's latest weights. A broker outage never fails it: the client reconnects by
+//! itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +54,8 @@ pub struct TailObs {
     pub num_remote: u64,
     /// Events of `user-events` read (into trending).
     pub num_events: u64,
+    /// Item weights of partitions other nodes own, read from the popularity topic.
+    pub num_weights: u64,
     pub last_error: Option<String>,
 }
 
@@ -126,7 +132,7 @@ impl Actor for ChangelogTailActor {
             let services = &state.args.services;
             let records = tail.next(MAX_RECORDS, POLL_WAIT).await;
             let now = common::now_millis();
-            let (mut num_records, mut num_remote, mut num_events) = (0, 0, 0);
+            let (mut num_records, mut num_remote, mut num_events, mut num_weights) = (0, 0, 0, 0);
             for tailed in records {
                 match tailed {
                     // This node's own sessions published their changes already.
@@ -137,6 +143,17 @@ impl Actor for ChangelogTailActor {
                             num_remote += 1;
                         }
                     }
+                    // What this node holds (restoring or serving) is its own to say.
+                    Tailed::Popularity(w) if !services.cluster.holds(w.partition) => {
+                        num_weights += 1;
+                        if !matches!(
+                            services.catalog.read().status(&w.item_id),
+                            ItemStatus::Deleted
+                        ) {
+                            services.popularity.set(w.partition, &w.item_id, w.weight);
+                        }
+                    }
+                    Tailed::Popularity(_) => {}
                     Tailed::Event(e) => {
                         num_events += 1;
                         // Ids nobody catalogued never trend.
@@ -159,6 +176,7 @@ impl Actor for ChangelogTailActor {
                 o.num_records += num_records;
                 o.num_remote += num_remote;
                 o.num_events += num_events;
+                o.num_weights += num_weights;
             });
         }
         mailbox::tell(&myself, TailMsg::Poll)?;

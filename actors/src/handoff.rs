@@ -147,8 +147,23 @@ pub async fn restore(
     let (records, fenced, covered) = (replay.num_read(), replay.num_fenced(), replay.covered());
     // An erasure replayed here covers whatever this node's log already holds of the user.
     let local_end = *services.log.high_watermark(partition).borrow();
-    let changed = replay.apply(services.store.as_ref(), &own, local_end)?;
+    let (catalog, cap) = (
+        services.catalog.clone(),
+        services.config.trending.max_user_weight,
+    );
+    let contributions = move |state: &[u8]| crate::popularity::of_state(state, &catalog, cap);
+    let changed = replay.apply(
+        services.store.as_ref(),
+        partition,
+        &own,
+        local_end,
+        &contributions,
+    )?;
     services.store.set_restored_through(partition, through)?;
+    // What the partition's users add to popularity is now this store's to say.
+    services
+        .popularity
+        .reset_partition(partition, services.store.partition_stats(partition)?);
     for user in &changed {
         services.changes.publish(Changes::User(user.clone()));
     }

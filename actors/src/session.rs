@@ -291,17 +291,19 @@ impl SessionState {
                 &services.catalog,
                 cap,
             );
+            let partition = partition_for(user, services.log.num_partitions());
             services
                 .store
                 .commit(SessionCommit {
                     user_id: user,
+                    partition,
                     state: &state,
                     applied_event_ids: &applied_ids,
                     item_deltas: &deltas,
                 })
                 .map_err(ApiError::internal)?;
             for (item, delta) in &deltas {
-                services.popularity.add(item, *delta);
+                services.popularity.add(partition, item, *delta);
             }
             let now = common::now_millis();
             let view = services.catalog.read();
@@ -474,9 +476,9 @@ pub async fn erase(services: &Services, user_id: &str, data: &SessionData) -> Re
     let borrowed: Vec<(&str, f64)> = deltas.iter().map(|(id, w)| (id.as_str(), *w)).collect();
     services
         .store
-        .erase(user_id, tombstone, &borrowed)
+        .erase(user_id, partition, tombstone, &borrowed)
         .map_err(ApiError::internal)?;
-    services.popularity.remove(&deltas);
+    services.popularity.remove(partition, &deltas);
     services.changes.publish(Changes::User(user_id.to_owned()));
     // The tombstone covers what was received up to its millisecond: answer once the clock has
     // passed it, so that whatever the client sends next counts as received after the erasure.

@@ -163,6 +163,11 @@ impl Cluster {
         self.inner.read().own.get(&partition) == Some(&PartitionState::Active)
     }
 
+    /// Whether the group gave `partition` to this node (restoring or serving).
+    pub fn holds(&self, partition: u32) -> bool {
+        self.inner.read().own.contains_key(&partition)
+    }
+
     /// Another live member that still says it holds `partition`, if any: a node assigned the
     /// partition waits for it to let go before restoring (see `actors::handoff`).
     pub fn claimed_elsewhere(&self, partition: u32) -> Option<NodeId> {

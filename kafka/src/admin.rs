@@ -55,9 +55,14 @@ pub async fn ensure_topics(settings: &Settings, timeout: Duration) -> Result<Vec
                 settings.partitions_of(name),
                 TopicReplication::Fixed(settings.replication),
             );
-            // Only each node's latest status, and each user's latest session state, matter: a
-            // compacting broker keeps just those.
-            if *name == settings.status_topic() || *name == settings.changelog_topic() {
+            // Only each node's latest status, each user's latest session state and each
+            // (partition, item)'s latest weight matter: a compacting broker keeps just those.
+            let compacted = [
+                settings.status_topic(),
+                settings.changelog_topic(),
+                settings.popularity_topic(),
+            ];
+            if compacted.contains(name) {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic

@@ -11,7 +11,9 @@
 //! - [`status`]: the cluster's status topic, each node's ownership and address, read by all.
 //! - [`changelog`]: the sessions changelog, written by a partition's owner and replayed by the
 //!   node that gains it.
-//! - [`tail`]: what every node follows from the end on: the changelog and `user-events`.
+//! - [`popularity`]: what each partition's users add to each item, published by the owner.
+//! - [`tail`]: what every node follows: the changelog and `user-events` from the end on, the
+//!   item popularity from its start.
 //! - [`history`]: `user-events` read whole since a point in time, for training.
 //!
 //! Nothing here knows about actors or sessions: the bridge actor composes these parts.
@@ -21,6 +23,7 @@ pub mod changelog;
 mod consumer;
 mod decode;
 pub mod history;
+pub mod popularity;
 mod producer;
 pub mod status;
 pub mod tail;
@@ -129,13 +132,22 @@ impl Settings {
         format!("{}{}", self.prefix, changelog::CHANGELOG_TOPIC)
     }
 
+    /// The item popularity topic (see [`popularity`]), partitioned as `user-events`.
+    pub fn popularity_topic(&self) -> String {
+        format!("{}{}", self.prefix, popularity::POPULARITY_TOPIC)
+    }
+
     /// Every topic streamrec creates if absent: the three sources, their dead-letter topics,
-    /// the status topic and the sessions changelog.
+    /// the status topic, the sessions changelog and the item popularity.
     pub fn all_topics(&self) -> Vec<String> {
         Topic::ALL
             .into_iter()
             .flat_map(|t| [self.topic(t), self.dlq(t)])
-            .chain([self.status_topic(), self.changelog_topic()])
+            .chain([
+                self.status_topic(),
+                self.changelog_topic(),
+                self.popularity_topic(),
+            ])
             .collect()
     }
 
@@ -203,7 +215,8 @@ mod tests {
         );
         assert_eq!(prefixed.topic_of("product-updates"), None);
         assert_eq!(prefixed.topic_of("t1.user-events.dlq"), None);
-        assert_eq!(prefixed.all_topics().len(), 8);
+        assert_eq!(prefixed.all_topics().len(), 9);
+        assert_eq!(prefixed.popularity_topic(), "t1.item-popularity");
         assert_eq!(prefixed.changelog_topic(), "t1.sessions-changelog");
         assert_eq!(prefixed.status_topic(), "t1.cluster-status");
         assert_eq!(prefixed.partitions_of("t1.cluster-status"), 1);

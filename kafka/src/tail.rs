@@ -1,7 +1,8 @@
-//! What every node of a cluster follows besides its own partitions, from the end on: the
+//! What every node of a cluster follows besides its own partitions: from the end on, the
 //! sessions changelog (each owner's changes to its users, so that a node hears of changes to
 //! users it does not own) and `user-events` (every event, so that trending counts the whole
-//! cluster's activity). Like [`StatusReader`](crate::status::StatusReader) it assigns the
+//! cluster's activity); from its start, the item popularity (each owner's weights, so that
+//! popularity counts every partition's users). Like [`StatusReader`](crate::status::StatusReader) it assigns the
 //! partitions itself: it is no member of the nodes' group and commits nothing.
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use storage::changelog::{Change, ChangeRecord};
 
+use crate::popularity::ItemWeight;
 use crate::{Decoded, Message, Result, Settings, Topic, decode};
 
 /// One record the tail read.
@@ -25,6 +27,8 @@ pub enum Tailed {
     },
     /// An event of `user-events`.
     Event(Event),
+    /// What a partition's users add to an item, as its owner published it.
+    Popularity(ItemWeight),
 }
 
 pub struct Tail {
@@ -45,6 +49,13 @@ impl Tail {
                 partitions.add_partition_offset(&topic, partition, Offset::End)?;
             }
         }
+        for partition in 0..settings.partitions {
+            partitions.add_partition_offset(
+                &settings.popularity_topic(),
+                partition,
+                Offset::Beginning,
+            )?;
+        }
         consumer.assign(&partitions)?;
         Ok(Self {
             consumer,
@@ -61,6 +72,7 @@ impl Tail {
             return records;
         };
         let changelog = self.settings.changelog_topic();
+        let popularity = self.settings.popularity_topic();
         let now = common::now_millis();
         let mut next = Some(first);
         while let Some(received) = next.take() {
@@ -74,6 +86,19 @@ impl Tail {
                         }),
                         Err(error) => {
                             tracing::warn!(offset = m.offset(), %error, "skipped a changelog record");
+                        }
+                    }
+                }
+                Ok(m) if m.topic() == popularity => {
+                    let partition = m.partition() as u32;
+                    match crate::popularity::decode(partition, m.key(), m.payload()) {
+                        Some(weight) => records.push(Tailed::Popularity(weight)),
+                        None => {
+                            tracing::warn!(
+                                offset = m.offset(),
+                                partition,
+                                "skipped a popularity record"
+                            );
                         }
                     }
                 }

@@ -24,7 +24,7 @@ use std::collections::hash_map::Entry;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StorageError};
-use crate::sessions::{SessionStore, Tombstone};
+use crate::sessions::{Contributions, SessionStore, Tombstone};
 
 /// What happened to a user's session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -215,30 +215,46 @@ impl Restore {
         self.covered
     }
 
-    /// Applies each user's last record to `store`, but a state `own` (this store) wrote: the
-    /// store holds it or something newer. `local_offset` is where this node's own log stands
-    /// for the partition: a replayed erasure's tombstone covers what it already journaled.
-    /// Returns the users whose state changed.
+    /// Applies each user's last record to `store` (which keeps `partition`), but a state
+    /// `own` (this store) wrote: the store holds it or something newer. `local_offset` is where
+    /// this node's own log stands for the partition: a replayed erasure's tombstone covers what
+    /// it already journaled. The partition's item counters move by what each user's
+    /// `contributions` change. Returns the users whose state changed.
     pub fn apply(
         self,
         store: &dyn SessionStore,
+        partition: u32,
         own: &str,
         local_offset: u64,
+        contributions: &Contributions,
     ) -> Result<Vec<String>> {
         let mut changed = Vec::new();
         for (user, (record, applied)) in self.last {
+            let before = || -> Result<Vec<(String, f64)>> {
+                Ok(store
+                    .load(&user)?
+                    .map(|state| contributions(&state))
+                    .unwrap_or_default())
+            };
             match &record.change {
                 Change::State { .. } if record.writer == own => continue,
                 Change::State { state, .. } => {
+                    let state = serde_json::to_vec(state)?;
+                    let deltas = diff(before()?, contributions(&state));
+                    let deltas: Vec<(&str, f64)> =
+                        deltas.iter().map(|(i, d)| (i.as_str(), *d)).collect();
                     let applied: Vec<&str> = applied.iter().map(String::as_str).collect();
-                    store.restore(&user, &serde_json::to_vec(state)?, &applied)?;
+                    store.restore(&user, partition, &state, &applied, &deltas)?;
                 }
                 Change::Erased { at_ms } => {
                     let tombstone = Tombstone {
                         offset: local_offset,
                         at_ms: *at_ms,
                     };
-                    store.erase(&user, tombstone, &[])?;
+                    let taken = before()?;
+                    let taken: Vec<(&str, f64)> =
+                        taken.iter().map(|(i, w)| (i.as_str(), *w)).collect();
+                    store.erase(&user, partition, tombstone, &taken)?;
                 }
                 Change::Marker => continue,
             }
@@ -246,6 +262,16 @@ impl Restore {
         }
         Ok(changed)
     }
+}
+
+/// What going from contributions `before` to `after` adds to each item (non-zero only).
+fn diff(before: Vec<(String, f64)>, after: Vec<(String, f64)>) -> Vec<(String, f64)> {
+    let mut deltas: HashMap<String, f64> = after.into_iter().collect();
+    for (item, weight) in before {
+        *deltas.entry(item).or_default() -= weight;
+    }
+    deltas.retain(|_, delta| *delta != 0.0);
+    deltas.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -298,12 +324,36 @@ mod tests {
         record
     }
 
+    /// What a test state adds to popularity: its `n`, to item `x`.
+    fn contributions(state: &[u8]) -> Vec<(String, f64)> {
+        let state: serde_json::Value = serde_json::from_slice(state).expect("json");
+        vec![("x".to_owned(), state["n"].as_f64().expect("n"))]
+    }
+
+    /// Item `x`'s counter in partition 0.
+    fn x(store: &dyn SessionStore) -> f64 {
+        store
+            .partition_stats(0)
+            .expect("stats")
+            .into_iter()
+            .find_map(|(item, weight)| (item == "x").then_some(weight))
+            .unwrap_or(0.0)
+    }
+
+    fn apply(restore: Restore, store: &dyn SessionStore) -> Vec<String> {
+        restore
+            .apply(store, 0, "me", 0, &contributions)
+            .expect("applies")
+    }
+
     fn restore(store: &dyn SessionStore, own: &str, records: &[ChangeRecord]) -> Vec<String> {
         let mut restore = Restore::default();
         for record in records {
             restore.push(record.clone());
         }
-        let mut changed = restore.apply(store, own, 42).expect("applies");
+        let mut changed = restore
+            .apply(store, 0, own, 42, &contributions)
+            .expect("applies");
         changed.sort();
         changed
     }
@@ -343,6 +393,8 @@ mod tests {
                     at_ms: 7
                 })
             );
+            // The partition's counters hold what the restored states add: u's 2 and v's 9.
+            assert_eq!(x(&store), 11.0);
         }
     }
 
@@ -366,13 +418,13 @@ mod tests {
         assert_eq!(restore.num_fenced(), 2);
         // What the fenced-off writer applied is not covered: the owner consumes it again.
         assert_eq!(restore.covered(), Some(30));
-        assert_eq!(restore.apply(&store, "me", 0).expect("applies"), ["u"]);
+        assert_eq!(apply(restore, &store), ["u"]);
         assert_eq!(load(&store, "u").as_deref(), Some(r#"{"n":3}"#));
         // A range that begins under an owner's marker is fenced from its first record.
         let mut restore = Restore::new(Some("new".into()));
         restore.push(state("w", "old", 5, &["e5"]));
         assert_eq!(restore.num_fenced(), 1);
-        assert!(restore.apply(&store, "me", 0).expect("applies").is_empty());
+        assert!(apply(restore, &store).is_empty());
     }
 
     #[test]
@@ -381,7 +433,7 @@ mod tests {
         let store = RocksSessionStore::new(Arc::new(Db::open(dir.path()).expect("db")));
         // The store applied more than its last record says (killed before recording it).
         store
-            .restore("u", br#"{"n":3}"#, &["e1", "e2", "e3"])
+            .restore("u", 0, br#"{"n":3}"#, &["e1", "e2", "e3"], &[("x", 3.0)])
             .expect("local state");
         assert_eq!(
             restore(&store, "me", &[state("u", "me", 2, &["e2"])]),
@@ -393,10 +445,13 @@ mod tests {
             state("u", "me", 2, &["e2"]),
             state("u", "other", 4, &["e4"]),
         ];
+        assert_eq!(x(&store), 3.0);
         assert_eq!(restore(&store, "me", &later), ["u"]);
         assert_eq!(load(&store, "u").as_deref(), Some(r#"{"n":4}"#));
+        assert_eq!(x(&store), 4.0, "counters move by the difference");
         assert_eq!(restore(&store, "me", &[erased("u", "me", 9)]), ["u"]);
         assert_eq!(load(&store, "u"), None);
+        assert_eq!(x(&store), 0.0, "an erasure takes the user's part back");
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub enum Cf {
     Items,
     /// item id → deletion time; deleted items are never recommended.
     DeletedItems,
-    /// item id → f64 sum of positive interaction weights (merge-added).
+    /// partition (u32 BE) ‖ item id → what the partition's users add to the item's popularity
+    /// (f64, merge-added; see `sessions`).
     ItemStats,
     /// user id → erasure record; replays of older events are skipped.
     Erasures,
@@ -263,6 +264,21 @@ impl Db {
     pub fn scan(&self, cf: Cf) -> impl Iterator<Item = Result<KeyValue>> + '_ {
         self.db
             .iterator_cf(self.cf(cf), rocksdb::IteratorMode::Start)
+            .map(|r| r.map_err(StorageError::from))
+    }
+
+    /// Every key/value of a column family whose key starts with `prefix`, in key order.
+    pub fn scan_prefix<'a>(
+        &'a self,
+        cf: Cf,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<KeyValue>> + 'a {
+        self.db
+            .iterator_cf(
+                self.cf(cf),
+                rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+            )
+            .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
             .map(|r| r.map_err(StorageError::from))
     }
 

@@ -9,6 +9,16 @@
 //! (anyone may post events about any id) never enters the map, and a deleted item leaves it, so
 //! the map is never larger than the catalogue. Weight is counted from when the item is in the
 //! catalogue.
+//!
+//! It is kept per input partition, as the store keeps it: an item's popularity is the sum of
+//! what each partition's users add. On one node every partition is local. In a cluster a node
+//! knows exactly only the partitions it owns (its sessions moved them); the owner of each
+//! partition publishes its weights ([`publisher`]) and every node reads everyone's from the
+//! popularity topic (`changelog_tail`), so every node ranks by the whole cluster's users. A
+//! partition a node gains is reloaded from its store once restored, and what changed in it from
+//! what the previous owner last published is published again.
+
+pub mod publisher;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,52 +35,169 @@ const RERANK_EVERY: Duration = Duration::from_millis(500);
 /// Items with their popularity, most popular first.
 pub type Ranked = Arc<Vec<(String, f64)>>;
 
+/// One item's popularity, and what each partition adds to it.
+#[derive(Default)]
+struct Item {
+    total: f64,
+    /// (partition, weight > 0), few: the partitions whose users touched the item.
+    parts: Vec<(u32, f64)>,
+}
+
+impl Item {
+    fn weight(&self, partition: u32) -> f64 {
+        self.parts
+            .iter()
+            .find_map(|(p, w)| (*p == partition).then_some(*w))
+            .unwrap_or(0.0)
+    }
+
+    fn set(&mut self, partition: u32, weight: f64) {
+        let weight = weight.max(0.0);
+        match self.parts.iter().position(|(p, _)| *p == partition) {
+            Some(i) if weight == 0.0 => {
+                self.parts.swap_remove(i);
+            }
+            Some(i) => self.parts[i].1 = weight,
+            None if weight > 0.0 => self.parts.push((partition, weight)),
+            None => {}
+        }
+        self.total = self.parts.iter().map(|(_, w)| w).sum();
+    }
+}
+
 pub struct Popularity {
-    counts: RwLock<HashMap<String, f64>>,
+    items: RwLock<HashMap<String, Item>>,
     /// The last ranking and when it was made.
     ranked: Mutex<(Option<Instant>, Ranked)>,
+    /// (partition, item) changed here and not yet published; kept only in a cluster.
+    dirty: Option<Mutex<HashSet<(u32, String)>>>,
 }
 
 impl Popularity {
-    pub fn new(initial: Vec<(String, f64)>) -> Self {
+    /// Popularity of items all counted in partition 0 (tests, and a node's first moments).
+    pub fn new(totals: Vec<(String, f64)>) -> Self {
+        let initial = totals.into_iter().map(|(id, w)| (0, id, w)).collect();
+        Self::by_partition(initial, false)
+    }
+
+    /// Popularity from what each partition adds to each item (`SessionStore::item_stats`).
+    /// `publishing`: keep track of what changes, for [`publisher`] (a cluster).
+    pub fn by_partition(initial: Vec<(u32, String, f64)>, publishing: bool) -> Self {
+        let mut items: HashMap<String, Item> = HashMap::new();
+        for (partition, item, weight) in initial {
+            items.entry(item).or_default().set(partition, weight);
+        }
+        items.retain(|_, item| !item.parts.is_empty());
         Self {
-            counts: RwLock::new(initial.into_iter().collect()),
+            items: RwLock::new(items),
             ranked: Mutex::new((None, Arc::default())),
+            dirty: publishing.then(Mutex::default),
         }
     }
 
-    /// Moves an item's popularity by `delta` (negative when a user's contribution shrank), never
-    /// below 0. Callers pass catalogued items only.
-    pub fn add(&self, item_id: &str, delta: f64) {
+    /// Moves what `partition`'s users add to an item by `delta` (negative when a user's
+    /// contribution shrank), never below 0. Callers pass catalogued items only.
+    pub fn add(&self, partition: u32, item_id: &str, delta: f64) {
         if delta == 0.0 || !delta.is_finite() {
             return;
         }
-        let mut counts = self.counts.write();
-        let count = counts.entry(item_id.to_owned()).or_default();
-        *count = (*count + delta).max(0.0);
+        let mut items = self.items.write();
+        let item = items.entry(item_id.to_owned()).or_default();
+        item.set(partition, item.weight(partition) + delta);
+        if item.parts.is_empty() {
+            items.remove(item_id);
+        }
+        if let Some(dirty) = &self.dirty {
+            dirty.lock().insert((partition, item_id.to_owned()));
+        }
+    }
+
+    /// Takes back what an erased user of `partition` added.
+    pub fn remove(&self, partition: u32, deltas: &[(String, f64)]) {
+        for (item, delta) in deltas {
+            self.add(partition, item, -delta);
+        }
+    }
+
+    /// What `partition`'s users add to an item, as another node (its owner) says.
+    pub fn set(&self, partition: u32, item_id: &str, weight: f64) {
+        if !weight.is_finite() {
+            return;
+        }
+        let mut items = self.items.write();
+        let item = items.entry(item_id.to_owned()).or_default();
+        item.set(partition, weight);
+        if item.parts.is_empty() {
+            items.remove(item_id);
+        }
+    }
+
+    /// Replaces what `partition` adds to every item by `weights` (the store's, after the
+    /// partition was restored here); every item whose weight this changes, or that had one
+    /// before, is to be published again.
+    pub fn reset_partition(&self, partition: u32, weights: Vec<(String, f64)>) {
+        let mut items = self.items.write();
+        let mut touched: HashSet<String> = items
+            .iter()
+            .filter(|(_, item)| item.weight(partition) > 0.0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &touched {
+            if let Some(item) = items.get_mut(id) {
+                item.set(partition, 0.0);
+            }
+        }
+        for (id, weight) in weights {
+            if weight > 0.0 && weight.is_finite() {
+                items.entry(id.clone()).or_default().set(partition, weight);
+                touched.insert(id);
+            }
+        }
+        items.retain(|_, item| !item.parts.is_empty());
+        if let Some(dirty) = &self.dirty {
+            dirty
+                .lock()
+                .extend(touched.into_iter().map(|id| (partition, id)));
+        }
+    }
+
+    /// What changed here since the last call, with its current weight, for the partitions
+    /// `keep` says this node owns; what changed in other partitions is dropped (its new owner
+    /// publishes it).
+    pub fn take_changes(&self, keep: impl Fn(u32) -> bool) -> Vec<(u32, String, f64)> {
+        let Some(dirty) = &self.dirty else {
+            return Vec::new();
+        };
+        let taken = std::mem::take(&mut *dirty.lock());
+        let items = self.items.read();
+        taken
+            .into_iter()
+            .filter(|(partition, _)| keep(*partition))
+            .map(|(partition, id)| {
+                let weight = items.get(&id).map_or(0.0, |item| item.weight(partition));
+                (partition, id, weight)
+            })
+            .collect()
     }
 
     /// Drops a deleted item.
     pub fn forget(&self, item_id: &str) {
-        self.counts.write().remove(item_id);
+        self.items.write().remove(item_id);
     }
 
     /// Items counted.
     pub fn len(&self) -> usize {
-        self.counts.read().len()
+        self.items.read().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn remove(&self, deltas: &[(String, f64)]) {
-        let mut counts = self.counts.write();
-        for (item, delta) in deltas {
-            if let Some(c) = counts.get_mut(item) {
-                *c = (*c - delta).max(0.0);
-            }
-        }
+    /// The sum of every item's popularity (for the console and tests: every node of a settled
+    /// cluster holds the same).
+    pub fn total(&self) -> f64 {
+        self.items.read().values().map(|item| item.total).sum()
     }
 
     /// Items by descending popularity (ties by id), refreshed at most every 500 ms.
@@ -78,10 +205,10 @@ impl Popularity {
         let mut ranked = self.ranked.lock();
         if ranked.0.is_none_or(|t| t.elapsed() >= RERANK_EVERY) {
             let mut list: Vec<(String, f64)> = self
-                .counts
+                .items
                 .read()
                 .iter()
-                .map(|(k, v)| (k.clone(), *v))
+                .map(|(k, v)| (k.clone(), v.total))
                 .collect();
             list.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             *ranked = (Some(Instant::now()), Arc::new(list));
@@ -126,6 +253,14 @@ pub fn deltas<'a>(
         .collect()
 }
 
+/// What a session's stored state adds to popularity (see [`contributions`]); nothing for a
+/// state that cannot be read.
+pub fn of_state(state: &[u8], catalog: &CatalogView, cap: f64) -> Vec<(String, f64)> {
+    crate::session::SessionData::decode(state)
+        .map(|data| contributions(&data.items, catalog, cap))
+        .unwrap_or_default()
+}
+
 /// Everything one user's totals add to popularity (what erasing the user takes back).
 pub fn contributions(
     items: &HashMap<String, f32>,
@@ -145,19 +280,82 @@ pub fn contributions(
 mod tests {
     use super::*;
 
+    fn ranked(p: &Popularity) -> Vec<(String, f64)> {
+        p.refresh();
+        p.ranked().to_vec()
+    }
+
     #[test]
     fn ranks_by_weight_then_id() {
         let p = Popularity::new(vec![("b".into(), 1.0), ("a".into(), 1.0)]);
-        p.add("c", 5.0);
-        p.add("a", 2.0);
-        p.add("a", -3.0);
-        p.refresh();
-        let ranked = p.ranked();
-        let ids: Vec<_> = ranked.iter().map(|(id, _)| id.clone()).collect();
-        assert_eq!(ids, vec!["c", "b", "a"]);
-        assert_eq!(ranked[2].1, 0.0, "never below zero");
+        p.add(0, "c", 5.0);
+        p.add(0, "a", 2.0);
+        p.add(0, "a", -1.0);
+        assert_eq!(
+            ranked(&p),
+            [("c".into(), 5.0), ("a".into(), 2.0), ("b".into(), 1.0)]
+        );
+        p.add(0, "a", -5.0);
+        assert_eq!(ranked(&p).len(), 2, "never below zero: gone at zero");
         p.forget("c");
-        assert_eq!(p.len(), 2);
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn an_item_adds_up_what_every_partition_says() {
+        let p = Popularity::by_partition(
+            vec![
+                (0, "a".into(), 1.0),
+                (1, "a".into(), 2.0),
+                (1, "b".into(), 4.0),
+            ],
+            true,
+        );
+        assert_eq!(ranked(&p), [("b".into(), 4.0), ("a".into(), 3.0)]);
+        // Another node, the owner of partition 2, says what its users add.
+        p.set(2, "a", 3.0);
+        p.set(2, "a", 2.0);
+        assert_eq!(ranked(&p), [("a".into(), 5.0), ("b".into(), 4.0)]);
+        assert_eq!(p.total(), 9.0);
+        assert!(
+            p.take_changes(|_| true).is_empty(),
+            "what others say is theirs to publish"
+        );
+        // Local changes are published with their weight then, for owned partitions only.
+        p.add(1, "b", -1.0);
+        p.add(0, "a", 1.0);
+        let mut changes = p.take_changes(|partition| partition == 1);
+        changes.sort_by(|x, y| x.1.cmp(&y.1));
+        assert_eq!(changes, [(1, "b".into(), 3.0)]);
+        assert!(p.take_changes(|_| true).is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_restored_partition_replaces_what_the_previous_owner_said() {
+        let p = Popularity::by_partition(vec![(0, "a".into(), 1.0)], true);
+        p.set(1, "a", 2.0);
+        p.set(1, "b", 2.0);
+        // Restored here: the store says partition 1's users add 4 to c, and nothing to a or b.
+        p.reset_partition(1, vec![("c".into(), 4.0)]);
+        assert_eq!(ranked(&p), [("c".into(), 4.0), ("a".into(), 1.0)]);
+        let mut changes = p.take_changes(|partition| partition == 1);
+        changes.sort_by(|x, y| x.1.cmp(&y.1));
+        assert_eq!(
+            changes,
+            [
+                (1, "a".into(), 0.0),
+                (1, "b".into(), 0.0),
+                (1, "c".into(), 4.0)
+            ],
+            "what changed from the previous owner's word is published again, zeros too"
+        );
+    }
+
+    #[test]
+    fn a_single_node_keeps_no_changes() {
+        let p = Popularity::new(Vec::new());
+        p.add(0, "a", 1.0);
+        assert!(p.take_changes(|_| true).is_empty());
     }
 
     #[test]

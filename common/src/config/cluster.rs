@@ -31,6 +31,11 @@ pub struct ClusterConfig {
     /// Default 2s.
     #[serde(default = "status_interval", with = "humantime_serde")]
     pub status_interval: Duration,
+    /// How often a node publishes what the users of the partitions it serves add to each item's
+    /// popularity (what changed since the last time), so that every node ranks by the whole
+    /// cluster's users. Default 5s.
+    #[serde(default = "popularity_interval", with = "humantime_serde")]
+    pub popularity_interval: Duration,
     /// A member not heard from for this long is dropped from the map. Default 10s.
     #[serde(default = "member_timeout", with = "humantime_serde")]
     pub member_timeout: Duration,
@@ -54,6 +59,9 @@ fn handoff_timeout() -> Duration {
 }
 fn status_interval() -> Duration {
     Duration::from_secs(2)
+}
+fn popularity_interval() -> Duration {
+    Duration::from_secs(5)
 }
 fn member_timeout() -> Duration {
     Duration::from_secs(10)
@@ -89,11 +97,12 @@ impl ClusterConfig {
         }
         if self.handoff_timeout.is_zero()
             || self.status_interval.is_zero()
+            || self.popularity_interval.is_zero()
             || self.member_timeout <= self.status_interval
         {
             return invalid(
-                "cluster.handoff_timeout and cluster.status_interval must be positive, and \
-                 cluster.member_timeout longer than cluster.status_interval",
+                "cluster.handoff_timeout, cluster.status_interval and cluster.popularity_interval \
+                 must be positive, and cluster.member_timeout longer than cluster.status_interval",
             );
         }
         if self.secret.as_ref().is_some_and(|s| s.0.len() < 16) {
@@ -116,6 +125,7 @@ mod tests {
             |c: &mut ClusterConfig| c.node_id = "a b".into(),
             |c: &mut ClusterConfig| c.handoff_timeout = Duration::ZERO,
             |c: &mut ClusterConfig| c.member_timeout = c.status_interval,
+            |c: &mut ClusterConfig| c.popularity_interval = Duration::ZERO,
             |c: &mut ClusterConfig| c.secret = Some(Secret("short".into())),
         ] {
             let mut config = ClusterConfig::default();

@@ -97,7 +97,18 @@ async fn main() -> anyhow::Result<()> {
     let read = started.elapsed();
     anyhow::ensure!(through > until, "read through {through} of {until}");
     let replay = std::mem::take(&mut *restore.lock().expect("lock"));
-    let changed = replay.apply(store.as_ref(), "this-node", 0)?;
+    // What each state adds to item popularity, as a node reckons it: every item's weight, read
+    // from the state's JSON (a node also checks the catalogue and caps each weight).
+    let contributions = |state: &[u8]| -> Vec<(String, f64)> {
+        let state: serde_json::Value = serde_json::from_slice(state).unwrap_or_default();
+        state["items"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(item, w)| Some((item.clone(), w.as_f64()?.clamp(0.0, 5.0))))
+            .collect()
+    };
+    let changed = replay.apply(store.as_ref(), 0, "this-node", 0, &contributions)?;
     let total = started.elapsed();
     anyhow::ensure!(changed.len() == args.sessions, "restored {}", changed.len());
     anyhow::ensure!(store.load("user0")?.is_some(), "user0 restored");

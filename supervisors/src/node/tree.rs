@@ -47,6 +47,38 @@ pub(super) struct Tree {
     pub users: Arc<Users>,
 }
 
+/// Item popularity as the store counted it, per partition; a store of an earlier version (or
+/// one kept by another number of partitions) has its counters rebuilt from its sessions first.
+/// Only catalogued items have a popularity: counters of ids nobody catalogued (or since
+/// deleted) stay out of the map. `publishing` in a cluster (see `actors::popularity`).
+fn load_popularity(
+    config: &Config,
+    store: &dyn storage::SessionStore,
+    catalog: &Arc<CatalogView>,
+    publishing: bool,
+) -> anyhow::Result<Popularity> {
+    let partitions = config.events.num_partitions;
+    if store.item_stats_partitions()? != Some(partitions) {
+        let started = std::time::Instant::now();
+        let (view, cap) = (catalog.clone(), config.trending.max_user_weight);
+        let sessions = store.rebuild_item_stats(partitions, &move |state: &[u8]| {
+            actors::popularity::of_state(state, &view, cap)
+        })?;
+        tracing::info!(
+            sessions,
+            partitions,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt item popularity per partition"
+        );
+    }
+    let stats = store
+        .item_stats()?
+        .into_iter()
+        .filter(|(_, id, weight)| *weight > 0.0 && catalog.get(id).is_some())
+        .collect();
+    Ok(Popularity::by_partition(stats, publishing))
+}
+
 /// Opens everything under `config.data_dir` and the configured backends.
 pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
     let dir = &config.data_dir;
@@ -101,14 +133,12 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
             .await
             .context("loading the catalog")?,
     );
-    // Only catalogued items have a popularity: stats of ids nobody catalogued (or since
-    // deleted) stay out of the map.
-    let popularity = Arc::new(Popularity::new(
-        storage::SessionStore::item_stats(store.as_ref())?
-            .into_iter()
-            .filter(|(id, count)| *count > 0.0 && catalog.get(id).is_some())
-            .collect(),
-    ));
+    let popularity = Arc::new(load_popularity(
+        config,
+        store.as_ref(),
+        &catalog,
+        kafka.is_some(),
+    )?);
     let objects = backends::objects(&config.objects, dir)
         .await
         .context("opening the object store")?;
@@ -187,6 +217,7 @@ pub(super) async fn spawn(
     if let Some((settings, producer)) = kafka {
         children.push(cluster_status(services, settings.clone()).stuck_after(limits.kafka));
         children.push(changelog_tail(services, settings.clone()).stuck_after(limits.kafka));
+        children.push(popularity_publisher(services, settings.clone()).stuck_after(limits.kafka));
         for role in Role::ALL {
             let bridge = kafka_bridge(role, services, settings.clone(), producer.clone(), &users);
             children.push(bridge.stuck_after(limits.kafka));
@@ -402,6 +433,23 @@ fn changelog_tail(services: &Arc<Services>, settings: Arc<kafka::Settings>) -> C
         async move {
             let actor = parent
                 .spawn(actors::changelog_tail::ChangelogTailActor, args)
+                .await?;
+            Ok(actor.get_cell())
+        }
+    })
+}
+
+/// The actor that publishes what this node's partitions add to item popularity.
+fn popularity_publisher(services: &Arc<Services>, settings: Arc<kafka::Settings>) -> ChildSpec {
+    let services = services.clone();
+    ChildSpec::new("popularity_publisher", move |parent| {
+        let args = actors::popularity::publisher::PublisherArgs {
+            services: services.clone(),
+            settings: settings.clone(),
+        };
+        async move {
+            let actor = parent
+                .spawn(actors::popularity::publisher::PopularityPublisher, args)
                 .await?;
             Ok(actor.get_cell())
         }
