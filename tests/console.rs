@@ -1,5 +1,7 @@
 //! The operator console in a real browser: headless Chromium (Debian's `chromium`) driven by
-//! playwright-core (from npm), both installed by `scripts/setup.sh`, against the real binary.
+//! playwright-core (from npm), both installed by `scripts/setup.sh`, against the real binary:
+//! the live charts draw and update, the tree groups, pages and searches hundreds of sessions,
+//! an actor restarted from the page is counted, and a user is found (`browser/console.mjs`).
 
 mod support;
 
@@ -9,7 +11,7 @@ use std::process::Command;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_shows_the_tree_restarts_an_actor_and_finds_a_user() {
+async fn the_console_draws_live_charts_groups_sessions_restarts_an_actor_and_finds_a_user() {
     let (_guard, dir) = workdir();
     let server = Server::start(&dir).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/console.mjs");

@@ -1,6 +1,9 @@
 //! The operator console: one static page (no external assets, so it works offline) and a
-//! server-sent event stream of snapshots that keeps it live. Every action the page offers goes
-//! through the JSON admin API that scripts and `streamrec inspect` use too.
+//! server-sent event stream of snapshots that keeps it live. The page keeps the last minutes of
+//! samples itself and draws its charts from them: the snapshots, and `/metrics` scraped every
+//! second (rates from counters, quantiles from histogram buckets), so the node keeps no history
+//! for it. Every action the page offers goes through the JSON admin API that scripts and
+//! `streamrec inspect` use too.
 
 use std::convert::Infallible;
 use std::sync::Arc;
