@@ -7,6 +7,7 @@
 //! `common::error`), and a rejected request stores nothing.
 
 pub mod auth;
+mod bulk;
 mod client;
 mod console;
 mod error;
@@ -100,6 +101,8 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
             node.config.server.request_timeout,
             error::timeout,
         ))
+        // Bulk import and export: behind the gate, outside the total timeout (see `bulk`).
+        .merge(bulk::routes(node.clone(), gate.clone()))
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(max_body))

@@ -53,6 +53,8 @@ use crate::rest;
         rest::healthz,
         rest::readyz,
         rest::metrics,
+        crate::bulk::import,
+        crate::bulk::export,
     ),
     tags(
         (name = "events", description = "What users do"),

@@ -119,6 +119,10 @@ pub enum Action<'a> {
     ExportUser(&'a str),
     /// `/metrics` when `auth.protect_metrics` is set.
     Metrics,
+    /// Bulk import of a data set (`items`, `profiles`, `events`).
+    Import(&'a str),
+    /// Bulk export of a data set; profiles leave decrypted.
+    Export(&'a str),
 }
 
 impl Action<'_> {
@@ -135,6 +139,8 @@ impl Action<'_> {
             Action::EraseUser(_) => "erase_user",
             Action::ExportUser(_) => "export_user",
             Action::Metrics => "metrics",
+            Action::Import(_) => "bulk_import",
+            Action::Export(_) => "bulk_export",
         }
     }
 
@@ -142,7 +148,11 @@ impl Action<'_> {
     fn is_admin(&self) -> bool {
         matches!(
             self,
-            Action::AdminWrite | Action::EraseUser(_) | Action::ExportUser(_)
+            Action::AdminWrite
+                | Action::EraseUser(_)
+                | Action::ExportUser(_)
+                | Action::Import(_)
+                | Action::Export(_)
         )
     }
 }
@@ -165,6 +175,12 @@ pub fn permits(principal: &Principal, action: &Action<'_>) -> bool {
             principal.has_any(&[Operator, Admin])
         }
         Action::EraseUser(_) | Action::ExportUser(_) => principal.has_any(&[Admin]),
+        // The catalogue in bulk is the catalogue's writers'; everyone's profiles (personal
+        // data, decrypted on export) and events are the admin's alone.
+        Action::Import(dataset) | Action::Export(dataset) => match *dataset {
+            "items" => principal.has_any(&[CatalogAdmin, Admin]),
+            _ => principal.has_any(&[Admin]),
+        },
     }
 }
 
@@ -280,6 +296,34 @@ mod tests {
         assert!(permits(&operator, &Action::ReadCluster));
         assert!(permits(&admin, &Action::ReadCluster));
         assert!(!permits(&service, &Action::ReadCluster));
+    }
+
+    #[test]
+    fn bulk_items_are_for_catalogue_writers_and_everything_else_for_admins() {
+        let catalog = who("cat", &[Role::CatalogAdmin]);
+        let admin = who("root", &[Role::Admin]);
+        for action in [Action::Import("items"), Action::Export("items")] {
+            assert!(permits(&catalog, &action), "{action:?}");
+            assert!(permits(&admin, &action), "{action:?}");
+        }
+        for dataset in ["profiles", "events", "unknown"] {
+            for action in [Action::Import(dataset), Action::Export(dataset)] {
+                assert!(permits(&admin, &action), "{action:?}");
+                for role in [
+                    Role::User,
+                    Role::Service,
+                    Role::CatalogAdmin,
+                    Role::Operator,
+                    Role::Node,
+                ] {
+                    assert!(!permits(&who("x", &[role]), &action), "{role:?} {action:?}");
+                }
+            }
+        }
+        for role in [Role::User, Role::Service, Role::Operator, Role::Node] {
+            assert!(!permits(&who("x", &[role]), &Action::Import("items")));
+            assert!(!permits(&who("x", &[role]), &Action::Export("items")));
+        }
     }
 
     #[test]

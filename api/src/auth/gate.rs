@@ -262,6 +262,7 @@ async fn authorize_rest(
     };
     let method = request.method().clone();
     let user = param("user_id");
+    let dataset = param("dataset");
     let action = match (path, method) {
         // GraphQL, gRPC and the WebSocket authorize each operation with the principal.
         ("/graphql" | "/v1/ws", _) => return Ok(()),
@@ -279,6 +280,8 @@ async fn authorize_rest(
         ("/v1/items/{item_id}", _) => Action::WriteCatalog,
         ("/metrics", _) => Action::Metrics,
         ("/v1/admin/cluster", Method::GET) => Action::ReadCluster,
+        ("/v1/admin/import/{dataset}", _) => Action::Import(&dataset),
+        ("/v1/admin/export/{dataset}", _) => Action::Export(&dataset),
         (p, Method::GET) if p.starts_with("/v1/admin/") => Action::AdminRead,
         (p, _) if p.starts_with("/v1/admin/") => Action::AdminWrite,
         // Anything unlisted is for administrators.
