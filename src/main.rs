@@ -1,6 +1,7 @@
 //! `streamrec`: the node binary. Thin on purpose: parse the command line, load configuration,
 //! start telemetry and the node, serve HTTP, shut down gracefully on SIGTERM or Ctrl-C.
 
+mod bulk;
 mod demo;
 mod import;
 mod inspect;
@@ -56,10 +57,21 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         rate: u32,
     },
-    /// Import a data set into the node's stores.
+    /// Import a data set: MovieLens into this node's stores, or JSON lines of items, profiles or
+    /// events into a running node.
     Import {
         #[command(subcommand)]
         source: ImportSource,
+    },
+    /// Stream a running node's items, profiles (decrypted: needs the `admin` role) or events
+    /// (those in its log) as JSON lines, in the format `import` reads.
+    Export {
+        dataset: bulk::Dataset,
+        /// Write here (complete or not at all) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Train a model on the events in the store and make it the active version.
     Train {
@@ -113,6 +125,35 @@ enum ImportSource {
         #[command(flatten)]
         node: NodeOpts,
     },
+    /// Items, one a line: `{"item_id": ..}` and the fields of `PUT /v1/items/{item_id}`.
+    Items(BulkImport),
+    /// Profiles, one a line: `{"user_id": .., "profile": {..}}`.
+    Profiles(BulkImport),
+    /// Events, one a line, as the entries of `POST /v1/events`.
+    Events(BulkImport),
+}
+
+/// A running node and how to authenticate to it.
+#[derive(Args)]
+struct Remote {
+    /// Base URL of the node.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "STREAMREC_URL")]
+    url: String,
+    /// A bearer token (`admin`; `catalog-admin` for items), when the node requires one.
+    #[arg(long, env = "STREAMREC_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// JSON lines into a running node; refused lines are reported, and make the command fail.
+#[derive(Args)]
+struct BulkImport {
+    /// The JSON lines file.
+    file: PathBuf,
+    /// Store nothing unless every line is valid.
+    #[arg(long)]
+    atomic: bool,
+    #[command(flatten)]
+    remote: Remote,
 }
 
 /// Epoch milliseconds, or an RFC 3339 time.
@@ -183,6 +224,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }
+        Command::Import {
+            source: ImportSource::Items(args),
+        } => bulk_import(bulk::Dataset::Items, args).await,
+        Command::Import {
+            source: ImportSource::Profiles(args),
+        } => bulk_import(bulk::Dataset::Profiles, args).await,
+        Command::Import {
+            source: ImportSource::Events(args),
+        } => bulk_import(bulk::Dataset::Events, args).await,
+        Command::Export {
+            dataset,
+            output,
+            remote,
+        } => {
+            bulk::export(
+                &remote.url,
+                remote.token.as_deref(),
+                dataset,
+                output.as_deref(),
+            )
+            .await
+        }
         Command::Inspect {
             actor,
             cluster,
@@ -237,6 +300,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn bulk_import(dataset: bulk::Dataset, args: BulkImport) -> anyhow::Result<()> {
+    bulk::import(
+        &args.remote.url,
+        args.remote.token.as_deref(),
+        dataset,
+        &args.file,
+        args.atomic,
+    )
+    .await
 }
 
 /// Serves HTTP until SIGTERM/Ctrl-C (or the actor tree dies), then drains and stops the node.
