@@ -133,7 +133,8 @@ pub struct ImportReport {
     pub errors: Vec<LineError>,
     /// Refusals not listed in `errors`.
     pub errors_omitted: u64,
-    /// With `atomic=true`: whether the lines were stored (only if none was refused).
+    /// With `atomic=true`: `false` when a line was refused (nothing was stored), `true` once
+    /// every line is stored; absent if the store failed meanwhile (see `stopped_at_line`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<bool>,
     /// Set when the import stopped early (the store unavailable, the body stalled or broken):
@@ -640,10 +641,22 @@ async fn import_lines(run: &mut Import<'_>, lines: &mut Lines, atomic: bool) -> 
         None
     };
     loop {
-        let next = lines.next().await.map_err(|error| Stop {
-            line: lines.number + 1,
-            error,
-        })?;
+        let next = match lines.next().await {
+            Ok(next) => next,
+            Err(error) => {
+                // The lines read whole before the body failed are stored as any others (not in
+                // an atomic import, which stores nothing), so that the report accounts for each.
+                let stop = Stop {
+                    line: lines.number + 1,
+                    error,
+                };
+                match spool {
+                    None => run.flush().await?,
+                    Some(_) => run.report.stored = Some(false),
+                }
+                return Err(stop);
+            }
+        };
         let Some((line, text)) = next else { break };
         run.report.lines += 1;
         let record = text.and_then(|text| {
@@ -660,40 +673,42 @@ async fn import_lines(run: &mut Import<'_>, lines: &mut Lines, atomic: bool) -> 
             (Ok(record), None) => run.push(line, record).await?,
         }
     }
-    if let Some(mut spool) = spool {
-        let stored = run.report.refused == 0;
-        run.report.stored = Some(stored);
-        if !stored {
-            return Ok(());
-        }
-        let mut spooled = spool.read().await.map_err(|e| Stop {
-            line: 1,
-            error: spool_error(e),
-        })?;
-        // The first line not yet stored, should the spool fail.
-        let mut pending = 1;
-        loop {
-            let text = match spooled.next_line().await {
-                Ok(Some(text)) => text,
-                Ok(None) => break,
-                Err(e) => {
-                    return Err(Stop {
-                        line: pending,
-                        error: spool_error(e),
-                    });
-                }
-            };
-            let (line, record): (u64, Record) = serde_json::from_str(&text).map_err(|e| Stop {
-                line: pending,
-                error: spool_error(std::io::Error::other(e)),
-            })?;
-            if run.batch.is_empty() {
-                pending = line;
-            }
-            run.push(line, record).await?;
-        }
+    let Some(mut spool) = spool else {
+        return run.flush().await;
+    };
+    if run.report.refused > 0 {
+        run.report.stored = Some(false);
+        return Ok(());
     }
-    run.flush().await
+    let mut spooled = spool.read().await.map_err(|e| Stop {
+        line: 1,
+        error: spool_error(e),
+    })?;
+    // The first line not yet stored, should the spool fail.
+    let mut pending = 1;
+    loop {
+        let text = match spooled.next_line().await {
+            Ok(Some(text)) => text,
+            Ok(None) => break,
+            Err(e) => {
+                return Err(Stop {
+                    line: pending,
+                    error: spool_error(e),
+                });
+            }
+        };
+        let (line, record): (u64, Record) = serde_json::from_str(&text).map_err(|e| Stop {
+            line: pending,
+            error: spool_error(std::io::Error::other(e)),
+        })?;
+        if run.batch.is_empty() {
+            pending = line;
+        }
+        run.push(line, record).await?;
+    }
+    run.flush().await?;
+    run.report.stored = Some(true);
+    Ok(())
 }
 
 /// Exports a data set as JSON lines, in the import format: items from the catalogue, profiles

@@ -42,12 +42,17 @@ struct Served {
 }
 
 async fn serve() -> Served {
+    serve_with(|_| {}).await
+}
+
+async fn serve_with(configure: impl FnOnce(&mut common::Config)) -> Served {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = testkit::tiny_config(dir.path());
     config.auth.hs256_secret = Some(Secret(SECRET.into()));
     config.auth.rate_limit_per_second = 0.0;
     config.server.max_body_bytes = MAX_LINE;
     config.server.max_batch_events = MAX_BATCH_EVENTS;
+    configure(&mut config);
     let node = Node::start(config).await.expect("node starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -505,5 +510,76 @@ async fn only_admins_move_data_in_bulk_and_catalogue_admins_their_items() {
             (status, &body["error"]["code"]),
             (401, &json!("unauthenticated"))
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_stops_the_import_and_the_report_accounts_for_every_line_before() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idle = Duration::from_millis(700);
+    let api = serve_with(|c| c.server.request_timeout = idle).await;
+    let lines = concat!(
+        r#"{"item_id":"s1","title":"One"}"#,
+        "\n",
+        "not json\n",
+        r#"{"item_id":"s2","title":"Two"}"#,
+        "\n",
+        r#"{"item_id":"s3","ti"#,
+    );
+    // Promises more than it sends, then falls silent past `server.request_timeout`: longer
+    // than any total timeout would allow, the import waits only that long for the next bytes.
+    let head = format!(
+        "POST /v1/admin/import/items HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {}\r\n\
+         content-type: application/x-ndjson\r\ncontent-length: 100000\r\nconnection: close\r\n\r\n",
+        api.admin
+    );
+    let mut stream = tokio::net::TcpStream::connect(api.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(lines.as_bytes()).await.expect("lines");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n")
+                && serde_json::from_slice::<Value>(&answer[at + 4..]).is_ok()
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "an answer, not a hang");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    let at = text.find("\r\n\r\n").expect("headers end");
+    let report: Value = serde_json::from_str(&text[at + 4..]).expect("JSON report");
+    assert_eq!(
+        (
+            &report["lines"],
+            &report["accepted"],
+            &report["refused"],
+            &report["stopped_at_line"],
+            &report["error"]["code"],
+        ),
+        (
+            &json!(3),
+            &json!(2),
+            &json!(1),
+            &json!(4),
+            &json!("invalid_argument")
+        ),
+        "{report}"
+    );
+    for (id, stored) in [("s1", true), ("s2", true), ("s3", false)] {
+        let (status, _) = api
+            .send(reqwest::Method::GET, &format!("/v1/items/{id}"), None)
+            .await;
+        assert_eq!(status, if stored { 200 } else { 404 }, "{id}");
     }
 }
