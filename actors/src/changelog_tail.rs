@@ -16,10 +16,12 @@
 //! every partition's latest weights. A broker outage never fails it: the client reconnects by
 //! itself.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kafka::Settings;
+use kafka::popularity::Record as PopularityRecord;
 use kafka::tail::{Tail, Tailed};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
@@ -62,7 +64,52 @@ pub struct TailObs {
 pub struct TailState {
     args: TailArgs,
     tail: Option<Tail>,
+    /// Partitions being read whole from the popularity topic: what lies between the markers.
+    whole: HashMap<u32, Vec<(String, f64)>>,
     obs: Observed<TailObs>,
+}
+
+/// A record of the popularity topic, for a partition this node does not hold: its owner's word.
+/// A partition published whole replaces what this node knew of it at the end marker; `whole`
+/// holds what lies between the markers meanwhile.
+fn popularity(
+    services: &Services,
+    whole: &mut HashMap<u32, Vec<(String, f64)>>,
+    record: PopularityRecord,
+) {
+    {
+        let foreign = |partition: u32| !services.cluster.holds(partition);
+        match record {
+            PopularityRecord::Begin { partition } => {
+                whole.insert(partition, Vec::new());
+            }
+            PopularityRecord::End { partition } => {
+                if let Some(weights) = whole.remove(&partition)
+                    && foreign(partition)
+                {
+                    let view = services.catalog.read();
+                    let weights = weights
+                        .into_iter()
+                        .filter(|(id, _)| !matches!(view.status(id), ItemStatus::Deleted))
+                        .collect();
+                    drop(view);
+                    services.popularity.replace_partition(partition, weights);
+                }
+            }
+            PopularityRecord::Weight(w) => {
+                if let Some(staged) = whole.get_mut(&w.partition) {
+                    staged.push((w.item_id, w.weight));
+                } else if foreign(w.partition)
+                    && !matches!(
+                        services.catalog.read().status(&w.item_id),
+                        ItemStatus::Deleted
+                    )
+                {
+                    services.popularity.set(w.partition, &w.item_id, w.weight);
+                }
+            }
+        }
+    }
 }
 
 impl Actor for ChangelogTailActor {
@@ -88,6 +135,7 @@ impl Actor for ChangelogTailActor {
         Ok(TailState {
             args,
             tail: None,
+            whole: HashMap::new(),
             obs,
         })
     }
@@ -144,16 +192,10 @@ impl Actor for ChangelogTailActor {
                         }
                     }
                     // What this node holds (restoring or serving) is its own to say.
-                    Tailed::Popularity(w) if !services.cluster.holds(w.partition) => {
+                    Tailed::Popularity(record) => {
                         num_weights += 1;
-                        if !matches!(
-                            services.catalog.read().status(&w.item_id),
-                            ItemStatus::Deleted
-                        ) {
-                            services.popularity.set(w.partition, &w.item_id, w.weight);
-                        }
+                        popularity(services, &mut state.whole, record);
                     }
-                    Tailed::Popularity(_) => {}
                     Tailed::Event(e) => {
                         num_events += 1;
                         // Ids nobody catalogued never trend.

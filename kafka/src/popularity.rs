@@ -5,6 +5,12 @@
 //! much it changed: a compacting broker keeps each (partition, item)'s latest, and a reader that
 //! reads the topic whole from its start knows the whole cluster's popularity, as a Kafka Streams
 //! global table is read.
+//!
+//! A node that gains a partition publishes the partition whole, between a [`Record::Begin`] and
+//! a [`Record::End`] marker: a reader replaces everything it knew of the partition by what lies
+//! between them, so what a former owner said of an item the new owner does not count is gone.
+//! The markers are keyed by a control character, which no item id holds; a compacting broker keeps
+//! the latest pair, and the records between them that nothing later replaced.
 
 use std::time::Duration;
 
@@ -16,13 +22,30 @@ use crate::{KafkaError, Result, Settings, millis};
 /// The base name of the popularity topic (after `events.topic_prefix`).
 pub const POPULARITY_TOPIC: &str = "item-popularity";
 
-/// One record: what `partition`'s users add to `item_id`.
+/// What `partition`'s users add to `item_id`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ItemWeight {
     pub partition: u32,
     pub item_id: String,
     pub weight: f64,
 }
+
+/// One record of the topic.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    Weight(ItemWeight),
+    /// The partition is published whole from here...
+    Begin {
+        partition: u32,
+    },
+    /// ...to here.
+    End {
+        partition: u32,
+    },
+}
+
+const BEGIN_KEY: &str = "\u{1}begin";
+const END_KEY: &str = "\u{1}end";
 
 /// A record's value: `{"weight": w, "node": "<the node that published it>"}` (the node is for
 /// an operator reading the topic).
@@ -34,14 +57,21 @@ pub fn encode(weight: f64, node: &str) -> Vec<u8> {
 
 /// A record of `partition`, or `None` for one that is not a popularity record (a key that is
 /// not UTF-8, a weight that is not a finite number).
-pub fn decode(partition: u32, key: Option<&[u8]>, payload: Option<&[u8]>) -> Option<ItemWeight> {
-    let item_id = std::str::from_utf8(key?).ok()?.to_owned();
+pub fn decode(partition: u32, key: Option<&[u8]>, payload: Option<&[u8]>) -> Option<Record> {
+    let key = std::str::from_utf8(key?).ok()?;
+    match key {
+        BEGIN_KEY => return Some(Record::Begin { partition }),
+        END_KEY => return Some(Record::End { partition }),
+        _ => {}
+    }
     let value: serde_json::Value = serde_json::from_slice(payload?).ok()?;
     let weight = value["weight"].as_f64()?;
-    weight.is_finite().then_some(ItemWeight {
-        partition,
-        item_id,
-        weight,
+    weight.is_finite().then(|| {
+        Record::Weight(ItemWeight {
+            partition,
+            item_id: key.to_owned(),
+            weight,
+        })
     })
 }
 
@@ -74,15 +104,44 @@ impl PopularityWriter {
 
     /// Returns once the broker acknowledged every weight.
     pub async fn publish(&self, weights: &[ItemWeight]) -> Result<()> {
-        let values: Vec<Vec<u8>> = weights
+        let records: Vec<(u32, &str, Vec<u8>)> = weights
             .iter()
-            .map(|w| encode(w.weight, &self.node))
+            .map(|w| {
+                (
+                    w.partition,
+                    w.item_id.as_str(),
+                    encode(w.weight, &self.node),
+                )
+            })
             .collect();
-        let sends = weights.iter().zip(&values).map(|(w, value)| {
+        self.send(&records).await
+    }
+
+    /// Publishes `partition` whole: every item it adds to, between the two markers. Returns
+    /// once the broker acknowledged them all.
+    pub async fn publish_whole(&self, partition: u32, weights: &[(String, f64)]) -> Result<()> {
+        let marker = serde_json::json!({ "node": self.node })
+            .to_string()
+            .into_bytes();
+        let records: Vec<(u32, &str, Vec<u8>)> =
+            std::iter::once((partition, BEGIN_KEY, marker.clone()))
+                .chain(
+                    weights
+                        .iter()
+                        .map(|(id, w)| (partition, id.as_str(), encode(*w, &self.node))),
+                )
+                .chain(std::iter::once((partition, END_KEY, marker)))
+                .collect();
+        self.send(&records).await
+    }
+
+    /// Sends (partition, key, value) records in order (one request in flight per broker).
+    async fn send(&self, records: &[(u32, &str, Vec<u8>)]) -> Result<()> {
+        let sends = records.iter().map(|(partition, key, value)| {
             self.producer.send(
                 FutureRecord::to(&self.topic)
-                    .partition(w.partition as i32)
-                    .key(w.item_id.as_bytes())
+                    .partition(*partition as i32)
+                    .key(key.as_bytes())
                     .payload(value),
                 self.timeout,
             )
@@ -103,11 +162,19 @@ mod tests {
         let value = encode(2.5, "node-1");
         assert_eq!(
             decode(3, Some(b"i1"), Some(&value)),
-            Some(ItemWeight {
+            Some(Record::Weight(ItemWeight {
                 partition: 3,
                 item_id: "i1".into(),
                 weight: 2.5
-            })
+            }))
+        );
+        assert_eq!(
+            decode(3, Some(BEGIN_KEY.as_bytes()), Some(b"{}")),
+            Some(Record::Begin { partition: 3 })
+        );
+        assert_eq!(
+            decode(3, Some(END_KEY.as_bytes()), None),
+            Some(Record::End { partition: 3 })
         );
         assert_eq!(decode(3, None, Some(&value)), None);
         assert_eq!(decode(3, Some(b"i1"), None), None);

@@ -14,7 +14,7 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use storage::changelog::{Change, ChangeRecord};
 
-use crate::popularity::ItemWeight;
+use crate::popularity::Record as PopularityRecord;
 use crate::{Decoded, Message, Result, Settings, Topic, decode};
 
 /// One record the tail read.
@@ -28,7 +28,7 @@ pub enum Tailed {
     /// An event of `user-events`.
     Event(Event),
     /// What a partition's users add to an item, as its owner published it.
-    Popularity(ItemWeight),
+    Popularity(PopularityRecord),
 }
 
 pub struct Tail {
@@ -92,7 +92,7 @@ impl Tail {
                 Ok(m) if m.topic() == popularity => {
                     let partition = m.partition() as u32;
                     match crate::popularity::decode(partition, m.key(), m.payload()) {
-                        Some(weight) => records.push(Tailed::Popularity(weight)),
+                        Some(record) => records.push(Tailed::Popularity(record)),
                         None => {
                             tracing::warn!(
                                 offset = m.offset(),

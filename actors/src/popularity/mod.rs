@@ -71,6 +71,8 @@ pub struct Popularity {
     ranked: Mutex<(Option<Instant>, Ranked)>,
     /// (partition, item) changed here and not yet published; kept only in a cluster.
     dirty: Option<Mutex<HashSet<(u32, String)>>>,
+    /// Partitions reset from the store (restored here), to be published whole.
+    whole_due: Mutex<HashSet<u32>>,
 }
 
 impl Popularity {
@@ -92,6 +94,7 @@ impl Popularity {
             items: RwLock::new(items),
             ranked: Mutex::new((None, Arc::default())),
             dirty: publishing.then(Mutex::default),
+            whole_due: Mutex::default(),
         }
     }
 
@@ -132,39 +135,49 @@ impl Popularity {
         }
     }
 
-    /// Replaces what `partition` adds to every item by `weights` (the store's, after the
-    /// partition was restored here); every item whose weight this changes, or that had one
-    /// before, is to be published again.
+    /// Replaces what `partition` adds to every item by `weights`: the store's, after the
+    /// partition was restored here. The partition is then due to be published whole.
     pub fn reset_partition(&self, partition: u32, weights: Vec<(String, f64)>) {
-        let mut items = self.items.write();
-        let mut touched: HashSet<String> = items
-            .iter()
-            .filter(|(_, item)| item.weight(partition) > 0.0)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in &touched {
-            if let Some(item) = items.get_mut(id) {
-                item.set(partition, 0.0);
-            }
-        }
-        for (id, weight) in weights {
-            if weight > 0.0 && weight.is_finite() {
-                items.entry(id.clone()).or_default().set(partition, weight);
-                touched.insert(id);
-            }
-        }
-        items.retain(|_, item| !item.parts.is_empty());
-        if let Some(dirty) = &self.dirty {
-            dirty
-                .lock()
-                .extend(touched.into_iter().map(|id| (partition, id)));
+        self.replace_partition(partition, weights);
+        if self.dirty.is_some() {
+            self.whole_due.lock().insert(partition);
         }
     }
 
-    /// What changed here since the last call, with its current weight, for the partitions
-    /// `keep` says this node owns; what changed in other partitions is dropped (its new owner
-    /// publishes it).
-    pub fn take_changes(&self, keep: impl Fn(u32) -> bool) -> Vec<(u32, String, f64)> {
+    /// Replaces what `partition` adds to every item by `weights`, as its owner published the
+    /// partition whole.
+    pub fn replace_partition(&self, partition: u32, weights: Vec<(String, f64)>) {
+        let mut items = self.items.write();
+        for item in items.values_mut() {
+            item.set(partition, 0.0);
+        }
+        for (id, weight) in weights {
+            if weight > 0.0 && weight.is_finite() {
+                items.entry(id).or_default().set(partition, weight);
+            }
+        }
+        items.retain(|_, item| !item.parts.is_empty());
+    }
+
+    /// What `partition`'s users add to each item.
+    pub fn partition(&self, partition: u32) -> Vec<(String, f64)> {
+        self.items
+            .read()
+            .iter()
+            .filter_map(|(id, item)| {
+                let weight = item.weight(partition);
+                (weight > 0.0).then(|| (id.clone(), weight))
+            })
+            .collect()
+    }
+
+    /// The partitions reset since the last call, each to be published whole.
+    pub fn take_whole_due(&self) -> HashSet<u32> {
+        std::mem::take(&mut *self.whole_due.lock())
+    }
+
+    /// What changed here since the last call, each (partition, item) with its weight now.
+    pub fn take_changes(&self) -> Vec<(u32, String, f64)> {
         let Some(dirty) = &self.dirty else {
             return Vec::new();
         };
@@ -172,7 +185,6 @@ impl Popularity {
         let items = self.items.read();
         taken
             .into_iter()
-            .filter(|(partition, _)| keep(*partition))
             .map(|(partition, id)| {
                 let weight = items.get(&id).map_or(0.0, |item| item.weight(partition));
                 (partition, id, weight)
@@ -318,16 +330,17 @@ mod tests {
         assert_eq!(ranked(&p), [("a".into(), 5.0), ("b".into(), 4.0)]);
         assert_eq!(p.total(), 9.0);
         assert!(
-            p.take_changes(|_| true).is_empty(),
+            p.take_changes().is_empty(),
             "what others say is theirs to publish"
         );
-        // Local changes are published with their weight then, for owned partitions only.
+        // Local changes are published with their weight then.
+        p.add(1, "b", -1.0);
         p.add(1, "b", -1.0);
         p.add(0, "a", 1.0);
-        let mut changes = p.take_changes(|partition| partition == 1);
+        let mut changes = p.take_changes();
         changes.sort_by(|x, y| x.1.cmp(&y.1));
-        assert_eq!(changes, [(1, "b".into(), 3.0)]);
-        assert!(p.take_changes(|_| true).is_empty(), "taken once");
+        assert_eq!(changes, [(0, "a".into(), 2.0), (1, "b".into(), 2.0)]);
+        assert!(p.take_changes().is_empty(), "taken once");
     }
 
     #[test]
@@ -338,7 +351,7 @@ mod tests {
         // Restored here: the store says partition 1's users add 4 to c, and nothing to a or b.
         p.reset_partition(1, vec![("c".into(), 4.0)]);
         assert_eq!(ranked(&p), [("c".into(), 4.0), ("a".into(), 1.0)]);
-        let mut changes = p.take_changes(|partition| partition == 1);
+        let mut changes = p.take_changes();
         changes.sort_by(|x, y| x.1.cmp(&y.1));
         assert_eq!(
             changes,
@@ -355,7 +368,7 @@ mod tests {
     fn a_single_node_keeps_no_changes() {
         let p = Popularity::new(Vec::new());
         p.add(0, "a", 1.0);
-        assert!(p.take_changes(|_| true).is_empty());
+        assert!(p.take_changes().is_empty());
     }
 
     #[test]

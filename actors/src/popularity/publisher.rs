@@ -3,12 +3,13 @@
 //! the partition's users add to it now (see `kafka::popularity`). Changes coalesce between two
 //! publishes: an item bought a thousand times in an interval is one record.
 //!
-//! What changed in a partition this node no longer serves is dropped: its next owner publishes
-//! it, after its restore (`handoff::restore` resets the partition from the store, and every item
-//! whose weight that changes is published again). A failed publish is logged and its changes
+//! A partition restored here is published whole once it serves (a restore resets it from the
+//! store just before it activates), so that every node replaces what the previous owner said
+//! of it. What changed in a partition still restoring waits until it serves. What changed in a partition this node no longer holds is dropped:
+//! its next owner publishes it after its own restore. A failed publish is logged and its changes
 //! are kept for the next one: a broker outage never fails the actor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use kafka::Settings;
@@ -47,8 +48,11 @@ pub struct PublisherObs {
 pub struct PublisherState {
     args: PublisherArgs,
     writer: Option<PopularityWriter>,
-    /// (partition, item) → weight to publish: what changed, and what a failed publish kept.
+    /// (partition, item) → weight to publish: what changed, what a failed publish kept, and
+    /// what changed in a partition still restoring.
     pending: HashMap<(u32, String), f64>,
+    /// Partitions to publish whole.
+    whole: HashSet<u32>,
     obs: Observed<PublisherObs>,
 }
 
@@ -76,6 +80,7 @@ impl Actor for PopularityPublisher {
             args,
             writer: None,
             pending: HashMap::new(),
+            whole: HashSet::new(),
             obs,
         })
     }
@@ -99,22 +104,22 @@ impl Actor for PopularityPublisher {
         state.obs.handled();
         let services = &state.args.services;
         let cluster = &services.cluster;
-        let changes = services.popularity.take_changes(|p| cluster.is_active(p));
-        state.pending.retain(|(p, _), _| cluster.is_active(*p));
         // A newer weight of the same (partition, item) replaces a kept one.
         state.pending.extend(
-            changes
+            services
+                .popularity
+                .take_changes()
                 .into_iter()
                 .map(|(partition, item_id, weight)| ((partition, item_id), weight)),
         );
+        state.pending.retain(|(p, _), _| cluster.holds(*p));
+        state.whole.extend(services.popularity.take_whole_due());
+        state.whole.retain(|p| cluster.holds(*p));
         let (num_items, total_weight) = (services.popularity.len(), services.popularity.total());
         state.obs.update(|o| {
             o.num_items = num_items;
             o.total_weight = total_weight;
         });
-        if state.pending.is_empty() {
-            return Ok(());
-        }
         if state.writer.is_none() {
             let node_id = services.cluster.node_id();
             match PopularityWriter::new(&state.args.settings, node_id) {
@@ -127,29 +132,52 @@ impl Actor for PopularityPublisher {
             }
         }
         let writer = state.writer.as_ref().expect("set above");
+        let mut published = 0;
+        let mut failed = None;
+        let serving: Vec<u32> = state
+            .whole
+            .iter()
+            .copied()
+            .filter(|p| cluster.is_active(*p))
+            .collect();
+        for partition in serving {
+            let weights = services.popularity.partition(partition);
+            match writer.publish_whole(partition, &weights).await {
+                Ok(()) => {
+                    state.whole.remove(&partition);
+                    published += weights.len() as u64;
+                }
+                Err(error) => failed = Some(error),
+            }
+        }
         let weights: Vec<ItemWeight> = state
             .pending
             .iter()
+            .filter(|((partition, _), _)| cluster.is_active(*partition))
             .map(|((partition, item_id), weight)| ItemWeight {
                 partition: *partition,
                 item_id: item_id.clone(),
                 weight: *weight,
             })
             .collect();
-        match writer.publish(&weights).await {
-            Ok(()) => {
-                state.pending.clear();
-                let published = weights.len() as u64;
-                state.obs.update(|o| {
-                    o.num_published += published;
-                    o.last_error = None;
-                });
-            }
-            Err(error) => {
-                tracing::warn!(%error, pending = state.pending.len(), "publishing item popularity failed; retrying");
-                state.obs.update(|o| o.last_error = Some(error.to_string()));
+        if !weights.is_empty() {
+            match writer.publish(&weights).await {
+                Ok(()) => {
+                    for w in &weights {
+                        state.pending.remove(&(w.partition, w.item_id.clone()));
+                    }
+                    published += weights.len() as u64;
+                }
+                Err(error) => failed = Some(error),
             }
         }
+        if let Some(error) = &failed {
+            tracing::warn!(%error, pending = state.pending.len(), "publishing item popularity failed; retrying");
+        }
+        state.obs.update(|o| {
+            o.num_published += published;
+            o.last_error = failed.map(|e| e.to_string());
+        });
         Ok(())
     }
 }
