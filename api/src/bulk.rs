@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream, Bytes};
@@ -39,6 +39,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::{ApiError, BatchError, ErrorCode, Event, EventInput, Item, ItemInput};
 use futures::StreamExt;
+use prometheus::{IntCounterVec, register_int_counter_vec};
 use serde::de::{Error as _, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -61,6 +62,23 @@ const EXPORT_PAGE: usize = 1000;
 const EXPORT_AHEAD: usize = 4;
 /// Most fields a profile may have (as `PUT /v1/users/{id}/profile`).
 const MAX_PROFILE_FIELDS: usize = 64;
+
+static LINES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "streamrec_bulk_lines_total",
+        "Lines of bulk imports and exports by data set and outcome (accepted, refused, exported).",
+        &["dataset", "outcome"]
+    )
+    .expect("metric registers once")
+});
+
+fn count_lines(dataset: Dataset, outcome: &str, lines: u64) {
+    if lines > 0 {
+        LINES
+            .with_label_values(&[dataset.as_str(), outcome])
+            .inc_by(lines);
+    }
+}
 
 /// What can be imported and exported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
@@ -575,6 +593,8 @@ pub async fn import(
         Err(error) => return AppError::from(error).into_response(),
     };
     let (report, stopped) = run_import(&node, dataset, atomic, body).await;
+    count_lines(dataset, "accepted", report.accepted);
+    count_lines(dataset, "refused", report.refused);
     tracing::info!(
         dataset = dataset.as_str(),
         atomic,
@@ -761,6 +781,20 @@ fn write_line<T: Serialize>(out: &mut Vec<u8>, record: &T) {
     }
 }
 
+/// Hands a page of lines to the response; false once the client has gone.
+async fn send_page(
+    tx: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    dataset: Dataset,
+    page: Vec<u8>,
+) -> bool {
+    let lines = page.iter().filter(|b| **b == b'\n').count() as u64;
+    if tx.send(Ok(page.into())).await.is_err() {
+        return false;
+    }
+    count_lines(dataset, "exported", lines);
+    true
+}
+
 /// An item as an import line: its id and the body of `PUT /v1/items/{item_id}`.
 #[derive(Serialize)]
 struct ItemLine<'a> {
@@ -796,7 +830,7 @@ async fn export_items(
                 },
             );
         }
-        if tx.send(Ok(out.into())).await.is_err() {
+        if !send_page(&tx, Dataset::Items, out).await {
             return;
         }
     }
@@ -814,7 +848,7 @@ async fn export_profiles(
                 &serde_json::json!({ "user_id": user_id, "profile": profile }),
             );
         }
-        if tx.send(Ok(out.into())).await.is_err() {
+        if !send_page(&tx, Dataset::Profiles, out).await {
             return;
         }
     }
@@ -863,7 +897,7 @@ async fn export_events(node: Arc<Node>, tx: tokio::sync::mpsc::Sender<std::io::R
                 }
                 write_line(&mut out, &record.event);
             }
-            if tx.send(Ok(out.into())).await.is_err() {
+            if !send_page(&tx, Dataset::Events, out).await {
                 return;
             }
         }

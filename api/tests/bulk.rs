@@ -297,6 +297,20 @@ async fn profiles_and_events_go_through_their_endpoints_rules_and_events_reach_s
         "{report}"
     );
     assert_eq!(refused(&report), vec![(2, "invalid_argument".into())]);
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .bearer_auth(&api.admin)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"streamrec_bulk_lines_total{dataset="events",outcome="refused"}"#),
+        "{metrics}"
+    );
 
     // Applied to sessions as `POST /v1/events` would be: the duplicate once.
     for (user, count) in [("u1", 3), ("u2", 120)] {
