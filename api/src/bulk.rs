@@ -320,6 +320,11 @@ impl Lines {
                 self.number += 1;
                 let raw = &self.buf[start..stop];
                 let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                // A byte order mark, as some editors write at the start of a UTF-8 file.
+                let raw = match self.number {
+                    1 => raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw),
+                    _ => raw,
+                };
                 if std::mem::take(&mut self.skipping) || raw.len() > self.max_line {
                     let message = format!(
                         "the line is longer than server.max_body_bytes ({} bytes)",
@@ -946,7 +951,9 @@ mod tests {
     #[tokio::test]
     async fn lines_are_numbered_and_long_or_broken_lines_refused_without_holding_them() {
         let chunks: Vec<std::io::Result<Bytes>> = vec![
-            Ok(Bytes::from_static(b"{\"a\":1}\r\n\n  \nxxxxxxxx")),
+            Ok(Bytes::from_static(
+                b"\xEF\xBB\xBF{\"a\":1}\r\n\n  \nxxxxxxxx",
+            )),
             Ok(Bytes::from_static(b"xxxxxxxxxxxx\n\xff\xfe\nlast")),
         ];
         let body = Body::from_stream(futures::stream::iter(chunks));
