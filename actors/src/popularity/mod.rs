@@ -7,8 +7,10 @@
 //! `cap` `trending.max_user_weight` (one purchase by default). A user who buys an item a thousand
 //! times counts as one who bought it once. Only catalogued items count: an id nobody catalogued
 //! (anyone may post events about any id) never enters the map, and a deleted item leaves it, so
-//! the map is never larger than the catalogue. Weight is counted from when the item is in the
-//! catalogue.
+//! the map is never larger than the catalogue. A session counts an item's weight from when the
+//! item is in the catalogue; a partition restored on a node is counted again from its users'
+//! whole states, so weight from events posted before their item was catalogued counts from the
+//! partition's next move (or the store's rebuild) on.
 //!
 //! It is kept per input partition, as the store keeps it: an item's popularity is the sum of
 //! what each partition's users add. On one node every partition is local. In a cluster a node
@@ -351,16 +353,19 @@ mod tests {
         // Restored here: the store says partition 1's users add 4 to c, and nothing to a or b.
         p.reset_partition(1, vec![("c".into(), 4.0)]);
         assert_eq!(ranked(&p), [("c".into(), 4.0), ("a".into(), 1.0)]);
-        let mut changes = p.take_changes();
-        changes.sort_by(|x, y| x.1.cmp(&y.1));
         assert_eq!(
-            changes,
-            [
-                (1, "a".into(), 0.0),
-                (1, "b".into(), 0.0),
-                (1, "c".into(), 4.0)
-            ],
-            "what changed from the previous owner's word is published again, zeros too"
+            p.take_whole_due(),
+            HashSet::from([1]),
+            "to be published whole"
+        );
+        assert!(p.take_whole_due().is_empty());
+        assert_eq!(p.partition(1), [("c".into(), 4.0)]);
+        // Another node's word on a partition, whole, replaces all it said before.
+        p.replace_partition(0, vec![("b".into(), 2.0)]);
+        assert_eq!(ranked(&p), [("c".into(), 4.0), ("b".into(), 2.0)]);
+        assert!(
+            p.take_whole_due().is_empty(),
+            "another's word is not published again"
         );
     }
 
