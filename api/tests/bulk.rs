@@ -527,52 +527,71 @@ async fn only_admins_move_data_in_bulk_and_catalogue_admins_their_items() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_that_stalls_stops_the_import_and_the_report_accounts_for_every_line_before() {
+/// Sends an import by hand, `parts` of the body each after its pause, announcing
+/// `content_length` bytes; the status and the JSON answer.
+async fn import_paced(
+    api: &Served,
+    content_length: usize,
+    parts: &[(Duration, &str)],
+) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let idle = Duration::from_millis(700);
-    let api = serve_with(|c| c.server.request_timeout = idle).await;
-    let lines = concat!(
-        r#"{"item_id":"s1","title":"One"}"#,
-        "\n",
-        "not json\n",
-        r#"{"item_id":"s2","title":"Two"}"#,
-        "\n",
-        r#"{"item_id":"s3","ti"#,
-    );
-    // Promises more than it sends, then falls silent past `server.request_timeout`: longer
-    // than any total timeout would allow, the import waits only that long for the next bytes.
     let head = format!(
         "POST /v1/admin/import/items HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {}\r\n\
-         content-type: application/x-ndjson\r\ncontent-length: 100000\r\nconnection: close\r\n\r\n",
+         content-type: application/x-ndjson\r\ncontent-length: {content_length}\r\n\
+         connection: close\r\n\r\n",
         api.admin
     );
     let mut stream = tokio::net::TcpStream::connect(api.base.trim_start_matches("http://"))
         .await
         .expect("connect");
     stream.write_all(head.as_bytes()).await.expect("head");
-    stream.write_all(lines.as_bytes()).await.expect("lines");
+    for (pause, part) in parts {
+        // A slow client, not a wait for the server.
+        tokio::time::sleep(*pause).await;
+        stream.write_all(part.as_bytes()).await.expect("part");
+    }
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            }
-            if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n")
-                && serde_json::from_slice::<Value>(&answer[at + 4..]).is_ok()
-            {
-                break;
-            }
-        }
-    })
-    .await;
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "an answer, not a hang");
     let text = String::from_utf8_lossy(&answer).into_owned();
-    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    let status = text
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {text}"));
     let at = text.find("\r\n\r\n").expect("headers end");
-    let report: Value = serde_json::from_str(&text[at + 4..]).expect("JSON report");
+    (
+        status,
+        serde_json::from_str(&text[at + 4..]).expect("JSON answer"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_runs_as_long_as_its_body_moves_and_stops_when_it_stalls() {
+    let idle = Duration::from_millis(700);
+    let api = serve_with(|c| c.server.request_timeout = idle).await;
+    let line = |id: &str| format!("{{\"item_id\":\"{id}\",\"title\":\"T\"}}\n");
+
+    // Longer in all than `server.request_timeout`, never silent that long: it completes.
+    let steady: Vec<String> = (0..4).map(|i| line(&format!("p{i}"))).collect();
+    let length = steady.iter().map(String::len).sum();
+    let parts: Vec<(Duration, &str)> = steady
+        .iter()
+        .map(|l| (Duration::from_millis(350), l.as_str()))
+        .collect();
+    let (status, report) = import_paced(&api, length, &parts).await;
+    assert_eq!((status, &report["accepted"]), (200, &json!(4)), "{report}");
+
+    // Promises more than it sends, then falls silent: stopped at the unfinished line, every
+    // line before it accounted for, the whole ones stored.
+    let (s1, s2) = (line("s1"), line("s2"));
+    let parts = [
+        (Duration::ZERO, s1.as_str()),
+        (Duration::ZERO, "not json\n"),
+        (Duration::ZERO, s2.as_str()),
+        (Duration::ZERO, r#"{"item_id":"s3","ti"#),
+    ];
+    let (status, report) = import_paced(&api, 100_000, &parts).await;
+    assert_eq!(status, 400, "{report}");
     assert_eq!(
         (
             &report["lines"],
@@ -590,7 +609,7 @@ async fn a_body_that_stalls_stops_the_import_and_the_report_accounts_for_every_l
         ),
         "{report}"
     );
-    for (id, stored) in [("s1", true), ("s2", true), ("s3", false)] {
+    for (id, stored) in [("s1", true), ("s2", true), ("s3", false), ("p3", true)] {
         let (status, _) = api
             .send(reqwest::Method::GET, &format!("/v1/items/{id}"), None)
             .await;
