@@ -1,24 +1,22 @@
 //! The archiver: copies the event log to the object store, hourly by default
 //! (`objects.archive_interval`). For each partition it writes the records from its own committed
-//! offset (consumer group `archive`) to the end of the log as one gzip'd JSON-lines object,
-//! `archive/events/user-events/partition=PPPP/node=<node id>/hour=YYYYMMDDHH/<first>-<last>.jsonl.gz`,
-//! and commits only after the object is stored: a crash rewrites at most one object, never skips
-//! records. Offsets are those of the node's own log, so the node id in the key keeps the nodes of
-//! a cluster (which share the object store, and may each have held a partition in turn) from
-//! overwriting each other. [`read_archive`] reads it all back (training, replays), with each
+//! offset (consumer group `archive`) to the end of the log as Parquet objects (at most
+//! 50,000 records each), Hive-style so that Spark, DuckDB or Athena read the tree directly,
+//! `archive/topic=user-events/partition=<p>/hour=<YYYY-MM-DDTHH>/<node id>-<first>-<last>.parquet`
+//! (layout and schema: `storage::archive`), and commits only after the object is stored: a crash
+//! rewrites at most one object, never skips records. Offsets are those of the node's own log, so
+//! the node id in the key keeps the nodes of a cluster (which share the object store, and may
+//! each have held a partition in turn) from overwriting each other. [`read_archive`] reads it all
+//! back (training, restores), the gzip'd JSON-lines objects of earlier versions too, with each
 //! record's receive time, so an erased user's tombstone still applies to records from any node's
 //! log.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 
-use common::{ApiError, Event};
-use flate2::Compression;
-use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
+use common::ApiError;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::{Deserialize, Serialize};
-use storage::{ARCHIVE, ObjectStore, Record};
+use serde::Serialize;
+use storage::{ARCHIVE, ObjectStore, Record, archive};
 
 use crate::Services;
 use crate::mailbox;
@@ -26,19 +24,8 @@ use crate::obs::Observed;
 
 /// The topic name archived objects carry (the embedded log holds the `user-events` stream).
 pub const TOPIC: &str = "user-events";
-const PREFIX: &str = "archive/events/";
 /// Most records in one archive object.
 const MAX_RECORDS_PER_OBJECT: usize = 50_000;
-
-#[derive(Serialize, Deserialize)]
-struct ArchivedRecord {
-    partition: u32,
-    offset: u64,
-    /// When the node's log received the event; absent in objects of earlier versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    received_ms: Option<i64>,
-    event: Event,
-}
 
 /// What one run wrote.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -131,12 +118,6 @@ impl Actor for ArchiverActor {
     }
 }
 
-/// `YYYYMMDDHH` (UTC) of an epoch-millisecond time.
-pub fn hour_bucket(ms: i64) -> String {
-    let (year, month, day, second) = common::utc(ms);
-    format!("{year:04}{month:02}{day:02}{:02}", second / 3600)
-}
-
 /// Archives everything not archived yet.
 pub async fn archive_once(services: &Services) -> Result<ArchiveRun, ApiError> {
     let log = &services.log;
@@ -156,12 +137,15 @@ pub async fn archive_once(services: &Services) -> Result<ArchiveRun, ApiError> {
                 break;
             };
             let (first, last) = (first.offset, last.offset);
-            let key = format!(
-                "{PREFIX}{TOPIC}/partition={partition:04}/node={}/hour={}/{first:020}-{last:020}.jsonl.gz",
+            let key = archive::object_key(
+                TOPIC,
+                partition,
+                common::now_millis(),
                 services.cluster.node_id(),
-                hour_bucket(common::now_millis())
+                first,
+                last,
             );
-            let bytes = encode(records).map_err(ApiError::internal)?;
+            let bytes = archive::encode(&records).map_err(ApiError::internal)?;
             objects.put(&key, bytes).await.map_err(ApiError::from)?;
             log.commit(ARCHIVE, partition, last + 1)
                 .map_err(ApiError::internal)?;
@@ -171,21 +155,6 @@ pub async fn archive_once(services: &Services) -> Result<ArchiveRun, ApiError> {
         }
     }
     Ok(run)
-}
-
-fn encode(records: Vec<Record>) -> std::io::Result<Vec<u8>> {
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    for r in records {
-        let line = ArchivedRecord {
-            partition: r.partition,
-            offset: r.offset,
-            received_ms: r.received_ms,
-            event: r.event,
-        };
-        serde_json::to_writer(&mut gz, &line)?;
-        gz.write_all(b"\n")?;
-    }
-    gz.finish()
 }
 
 /// Every archived record, once, in (partition, node, offset) order. An upload whose answer was
@@ -203,33 +172,23 @@ pub async fn read_archive_of(
     only: Option<&str>,
 ) -> Result<Vec<Record>, ApiError> {
     let mut records = Vec::new();
-    for key in objects.list(PREFIX).await.map_err(ApiError::from)? {
-        let node = key
-            .split('/')
-            .find_map(|segment| segment.strip_prefix("node="))
-            .unwrap_or_default()
-            .to_owned();
+    for key in objects
+        .list(archive::PREFIX)
+        .await
+        .map_err(ApiError::from)?
+    {
+        if !archive::is_object(&key) {
+            continue;
+        }
+        let node = archive::node_of(&key).to_owned();
         if only.is_some_and(|only| only != node) {
             continue;
         }
         let Some(bytes) = objects.get(&key).await.map_err(ApiError::from)? else {
             continue;
         };
-        let mut text = String::new();
-        GzDecoder::new(bytes.as_slice())
-            .read_to_string(&mut text)
-            .map_err(|e| ApiError::internal(format!("archive object {key}: {e}")))?;
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            let a: ArchivedRecord = serde_json::from_str(line)
-                .map_err(|e| ApiError::internal(format!("archive object {key}: {e}")))?;
-            let record = Record {
-                partition: a.partition,
-                offset: a.offset,
-                received_ms: a.received_ms,
-                event: a.event,
-            };
-            records.push((node.clone(), record));
-        }
+        let decoded = archive::decode(&key, bytes).map_err(ApiError::internal)?;
+        records.extend(decoded.into_iter().map(|record| (node.clone(), record)));
     }
     records.sort_by(|(a, x), (b, y)| (x.partition, a, x.offset).cmp(&(y.partition, b, y.offset)));
     records.dedup_by(|(a, x), (b, y)| (x.partition, &*a, x.offset) == (y.partition, &*b, y.offset));
@@ -240,19 +199,8 @@ pub async fn read_archive_of(
 mod tests {
     use super::*;
 
-    #[test]
-    fn hour_buckets_are_utc_calendar_hours() {
-        assert_eq!(hour_bucket(0), "1970010100");
-        assert_eq!(hour_bucket(951_782_400_000), "2000022900"); // a leap day
-        assert_eq!(hour_bucket(1_795_545_705_592), "2026112418");
-        assert_eq!(hour_bucket(4_102_444_799_000), "2099123123");
-    }
-
-    #[tokio::test]
-    async fn overlapping_objects_from_a_retried_upload_read_back_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let objects = storage::LocalObjectStore::new(dir.path()).expect("store");
-        let record = |offset: u64| Record {
+    fn record(offset: u64) -> Record {
+        Record {
             partition: 0,
             offset,
             received_ms: Some(1_000 + offset as i64),
@@ -264,11 +212,19 @@ mod tests {
                 value: None,
                 ts: 1,
             },
-        };
-        // The first upload landed though its answer was lost; the retry covers 0..=4.
-        for (first, last) in [(0, 2), (0, 4)] {
-            let bytes = encode((first..=last).map(record).collect()).expect("encode");
-            let key = format!("{PREFIX}{TOPIC}/partition=0000/{first:020}-{last:020}.jsonl.gz");
+        }
+    }
+
+    #[tokio::test]
+    async fn overlapping_archive_objects_from_a_retried_upload_read_back_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let objects = storage::LocalObjectStore::new(dir.path()).expect("store");
+        // The first upload landed though its answer was lost; the retry, an hour later, covers
+        // 0..=4.
+        for (first, last, now) in [(0, 2, 0), (0, 4, 3_600_000)] {
+            let records: Vec<Record> = (first..=last).map(record).collect();
+            let bytes = archive::encode(&records).expect("encode");
+            let key = archive::object_key(TOPIC, 0, now, "n1", first, last);
             objects.put(&key, bytes).await.expect("put");
         }
         let read: Vec<(u64, Option<i64>)> = read_archive(&objects)
@@ -283,12 +239,55 @@ mod tests {
 
         // Another node's log, which held the partition in turn, has offsets of its own: the
         // same numbers are other records, and read back too.
-        let bytes = encode((0..=1).map(record).collect()).expect("encode");
-        let key = format!(
-            "{PREFIX}{TOPIC}/partition=0000/node=n2/hour=2026120700/{:020}-{:020}.jsonl.gz",
-            0, 1
-        );
+        let bytes = archive::encode(&[record(0), record(1)]).expect("encode");
+        let key = archive::object_key(TOPIC, 0, 0, "n2", 0, 1);
         objects.put(&key, bytes).await.expect("put");
         assert_eq!(read_archive(&objects).await.expect("read").len(), 7);
+        assert_eq!(
+            read_archive_of(&objects, Some("n2"))
+                .await
+                .expect("read")
+                .len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn archive_json_lines_objects_of_earlier_versions_read_beside_parquet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let objects = storage::LocalObjectStore::new(dir.path()).expect("store");
+        // Before Parquet: n1 archived 0..=2 as JSON lines (and, earlier still, a node-less
+        // object); then Parquet from 3 on.
+        let legacy = [
+            (
+                "archive/events/user-events/partition=0000/node=n1/hour=2026120700/\
+                 00000000000000000000-00000000000000000002.jsonl.gz",
+                0..=2,
+            ),
+            (
+                "archive/events/user-events/partition=0000/\
+                 00000000000000000000-00000000000000000001.jsonl.gz",
+                0..=1,
+            ),
+        ];
+        for (key, offsets) in legacy {
+            let records: Vec<Record> = offsets.map(record).collect();
+            let bytes = storage::archive::encode_json_lines(&records).expect("encode");
+            objects.put(key, bytes).await.expect("put");
+        }
+        let records: Vec<Record> = (3..=5).map(record).collect();
+        let key = archive::object_key(TOPIC, 0, 0, "n1", 3, 5);
+        objects
+            .put(&key, archive::encode(&records).expect("encode"))
+            .await
+            .expect("put");
+        let of_n1: Vec<u64> = read_archive_of(&objects, Some("n1"))
+            .await
+            .expect("read")
+            .iter()
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(of_n1, [0, 1, 2, 3, 4, 5]);
+        assert_eq!(read_archive(&objects).await.expect("read").len(), 8);
     }
 }

@@ -6,6 +6,7 @@
 //! This is the only crate that links RocksDB, and no RocksDB type crosses its API; `common`,
 //! `models` and `cluster` build and test without waiting on the RocksDB C++ build.
 
+pub mod archive;
 pub mod backends;
 pub mod cache;
 pub mod catalog;

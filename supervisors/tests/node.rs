@@ -403,9 +403,12 @@ async fn the_event_log_is_archived_once_and_reads_back_whole() {
     let run = node.archive_now().await.expect("archive");
     assert_eq!(run.records, 30);
     assert!(!run.objects.is_empty() && run.objects.len() <= 4, "{run:?}");
-    assert!(run.objects.iter().all(
-        |k| k.starts_with("archive/events/user-events/partition=") && k.ends_with(".jsonl.gz")
-    ));
+    assert!(
+        run.objects
+            .iter()
+            .all(|k| k.starts_with("archive/topic=user-events/partition=")
+                && k.ends_with(".parquet"))
+    );
     let ids = |records: &[storage::Record]| {
         let mut ids: Vec<String> = records.iter().map(|r| r.event.event_id.clone()).collect();
         ids.sort();
