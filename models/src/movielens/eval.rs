@@ -263,7 +263,7 @@ pub fn table(report: &Report) -> String {
         );
     }
     out += &format!(
-        "\nvalidation ndcg@{k} of the candidates (merit: relative to the best single part, averaged over both splits):\n{:>8} {:>8} {:>7}  candidate\n",
+        "\nvalidation ndcg@{k} of the candidates (merit: relative to the best single part, averaged over both splits; a blend more than 2% below it on either split is ranked by its worst shortfall, negative):\n{:>8} {:>8} {:>7}  candidate\n",
         "temporal", "random", "merit"
     );
     for v in &c.validation {
