@@ -5,6 +5,7 @@ mod bulk;
 mod demo;
 mod import;
 mod inspect;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -177,7 +178,7 @@ fn load_config(opts: &NodeOpts) -> anyhow::Result<Config> {
     if config.data_dir.as_os_str().is_empty() {
         config.data_dir = PathBuf::from("data");
     }
-    common::telemetry::init(&config.telemetry);
+    telemetry::init(&config.telemetry)?;
     Ok(config)
 }
 
@@ -186,7 +187,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(cli))
+    let result = runtime.block_on(run(cli));
+    // The runtime still runs the exporter's task: flush the last spans before it stops.
+    telemetry::shutdown();
+    result
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

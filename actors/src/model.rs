@@ -196,6 +196,11 @@ impl Actor for ModelActor {
     }
 }
 
+#[tracing::instrument(
+    name = "model.score",
+    skip_all,
+    fields(model.version = tracing::field::Empty, model.num_items = tracing::field::Empty)
+)]
 async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelResponse, ApiError> {
     let catalog = state.args.catalog.clone();
     let popularity = state.args.popularity.clone();
@@ -208,6 +213,7 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
             trending_boost: 0.0,
         };
         let items = ranking::fill(Vec::new(), &req, &catalog, fallback);
+        tracing::Span::current().record("model.version", "none");
         return Ok(ModelResponse {
             model_version: "none".into(),
             items,
@@ -220,7 +226,10 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
         .masks
         .get(&artifact, &catalog, req.category.as_deref());
     let unlisted = state.unlisted.get(&artifact, &catalog);
-    tokio::task::spawn_blocking(move || {
+    let span = tracing::Span::current();
+    span.record("model.version", artifact.meta.version.as_str());
+    let response = tokio::task::spawn_blocking(move || {
+        let _in_span = span.enter();
         let ranker = Ranker {
             artifact: &artifact,
             scorer: scorer.as_deref(),
@@ -241,7 +250,11 @@ async fn recommend(state: &mut ModelState, req: ModelRequest) -> Result<ModelRes
         })
     })
     .await
-    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    if let Ok(response) = &response {
+        tracing::Span::current().record("model.num_items", response.items.len());
+    }
+    response
 }
 
 /// The serving side of the model actors: picks a live worker round-robin. Supervisors fill the

@@ -343,15 +343,19 @@ impl SessionState {
     /// Computes the user's list and caches it. The cache was read by [`Users`](crate::Users),
     /// the only reader; the write stays here, in mailbox order with the session's changes, so a
     /// list computed before an apply can never be cached after the apply invalidated it.
+    #[tracing::instrument(name = "session.recommend", skip_all, fields(session.num_events = self.data.num_events))]
     async fn recommend(&mut self, query: RecQuery) -> Result<Arc<Recommendations>, ApiError> {
         let services = &self.args.services;
         let user = &self.args.user_id;
         let (recs, vector) =
             recommend_for(services, user, &self.data, self.vector.clone(), &query).await?;
-        services
-            .cache
-            .put(user, &recs.model_version, &query, recs.clone())
-            .await;
+        tracing::Instrument::instrument(
+            services
+                .cache
+                .put(user, &recs.model_version, &query, recs.clone()),
+            tracing::info_span!("cache.put"),
+        )
+        .await;
         self.obs.update(|o| {
             o.num_recommendations += 1;
             o.model_version = Some(recs.model_version.clone());

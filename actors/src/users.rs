@@ -138,6 +138,11 @@ impl Users {
     }
 
     /// The user's recommendations for `query`, from the user's owner.
+    #[tracing::instrument(
+        name = "users.recommend",
+        skip_all,
+        fields(user.id = %user_id, streamrec.served_by = tracing::field::Empty)
+    )]
     pub async fn recommend(
         &self,
         user_id: &str,
@@ -202,6 +207,7 @@ impl Users {
             };
             match attempt {
                 Ok(answer) => {
+                    tracing::Span::current().record("streamrec.served_by", served_by.as_str());
                     let _ = OWNER.try_with(|owner| *owner.borrow_mut() = Some(served_by));
                     return Ok(answer);
                 }
@@ -229,6 +235,7 @@ impl Users {
         !cluster.is_active(cluster::partition_of(user_id, cluster.num_partitions()))
     }
 
+    #[tracing::instrument(name = "users.forward", skip_all, fields(peer.node_id = %peer.node_id))]
     async fn forward(&self, peer: &Peer, user_id: &str, op: &Op<'_>) -> Result<Answer, ApiError> {
         let Some(remote) = self.remote.get() else {
             return Err(ApiError::unavailable(format!(
@@ -304,11 +311,16 @@ impl Users {
         query: &RecQuery,
     ) -> Result<Arc<Recommendations>, ApiError> {
         let services = &self.services;
-        if let Some(hit) = services
-            .cache
-            .get(user_id, &services.model_version(), query)
-            .await
-        {
+        let lookup = tracing::info_span!("cache.get", cache.hit = tracing::field::Empty);
+        let hit = tracing::Instrument::instrument(
+            services
+                .cache
+                .get(user_id, &services.model_version(), query),
+            lookup.clone(),
+        )
+        .await;
+        lookup.record("cache.hit", hit.is_some());
+        if let Some(hit) = hit {
             return Ok(hit);
         }
         let (user_id, query) = (user_id.to_owned(), query.clone());

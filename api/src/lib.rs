@@ -29,7 +29,9 @@ mod ws;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use supervisors::Node;
 
@@ -105,6 +107,7 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         .merge(bulk::routes(node.clone(), gate.clone()))
         .layer(axum::middleware::from_fn(error::json_errors))
         .layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn(trace_request))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::Extension(schema))
         .layer(axum::Extension(sizes))
@@ -112,4 +115,37 @@ pub fn router(node: Arc<Node>) -> Result<Router, auth::AuthError> {
         // GraphQL spends the gate's rate limiter per operation (batches, graphql-ws).
         .layer(axum::Extension(gate))
         .with_state(node))
+}
+
+/// The request's root span, `http.request` (route template, method, status), continuing a caller's
+/// `traceparent` when it sends one; everything the request does nests under it.
+async fn trace_request(request: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    common::telemetry::set_parent_from(
+        &span,
+        request
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+    );
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }

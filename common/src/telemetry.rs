@@ -1,4 +1,6 @@
-//! Logging set-up. Metrics are declared next to the code that updates them, on the default
+//! Logging set-up, and the W3C trace context carried across processes (`traceparent` in gRPC
+//! metadata and Kafka headers; the binary installs the propagator and the OTLP exporter when
+//! `telemetry.otlp_endpoint` is set, and without it these carry nothing). Metrics are declared next to the code that updates them, on the default
 //! Prometheus registry, with names `streamrec_<subsystem>_<name>_<unit>[_total]` and label values
 //! from small fixed sets (never a user or item id).
 
@@ -21,6 +23,34 @@ pub fn init(config: &TelemetryConfig) {
     };
     // A second init (tests, embedded use) keeps the first subscriber.
     drop(result);
+}
+
+/// The current span's trace context as W3C headers (`traceparent`, `tracestate`), to send with a
+/// request or message; empty when tracing is off or no span is sampled.
+pub fn trace_headers() -> Vec<(String, String)> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = tracing::Span::current().context();
+    let mut headers = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut headers));
+    headers.into_iter().collect()
+}
+
+/// Makes `span` a child of the trace context in `headers` (what [`trace_headers`] sent), if they
+/// carry one; header names are lowercase.
+pub fn set_parent_from<'a>(
+    span: &tracing::Span,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let headers: std::collections::HashMap<String, String> = headers
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&headers));
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
 }
 
 /// Renders every metric of the default registry in the Prometheus text format.

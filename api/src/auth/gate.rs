@@ -192,7 +192,12 @@ pub async fn gate(
                 );
                 return reject(&request, missing);
             }
-            Some(token) => match auth.verify(&token).await {
+            Some(token) => match tracing::Instrument::instrument(
+                auth.verify(&token),
+                tracing::info_span!("auth", auth.kind = "jwt"),
+            )
+            .await
+            {
                 Ok(verified) => Some(verified),
                 Err(_) if public => None,
                 Err(error) => {

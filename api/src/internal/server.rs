@@ -75,8 +75,10 @@ impl Users for Server {
             .and_then(|q| q.with_diversity(diversity))
             .map_err(|e| status(&ApiError::invalid(e)))?;
         let users = self.node.users();
-        let recs = users
-            .recommend_local(&user_id, &query)
+        // The caller's `traceparent` (gRPC metadata are HTTP/2 headers) was taken up by the
+        // router's `http.request` span, which this nests under.
+        let span = tracing::info_span!("internal.recommend", user.id = %user_id);
+        let recs = tracing::Instrument::instrument(users.recommend_local(&user_id, &query), span)
             .await
             .map_err(|e| status(&e))?;
         reply(recs.as_ref())

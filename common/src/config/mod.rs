@@ -43,7 +43,7 @@ pub use pii::PiiConfig;
 pub use server::{DEFAULT_GRAPHQL_MAX_BATCH, DEFAULT_LISTEN, ServerConfig, TlsConfig, TlsVersion};
 pub use sessions::SessionsConfig;
 pub use supervision::{StuckLimits, SupervisionConfig};
-pub use telemetry::{LogFormat, TelemetryConfig};
+pub use telemetry::{LogFormat, OtlpProtocol, TelemetryConfig};
 pub use trending::{DEFAULT_MAX_USER_WEIGHT, TrendingConfig};
 pub use values::{InvalidValue, Secret};
 
