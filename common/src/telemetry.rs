@@ -63,3 +63,55 @@ pub fn render_metrics() -> String {
     }
     String::from_utf8(buf).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn a_span_context_travels_in_headers_and_parents_the_receiving_span() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let sender = tracing::info_span!("sender");
+            let headers = sender.in_scope(super::trace_headers);
+            let sent = sender.context().span().span_context().clone();
+            let traceparent = headers
+                .iter()
+                .find(|(k, _)| k == "traceparent")
+                .map(|(_, v)| v.clone());
+            assert_eq!(
+                traceparent,
+                Some(format!("00-{}-{}-01", sent.trace_id(), sent.span_id()))
+            );
+
+            // Header names as a transport may spell them.
+            let receiver = tracing::info_span!("receiver");
+            super::set_parent_from(
+                &receiver,
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_uppercase(), v.as_str()))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), *v)),
+            );
+            assert_eq!(
+                receiver.context().span().span_context().trace_id(),
+                sent.trace_id()
+            );
+
+            // No context: a new trace.
+            let alone = tracing::info_span!("alone");
+            super::set_parent_from(&alone, [("content-type", "application/json")]);
+            let own = alone.context().span().span_context().trace_id();
+            assert_ne!(own, sent.trace_id());
+        });
+    }
+}

@@ -125,6 +125,15 @@ impl Client {
         if let Some(secret) = &self.secret {
             metadata.insert(NODE_SECRET_KEY, secret.clone());
         }
+        // The trace continues on the owner (W3C `traceparent`; nothing when tracing is off).
+        for (key, value) in common::telemetry::trace_headers() {
+            if let (Ok(key), Ok(value)) = (
+                key.parse::<tonic::metadata::AsciiMetadataKey>(),
+                value.parse::<AsciiMetadataValue>(),
+            ) {
+                metadata.insert(key, value);
+            }
+        }
         match tokio::time::timeout(self.timeout, rpc(client, request)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner().json),
             Ok(Err(status)) => Err(api_error(&to.node_id, &status)),
