@@ -31,6 +31,7 @@ const FIRST_MODEL_TIMEOUT: Duration = Duration::from_secs(600);
 mod admin;
 mod catalog;
 mod models;
+mod popularity;
 mod tree;
 mod users;
 

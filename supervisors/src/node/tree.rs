@@ -13,7 +13,7 @@ use actors::retention::RetentionActor;
 use actors::session_manager::SessionManager;
 use actors::snapshotter::{SnapshotActor, SnapshotArgs, SnapshotMsg};
 use actors::trainer::{TrainerActor, TrainerMsg};
-use actors::{ModelPool, ModelRegistry, ObsRegistry, Popularity, Services, Slot, Users};
+use actors::{ModelPool, ModelRegistry, ObsRegistry, Services, Slot, Users};
 use anyhow::Context;
 use cluster::Cluster;
 use common::Config;
@@ -45,38 +45,6 @@ pub(super) struct Tree {
     pub archiver: Slot<ArchiverMsg>,
     pub snapshotter: Slot<SnapshotMsg>,
     pub users: Arc<Users>,
-}
-
-/// Item popularity as the store counted it, per partition; a store of an earlier version (or
-/// one kept by another number of partitions) has its counters rebuilt from its sessions first.
-/// Only catalogued items have a popularity: counters of ids nobody catalogued (or since
-/// deleted) stay out of the map. `publishing` in a cluster (see `actors::popularity`).
-fn load_popularity(
-    config: &Config,
-    store: &dyn storage::SessionStore,
-    catalog: &Arc<CatalogView>,
-    publishing: bool,
-) -> anyhow::Result<Popularity> {
-    let partitions = config.events.num_partitions;
-    if store.item_stats_partitions()? != Some(partitions) {
-        let started = std::time::Instant::now();
-        let (view, cap) = (catalog.clone(), config.trending.max_user_weight);
-        let sessions = store.rebuild_item_stats(partitions, &move |state: &[u8]| {
-            actors::popularity::of_state(state, &view, cap)
-        })?;
-        tracing::info!(
-            sessions,
-            partitions,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "rebuilt item popularity per partition"
-        );
-    }
-    let stats = store
-        .item_stats()?
-        .into_iter()
-        .filter(|(_, id, weight)| *weight > 0.0 && catalog.get(id).is_some())
-        .collect();
-    Ok(Popularity::by_partition(stats, publishing))
 }
 
 /// Opens everything under `config.data_dir` and the configured backends.
@@ -133,7 +101,7 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
             .await
             .context("loading the catalog")?,
     );
-    let popularity = Arc::new(load_popularity(
+    let popularity = Arc::new(super::popularity::load(
         config,
         store.as_ref(),
         &catalog,
