@@ -77,36 +77,34 @@ fn popularity(
     whole: &mut HashMap<u32, Vec<(String, f64)>>,
     record: PopularityRecord,
 ) {
-    {
-        let foreign = |partition: u32| !services.cluster.holds(partition);
-        match record {
-            PopularityRecord::Begin { partition } => {
-                whole.insert(partition, Vec::new());
+    let foreign = |partition: u32| !services.cluster.holds(partition);
+    match record {
+        PopularityRecord::Begin { partition } => {
+            whole.insert(partition, Vec::new());
+        }
+        PopularityRecord::End { partition } => {
+            if let Some(weights) = whole.remove(&partition)
+                && foreign(partition)
+            {
+                let view = services.catalog.read();
+                let weights = weights
+                    .into_iter()
+                    .filter(|(id, _)| !matches!(view.status(id), ItemStatus::Deleted))
+                    .collect();
+                drop(view);
+                services.popularity.replace_partition(partition, weights);
             }
-            PopularityRecord::End { partition } => {
-                if let Some(weights) = whole.remove(&partition)
-                    && foreign(partition)
-                {
-                    let view = services.catalog.read();
-                    let weights = weights
-                        .into_iter()
-                        .filter(|(id, _)| !matches!(view.status(id), ItemStatus::Deleted))
-                        .collect();
-                    drop(view);
-                    services.popularity.replace_partition(partition, weights);
-                }
-            }
-            PopularityRecord::Weight(w) => {
-                if let Some(staged) = whole.get_mut(&w.partition) {
-                    staged.push((w.item_id, w.weight));
-                } else if foreign(w.partition)
-                    && !matches!(
-                        services.catalog.read().status(&w.item_id),
-                        ItemStatus::Deleted
-                    )
-                {
-                    services.popularity.set(w.partition, &w.item_id, w.weight);
-                }
+        }
+        PopularityRecord::Weight(w) => {
+            if let Some(staged) = whole.get_mut(&w.partition) {
+                staged.push((w.item_id, w.weight));
+            } else if foreign(w.partition)
+                && !matches!(
+                    services.catalog.read().status(&w.item_id),
+                    ItemStatus::Deleted
+                )
+            {
+                services.popularity.set(w.partition, &w.item_id, w.weight);
             }
         }
     }
