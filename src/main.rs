@@ -5,6 +5,7 @@ mod bulk;
 mod demo;
 mod import;
 mod inspect;
+mod served;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -115,6 +116,11 @@ enum Command {
         /// Seed of every random choice (results are deterministic for a seed).
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Also serve each split from a node on embedded defaults (its train events in, the
+        /// chosen configuration trained, lists fetched through the HTTP API) and score what it
+        /// serves beside the offline hybrid.
+        #[arg(long)]
+        served: bool,
     },
 }
 
@@ -270,14 +276,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&restored)?);
             Ok(())
         }
-        Command::Eval { dir, json, seed } => {
+        Command::Eval {
+            dir,
+            json,
+            seed,
+            served,
+        } => {
             let started = std::time::Instant::now();
             let say = move |what: &str| {
                 if !json {
                     eprintln!("eval: {what} ({:.1}s)", started.elapsed().as_secs_f64());
                 }
             };
-            let report = tokio::task::spawn_blocking(move || eval::run(&dir, seed, say)).await??;
+            let protocol = Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    models::movielens::protocol::Protocol::load(&dir)
+                })
+                .await??,
+            );
+            let offline = protocol.clone();
+            let mut report =
+                tokio::task::spawn_blocking(move || eval::run_on(&offline, seed, say)).await??;
+            if served {
+                served::check(protocol, &mut report, seed, say).await?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

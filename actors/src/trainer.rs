@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::config::TrainSource;
 use common::pii::PersonalFields;
 use common::{ApiError, ErrorCode};
+use models::item_item::ItemItemParams;
 use models::training::{Content, Setup, train_against};
 use models::transitions::TransitionParams;
 use models::{HybridParams, Interactions, TrainParams};
@@ -278,6 +279,11 @@ async fn train_once(
             window: m.transition_window,
             half_life: m.transition_half_life,
             top_k: m.transition_top_k,
+            ..Default::default()
+        },
+        item_item: ItemItemParams {
+            lambda: m.item_item_lambda,
+            top_k: m.item_item_top_k,
             ..Default::default()
         },
     };

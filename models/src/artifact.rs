@@ -31,6 +31,9 @@ pub struct HybridParams {
     /// Weight of the standardised CF scores; the transition scores get the rest.
     pub cf_weight: f32,
     pub transitions: TransitionParams,
+    /// How the item-to-item part is fitted; a version records it in [`ModelMeta::item_item`].
+    #[serde(skip)]
+    pub item_item: ItemItemParams,
 }
 
 impl Default for HybridParams {
@@ -39,6 +42,7 @@ impl Default for HybridParams {
         Self {
             cf_weight: 1.0,
             transitions: TransitionParams::default(),
+            item_item: ItemItemParams::default(),
         }
     }
 }
@@ -459,7 +463,7 @@ mod tests {
             metrics: BTreeMap::new(),
             hybrid: HybridParams {
                 cf_weight: 0.6,
-                transitions: TransitionParams::default(),
+                ..Default::default()
             },
             item_item: blend.as_ref().map(|_| ItemItemParams::default()),
             blend,

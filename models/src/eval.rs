@@ -105,7 +105,8 @@ pub fn evaluate(f: &Factors, num_items: usize, train: &[Cell], test: &[Cell], k:
     })
 }
 
-/// Like [`evaluate`], for any model: `score(user)` gives a score for every item.
+/// Like [`evaluate`], for any model: `score(user)` gives a score for every item; an item scored
+/// −∞ is not ranked (a user's list may then be shorter than `k`).
 pub fn evaluate_with(
     num_items: usize,
     train: &[Cell],
@@ -132,9 +133,12 @@ pub fn evaluate_with(
         let mut scored: Vec<(f32, u32)> = (0..num_items as u32)
             .filter(|i| skip.is_none_or(|s| !s.contains(i)))
             .map(|i| (scores[i as usize], i))
+            .filter(|(s, _)| *s != f32::NEG_INFINITY)
             .collect();
         let top = k.min(scored.len());
         if top == 0 {
+            // Nothing to rank still counts: the user got an empty list.
+            m.users += 1;
             continue;
         }
         scored.select_nth_unstable_by(top - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));

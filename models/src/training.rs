@@ -12,7 +12,7 @@ use crate::blend::{Blend, Weights, combine};
 use crate::content::{ContentModel, ContentParams};
 use crate::eval::{evaluate_with, random_split, sequences, temporal_split};
 use crate::gate;
-use crate::item_item::{ItemItem, ItemItemParams};
+use crate::item_item::ItemItem;
 use crate::linalg::dot;
 use crate::transitions::Transitions;
 use crate::validation::{Scored, Split, choose};
@@ -69,7 +69,7 @@ impl Parts {
             num_items,
             factors: crate::als::train(&data.with_cells(cells), params, |_, _| {}),
             transitions: Transitions::train(num_items, &sequences, hybrid.transitions),
-            item_item: ItemItem::train(num_items, &sequences, ItemItemParams::default()),
+            item_item: ItemItem::train(num_items, &sequences, hybrid.item_item),
             sequences,
         }
     }
@@ -249,7 +249,7 @@ pub fn train_against(
     let user_map = fit_content(&content.users, &active_users, &factors.users, d);
     let sequences = crate::eval::sequences(&cells, data.users.len());
     let transitions = Transitions::train(data.items.len(), &sequences, hybrid.transitions);
-    let item_item_params = ItemItemParams::default();
+    let item_item_params = hybrid.item_item;
     let item_item = ItemItem::train(data.items.len(), &sequences, item_item_params);
     let meta = ModelMeta {
         version: format!("v{}", common::now_millis()),

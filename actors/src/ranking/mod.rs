@@ -640,7 +640,7 @@ mod tests {
         // CF alone would pick x2 for an x1 fan; the transitions say y1 follows x1.
         let hybrid = models::HybridParams {
             cf_weight: 0.2,
-            transitions: Default::default(),
+            ..Default::default()
         };
         let mut successors = vec![Vec::new(); 6];
         successors[0] = vec![(4, 1.0)];
@@ -942,7 +942,7 @@ mod tests {
         static MODEL: LazyLock<(ModelArtifact, Mutex<Scorer>)> = LazyLock::new(|| {
             let hybrid = models::HybridParams {
                 cf_weight: 0.5,
-                transitions: Default::default(),
+                ..Default::default()
             };
             let mut successors = vec![Vec::new(); 6];
             successors[0] = vec![(4, 1.0)];

@@ -55,6 +55,14 @@ pub struct ModelConfig {
     /// (row, weight) pairs, 8 bytes each: lower it for very large catalogues. Default 300.
     #[serde(default = "transition_top_k")]
     pub transition_top_k: usize,
+    /// L2 regularisation of the item-to-item weights (EASE's λ): higher trusts rare
+    /// co-occurrences less. Default 200.
+    #[serde(default = "item_item_lambda")]
+    pub item_item_lambda: f32,
+    /// Weights kept per item in the item-to-item table (items × this many in the graph).
+    /// Default 100.
+    #[serde(default = "item_item_top_k")]
+    pub item_item_top_k: usize,
     /// How far a new version's hold-out NDCG@10 may fall below the active version's before it is
     /// kept out (stored, not activated). Default 0.05 (5%).
     #[serde(default = "max_regression")]
@@ -101,6 +109,12 @@ fn transition_half_life() -> f32 {
 fn transition_top_k() -> usize {
     300
 }
+fn item_item_lambda() -> f32 {
+    200.0
+}
+fn item_item_top_k() -> usize {
+    100
+}
 fn max_regression() -> f64 {
     0.05
 }
@@ -128,6 +142,11 @@ impl ModelConfig {
             return invalid(
                 "model.cf_weight must be in [0, 1], model.transition_window and model.transition_half_life above 0",
             );
+        }
+        if !(self.item_item_lambda > 0.0 && self.item_item_lambda.is_finite())
+            || self.item_item_top_k == 0
+        {
+            return invalid("model.item_item_lambda and model.item_item_top_k must be above 0");
         }
         if !(0.0..=1.0).contains(&self.max_regression) {
             return invalid("model.max_regression must be in [0, 1]");

@@ -20,12 +20,13 @@ use serde::Serialize;
 use super::MovieLensError;
 use super::diversity::DiversityRow;
 use super::fitted::{Fitted, Model};
-use super::tune::{Chosen, tune};
-use crate::Interactions;
+use super::protocol::Protocol;
+pub use super::tune::Chosen;
+use super::tune::tune;
 use crate::als::Cell;
 use crate::eval::{Metrics, random_split, temporal_split};
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Row {
     pub model: &'static str,
     pub precision: f64,
@@ -50,7 +51,26 @@ pub struct Report {
     pub cold_items: ColdReport,
     /// The hybrid re-ranked for diversity, on each split.
     pub diversity: DiversityReport,
+    /// The hybrid as a node serves it, when asked for (`streamrec eval --served`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub served: Vec<ServedRow>,
     pub seconds: f64,
+}
+
+/// A split's lists served through the API by a node trained on its train events, beside the
+/// offline hybrid's figures on the same split.
+#[derive(Debug, Serialize)]
+pub struct ServedRow {
+    pub split: &'static str,
+    /// The version the node trained and served.
+    pub version: String,
+    /// Users asked for a list, and how many got fewer than k items.
+    pub users: usize,
+    pub short_lists: usize,
+    /// Items served to a user who had them in train (the filters' exactness: always 0).
+    pub seen_served: usize,
+    pub served: Row,
+    pub offline: Row,
 }
 
 /// The hybrid's top 10 re-ranked by maximal marginal relevance at each level of `diversity`.
@@ -71,45 +91,29 @@ pub struct ColdReport {
 
 pub(super) const K: usize = 10;
 
-/// Item ids in numeric order when they are all numbers, else in text order, so that the
-/// (timestamp, item id) tie-break of the protocol is the id's natural order.
-fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
-    match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(x), Ok(y)) => x.cmp(&y),
-        _ => a.cmp(b),
-    }
-}
-
 /// Evaluates the models on the MovieLens files in `dir`, every random choice seeded by `seed`;
 /// `say` hears what it is doing (the run takes a while on the full data set).
 pub fn run(dir: &Path, seed: u64, say: impl Fn(&str)) -> Result<Report, MovieLensError> {
+    run_on(&Protocol::load(dir)?, seed, say)
+}
+
+/// [`run`] on files already read.
+pub fn run_on(
+    protocol: &Protocol,
+    seed: u64,
+    say: impl Fn(&str),
+) -> Result<Report, MovieLensError> {
     let started = Instant::now();
-    let (_, dataset) = super::load(dir)?;
-    let mut ids: Vec<&str> = dataset
-        .items
-        .iter()
-        .map(|i| i.item_id.as_str())
-        .chain(dataset.ratings.iter().map(|r| r.1.as_str()))
-        .collect();
-    ids.sort_unstable_by(|a, b| id_order(a, b));
-    ids.dedup();
-    let mut data = Interactions::default();
-    for id in &ids {
-        data.add_item(id);
-    }
-    for (user, item, rating, ts) in &dataset.ratings {
-        if *rating >= 4.0 {
-            data.add(user, item, 1.0, *ts);
-        }
-    }
+    let Protocol {
+        items, data, cells, ..
+    } = protocol;
     let num_items = data.items.len();
-    let cells = data.cells();
-    let (train, test) = temporal_split(&cells, 0.2, 5);
+    let (train, test) = temporal_split(cells, 0.2, 5);
     let (fit, validation) = temporal_split(&train, 0.2, 5);
 
     say("tuning on validation splits cut from train");
     let chosen = tune(
-        &data,
+        data,
         &[(fit, validation), random_split(&train, 0.2, 5, seed)],
         seed,
         &say,
@@ -130,7 +134,7 @@ pub fn run(dir: &Path, seed: u64, say: impl Fn(&str)) -> Result<Report, MovieLen
     say("fitting the chosen models on the train split");
     let fit = |train: &[Cell], ease_lambda| {
         Fitted::new(
-            &data,
+            data,
             train,
             &chosen.als,
             chosen.transitions,
@@ -138,7 +142,7 @@ pub fn run(dir: &Path, seed: u64, say: impl Fn(&str)) -> Result<Report, MovieLen
             ease_lambda,
         )
     };
-    let categories = super::diversity::categories(&data, &dataset.items);
+    let categories = super::diversity::categories(data, items);
     let hybrid = Model::Hybrid(&chosen.blend);
     let fitted = fit(&train, chosen.ease_lambda.0);
     let results = all_models(&fitted, &train, &test);
@@ -146,14 +150,14 @@ pub fn run(dir: &Path, seed: u64, say: impl Fn(&str)) -> Result<Report, MovieLen
     let temporal_diversity = super::diversity::rows(&fitted, hybrid, &categories, &train, &test);
     drop(fitted);
     say("the same models on a random split");
-    let (random_train, random_test) = random_split(&cells, 0.2, 5, seed);
+    let (random_train, random_test) = random_split(cells, 0.2, 5, seed);
     let fitted = fit(&random_train, chosen.ease_lambda.1);
     let random = all_models(&fitted, &random_train, &random_test);
     let random_diversity =
         super::diversity::rows(&fitted, hybrid, &categories, &random_train, &random_test);
     drop(fitted);
     say("cold items: held out of training entirely, ranked from their content");
-    let cold = super::cold::cold_items(&data, &dataset.items, &cells, &chosen.als, seed);
+    let cold = super::cold::cold_items(data, items, cells, &chosen.als, seed);
     let evaluated_users = test
         .iter()
         .map(|c| c.user)
@@ -173,11 +177,12 @@ pub fn run(dir: &Path, seed: u64, say: impl Fn(&str)) -> Result<Report, MovieLen
             random: random_diversity,
         },
         results,
+        served: Vec::new(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-pub(super) fn row(model: &'static str, m: Metrics) -> Row {
+pub fn row(model: &'static str, m: Metrics) -> Row {
     Row {
         model,
         precision: m.precision,
@@ -240,6 +245,26 @@ pub fn table(report: &Report) -> String {
             "{:>9.1} {:>14.4} {:>8.4} {:>12.4} {:>8.4}\n",
             t.diversity, t.ndcg, t.intra_list_diversity, r.ndcg, r.intra_list_diversity
         );
+    }
+    if !report.served.is_empty() {
+        out += "\nthe hybrid served through the API by a node trained on each split's train events, beside the offline hybrid:\n";
+        out += &format!(
+            "{:<9} {:>12} {:>13} {:>14} {:>6} {:>6} {:>5}  version\n",
+            "split", "served ndcg", "offline ndcg", "served recall", "users", "short", "seen"
+        );
+        for s in &report.served {
+            out += &format!(
+                "{:<9} {:>12.4} {:>13.4} {:>14.4} {:>6} {:>6} {:>5}  {}\n",
+                s.split,
+                s.served.ndcg,
+                s.offline.ndcg,
+                s.served.recall,
+                s.users,
+                s.short_lists,
+                s.seen_served,
+                s.version
+            );
+        }
     }
     let c = &report.chosen;
     out += &format!(

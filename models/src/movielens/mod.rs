@@ -11,6 +11,7 @@ mod cold;
 pub mod diversity;
 pub mod eval;
 mod fitted;
+pub mod protocol;
 mod tune;
 
 use std::collections::HashMap;
