@@ -7,9 +7,14 @@
 //! a subscriber that recomputes on a change (the push hub) must never read the entry that the
 //! change made stale. Other subscribers read a broadcast channel; one that falls more than
 //! [`CAPACITY`] changes behind gets `Lagged` and must treat it as "everything changed".
+//!
+//! A change made by traced work (a session applying events that came with a request's trace
+//! context) is published with the context of that work ([`ChangeFeed::publish_traced`]), so
+//! that what a subscriber does about it (a push) joins the same trace.
 
 use std::sync::Arc;
 
+use common::telemetry::TraceContext;
 use storage::RecCache;
 use tokio::sync::broadcast;
 
@@ -27,9 +32,16 @@ pub enum Changes {
     Model,
 }
 
+/// A change as subscribers hear it: with the trace context of the work that made it, if traced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub change: Changes,
+    pub trace: Option<TraceContext>,
+}
+
 pub struct ChangeFeed {
     cache: Arc<dyn RecCache>,
-    tx: broadcast::Sender<Changes>,
+    tx: broadcast::Sender<Notice>,
 }
 
 impl ChangeFeed {
@@ -42,16 +54,21 @@ impl ChangeFeed {
 
     /// Drops what the change made stale from the cache, then tells every subscriber.
     pub fn publish(&self, change: Changes) {
+        self.publish_traced(change, None);
+    }
+
+    /// [`ChangeFeed::publish`], with the trace context of the work that made the change.
+    pub fn publish_traced(&self, change: Changes, trace: Option<TraceContext>) {
         match &change {
             Changes::User(user_id) => self.cache.invalidate(user_id),
             Changes::Items | Changes::Model => self.cache.clear(),
         }
         // No subscriber is not an error: nobody listens yet.
-        let _ = self.tx.send(change);
+        let _ = self.tx.send(Notice { change, trace });
     }
 
     /// Changes published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Changes> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.tx.subscribe()
     }
 }
@@ -81,12 +98,15 @@ mod tests {
         let mut rx = feed.subscribe();
 
         feed.publish(Changes::User("a".into()));
-        assert_eq!(rx.recv().await.expect("open"), Changes::User("a".into()));
+        assert_eq!(
+            rx.recv().await.expect("open").change,
+            Changes::User("a".into())
+        );
         assert!(cache.get("a", "v1", &query).await.is_none(), "a is stale");
         assert!(cache.get("b", "v1", &query).await.is_some(), "b is not");
 
         feed.publish(Changes::Model);
-        assert_eq!(rx.recv().await.expect("open"), Changes::Model);
+        assert_eq!(rx.recv().await.expect("open").change, Changes::Model);
         assert!(
             cache.get("b", "v1", &query).await.is_none(),
             "a new model clears all"

@@ -6,12 +6,18 @@
 //! When a session fails to apply, the actor fails; its supervisor restarts it with backoff and
 //! it resumes from the committed offset. Between batches it waits on the partition's high
 //! watermark, so an idle partition costs nothing.
+//!
+//! With Kafka, the events the bridge journaled may come with the trace context of the request
+//! that produced them ([`JournalTraces`]): ingest takes them as it reads the records and hands
+//! each user's to the session with its records, where the apply joins that trace.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use common::ApiError;
+use common::telemetry::TraceContext;
 use futures::future::try_join_all;
 use prometheus::{IntCounter, IntGaugeVec, register_int_counter, register_int_gauge_vec};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -133,6 +139,7 @@ impl Actor for IngestActor {
             return Ok(());
         }
         let slot = &state.args.sessions;
+        let traces = &services.journal_traces.take(&records);
         let applied = apply_batch(
             &*services.log,
             partition,
@@ -140,12 +147,14 @@ impl Actor for IngestActor {
             records,
             |user_id, records| async move {
                 let sessions = slot_get(slot, "session manager")?;
+                let traces = traces.get(&user_id).cloned().unwrap_or_default();
                 let outcome = call(
                     &sessions,
                     "session",
                     |reply| SessionManagerMsg::Apply {
                         user_id,
                         records,
+                        traces,
                         reply,
                     },
                     APPLY_TIMEOUT,
@@ -180,6 +189,81 @@ impl IngestState {
             o.committed = self.committed;
             o.lag = lag;
         });
+    }
+}
+
+/// The trace contexts of events the Kafka bridge journaled and ingest has not read yet, by event
+/// id. The journal holds events, not the headers of the messages they came in, so the bridge
+/// hands their contexts over here ([`JournalTraces::carry`]) before it journals them, and ingest
+/// takes them back ([`JournalTraces::take`]) as it reads the records. One per node, in
+/// [`Services`]; empty with tracing off, when a batch costs one look at an empty map.
+#[derive(Default)]
+pub struct JournalTraces {
+    pending: parking_lot::Mutex<HashMap<String, TraceContext>>,
+}
+
+/// The contexts of one bridge batch, until it is applied: what ingest did not take (events the
+/// journal dropped as duplicates) is forgotten when this drops, also when the batch fails.
+pub struct Carried<'a> {
+    traces: &'a JournalTraces,
+    event_ids: Vec<String>,
+}
+
+impl JournalTraces {
+    /// Hands over the contexts of events about to be journaled, `(event id, context)`.
+    pub fn carry(&self, traces: Vec<(String, TraceContext)>) -> Carried<'_> {
+        let mut event_ids = Vec::with_capacity(traces.len());
+        if !traces.is_empty() {
+            let mut pending = self.pending.lock();
+            for (event_id, trace) in traces {
+                event_ids.push(event_id.clone());
+                pending.insert(event_id, trace);
+            }
+        }
+        Carried {
+            traces: self,
+            event_ids,
+        }
+    }
+
+    /// Takes the contexts of `records`: per user, the distinct contexts of the user's records,
+    /// in log order.
+    pub fn take(&self, records: &[Record]) -> HashMap<String, Vec<TraceContext>> {
+        let mut by_user: HashMap<String, Vec<TraceContext>> = HashMap::new();
+        let mut pending = self.pending.lock();
+        if pending.is_empty() {
+            return by_user;
+        }
+        for r in records {
+            if let Some(trace) = pending.remove(&r.event.event_id) {
+                let user = by_user.entry(r.event.user_id.clone()).or_default();
+                if !user.contains(&trace) {
+                    user.push(trace);
+                }
+            }
+        }
+        by_user
+    }
+
+    /// How many contexts wait to be taken.
+    pub fn len(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for Carried<'_> {
+    fn drop(&mut self) {
+        if self.event_ids.is_empty() {
+            return;
+        }
+        let mut pending = self.traces.pending.lock();
+        for event_id in &self.event_ids {
+            pending.remove(event_id);
+        }
     }
 }
 
@@ -388,6 +472,36 @@ mod tests {
                 ("cy".to_owned(), vec![3]),
             ]
         );
+    }
+
+    fn trace(n: u8) -> TraceContext {
+        TraceContext {
+            traceparent: format!("00-{:032x}-{:016x}-01", n, n),
+            tracestate: None,
+        }
+    }
+
+    #[test]
+    fn journaled_trace_contexts_are_taken_per_user_once_and_leftovers_forgotten() {
+        let traces = JournalTraces::default();
+        let batch = traces.carry(vec![
+            ("e0".into(), trace(1)),
+            ("e1".into(), trace(2)),
+            ("e2".into(), trace(1)),
+            // Journaled before: the journal drops it, ingest never reads it.
+            ("old".into(), trace(3)),
+        ]);
+        let records = vec![record(0, "ann"), record(1, "bob"), record(2, "ann")];
+        let taken = traces.take(&records);
+        assert_eq!(taken["ann"], [trace(1)], "one context per request");
+        assert_eq!(taken["bob"], [trace(2)]);
+        assert!(traces.take(&records).is_empty(), "taken once");
+        assert_eq!(traces.len(), 1);
+        drop(batch);
+        assert!(traces.is_empty(), "the batch's leftovers are forgotten");
+        // Nothing carried (tracing off): nothing to take.
+        drop(traces.carry(Vec::new()));
+        assert!(traces.take(&records).is_empty());
     }
 
     #[tokio::test]

@@ -95,6 +95,9 @@ pub struct Services {
     /// With Kafka, every partition's events the broker still holds, for training (see
     /// [`trainer::collect`]); none on the embedded log, whose node has every event itself.
     pub history: Option<Arc<dyn storage::EventHistory>>,
+    /// With Kafka, the trace contexts of journaled events on their way from the bridge to ingest
+    /// (see [`ingest::JournalTraces`]).
+    pub journal_traces: ingest::JournalTraces,
 }
 
 impl Services {

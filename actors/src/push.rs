@@ -11,11 +11,17 @@
 //! Recomputations run concurrently and may finish out of order; each carries the sequence number
 //! it was started with, and a subscriber never takes a result older than the one it holds, so a
 //! slow recompute of an earlier state cannot overwrite a fresher list.
+//!
+//! A change that came with a trace context (a session applied events produced by a traced
+//! request) is recomputed and offered in a `push.send` span, a child of that context: the
+//! request's trace goes on through the recompute (`users.recommend` and what it calls) to the
+//! subscribers it reached. Untraced changes make no span.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
+use common::telemetry::TraceContext;
 use common::{ApiError, RecQuery, Recommendations};
 use prometheus::{IntCounter, IntGauge, register_int_counter, register_int_gauge};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -24,7 +30,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::Services;
-use crate::changes::Changes;
+use crate::changes::{Changes, Notice};
 use crate::mailbox;
 use crate::obs::Observed;
 
@@ -68,8 +74,8 @@ pub enum PushMsg {
         reply: RpcReplyPort<(u64, RecsWatch)>,
     },
     Unsubscribe(u64),
-    /// The user's session changed (from the change feed).
-    Changed(String),
+    /// The user's session changed (from the change feed), by work traced with this context.
+    Changed(String, Option<TraceContext>),
     /// Every user's recommendations may have changed (from the change feed).
     ChangedAll,
     Computed {
@@ -78,6 +84,8 @@ pub enum PushMsg {
         /// When the recompute started: results older than a subscriber's latest are dropped.
         seq: u64,
         recs: Arc<Recommendations>,
+        /// The recompute's `push.send` span (disabled when untraced), ended once offered.
+        span: tracing::Span,
     },
 }
 
@@ -182,11 +190,11 @@ impl Actor for PushHub {
                     !subs.is_empty()
                 });
             }
-            PushMsg::Changed(user_id) => state.recompute(&myself, &user_id),
+            PushMsg::Changed(user_id, trace) => state.recompute(&myself, &user_id, trace.as_ref()),
             PushMsg::ChangedAll => {
                 let users: Vec<String> = state.subs.keys().cloned().collect();
                 for user_id in users {
-                    state.recompute(&myself, &user_id);
+                    state.recompute(&myself, &user_id, None);
                 }
             }
             PushMsg::Computed {
@@ -194,7 +202,9 @@ impl Actor for PushHub {
                 query,
                 seq,
                 recs,
+                span,
             } => {
+                let mut notified = 0;
                 for sub in state
                     .subs
                     .get_mut(&user_id)
@@ -203,10 +213,12 @@ impl Actor for PushHub {
                     .filter(|s| s.query == query)
                 {
                     if sub.offer(seq, &recs) {
+                        notified += 1;
                         state.obs.update(|o| o.num_updates += 1);
                         PUSHES.inc();
                     }
                 }
+                span.record("push.num_notified", notified);
             }
         }
         // Subscribers whose receiver is gone (connection closed) are dropped here.
@@ -246,44 +258,80 @@ impl Subscriber {
 }
 
 impl PushState {
-    /// Recomputes a subscribed user's recommendations once per distinct query, off the mailbox.
-    fn recompute(&mut self, myself: &ActorRef<PushMsg>, user_id: &str) {
+    /// Recomputes a subscribed user's recommendations once per distinct query, off the mailbox;
+    /// with a trace context, each in a `push.send` span that is its child.
+    fn recompute(
+        &mut self,
+        myself: &ActorRef<PushMsg>,
+        user_id: &str,
+        trace: Option<&TraceContext>,
+    ) {
+        use tracing::Instrument as _;
         let Some(subs) = self.subs.get(user_id) else {
             return;
         };
-        let queries: std::collections::HashSet<RecQuery> =
-            subs.iter().map(|s| s.query.clone()).collect();
-        for query in queries {
+        let mut queries: HashMap<RecQuery, usize> = HashMap::new();
+        for sub in subs {
+            *queries.entry(sub.query.clone()).or_default() += 1;
+        }
+        for (query, num_subscribers) in queries {
             self.obs.update(|o| o.num_recomputes += 1);
             self.next_seq += 1;
             let seq = self.next_seq;
+            let span = trace.map_or_else(tracing::Span::none, |trace| {
+                let span = tracing::info_span!(
+                    parent: None,
+                    "push.send",
+                    user.id = %user_id,
+                    push.k = query.k,
+                    push.num_subscribers = num_subscribers,
+                    push.num_notified = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                );
+                trace.parent(&span);
+                span
+            });
             let (recommender, hub, user_id) =
                 (self.recommender.clone(), myself.clone(), user_id.to_owned());
-            tokio::spawn(async move {
-                match recommender.recommend(&user_id, &query).await {
-                    Ok(recs) => drop(mailbox::tell(
-                        &hub,
-                        PushMsg::Computed {
-                            user_id,
-                            query,
-                            seq,
-                            recs,
-                        },
-                    )),
-                    Err(error) => tracing::debug!(error = %error.message, "push recompute failed"),
+            let task = {
+                let span = span.clone();
+                async move {
+                    match recommender.recommend(&user_id, &query).await {
+                        Ok(recs) => drop(mailbox::tell(
+                            &hub,
+                            PushMsg::Computed {
+                                user_id,
+                                query,
+                                seq,
+                                recs,
+                                span,
+                            },
+                        )),
+                        Err(error) => {
+                            span.record("otel.status_code", "ERROR");
+                            tracing::debug!(error = %error.message, "push recompute failed");
+                        }
+                    }
                 }
-            });
+            };
+            tokio::spawn(task.instrument(span));
         }
     }
 }
 
 /// Turns the change feed into hub messages until the hub or the feed stops. A hub that fell
 /// behind the feed recomputes everyone: it cannot know whom it missed.
-async fn forward_changes(mut changes: broadcast::Receiver<Changes>, hub: ActorRef<PushMsg>) {
+async fn forward_changes(mut changes: broadcast::Receiver<Notice>, hub: ActorRef<PushMsg>) {
     loop {
         let msg = match changes.recv().await {
-            Ok(Changes::User(user_id)) => PushMsg::Changed(user_id),
-            Ok(Changes::Items | Changes::Model) => PushMsg::ChangedAll,
+            Ok(Notice {
+                change: Changes::User(user_id),
+                trace,
+            }) => PushMsg::Changed(user_id, trace),
+            Ok(Notice {
+                change: Changes::Items | Changes::Model,
+                ..
+            }) => PushMsg::ChangedAll,
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(
                     missed,

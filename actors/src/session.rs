@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use common::partition::partition_for;
+use common::telemetry::TraceContext;
 use common::{ApiError, EventKind, RecQuery, Recommendations};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
@@ -144,7 +145,13 @@ pub struct ApplyOutcome {
 }
 
 pub enum SessionMsg {
-    Apply(Vec<Record>, RpcReplyPort<Result<ApplyOutcome, ApiError>>),
+    /// Records to apply, with the distinct trace contexts they came with (through Kafka, from
+    /// the requests that produced them; empty when untraced).
+    Apply(
+        Vec<Record>,
+        Vec<TraceContext>,
+        RpcReplyPort<Result<ApplyOutcome, ApiError>>,
+    ),
     Recommend(
         RecQuery,
         RpcReplyPort<Result<Arc<Recommendations>, ApiError>>,
@@ -226,7 +233,9 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         state.obs.handled();
         match msg {
-            SessionMsg::Apply(records, reply) => drop(reply.send(state.apply(records))),
+            SessionMsg::Apply(records, traces, reply) => {
+                drop(reply.send(state.apply_traced(records, traces)));
+            }
             SessionMsg::Recommend(query, reply) => drop(reply.send(state.recommend(query).await)),
             SessionMsg::Get(reply) => drop(reply.send(Ok(state.view()))),
             SessionMsg::Erase(reply) => {
@@ -241,7 +250,56 @@ impl Actor for SessionActor {
 }
 
 impl SessionState {
-    fn apply(&mut self, records: Vec<Record>) -> Result<ApplyOutcome, ApiError> {
+    /// [`SessionState::apply`] in an `event.apply` span per trace context the records came with,
+    /// each a child of the producer span of the request the context came from; the change is
+    /// published with the first span's context, so that the push it causes nests under it.
+    /// Untraced records are applied without a span.
+    fn apply_traced(
+        &mut self,
+        records: Vec<Record>,
+        traces: Vec<TraceContext>,
+    ) -> Result<ApplyOutcome, ApiError> {
+        if traces.is_empty() {
+            return self.apply(records, None);
+        }
+        let partition = partition_for(&self.args.user_id, self.args.services.log.num_partitions());
+        let span_of = |trace: &TraceContext| {
+            let span = tracing::info_span!(
+                "event.apply",
+                otel.kind = "consumer",
+                user.id = %self.args.user_id,
+                event.partition = partition,
+                event.num_records = records.len(),
+                event.num_applied = tracing::field::Empty,
+                event.num_duplicates = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            trace.parent(&span);
+            span
+        };
+        let spans: Vec<tracing::Span> = traces.iter().map(span_of).collect();
+        let feed = TraceContext::of(&spans[0]);
+        let outcome = spans[0].in_scope(|| self.apply(records, feed));
+        for span in &spans {
+            match &outcome {
+                Ok(o) => {
+                    span.record("event.num_applied", o.applied);
+                    span.record("event.num_duplicates", o.duplicates);
+                }
+                Err(_) => {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Applies `records`; a change is published with `trace`, the context of the apply's span.
+    fn apply(
+        &mut self,
+        records: Vec<Record>,
+        trace: Option<TraceContext>,
+    ) -> Result<ApplyOutcome, ApiError> {
         let services = &self.args.services;
         let user = self.args.user_id.as_str();
         let max_recent = services.config.sessions.max_recent;
@@ -328,7 +386,9 @@ impl SessionState {
             }
             self.data = next;
             self.vector = None;
-            services.changes.publish(Changes::User(user.to_owned()));
+            services
+                .changes
+                .publish_traced(Changes::User(user.to_owned()), trace);
         }
         let data = &self.data;
         self.obs.update(|o| {
@@ -513,7 +573,7 @@ mod tests {
         call(
             session,
             "session",
-            |r| SessionMsg::Apply(records, r),
+            |r| SessionMsg::Apply(records, Vec::new(), r),
             CALL_TIMEOUT,
         )
         .await
@@ -533,7 +593,10 @@ mod tests {
         ];
         let outcome = apply(&session, batch).await;
         assert_eq!((outcome.applied, outcome.duplicates), (2, 1));
-        assert_eq!(changes.try_recv(), Ok(Changes::User("u".into())));
+        assert_eq!(
+            changes.try_recv().map(|n| n.change),
+            Ok(Changes::User("u".into()))
+        );
         assert!(t.services.store.exists("u").expect("store"));
 
         // Delivered again (a replay): nothing changes, nobody is told.

@@ -37,6 +37,8 @@ pub enum SessionManagerMsg {
     Apply {
         user_id: String,
         records: Vec<Record>,
+        /// The trace contexts the records came with (see [`SessionMsg::Apply`]).
+        traces: Vec<common::telemetry::TraceContext>,
         reply: RpcReplyPort<Result<ApplyOutcome, ApiError>>,
     },
     Recommend {
@@ -211,9 +213,10 @@ impl Actor for SessionManager {
             SessionManagerMsg::Apply {
                 user_id,
                 records,
+                traces,
                 reply,
             } => match state.session(&myself, &user_id).await {
-                Ok(session) => forward(&session, SessionMsg::Apply(records, reply)),
+                Ok(session) => forward(&session, SessionMsg::Apply(records, traces, reply)),
                 Err(e) => drop(reply.send(Err(e))),
             },
             SessionManagerMsg::Recommend {
@@ -461,6 +464,7 @@ mod tests {
             |reply| SessionManagerMsg::Apply {
                 user_id,
                 records,
+                traces: Vec::new(),
                 reply,
             },
             CALL_TIMEOUT,

@@ -63,6 +63,7 @@ pub async fn services(config: Config) -> TestServices {
         )),
         changelog: None,
         history: None,
+        journal_traces: Default::default(),
     });
     TestServices {
         services,

@@ -7,14 +7,20 @@
 //! stop. librdkafka runs the rebalance inside a poll; the consumer only notes what moved
 //! ([`Rebalance`]) and ends the batch there, and the caller acts on it before its next poll
 //! (see [`GroupConsumer::take_rebalances`]).
+//!
+//! When trace contexts travel (`common::telemetry::propagating`, checked once per batch), each
+//! message's `traceparent`/`tracestate` headers are kept with it ([`Message::trace`]); otherwise
+//! its headers are not read at all.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::telemetry::TraceContext;
 use futures::FutureExt;
 use parking_lot::Mutex;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::Headers as _;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use crate::{KafkaError, Result, Settings, Topic, millis};
@@ -29,10 +35,13 @@ pub struct Message {
     pub payload: Option<Vec<u8>>,
     /// Epoch milliseconds the producer or broker stamped, if any.
     pub timestamp: Option<i64>,
+    /// The sampled trace context of the request that produced it, from its headers; only read
+    /// by [`GroupConsumer::next_batch`], and only when trace contexts travel.
+    pub trace: Option<TraceContext>,
 }
 
 impl Message {
-    /// An owned copy of what a client received from `topic`.
+    /// An owned copy of what a client received from `topic` (its headers unread).
     pub fn of(topic: Topic, m: &rdkafka::message::BorrowedMessage<'_>) -> Self {
         Self {
             topic,
@@ -41,7 +50,18 @@ impl Message {
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
             timestamp: m.timestamp().to_millis(),
+            trace: None,
         }
+    }
+
+    /// The trace context in `m`'s headers, if any.
+    fn trace_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<TraceContext> {
+        let headers = m.headers()?;
+        TraceContext::from_headers(
+            headers
+                .iter()
+                .filter_map(|header| Some((header.key, header.value?))),
+        )
     }
 }
 
@@ -169,12 +189,16 @@ impl GroupConsumer {
             Err(_) => return batch,
             Ok(first) => first,
         };
+        let traced = common::telemetry::propagating();
         let mut next = Some(first);
         while let Some(result) = next.take() {
             match result {
                 Ok(message) => {
-                    if let Some(message) = self.own(&message) {
-                        batch.push(message);
+                    if let Some(mut owned) = self.own(&message) {
+                        if traced {
+                            owned.trace = Message::trace_of(&message);
+                        }
+                        batch.push(owned);
                     }
                 }
                 Err(error) => {

@@ -95,6 +95,7 @@ mod tests {
             key: None,
             payload: Some(payload.as_bytes().to_vec()),
             timestamp: Some(1_700_000_000_000),
+            trace: None,
         }
     }
 

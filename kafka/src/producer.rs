@@ -4,11 +4,17 @@
 //! duplicates or reorders a partition's messages. Keys are partitioned with `murmur2_random`,
 //! the Java client's default, so a user's events land on the same partition whichever client
 //! produced them (and on the partition `common::partition::partition_for` computes).
+//!
+//! Events published for a request (the [`EventSink`]) are sent in a `kafka.produce` span, and
+//! when that span is sampled each message carries its W3C context in the `traceparent` (and
+//! `tracestate`) headers, so that the apply and the pushes the event causes join the request's
+//! trace on whichever node consumes it. With tracing off, no header is written.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::telemetry::TraceContext;
 use common::{Event, Item};
 use futures::future::join_all;
 use parking_lot::RwLock;
@@ -100,13 +106,34 @@ impl Producer {
     /// On error some events may be stored: a retry with the same event ids is safe, since the
     /// consumer path drops events it already applied.
     pub async fn publish(&self, events: &[Event]) -> Result<()> {
-        match self.publish_once(events).await {
-            Err(e) if self.replace_if_broken(&e) => self.publish_once(events).await,
+        self.publish_with(events, None).await
+    }
+
+    /// [`Producer::publish`] for the current request: in a `kafka.produce` span, whose context
+    /// (when sampled) every message carries in its headers.
+    pub async fn publish_traced(&self, events: &[Event]) -> Result<()> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "kafka.produce",
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.destination.name = %self.settings.topic(Topic::UserEvents),
+            messaging.batch.message_count = events.len(),
+        );
+        let trace = TraceContext::of(&span);
+        self.publish_with(events, trace.as_ref())
+            .instrument(span)
+            .await
+    }
+
+    async fn publish_with(&self, events: &[Event], trace: Option<&TraceContext>) -> Result<()> {
+        match self.publish_once(events, trace).await {
+            Err(e) if self.replace_if_broken(&e) => self.publish_once(events, trace).await,
             result => result,
         }
     }
 
-    async fn publish_once(&self, events: &[Event]) -> Result<()> {
+    async fn publish_once(&self, events: &[Event], trace: Option<&TraceContext>) -> Result<()> {
         let topic = self.settings.topic(Topic::UserEvents);
         let producer = self.current();
         let sends = events.iter().map(|event| {
@@ -114,13 +141,14 @@ impl Producer {
             async move {
                 let payload = serde_json::to_vec(event)
                     .map_err(|e| crate::KafkaError::Other(e.to_string()))?;
+                let mut record = FutureRecord::to(topic)
+                    .key(event.user_id.as_bytes())
+                    .payload(&payload);
+                if let Some(trace) = trace {
+                    record = record.headers(trace_headers(trace));
+                }
                 producer
-                    .send(
-                        FutureRecord::to(topic)
-                            .key(event.user_id.as_bytes())
-                            .payload(&payload),
-                        self.settings.produce_timeout,
-                    )
+                    .send(record, self.settings.produce_timeout)
                     .await
                     .map(drop)
                     .map_err(|(e, _)| crate::KafkaError::Client(e))
@@ -218,11 +246,24 @@ impl Producer {
     }
 }
 
+/// The headers that carry `trace` with a message.
+fn trace_headers(trace: &TraceContext) -> OwnedHeaders {
+    trace.headers().fold(
+        OwnedHeaders::new_with_capacity(2),
+        |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value),
+            })
+        },
+    )
+}
+
 #[async_trait]
 impl EventSink for Producer {
     async fn publish(&self, events: Vec<Event>) -> storage::error::Result<AppendOutcome> {
         let accepted = events.len();
-        Producer::publish(self, &events)
+        Producer::publish_traced(self, &events)
             .await
             .map_err(|e| StorageError::Backend(e.to_string()))?;
         // Duplicates are only known where events are applied: the consumer path drops them.

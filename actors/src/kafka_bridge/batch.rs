@@ -8,6 +8,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use common::partition::partition_for;
+use common::telemetry::TraceContext;
 use common::{ApiError, ErrorCode, Event, Item};
 use kafka::{DeadLetter, Decoded, Message, Producer, Settings, Topic, decode};
 use prometheus::{IntCounterVec, register_int_counter_vec};
@@ -80,6 +81,9 @@ impl Effects for NodeEffects<'_> {
 pub(super) struct Sorted {
     /// Events of `user-events`, in order, for the journal.
     pub(super) journal: Vec<Event>,
+    /// The trace contexts the journal's events came with, by event id (for ingest, see
+    /// [`crate::ingest::JournalTraces`]).
+    pub(super) traces: Vec<(String, TraceContext)>,
     /// Events of `transaction-stream`, for `user-events` (their owner may be another node).
     pub(super) reroute: Vec<Event>,
     /// Catalog changes applied.
@@ -104,7 +108,12 @@ pub(super) async fn route(
             Ok(Decoded::Event(event)) => {
                 match message.topic {
                     Topic::Transactions => sorted.reroute.push(event),
-                    _ => sorted.journal.push(event),
+                    _ => {
+                        if let Some(trace) = &message.trace {
+                            sorted.traces.push((event.event_id.clone(), trace.clone()));
+                        }
+                        sorted.journal.push(event);
+                    }
                 }
                 MESSAGES.with_label_values(&[topic, "applied"]).inc();
                 continue;
@@ -305,17 +314,25 @@ mod tests {
             key: None,
             payload: Some(payload.as_bytes().to_vec()),
             timestamp: Some(1_000),
+            trace: None,
         }
     }
 
     #[tokio::test]
     async fn a_batch_is_sorted_into_events_catalog_changes_and_dead_letters() {
+        let traced = TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: None,
+        };
         let batch = [
-            message(
-                Topic::UserEvents,
-                0,
-                r#"{"event_id":"e1","user_id":"u1","item_id":"i1","kind":"click"}"#,
-            ),
+            Message {
+                trace: Some(traced.clone()),
+                ..message(
+                    Topic::UserEvents,
+                    0,
+                    r#"{"event_id":"e1","user_id":"u1","item_id":"i1","kind":"click"}"#,
+                )
+            },
             message(Topic::UserEvents, 1, "not json"),
             message(
                 Topic::ProductUpdates,
@@ -349,6 +366,8 @@ mod tests {
             events.iter().map(|e| e.event_id.clone()).collect()
         };
         assert_eq!(ids(&sorted.journal), ["e1"]);
+        // The journaled event's trace context goes with it, by id, to ingest.
+        assert_eq!(sorted.traces, [("e1".to_owned(), traced)]);
         assert_eq!(ids(&sorted.reroute), ["t.transaction-stream-0-7"]);
         assert_eq!(*effects.upserts.lock().expect("lock"), ["sku-1", "refused"]);
         assert_eq!(*effects.deletes.lock().expect("lock"), ["sku-2"]);

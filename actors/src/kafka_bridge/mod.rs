@@ -17,6 +17,10 @@
 //! and only then commits the Kafka offsets. A crash anywhere replays the batch and changes
 //! nothing twice: at-least-once delivery, exactly-once effect.
 //!
+//! The trace context a message's headers carry (the request that produced the event) is handed
+//! to ingest with the journaled event ([`crate::ingest::JournalTraces`]), so that the session's
+//! apply and the pushes it causes join that request's trace.
+//!
 //! A broker outage never fails the actor (its supervisor would escalate a long one): the bridge
 //! retries, with backoff, what needs the broker, and librdkafka reconnects by itself.
 
@@ -267,6 +271,8 @@ impl BridgeState {
                 .update(|o| o.num_rerouted += sorted.reroute.len() as u64);
         }
         let events = sorted.journal;
+        // Ingest takes these as it reads the journaled events; the rest go with this batch.
+        let _carried = services.journal_traces.carry(sorted.traces);
         self.obs.update(|o| o.num_events += events.len() as u64);
         let mut applied: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for e in &events {

@@ -143,6 +143,7 @@ pub(super) async fn open(config: &Arc<Config>) -> anyhow::Result<Stores> {
         cluster: Arc::new(cluster(config, kafka.is_some())),
         changelog,
         history,
+        journal_traces: Default::default(),
     });
     Ok(Stores {
         services,
