@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::{Config, EventKind};
+use models::blend::Blend;
 use models::movielens::eval::{Chosen, Report, ServedRow, row};
 use models::movielens::protocol::{POSITIVE, Protocol, Split};
 use supervisors::Node;
@@ -34,7 +35,7 @@ pub async fn check(
     };
     for split in protocol.splits(seed) {
         say(&format!("serving the {} split through a node", split.name));
-        let (version, lists) = serve_split(&protocol, &split, &report.chosen).await?;
+        let (version, blend, lists) = serve_split(&protocol, &split, &report.chosen).await?;
         let served = protocol.evaluate_lists(&split, &lists, K);
         let seen = protocol.train_items(&split);
         let seen_served = lists
@@ -57,6 +58,7 @@ pub async fn check(
             users: lists.len(),
             short_lists: lists.values().filter(|l| l.len() < K).count(),
             seen_served,
+            blend,
             served: row("hybrid (served)", served),
             offline,
         });
@@ -91,12 +93,13 @@ fn config(dir: &std::path::Path, chosen: &Chosen) -> Config {
     config
 }
 
-/// One split through a fresh node: the version it trained and each test user's list.
+/// One split through a fresh node: the version it trained, the blend its trainer chose and each
+/// test user's list.
 async fn serve_split(
     protocol: &Protocol,
     split: &Split,
     chosen: &Chosen,
-) -> anyhow::Result<(String, HashMap<String, Vec<String>>)> {
+) -> anyhow::Result<(String, Option<Blend>, HashMap<String, Vec<String>>)> {
     let dir = std::env::temp_dir().join(format!(
         "streamrec-eval-{}-{}",
         std::process::id(),
@@ -117,8 +120,15 @@ async fn serve_split(
             "the node did not apply the events within 10 minutes"
         );
         let version = node.train(true).await.map_err(err)?;
+        let blend = node
+            .models()
+            .await
+            .versions
+            .into_iter()
+            .find(|v| v.version == version)
+            .and_then(|v| v.features?.blend);
         let lists = fetch_lists(&node, &protocol.test_users(split)).await?;
-        Ok((version, lists))
+        Ok((version, blend, lists))
     }
     .await;
     node.shutdown().await;

@@ -69,6 +69,8 @@ pub struct ServedRow {
     pub short_lists: usize,
     /// Items served to a user who had them in train (the filters' exactness: always 0).
     pub seen_served: usize,
+    /// The blend the node's trainer chose on its own validation splits.
+    pub blend: Option<crate::blend::Blend>,
     pub served: Row,
     pub offline: Row,
 }
@@ -264,6 +266,21 @@ pub fn table(report: &Report) -> String {
                 s.seen_served,
                 s.version
             );
+        }
+        for s in &report.served {
+            if let Some(blend) = &s.blend {
+                out += &format!(
+                    "{} split: the node's blend (cf, item-item, transitions) by history length:",
+                    s.split
+                );
+                for (from, w) in &blend.by_history {
+                    out += &format!(
+                        " from {from}: ({}, {}, {});",
+                        w.cf, w.item_item, w.transitions
+                    );
+                }
+                out += "\n";
+            }
         }
     }
     let c = &report.chosen;

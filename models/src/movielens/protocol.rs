@@ -97,9 +97,12 @@ impl Protocol {
     }
 
     /// `cells` as the `rating` events a node receives (the original rating and time; ids that
-    /// make a second delivery a duplicate), in time order.
+    /// make a second delivery a duplicate), in the protocol's order: by time, then item id, as
+    /// the offline models read each history (MovieLens has many ratings within one second).
     pub fn events(&self, cells: &[Cell]) -> Vec<Event> {
-        let mut events: Vec<Event> = cells
+        let mut cells = cells.to_vec();
+        cells.sort_by_key(|c| (c.ts, c.item, c.user));
+        cells
             .iter()
             .map(|c| {
                 let (user_id, item_id) = (
@@ -115,9 +118,7 @@ impl Protocol {
                     ts: c.ts,
                 }
             })
-            .collect();
-        events.sort_by(|a, b| (a.ts, &a.event_id).cmp(&(b.ts, &b.event_id)));
-        events
+            .collect()
     }
 
     /// The ids of the users with something held out in `split`.
