@@ -4,11 +4,15 @@
 //! recommendation's trace from the gateway through auth, the user entry point, the cache, the
 //! session and the model's ONNX run, with the names, parents and attributes operators search
 //! by; a caller's `traceparent` continued; and log lines inside a request carrying `trace_id`.
+//! With Kafka as the event source (the broker `scripts/services.sh` starts, on topics and a
+//! consumer group of the test's own), an event's trace goes on through the broker: from
+//! `POST /v1/events` to its message's `traceparent` header, the session's apply, and the push to a
+//! subscribed WebSocket client.
 
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -18,7 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::*;
 
 /// The spans received so far, with their resources' `service.name`.
@@ -74,6 +78,17 @@ impl Receiver {
 
     /// Waits until a span satisfies `pick`; every span of its trace then received.
     async fn trace_of(&self, pick: impl Fn(&Span) -> bool, expect: &[&str]) -> Vec<Span> {
+        self.trace_within(pick, expect, Duration::from_secs(30))
+            .await
+    }
+
+    /// [`Receiver::trace_of`], waiting up to `deadline` for the trace to be complete.
+    async fn trace_within(
+        &self,
+        pick: impl Fn(&Span) -> bool,
+        expect: &[&str],
+        deadline: Duration,
+    ) -> Vec<Span> {
         let mut trace = Vec::new();
         let complete = wait_until(
             async || {
@@ -90,13 +105,23 @@ impl Receiver {
                     .iter()
                     .all(|name| trace.iter().any(|s| s.name == *name))
             },
-            Duration::from_secs(30),
+            deadline,
         )
         .await;
         assert!(
             complete,
-            "spans {expect:?} not all received; got {:?}",
-            trace.iter().map(|s| &s.name).collect::<Vec<_>>()
+            "spans {expect:?} not all received; got {:#?}",
+            trace
+                .iter()
+                .map(|s| {
+                    let attrs: Vec<(&str, Option<String>)> = s
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.as_str(), attr(s, &kv.key)))
+                        .collect();
+                    (&s.name, hex(&s.span_id), hex(&s.parent_span_id), attrs)
+                })
+                .collect::<Vec<_>>()
         );
         trace
     }
@@ -288,5 +313,219 @@ async fn a_recommendation_is_one_trace_from_gateway_to_model_and_cache() {
         logged,
         "no audit line with trace_id {refused_trace}; log:\n{}",
         std::fs::read_to_string(dir.join("node.log")).unwrap_or_default()
+    );
+}
+
+/// The `traceparent` header of the message on `topic`'s `partition` holding event `event_id`,
+/// read from the start without a consumer group; `None` if the message has none, and a failed
+/// test if the message does not arrive within 20 s.
+fn traceparent_on_the_broker(
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    event_id: &str,
+) -> Option<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&list).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let value: Value =
+            serde_json::from_slice(message.payload().unwrap_or_default()).unwrap_or_default();
+        if value["event_id"] != event_id {
+            continue;
+        }
+        return message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == "traceparent")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+    }
+    panic!("{event_id} never arrived on {topic}/{partition}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_through_kafka_is_one_trace_from_post_to_apply_and_push() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let (_tmp, dir) = workdir();
+    let kafka = test_env("STREAMREC_TEST_KAFKA");
+    let brokers = kafka.trim_start_matches("kafka://").to_owned();
+    // Topics and consumer group of this test's own: other tests' events never reach this node.
+    let id = unique("");
+    let prefix = format!("tr{id}.");
+    let server = Server::start_with(
+        &dir,
+        &dir.join("data"),
+        &[
+            ("STREAMREC__TELEMETRY__OTLP_ENDPOINT", endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("STREAMREC__EVENTS__URL", kafka.clone()),
+            ("STREAMREC__EVENTS__TOPIC_PREFIX", prefix.clone()),
+            ("STREAMREC__EVENTS__GROUP", format!("tr{id}")),
+            // A node starved of CPU by other tests keeps its group membership.
+            ("STREAMREC__EVENTS__SESSION_TIMEOUT", "30s".into()),
+            ("STREAMREC__CLUSTER__NODE_ID", format!("tracing-{id}")),
+            (
+                "STREAMREC__CLUSTER__SECRET",
+                "tracing-test-cluster-secret".into(),
+            ),
+        ],
+    )
+    .await;
+    eventually(&server, "/readyz", |_, b| {
+        b["dependencies"]["events"] == "up"
+    })
+    .await;
+
+    // A catalogue (item writes go through the broker too: the first may wait for the node to
+    // create its topics), and other users' clicks to make the items popular.
+    let put = async |item: &str| {
+        let path = format!("/v1/items/{item}");
+        let body = json!({"title": format!("Item {item}")});
+        server.send(reqwest::Method::PUT, &path, Some(body)).await.0
+    };
+    // (The broker may refuse a write for a moment after it created a topic: 503, retried.)
+    for i in 0..8 {
+        let item = format!("m{i}");
+        assert!(
+            wait_until(async || put(&item).await == 200, Duration::from_secs(30)).await,
+            "the node never took {item}"
+        );
+    }
+    eventually(&server, "/v1/items/m7", |s, _| s == 200).await;
+    let seed: Vec<Value> = (0..6)
+        .flat_map(|u| {
+            (0..8).map(move |i| click(&format!("s{u}-{i}"), &format!("s{u}"), &format!("m{i}")))
+        })
+        .collect();
+    let posted = async || server.post_events(seed.clone()).await.0 == 202;
+    assert!(
+        wait_until(posted, Duration::from_secs(30)).await,
+        "the node never took the events"
+    );
+    eventually(&server, "/v1/users/s5", |s, b| {
+        s == 200 && b["num_events"] == 8
+    })
+    .await;
+
+    // A client watches the user.
+    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url("/v1/ws?user_id=watcher&k=3"))
+        .await
+        .expect("websocket");
+    let (_ws_tx, mut ws_rx) = futures::StreamExt::split(ws);
+    let first = next_json(&mut ws_rx).await;
+    assert_eq!(first["type"], "recommendations", "{first}");
+    let top = first["items"][0]["item_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("nothing recommended: {first}"))
+        .to_owned();
+
+    // The user acts on the top item: a push follows.
+    let acted = vec![click("traced-1", "watcher", &top)];
+    assert_eq!(server.post_events(acted).await.0, 202);
+    // (A push of something else meanwhile, a model swap say, still holds the top item.)
+    loop {
+        let update = next_json(&mut ws_rx).await;
+        assert_eq!(update["type"], "recommendations", "{update}");
+        let items = update["items"].as_array().cloned().unwrap_or_default();
+        if items.iter().all(|i| i["item_id"] != top.as_str()) {
+            break;
+        }
+    }
+
+    // The trace of the user's apply: the one the POST started.
+    // (A push waits for the user's partition while the group moves it: up to
+    // `cluster.handoff_timeout` per step.)
+    let trace = receiver
+        .trace_within(
+            |s| s.name == "event.apply" && attr(s, "user.id").as_deref() == Some("watcher"),
+            &[
+                "http.request",
+                "kafka.produce",
+                "event.apply",
+                "push.send",
+                "users.recommend",
+            ],
+            Duration::from_secs(60),
+        )
+        .await;
+    let parent = |child: &str, parent: &str| {
+        assert_eq!(
+            hex(&named(&trace, child).parent_span_id),
+            hex(&named(&trace, parent).span_id),
+            "{child} is a child of {parent}"
+        );
+    };
+    let post = named(&trace, "http.request");
+    let trace_id = hex(&post.trace_id);
+    assert!(post.parent_span_id.is_empty(), "the POST starts the trace");
+    assert_eq!(attr(post, "http.route").as_deref(), Some("/v1/events"));
+    assert_eq!(attr(post, "http.request.method").as_deref(), Some("POST"));
+
+    // The producer's span is what the message carries.
+    parent("kafka.produce", "http.request");
+    let produce = named(&trace, "kafka.produce");
+    let user_events = format!("{prefix}user-events");
+    assert_eq!(
+        attr(produce, "messaging.destination.name").as_deref(),
+        Some(user_events.as_str())
+    );
+    let partition = common::partition::partition_for("watcher", testkit::NUM_PARTITIONS) as i32;
+    let header = {
+        let (brokers, topic) = (brokers.clone(), user_events.clone());
+        tokio::task::spawn_blocking(move || {
+            traceparent_on_the_broker(&brokers, &topic, partition, "traced-1")
+        })
+        .await
+        .expect("reader")
+    };
+    assert_eq!(
+        header,
+        Some(format!("00-{trace_id}-{}-01", hex(&produce.span_id)))
+    );
+
+    // The apply on the consuming side continues it, and the push it caused nests under the
+    // apply, with the recompute under the push.
+    parent("event.apply", "kafka.produce");
+    let apply = named(&trace, "event.apply");
+    assert_eq!(attr(apply, "user.id").as_deref(), Some("watcher"));
+    assert_eq!(attr(apply, "event.partition"), Some(partition.to_string()));
+    assert_eq!(attr(apply, "event.num_applied").as_deref(), Some("1"));
+    parent("push.send", "event.apply");
+    let push = named(&trace, "push.send");
+    assert_eq!(attr(push, "user.id").as_deref(), Some("watcher"));
+    assert_eq!(attr(push, "push.num_subscribers").as_deref(), Some("1"));
+    assert_eq!(attr(push, "push.num_notified").as_deref(), Some("1"));
+    parent("users.recommend", "push.send");
+    assert!(
+        trace.iter().all(|s| s.trace_id == post.trace_id),
+        "one trace"
+    );
+
+    // The seeding requests' events were applied in traces of their own, never as roots.
+    let applies: Vec<Span> = receiver
+        .spans()
+        .into_iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.name == "event.apply")
+        .collect();
+    assert!(
+        applies.iter().all(|s| !s.parent_span_id.is_empty()),
+        "every traced apply has its producer as parent"
     );
 }
