@@ -28,8 +28,14 @@ const ADAPTIVE_MARGIN: f64 = 0.005;
 /// mean relative merit: a blend must not give one question up for the other.
 const SPLIT_MARGIN: f64 = 0.02;
 
+/// What one split's per-user scores may hold (candidates and three parts' scores over every
+/// item, 16 bytes an item a user): past it, an evenly spaced sample of the validation users is
+/// judged, so that choosing a blend stays bounded in memory whatever the number of users
+/// (20,000 users over 50,000 items would otherwise hold 16 GB a split).
+const SPLIT_BUDGET_BYTES: usize = 512 << 20;
+
 /// One validation split: its users, each with their candidates (items not in their fit
-/// history), relevant items and history length.
+/// history), relevant items and history length; at most [`SPLIT_BUDGET_BYTES`] worth of users.
 pub struct Split {
     pub users: Vec<u32>,
     candidates: Vec<Vec<u32>>,
@@ -42,6 +48,11 @@ pub type Scores = Vec<Vec<f32>>;
 
 impl Split {
     pub fn new(num_items: usize, fit: &[Cell], validation: &[Cell]) -> Self {
+        Self::within(num_items, fit, validation, SPLIT_BUDGET_BYTES)
+    }
+
+    /// [`Split::new`] with its scores held to `budget` bytes.
+    fn within(num_items: usize, fit: &[Cell], validation: &[Cell], budget: usize) -> Self {
         let mut seen: HashMap<u32, HashSet<u32>> = HashMap::new();
         for c in fit {
             seen.entry(c.user).or_default().insert(c.item);
@@ -51,7 +62,10 @@ impl Split {
             relevant.entry(c.user).or_default().insert(c.item);
         }
         let empty = HashSet::new();
-        let (users, relevant): (Vec<u32>, Vec<HashSet<u32>>) = relevant.into_iter().unzip();
+        let max_users = (budget / (16 * num_items.max(1))).max(1);
+        let stride = relevant.len().div_ceil(max_users).max(1);
+        let (users, relevant): (Vec<u32>, Vec<HashSet<u32>>) =
+            relevant.into_iter().step_by(stride).unzip();
         let candidates = users
             .iter()
             .map(|u| {
@@ -340,6 +354,24 @@ pub fn choose(splits: &[Scored<'_>], reference: &[f64]) -> Choice {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_split_past_its_memory_budget_judges_an_even_sample_of_its_users() {
+        let cell = |user, item| Cell {
+            user,
+            item,
+            weight: 1.0,
+            ts: 0,
+        };
+        let validation: Vec<Cell> = (0..100).map(|u| cell(u, u % 10)).collect();
+        let all = Split::within(10, &[], &validation, usize::MAX);
+        assert_eq!(all.users, (0..100).collect::<Vec<_>>());
+        // Room for 25 users' scores over 10 items: every fourth user.
+        let some = Split::within(10, &[], &validation, 25 * 16 * 10);
+        assert_eq!(some.users, (0..100).step_by(4).collect::<Vec<_>>());
+        assert_eq!(some.relevant[1], HashSet::from([4]));
+        assert_eq!(some.candidates.len(), 25);
+    }
+
     use super::*;
 
     fn cell(user: u32, item: u32) -> Cell {
