@@ -44,6 +44,10 @@ pub fn set_parent_from<'a>(
 ) {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+    // Every request passes here: without a propagator there is nothing to read, so copy nothing.
+    if !propagating() {
+        return;
+    }
     let headers: std::collections::HashMap<String, String> = headers
         .into_iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
